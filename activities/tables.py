@@ -1,0 +1,252 @@
+"""SQLModel tables: PostgreSQL is billow's source of truth for money.
+
+Invariants the schema enforces (not just the code):
+- every side effect has a business key with a UNIQUE constraint, so retries
+  and replays collapse into one row (``INSERT ... ON CONFLICT DO NOTHING``);
+- invoice numbers come from ``invoice_number_series`` inside the finalizing
+  transaction: a row lock serialises finalizations and a rollback returns the
+  number, so the series has no gaps and no reuse;
+- ``credit_ledger``, ``journal_entries``/``journal_lines`` and
+  ``catalog_versions`` are append-only (triggers in the migration refuse
+  UPDATE and DELETE);
+- ``usage_events.event_id`` is the primary key: an event id is stored once,
+  forever.
+
+These classes never cross a Temporal boundary; activities convert rows to the
+pydantic models of ``models``.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, DateTime, Identity, Numeric, UniqueConstraint, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+
+def _now_column() -> Any:
+    return Field(sa_column=Column(DateTime(timezone=True), nullable=False, server_default=text("now()")))
+
+
+def _numeric(nullable: bool = False) -> Any:
+    # Unbounded NUMERIC keeps every digit the pricing produced; rounding is
+    # done by models/ exactly where SPEC.md says, never by the column type.
+    return Field(sa_type=Numeric(asdecimal=True), nullable=nullable)
+
+
+def _jsonb(nullable: bool = False) -> Any:
+    return Field(sa_type=JSONB, nullable=nullable)
+
+
+class Customer(SQLModel, table=True):
+    __tablename__ = "customers"
+    id: str = Field(primary_key=True)
+    name: str
+    created_at: datetime = _now_column()
+
+
+class CatalogVersion(SQLModel, table=True):
+    """One applied catalog document. Contracts pin a version; versions never change."""
+
+    __tablename__ = "catalog_versions"
+    version: int = Field(primary_key=True)
+    digest: str = Field(unique=True)
+    document: dict[str, Any] = _jsonb()
+    created_at: datetime = _now_column()
+
+
+class CatalogMeter(SQLModel, table=True):
+    """Meters of each catalog version, for ingestion's per-event validation."""
+
+    __tablename__ = "catalog_meters"
+    version: int = Field(primary_key=True, foreign_key="catalog_versions.version")
+    key: str = Field(primary_key=True)
+    aggregation: str
+    group_by: list[str] = _jsonb()
+    unique_by: str | None = None
+
+
+class CatalogPlan(SQLModel, table=True):
+    __tablename__ = "catalog_plans"
+    version: int = Field(primary_key=True, foreign_key="catalog_versions.version")
+    key: str = Field(primary_key=True)
+    currency: str
+    meters: list[str] = _jsonb()
+
+
+class Contract(SQLModel, table=True):
+    __tablename__ = "contracts"
+    id: str = Field(primary_key=True)
+    customer_id: str = Field(foreign_key="customers.id", index=True)
+    plan_key: str
+    catalog_version: int = Field(foreign_key="catalog_versions.version")
+    currency: str
+    starts_on: date
+    term_end: date
+    status: str = Field(index=True)
+    # Digest of the contract as created: same id + same digest is a no-op,
+    # same id + different digest is a conflict (SPEC.md section 10).
+    terms_digest: str
+    document: dict[str, Any] = _jsonb()
+    terms: dict[str, Any] = _jsonb()
+    created_at: datetime = _now_column()
+    updated_at: datetime = _now_column()
+
+
+class Amendment(SQLModel, table=True):
+    __tablename__ = "amendments"
+    __table_args__ = (UniqueConstraint("contract_id", "amendment_id"),)
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
+    contract_id: str = Field(foreign_key="contracts.id")
+    amendment_id: str
+    kind: str
+    effective: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    document: dict[str, Any] = _jsonb()
+    applied_at: datetime = _now_column()
+
+
+class UsageEvent(SQLModel, table=True):
+    """Raw usage. Written set-based only (see activities/usage_ingest.py)."""
+
+    __tablename__ = "usage_events"
+    event_id: str = Field(primary_key=True)
+    customer_id: str
+    meter: str
+    ts: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    quantity: Decimal = _numeric()
+    dimensions: dict[str, str] = _jsonb()
+    # Inserting transaction id (xid8 as bigint). Rating includes events whose
+    # transaction precedes the snapshot's xmin, a watermark that is safe
+    # against commit reordering (see activities/rating.py).
+    txid: int = Field(
+        sa_column=Column(
+            BigInteger, nullable=False, server_default=text("(pg_current_xact_id()::text)::bigint")
+        )
+    )
+    received_at: datetime = _now_column()
+
+
+class InvoiceNumberSeries(SQLModel, table=True):
+    __tablename__ = "invoice_number_series"
+    series: str = Field(primary_key=True)
+    prefix: str
+    next_value: int = Field(sa_type=BigInteger)
+
+
+class Invoice(SQLModel, table=True):
+    __tablename__ = "invoices"
+    __table_args__ = (UniqueConstraint("contract_id", "key"),)
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
+    contract_id: str = Field(foreign_key="contracts.id")
+    key: str
+    number: str | None = Field(default=None, unique=True)
+    kind: str
+    status: str = Field(index=True)
+    currency: str
+    period_start: date
+    period_end: date
+    issued_on: date | None = None
+    due_on: date | None = None
+    subtotal: Decimal = _numeric()
+    credits_applied: Decimal = _numeric()
+    total: Decimal = _numeric()
+    amount_paid: Decimal = _numeric()
+    paid_on: date | None = None
+    attention_reason: str | None = None
+    usage_watermark: int | None = Field(default=None, sa_type=BigInteger)
+    created_at: datetime = _now_column()
+    finalized_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+
+
+class InvoiceLine(SQLModel, table=True):
+    __tablename__ = "invoice_lines"
+    invoice_id: int = Field(sa_type=BigInteger, primary_key=True, foreign_key="invoices.id")
+    position: int = Field(primary_key=True)
+    kind: str
+    meter: str | None = None
+    fee: str | None = None
+    dimensions: dict[str, str] | None = _jsonb(nullable=True)
+    quantity: Decimal | None = _numeric(nullable=True)
+    unit_price: Decimal | None = _numeric(nullable=True)
+    amount: Decimal = _numeric()
+    line_period_start: date | None = None
+    line_period_end: date | None = None
+    document: dict[str, Any] = _jsonb()
+
+
+class CreditGrant(SQLModel, table=True):
+    __tablename__ = "credit_grants"
+    __table_args__ = (UniqueConstraint("contract_id", "grant_id"),)
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
+    contract_id: str = Field(foreign_key="contracts.id")
+    grant_id: str
+    credits: Decimal = _numeric()
+    price: Decimal = _numeric()
+    priority: int
+    effective: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    expires: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    invoice_key: str | None = None
+    created_at: datetime = _now_column()
+
+
+class CreditLedgerEntry(SQLModel, table=True):
+    """Append-only movements of credits: grant (+), consume (-), expire (-)."""
+
+    __tablename__ = "credit_ledger"
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
+    entry_key: str = Field(unique=True)
+    contract_id: str = Field(foreign_key="contracts.id", index=True)
+    grant_id: str
+    kind: str
+    amount: Decimal = _numeric()
+    invoice_key: str | None = None
+    created_at: datetime = _now_column()
+
+
+class Payment(SQLModel, table=True):
+    __tablename__ = "payments"
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
+    payment_key: str = Field(unique=True)
+    contract_id: str = Field(foreign_key="contracts.id")
+    invoice_id: int = Field(sa_type=BigInteger, foreign_key="invoices.id", index=True)
+    amount: Decimal = _numeric()
+    received_on: date
+    method: str
+    gateway_ref: str | None = None
+    created_at: datetime = _now_column()
+
+
+class JournalEntry(SQLModel, table=True):
+    __tablename__ = "journal_entries"
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
+    entry_key: str = Field(unique=True)
+    contract_id: str = Field(foreign_key="contracts.id", index=True)
+    kind: str
+    invoice_key: str | None = None
+    booked_on: date
+    created_at: datetime = _now_column()
+
+
+class JournalLine(SQLModel, table=True):
+    __tablename__ = "journal_lines"
+    entry_id: int = Field(sa_type=BigInteger, primary_key=True, foreign_key="journal_entries.id")
+    position: int = Field(primary_key=True)
+    account: str
+    debit: Decimal = _numeric()
+    credit: Decimal = _numeric()
+
+
+class DunningEvent(SQLModel, table=True):
+    __tablename__ = "dunning_events"
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
+    event_key: str = Field(unique=True)
+    contract_id: str = Field(foreign_key="contracts.id")
+    invoice_key: str
+    kind: str
+    occurred_on: date
+    created_at: datetime = _now_column()

@@ -1,0 +1,50 @@
+"""Custom search attributes of contract workflows (SPEC.md section 10).
+
+They fit the fixed per-namespace slots of Postgres-backed visibility (at most
+3 Datetime, 3 Bool, 3 Double, 10 Keyword), and none is named ``Status``.
+Servers register them from ``ALL`` (``billow up``, the test harness, deploy
+scripts) so the names live in one place.
+"""
+
+from __future__ import annotations
+
+from temporalio.common import (
+    SearchAttributeKey,
+)
+
+CUSTOMER_ID = SearchAttributeKey.for_keyword("CustomerId")
+PLAN_KEY = SearchAttributeKey.for_keyword("PlanKey")
+CONTRACT_STATUS = SearchAttributeKey.for_keyword("ContractStatus")
+BILLING_CYCLE = SearchAttributeKey.for_keyword("BillingCycle")
+NEXT_BILLING_AT = SearchAttributeKey.for_datetime("NextBillingAt")
+HAS_OVERDUE_INVOICE = SearchAttributeKey.for_bool("HasOverdueInvoice")
+CREDIT_BALANCE = SearchAttributeKey.for_float("CreditBalance")
+
+ALL: tuple[SearchAttributeKey[object], ...] = (  # type: ignore[assignment]
+    CUSTOMER_ID,
+    PLAN_KEY,
+    CONTRACT_STATUS,
+    BILLING_CYCLE,
+    NEXT_BILLING_AT,
+    HAS_OVERDUE_INVOICE,
+    CREDIT_BALANCE,
+)
+
+# Type names as the Temporal CLI's `--search-attribute Name=Type` spells them.
+_CLI_TYPE_NAMES = {
+    "KEYWORD": "Keyword",
+    "DATETIME": "Datetime",
+    "BOOL": "Bool",
+    "DOUBLE": "Double",
+    "INT": "Int",
+    "TEXT": "Text",
+}
+
+
+def cli_flags() -> list[str]:
+    """``--search-attribute Name=Type`` arguments for ``temporal server start-dev``."""
+    flags: list[str] = []
+    for key in ALL:
+        type_name = _CLI_TYPE_NAMES[key.indexed_value_type.name.removeprefix("INDEXED_VALUE_TYPE_")]
+        flags += ["--search-attribute", f"{key.name}={type_name}"]
+    return flags
