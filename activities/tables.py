@@ -228,6 +228,8 @@ class JournalEntry(SQLModel, table=True):
     contract_id: str = Field(foreign_key="contracts.id", index=True)
     kind: str
     invoice_key: str | None = None
+    # Set for movements of a grant's deferred revenue (recognition, breakage).
+    grant_id: str | None = None
     booked_on: date
     created_at: datetime = _now_column()
 

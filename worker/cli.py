@@ -7,6 +7,7 @@ billow's pieces; the ops commands talk to a running API.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -80,6 +81,25 @@ def api() -> None:
     )
     uvicorn.run(create_app(deps), host=settings.api_host, port=settings.api_port,
                 log_level="info", timeout_graceful_shutdown=10)
+
+
+@app.command()
+def simulate(
+    catalog: Path = typer.Option(..., exists=True, dir_okay=False, help="catalog.yaml"),
+    contract: Path = typer.Option(..., exists=True, dir_okay=False, help="contract.yaml"),
+    usage: Path | None = typer.Option(None, exists=True, dir_okay=False, help="usage.jsonl"),
+    timeline: Path | None = typer.Option(None, exists=True, dir_okay=False, help="timeline.yaml"),
+    until: str | None = typer.Option(
+        None, help="last simulated day (default: term end + payment terms + 30 days)"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="print the SPEC.md section 9 JSON"),
+) -> None:
+    """Run a contract's whole term on a time-skipping Temporal server and a fresh database."""
+    from worker.simulate_cli import run_simulate_command
+
+    raise typer.Exit(
+        run_simulate_command(catalog, contract, usage, timeline, until, as_json, load_settings())
+    )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from temporalio.api.enums.v1 import IndexedValueType
@@ -10,6 +11,13 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
 from temporalio.testing import WorkflowEnvironment
 
 from worker.binaries import temporal_cli, temporal_test_server
@@ -33,10 +41,24 @@ async def register_search_attributes(
     await client.operator_service.add_search_attributes(request)
 
 
+def quiet_runtime() -> Runtime:
+    """An SDK runtime whose core logs go through Python logging (stderr), not
+    straight to stdout, where they would corrupt ``--json`` output."""
+    return Runtime(
+        telemetry=TelemetryConfig(
+            logging=LoggingConfig(
+                filter=TelemetryFilter(core_level="ERROR", other_level="ERROR"),
+                forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
+            )
+        )
+    )
+
+
 async def start_time_skipping() -> WorkflowEnvironment:
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=temporal_test_server(),
         data_converter=pydantic_data_converter,
+        runtime=quiet_runtime(),
     )
     await register_search_attributes(env.client)
     return env

@@ -273,6 +273,7 @@ def upgrade() -> None:
         sa.Column("contract_id", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("kind", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("invoice_key", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+        sa.Column("grant_id", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("booked_on", sa.Date(), nullable=False),
         sa.Column(
             "created_at",

@@ -1,0 +1,540 @@
+"""Ledger activities: the contract workflow's side effects on PostgreSQL.
+
+Every activity runs in one transaction, takes the contract's row lock first
+(so two attempts of the same step serialise), and is idempotent on a business
+key enforced by a unique constraint: running one twice has one effect, and the
+second run returns what the first wrote. Billing math is delegated to the pure
+``models`` package; this module only loads, calls and stores.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from temporalio import activity
+
+from activities.ledger_store import (
+    find_invoice,
+    insert_ledger_entry,
+    issued_from_row,
+    load_credit_state,
+    load_journal,
+    lock_contract,
+    next_invoice_number,
+    post_journal,
+)
+from activities.usage_query import MeterSpec, aggregate_late_usage, aggregate_usage, read_watermark
+from models.contract import ContractTerms
+from models.credits import CreditState, CreditSummary
+from models.invoices import (
+    CommitmentLine,
+    FeeLine,
+    InvoiceDocument,
+    InvoiceKind,
+    InvoicePeriod,
+    LateUsageLine,
+    TopUpLine,
+    UsageLine,
+    build_invoice,
+    invoice_key_usage,
+)
+from models.operations import (
+    ActivityName,
+    ClosePeriodRequest,
+    ClosePeriodResult,
+    DunningRequest,
+    DunningStep,
+    ExpireCreditsRequest,
+    GrantRequest,
+    GrantResult,
+    IssuedInvoice,
+    PaymentRequest,
+    PaymentResult,
+    RecordAmendmentRequest,
+    RegisterContractRequest,
+    UpdateContractRequest,
+)
+from models.periods import Period
+from models.rating import UsageAggregate, UsagePart, fee_lines, rate_period, split_points
+from models.revenue import (
+    breakage,
+    commitment_invoiced,
+    payment_received,
+    recognized_by_grant,
+    top_up_invoiced,
+    usage_invoiced,
+)
+
+Line = UsageLine | LateUsageLine | FeeLine | CommitmentLine | TopUpLine
+# Credits are in force until the instant they expire; a grant expiring exactly
+# at a boundary still pays that boundary's invoice (models/credits.py).
+_JUST_BEFORE = timedelta(microseconds=1)
+
+
+class LedgerActivities:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    # --- contracts ---------------------------------------------------------
+    @activity.defn(name=ActivityName.REGISTER_CONTRACT.value)
+    async def register_contract(self, req: RegisterContractRequest) -> None:
+        async with self.engine.begin() as conn:
+            await register_contract_rows(conn, req)
+
+    @activity.defn(name=ActivityName.UPDATE_CONTRACT.value)
+    async def update_contract(self, req: UpdateContractRequest) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "UPDATE contracts SET status = :status, terms = CAST(:terms AS jsonb), "
+                    "term_end = :end, updated_at = now() WHERE id = :id"
+                ),
+                {"status": req.status.value, "terms": req.terms.model_dump_json(),
+                 "end": req.terms.term_end, "id": req.contract_id},
+            )
+
+    @activity.defn(name=ActivityName.RECORD_AMENDMENT.value)
+    async def record_amendment(self, req: RecordAmendmentRequest) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    """
+                    INSERT INTO amendments (contract_id, amendment_id, kind, effective, document)
+                    VALUES (:cid, :aid, :kind, :eff, CAST(:doc AS jsonb))
+                    ON CONFLICT (contract_id, amendment_id) DO NOTHING
+                    """
+                ),
+                {"cid": req.contract_id, "aid": req.amendment.id, "kind": req.amendment.kind,
+                 "eff": req.effective, "doc": req.amendment.model_dump_json()},
+            )
+
+    # --- credits -------------------------------------------------------------
+    @activity.defn(name=ActivityName.GRANT_CREDITS.value)
+    async def grant_credits(self, req: GrantRequest) -> GrantResult:
+        async with self.engine.begin() as conn:
+            await lock_contract(conn, req.contract_id)
+            inserted = await conn.scalar(
+                text(
+                    """
+                    INSERT INTO credit_grants (contract_id, grant_id, credits, price, priority,
+                        effective, expires, invoice_key)
+                    VALUES (:cid, :gid, :credits, :price, :prio, :eff, :exp, :inv)
+                    ON CONFLICT (contract_id, grant_id) DO NOTHING RETURNING id
+                    """
+                ),
+                {"cid": req.contract_id, "gid": req.grant_id, "credits": req.credits,
+                 "price": req.price, "prio": req.priority, "eff": req.effective,
+                 "exp": req.expires, "inv": req.invoice_key},
+            )
+            if inserted is not None:
+                await insert_ledger_entry(
+                    conn, entry_key=f"grant:{req.contract_id}:{req.grant_id}",
+                    contract_id=req.contract_id, grant_id=req.grant_id, kind="grant",
+                    amount=req.credits, invoice_key=req.invoice_key,
+                )
+            invoice = None
+            if req.invoice_kind is not None and req.invoice_key is not None:
+                invoice = await find_invoice(conn, req.contract_id, req.invoice_key)
+                if invoice is None:
+                    invoice = await self._issue_grant_invoice(conn, req)
+            state = await load_credit_state(conn, req.contract_id)
+        return GrantResult(invoice=invoice, credits=state.summary())
+
+    async def _issue_grant_invoice(self, conn: AsyncConnection, req: GrantRequest) -> IssuedInvoice:
+        assert req.invoice_key and req.invoice_period and req.issued_on and req.due_on
+        line: Line
+        if req.invoice_kind == "commitment":
+            kind, line = InvoiceKind.COMMITMENT, CommitmentLine(amount=req.price)
+            entry = commitment_invoiced(req.invoice_key, req.price, req.grant_id)
+        else:
+            kind, line = InvoiceKind.TOP_UP, TopUpLine(amount=req.price)
+            entry = top_up_invoiced(req.invoice_key, req.price, req.grant_id)
+        doc = build_invoice(
+            key=req.invoice_key, kind=kind, currency=req.currency,
+            period=InvoicePeriod(start=req.invoice_period[0], end=req.invoice_period[1]),
+            lines=[line], issued_on=req.issued_on,
+        )
+        issued = await _store_finalized(conn, req.contract_id, doc, req.issued_on, req.due_on)
+        await post_journal(conn, req.contract_id, [entry] if req.price > 0 else [],
+                           req.issued_on, req.invoice_key)
+        return issued
+
+    @activity.defn(name=ActivityName.EXPIRE_CREDITS.value)
+    async def expire_credits(self, req: ExpireCreditsRequest) -> CreditSummary:
+        """Term end: every remaining credit expires; deferred revenue becomes breakage."""
+        async with self.engine.begin() as conn:
+            await lock_contract(conn, req.contract_id)
+            state = await load_credit_state(conn, req.contract_id)
+            state, _ = state.expire_all()
+            await _write_expiries_and_breakage(conn, req.contract_id, state, req.on)
+        return state.summary()
+
+    # --- usage invoices ---------------------------------------------------------
+    @activity.defn(name=ActivityName.CLOSE_PERIOD.value)
+    async def close_period(self, req: ClosePeriodRequest) -> ClosePeriodResult:
+        terms, period = req.terms, req.period
+        cid = terms.contract_id
+        key = invoice_key_usage(period.start_date)
+        async with self.engine.begin() as conn:
+            await lock_contract(conn, cid)
+            existing = await find_invoice(conn, cid, key)
+            if existing is not None and existing.number is not None:
+                state = await load_credit_state(conn, cid)
+                return ClosePeriodResult(invoice=existing, attention=None,
+                                         credits=state.summary())
+            raw = await _asyncpg(conn)
+            watermark = await read_watermark(raw)
+            previous = await conn.scalar(
+                text("SELECT max(usage_watermark) FROM invoices "
+                     "WHERE contract_id = :cid AND kind = 'usage' AND number IS NOT NULL"),
+                {"cid": cid},
+            )
+            rating = rate_period(terms, period,
+                                 await _usage_parts(raw, terms, period, watermark))
+            late_lines = await _late_lines(conn, raw, terms, req.earlier_periods,
+                                           previous, watermark)
+            unpriced = list(rating.unpriced)
+            if unpriced:
+                reason = "unpriced usage: " + "; ".join(
+                    f"{u.meter} {json.dumps(u.dimensions, sort_keys=True)} ({u.quantity})"
+                    for u in unpriced
+                )
+                held = await _hold(conn, cid, key, terms, period, reason)
+                state = await load_credit_state(conn, cid)
+                return ClosePeriodResult(invoice=held, attention=reason, credits=state.summary())
+
+            usage_lines: list[Line] = [*rating.lines, *late_lines]
+            fees = fee_lines(terms, period)
+            state = await load_credit_state(conn, cid)
+            state, expired_before = state.expire(period.end - _JUST_BEFORE)
+            usage_amount = sum((ln.amount for ln in usage_lines), Decimal(0))
+            state, application = state.apply(usage_amount, period.end)
+            doc = build_invoice(
+                key=key, kind=InvoiceKind.USAGE, currency=terms.currency,
+                period=InvoicePeriod(start=period.start_date, end=period.end_date),
+                lines=[*usage_lines, *fees], credits_applied=application.applied_total,
+                issued_on=req.issued_on,
+            )
+            issued = await _store_finalized(conn, cid, doc, req.issued_on, req.due_on,
+                                            watermark=watermark)
+            for part in application.per_grant:
+                await insert_ledger_entry(
+                    conn, entry_key=f"consume:{cid}:{key}:{part.grant_id}", contract_id=cid,
+                    grant_id=part.grant_id, kind="consume", amount=-part.amount, invoice_key=key,
+                )
+            journal = await load_journal(conn, cid)
+            grants = {g.id: g for g in state.grants}
+            entries = usage_invoiced(
+                key, currency=terms.currency,
+                usage_billed=usage_amount - application.applied_total,
+                fees=sum((f.amount for f in fees), Decimal(0)),
+                consumption=[(grants[p.grant_id], p.amount) for p in application.per_grant],
+                recognized_so_far=recognized_by_grant(journal),
+            )
+            await post_journal(conn, cid, entries, req.issued_on, key)
+            if expired_before:
+                await _write_expiries_and_breakage(conn, cid, state, req.issued_on)
+        return ClosePeriodResult(invoice=issued, attention=None, credits=state.summary())
+
+    # --- collection ----------------------------------------------------------------
+    @activity.defn(name=ActivityName.RECORD_PAYMENT.value)
+    async def record_payment(self, req: PaymentRequest) -> PaymentResult:
+        async with self.engine.begin() as conn:
+            await lock_contract(conn, req.contract_id)
+            return await record_payment_in(conn, req)
+
+    @activity.defn(name=ActivityName.DUNNING_STEP.value)
+    async def dunning_step(self, req: DunningRequest) -> None:
+        async with self.engine.begin() as conn:
+            await lock_contract(conn, req.contract_id)
+            inserted = await conn.scalar(
+                text(
+                    """
+                    INSERT INTO dunning_events (event_key, contract_id, invoice_key, kind,
+                        occurred_on)
+                    VALUES (:key, :cid, :inv, :kind, :on)
+                    ON CONFLICT (event_key) DO NOTHING RETURNING id
+                    """
+                ),
+                {"key": f"dunning:{req.contract_id}:{req.invoice_key}:{req.step.value}",
+                 "cid": req.contract_id, "inv": req.invoice_key, "kind": req.step.value,
+                 "on": req.on},
+            )
+            if req.step is DunningStep.OVERDUE:
+                await conn.execute(
+                    text("UPDATE invoices SET status = 'overdue' "
+                         "WHERE contract_id = :cid AND key = :key AND status = 'open'"),
+                    {"cid": req.contract_id, "key": req.invoice_key},
+                )
+            elif inserted is not None:
+                # Delivery (e-mail, CRM task) hangs off this row; billow records it.
+                activity.logger.info(
+                    "reminder %s for invoice %s of contract %s",
+                    req.step.value, req.invoice_key, req.contract_id,
+                )
+
+
+async def register_contract_rows(conn: AsyncConnection, req: RegisterContractRequest) -> None:
+    """Insert the customer and the contract if absent (idempotent on their ids).
+
+    Called by the API before it starts the workflow (so usage is accepted at
+    once) and by the workflow's first activity (so a workflow started any
+    other way is registered too).
+    """
+    t = req.terms
+    await conn.execute(
+        text("INSERT INTO customers (id, name) VALUES (:id, :name) "
+             "ON CONFLICT (id) DO NOTHING"),
+        {"id": t.customer.id, "name": t.customer.name},
+    )
+    await conn.execute(
+        text(
+            """
+            INSERT INTO contracts (id, customer_id, plan_key, catalog_version, currency,
+                starts_on, term_end, status, terms_digest, document, terms)
+            VALUES (:id, :cust, :plan, :ver, :cur, :starts, :end, 'scheduled', :digest,
+                CAST(:doc AS jsonb), CAST(:terms AS jsonb))
+            ON CONFLICT (id) DO NOTHING
+            """
+        ),
+        {"id": t.contract_id, "cust": t.customer.id, "plan": t.plan_key,
+         "ver": req.catalog_version, "cur": t.currency, "starts": t.starts_on,
+         "end": t.term_end, "digest": req.terms_digest,
+         "doc": req.contract.model_dump_json(), "terms": t.model_dump_json()},
+    )
+
+
+async def record_payment_in(conn: AsyncConnection, req: PaymentRequest) -> PaymentResult:
+    """Record a payment inside the caller's transaction (idempotent on its key)."""
+    row = (
+        await conn.execute(
+            text("SELECT * FROM invoices WHERE contract_id = :cid AND key = :key FOR UPDATE"),
+            {"cid": req.contract_id, "key": req.invoice_key},
+        )
+    ).one_or_none()
+    if row is None:
+        raise LookupError(f"invoice {req.invoice_key!r} of contract {req.contract_id!r} not found")
+    inserted = await conn.scalar(
+        text(
+            """
+            INSERT INTO payments (payment_key, contract_id, invoice_id, amount, received_on,
+                method, gateway_ref)
+            VALUES (:key, :cid, :iid, :amount, :on, :method, :ref)
+            ON CONFLICT (payment_key) DO NOTHING RETURNING id
+            """
+        ),
+        {"key": req.payment_key, "cid": req.contract_id, "iid": row.id, "amount": req.amount,
+         "on": req.received_on, "method": req.method, "ref": req.gateway_ref},
+    )
+    if inserted is None:
+        issued = issued_from_row(row)
+        return PaymentResult(invoice_key=issued.key, status=issued.status,
+                             amount_paid=issued.amount_paid, paid_on=issued.paid_on,
+                             applied=False)
+    paid = row.amount_paid + req.amount
+    settled = paid >= row.total
+    updated = (
+        await conn.execute(
+            text(
+                """
+                UPDATE invoices SET amount_paid = :paid,
+                    status = CASE WHEN :settled THEN 'paid' ELSE status END,
+                    paid_on = CASE WHEN :settled THEN CAST(:on AS date) ELSE paid_on END
+                WHERE id = :id RETURNING *
+                """
+            ),
+            {"paid": paid, "settled": settled, "on": req.received_on, "id": row.id},
+        )
+    ).one()
+    await post_journal(conn, req.contract_id,
+                       [payment_received(f"payment:{req.payment_key}", req.amount)],
+                       req.received_on, req.invoice_key)
+    return PaymentResult(invoice_key=updated.key, status=updated.status,
+                         amount_paid=updated.amount_paid, paid_on=updated.paid_on, applied=True)
+
+
+# --- helpers ---------------------------------------------------------------------
+
+
+async def _asyncpg(conn: AsyncConnection) -> Any:
+    """The asyncpg connection under SQLAlchemy's, in the same transaction."""
+    raw = await conn.get_raw_connection()
+    return raw.driver_connection
+
+
+def _meter_specs(terms: ContractTerms, period: Period) -> list[MeterSpec]:
+    return [MeterSpec.of(m, split_points(terms, period, m.key)) for m in terms.meters]
+
+
+def _parts(rows: Sequence[Any]) -> list[UsagePart]:
+    by_window: dict[tuple[Any, Any], list[UsageAggregate]] = {}
+    for r in rows:
+        by_window.setdefault((r.part_start, r.part_end), []).append(
+            UsageAggregate(meter=r.meter, dimensions=r.dimensions, quantity=r.quantity,
+                           first_seen=r.first_seen)
+        )
+    return [UsagePart(start=s, end=e, aggregates=a) for (s, e), a in by_window.items()]
+
+
+async def _usage_parts(raw: Any, terms: ContractTerms, period: Period,
+                       watermark: int) -> list[UsagePart]:
+    rows = await aggregate_usage(
+        raw, customer_id=terms.customer.id, meters=_meter_specs(terms, period),
+        start=period.start, end=period.end, watermark=watermark,
+    )
+    return _parts(rows)
+
+
+async def _late_lines(
+    conn: AsyncConnection, raw: Any, terms: ContractTerms, earlier: Sequence[Period],
+    previous_watermark: int | None, watermark: int,
+) -> list[LateUsageLine]:
+    """Events that arrived after their period's invoice: rated at the prices in
+    force at their own time, billed once (watermarks never overlap)."""
+    if not earlier or previous_watermark is None:
+        return []
+    # Only additive aggregations have a late delta that can be billed on its
+    # own; max/unique_count/latest need the period re-rated (a credit note),
+    # which billow does not issue yet.
+    additive = [m for m in terms.meters if str(m.aggregation) in ("sum", "count")]
+    if not additive:
+        return []
+    lines: list[LateUsageLine] = []
+    for period in earlier:
+        specs = [MeterSpec.of(m, split_points(terms, period, m.key)) for m in additive]
+        rows = await aggregate_usage(
+            raw, customer_id=terms.customer.id, meters=specs, start=period.start,
+            end=period.end, watermark=watermark, min_txid=previous_watermark,
+        )
+        if not rows:
+            continue
+        billed = await _billed_quantities(conn, terms.contract_id, period)
+        result = rate_period(terms, period, _parts(rows), late=True, already=billed)
+        lines += [ln for ln in result.lines if isinstance(ln, LateUsageLine)]
+    return lines
+
+
+async def _billed_quantities(conn: AsyncConnection, cid: str, period: Period) -> dict[str, Decimal]:
+    rows = await conn.execute(
+        text(
+            """
+            SELECT l.meter, sum(l.quantity) AS q
+            FROM invoice_lines l JOIN invoices i ON i.id = l.invoice_id
+            WHERE i.contract_id = :cid AND i.number IS NOT NULL AND l.meter IS NOT NULL
+              AND ((l.kind = 'usage' AND i.key = :key)
+                   OR (l.kind = 'late_usage' AND l.line_period_start = :start))
+            GROUP BY l.meter
+            """
+        ),
+        {"cid": cid, "key": invoice_key_usage(period.start_date), "start": period.start_date},
+    )
+    return {r.meter: r.q for r in rows}
+
+
+async def _hold(conn: AsyncConnection, cid: str, key: str, terms: ContractTerms,
+                period: Period, reason: str) -> IssuedInvoice:
+    """Keep (or refresh) the period's invoice as needs_attention, without a number."""
+    row = (
+        await conn.execute(
+            text(
+                """
+                INSERT INTO invoices (contract_id, key, kind, status, currency, period_start,
+                    period_end, subtotal, credits_applied, total, amount_paid, attention_reason)
+                VALUES (:cid, :key, 'usage', 'needs_attention', :cur, :ps, :pe, 0, 0, 0, 0, :why)
+                ON CONFLICT (contract_id, key) DO UPDATE SET attention_reason = EXCLUDED.attention_reason
+                WHERE invoices.number IS NULL
+                RETURNING *
+                """
+            ),
+            {"cid": cid, "key": key, "cur": terms.currency, "ps": period.start_date,
+             "pe": period.end_date, "why": reason},
+        )
+    ).one()
+    return issued_from_row(row)
+
+
+async def _store_finalized(
+    conn: AsyncConnection, cid: str, doc: InvoiceDocument, issued_on: date, due_on: date,
+    *, watermark: int | None = None,
+) -> IssuedInvoice:
+    """Insert (or finalize a held) invoice with its number and lines."""
+    number = await next_invoice_number(conn)
+    status = "paid" if doc.total == 0 else "open"
+    row = (
+        await conn.execute(
+            text(
+                """
+                INSERT INTO invoices (contract_id, key, number, kind, status, currency,
+                    period_start, period_end, issued_on, due_on, subtotal, credits_applied,
+                    total, amount_paid, paid_on, usage_watermark, finalized_at)
+                VALUES (:cid, :key, :num, :kind, :status, :cur, :ps, :pe, :issued, :due,
+                    :sub, :cred, :total, 0, :paid_on, :wm, now())
+                ON CONFLICT (contract_id, key) DO UPDATE SET
+                    number = EXCLUDED.number, status = EXCLUDED.status,
+                    issued_on = EXCLUDED.issued_on, due_on = EXCLUDED.due_on,
+                    subtotal = EXCLUDED.subtotal, credits_applied = EXCLUDED.credits_applied,
+                    total = EXCLUDED.total, paid_on = EXCLUDED.paid_on,
+                    usage_watermark = EXCLUDED.usage_watermark, attention_reason = NULL,
+                    finalized_at = now()
+                WHERE invoices.number IS NULL
+                RETURNING *
+                """
+            ),
+            {"cid": cid, "key": doc.key, "num": number, "kind": doc.kind.value,
+             "status": status, "cur": doc.currency, "ps": doc.period.start,
+             "pe": doc.period.end, "issued": issued_on, "due": due_on, "sub": doc.subtotal,
+             "cred": doc.credits_applied, "total": doc.total,
+             "paid_on": issued_on if status == "paid" else None, "wm": watermark},
+        )
+    ).one()
+    await conn.execute(text("DELETE FROM invoice_lines WHERE invoice_id = :id"), {"id": row.id})
+    await conn.execute(
+        text(
+            """
+            INSERT INTO invoice_lines (invoice_id, position, kind, meter, fee, dimensions,
+                quantity, unit_price, amount, line_period_start, line_period_end, document)
+            VALUES (:iid, :pos, :kind, :meter, :fee, CAST(:dims AS jsonb), :q, :up, :amount,
+                :lps, :lpe, CAST(:doc AS jsonb))
+            """
+        ),
+        [_line_params(row.id, i, ln) for i, ln in enumerate(doc.lines)],
+    )
+    return issued_from_row(row)
+
+
+def _line_params(invoice_id: int, position: int, ln: Line) -> dict[str, Any]:
+    meter = getattr(ln, "meter", None)
+    dims = getattr(ln, "dimensions", None)
+    return {
+        "iid": invoice_id, "pos": position, "kind": ln.kind, "meter": meter,
+        "fee": getattr(ln, "fee", None),
+        "dims": None if dims is None else json.dumps(dims),
+        "q": getattr(ln, "quantity", None), "up": getattr(ln, "unit_price", None),
+        "amount": ln.amount,
+        "lps": getattr(ln, "period_start", None), "lpe": getattr(ln, "period_end", None),
+        "doc": ln.model_dump_json(),
+    }
+
+
+async def _write_expiries_and_breakage(
+    conn: AsyncConnection, cid: str, state: CreditState, booked_on: date
+) -> None:
+    """Ledger expiry rows for expired credits and breakage for their deferred revenue."""
+    journal = await load_journal(conn, cid)
+    recognized = recognized_by_grant(journal)
+    for grant, balance in zip(state.grants, state.balances, strict=True):
+        if balance.expired <= 0:
+            continue
+        await insert_ledger_entry(
+            conn, entry_key=f"expire:{cid}:{grant.id}", contract_id=cid, grant_id=grant.id,
+            kind="expire", amount=-balance.expired, invoice_key=None,
+        )
+        entry = breakage(grant, recognized.get(grant.id, Decimal(0)))
+        if entry is not None:
+            await post_journal(conn, cid, [entry], booked_on)

@@ -1,0 +1,176 @@
+"""Reading and writing ledger rows inside one transaction.
+
+Small helpers the ledger activities compose. Each takes an open
+``AsyncConnection`` (the caller owns the transaction), so an activity's whole
+effect commits or rolls back together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from models.credits import CreditBalance, CreditGrant, CreditState
+from models.operations import IssuedInvoice
+from models.revenue import JournalEntry
+
+
+async def lock_contract(conn: AsyncConnection, contract_id: str) -> None:
+    """Serialise ledger writes of one contract (row lock until commit)."""
+    found = await conn.scalar(
+        text("SELECT id FROM contracts WHERE id = :id FOR UPDATE"), {"id": contract_id}
+    )
+    if found is None:
+        raise LookupError(f"contract {contract_id!r} is not registered")
+
+
+async def load_credit_state(conn: AsyncConnection, contract_id: str) -> CreditState:
+    """The contract's grants with balances summed from the append-only ledger."""
+    rows = (
+        await conn.execute(
+            text(
+                """
+                SELECT g.grant_id, g.credits, g.price, g.priority, g.effective, g.expires,
+                       coalesce(sum(-l.amount) FILTER (WHERE l.kind = 'consume'), 0) AS consumed,
+                       coalesce(sum(-l.amount) FILTER (WHERE l.kind = 'expire'), 0) AS expired
+                FROM credit_grants g
+                LEFT JOIN credit_ledger l
+                  ON l.contract_id = g.contract_id AND l.grant_id = g.grant_id
+                WHERE g.contract_id = :cid
+                GROUP BY g.id
+                ORDER BY g.id
+                """
+            ),
+            {"cid": contract_id},
+        )
+    ).all()
+    grants: list[CreditGrant] = []
+    balances: list[CreditBalance] = []
+    for seq, r in enumerate(rows):
+        grants.append(
+            CreditGrant(id=r.grant_id, credits=r.credits, price=r.price, priority=r.priority,
+                        effective=r.effective, expires=r.expires, seq=seq)
+        )
+        balances.append(
+            CreditBalance(grant_id=r.grant_id, granted=r.credits, consumed=r.consumed,
+                          expired=r.expired, remaining=r.credits - r.consumed - r.expired)
+        )
+    return CreditState(grants=grants, balances=balances)
+
+
+async def insert_ledger_entry(
+    conn: AsyncConnection, *, entry_key: str, contract_id: str, grant_id: str, kind: str,
+    amount: Decimal, invoice_key: str | None,
+) -> bool:
+    """Append one credit movement; False if its key was already written."""
+    inserted = await conn.scalar(
+        text(
+            """
+            INSERT INTO credit_ledger (entry_key, contract_id, grant_id, kind, amount, invoice_key)
+            VALUES (:key, :cid, :gid, :kind, :amount, :inv)
+            ON CONFLICT (entry_key) DO NOTHING RETURNING id
+            """
+        ),
+        {"key": entry_key, "cid": contract_id, "gid": grant_id, "kind": kind,
+         "amount": amount, "inv": invoice_key},
+    )
+    return inserted is not None
+
+
+async def post_journal(
+    conn: AsyncConnection, contract_id: str, entries: Sequence[JournalEntry], booked_on: date,
+    invoice_key: str | None = None,
+) -> None:
+    """Post balanced entries; an entry whose key exists is skipped (idempotent)."""
+    for entry in entries:
+        entry_id = await conn.scalar(
+            text(
+                """
+                INSERT INTO journal_entries
+                    (entry_key, contract_id, kind, invoice_key, grant_id, booked_on)
+                VALUES (:key, :cid, :kind, :inv, :gid, :on)
+                ON CONFLICT (entry_key) DO NOTHING RETURNING id
+                """
+            ),
+            {"key": f"{contract_id}:{entry.key}", "cid": contract_id, "kind": entry.kind.value,
+             "inv": invoice_key, "gid": entry.grant_id, "on": booked_on},
+        )
+        if entry_id is None:
+            continue
+        await conn.execute(
+            text(
+                "INSERT INTO journal_lines (entry_id, position, account, debit, credit) "
+                "VALUES (:eid, :pos, :account, :debit, :credit)"
+            ),
+            [
+                {"eid": entry_id, "pos": i, "account": ln.account.value, "debit": ln.debit,
+                 "credit": ln.credit}
+                for i, ln in enumerate(entry.lines)
+            ],
+        )
+
+
+async def load_journal(conn: AsyncConnection, contract_id: str) -> list[JournalEntry]:
+    """The contract's journal as pure entries (for recognition caps and summaries)."""
+    rows = (
+        await conn.execute(
+            text(
+                """
+                SELECT e.entry_key, e.kind, e.grant_id, l.account, l.debit, l.credit
+                FROM journal_entries e JOIN journal_lines l ON l.entry_id = e.id
+                WHERE e.contract_id = :cid ORDER BY e.id, l.position
+                """
+            ),
+            {"cid": contract_id},
+        )
+    ).all()
+    grouped: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        key = r.entry_key.removeprefix(f"{contract_id}:")
+        entry = grouped.setdefault(
+            key, {"key": key, "kind": r.kind, "grant_id": r.grant_id, "lines": []}
+        )
+        entry["lines"].append({"account": r.account, "debit": r.debit, "credit": r.credit})
+    return [JournalEntry.model_validate(e) for e in grouped.values()]
+
+
+async def next_invoice_number(conn: AsyncConnection, series: str = "default") -> str:
+    """Take the next number of a series inside the caller's transaction.
+
+    The UPDATE's row lock serialises concurrent finalizations; a rollback
+    releases the number unused, so numbers are gapless and never reused.
+    """
+    row = (
+        await conn.execute(
+            text(
+                "UPDATE invoice_number_series SET next_value = next_value + 1 "
+                "WHERE series = :s RETURNING prefix, next_value - 1 AS value"
+            ),
+            {"s": series},
+        )
+    ).one()
+    return f"{row.prefix}{row.value:06d}"
+
+
+async def find_invoice(conn: AsyncConnection, contract_id: str, key: str) -> IssuedInvoice | None:
+    row = (
+        await conn.execute(
+            text("SELECT * FROM invoices WHERE contract_id = :cid AND key = :key"),
+            {"cid": contract_id, "key": key},
+        )
+    ).one_or_none()
+    return None if row is None else issued_from_row(row)
+
+
+def issued_from_row(row: Any) -> IssuedInvoice:
+    return IssuedInvoice(
+        key=row.key, number=row.number, kind=row.kind, status=row.status, currency=row.currency,
+        period_start=row.period_start, period_end=row.period_end, issued_on=row.issued_on,
+        due_on=row.due_on, subtotal=row.subtotal, credits_applied=row.credits_applied,
+        total=row.total, amount_paid=row.amount_paid, paid_on=row.paid_on,
+    )

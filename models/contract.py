@@ -1,0 +1,397 @@
+"""Contracts, rate overrides, commitments and resolved contract terms.
+
+Invariants:
+- A `RateOverride` is one of: explicit price (``meter`` required, optional
+  ``match``), meter discount (``meter`` + ``discount_percent``) or
+  contract-wide discount (``discount_percent`` only, no ``match``). Its window
+  is half-open ``[effective, until)``; ``None`` means unbounded.
+- A `Commitment` has at most one of ``bonus_percent``, ``discount_percent``,
+  ``credits``; its credits are computed exactly and rounded half up to the
+  currency's minor unit (credits are a money balance).
+- `ContractTerms` is the contract resolved against its plan: no optional
+  terms left, the plan's meters and fees snapshotted, JSON-serializable, so a
+  workflow can carry it and rate with nothing else.
+- Dates in contracts (``starts_on``, ``expires_on``, date-only grant windows)
+  mean the local midnight starting that day in the contract's timezone.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from models._loading import Format, parse_text, read_file, validate_model
+from models.catalog import Catalog, Meter, PriceFields, RecurringFee, check_matches
+from models.errors import BillowValidationError, Problem
+from models.money import (
+    CurrencyCode,
+    NonNegativeDecimal,
+    Percent,
+    PositiveDecimal,
+    exact_div,
+    round_money,
+)
+from models.periods import (
+    BillingAnchor,
+    BillingCycle,
+    local_midnight_utc,
+    term_end_date,
+    validate_timezone,
+)
+
+__all__ = [
+    "COMMITMENT_GRANT_ID",
+    "BillingAnchor",
+    "BillingCycle",
+    "Commitment",
+    "Contract",
+    "ContractTerms",
+    "CreditGrantSpec",
+    "Customer",
+    "DateOrInstant",
+    "RateOverride",
+    "UtcDatetime",
+    "add_rate_override",
+    "load_contract",
+    "load_contract_file",
+    "parse_contract_text",
+    "resolve_terms",
+    "to_instant",
+]
+
+_FROZEN = ConfigDict(extra="forbid", frozen=True)
+COMMITMENT_GRANT_ID = "commitment"
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(lambda d: d.astimezone(UTC))]
+"""An instant with an explicit offset, normalized to UTC; naive values are errors."""
+
+
+def _date_or_instant(v: Any) -> Any:
+    # Decide by shape instead of letting a union guess: 10 chars is a date.
+    if isinstance(v, str):
+        s = v.strip()
+        if len(s) == 10:
+            return date.fromisoformat(s)
+        dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
+        if dt.tzinfo is None:
+            raise ValueError("instant needs a UTC offset (e.g. 'Z' or '+01:00')")
+        return dt.astimezone(UTC)
+    if isinstance(v, datetime):
+        if v.tzinfo is None:
+            raise ValueError("instant needs a UTC offset (e.g. 'Z' or '+01:00')")
+        return v.astimezone(UTC)
+    return v
+
+
+DateOrInstant = Annotated[date | datetime, BeforeValidator(_date_or_instant)]
+"""A local date (meaning local midnight) or an aware instant."""
+
+
+def to_instant(value: date | datetime, tz: str) -> datetime:
+    """A `DateOrInstant` as a UTC instant (dates mean local midnight in ``tz``)."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC)
+    return local_midnight_utc(value, tz)
+
+
+class Customer(BaseModel):
+    model_config = _FROZEN
+    id: Annotated[str, Field(min_length=1)]
+    name: str
+
+
+class RateOverride(PriceFields):
+    meter: str | None = None
+    match: dict[str, str] = Field(default_factory=dict)
+    discount_percent: Percent | None = None
+    effective: UtcDatetime | None = None
+    until: UtcDatetime | None = None
+
+    @model_validator(mode="after")
+    def _form(self) -> RateOverride:
+        problems: list[Problem] = []
+        n = self._price_count()
+        if n > 1:
+            problems.append(("", "at most one of unit_price, tiers or package"))
+        if n and self.discount_percent is not None:
+            problems.append(("discount_percent", "not allowed with an explicit price"))
+        if not n and self.discount_percent is None:
+            problems.append(
+                ("", "needs a price (unit_price, tiers or package) or discount_percent")
+            )
+        if n and self.meter is None:
+            problems.append(("meter", "required with an explicit price"))
+        if self.match and self.meter is None:
+            problems.append(("match", "requires meter"))
+        if self.effective and self.until and self.until <= self.effective:
+            problems.append(("until", "must be after effective"))
+        if problems:
+            raise BillowValidationError(problems)
+        return self
+
+    @property
+    def is_discount(self) -> bool:
+        return self.discount_percent is not None
+
+    def in_force(self, at: datetime) -> bool:
+        """Half-open window ``[effective, until)``."""
+        return (self.effective is None or self.effective <= at) and (
+            self.until is None or at < self.until
+        )
+
+
+class Commitment(BaseModel):
+    model_config = _FROZEN
+    amount: PositiveDecimal
+    bonus_percent: NonNegativeDecimal | None = None
+    discount_percent: Percent | None = None
+    credits: PositiveDecimal | None = None
+    expires_on: date | None = None
+    priority: int = 0
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Commitment:
+        given = [
+            n
+            for n in ("bonus_percent", "discount_percent", "credits")
+            if getattr(self, n) is not None
+        ]
+        if len(given) > 1:
+            raise BillowValidationError([(given[1], f"not allowed together with {given[0]}")])
+        if self.discount_percent is not None and self.discount_percent >= 100:
+            raise BillowValidationError([("discount_percent", "must be less than 100")])
+        return self
+
+    def credits_for(self, currency: str) -> Decimal:
+        """Credits the commitment buys (SPEC 1), rounded to the minor unit."""
+        if self.credits is not None:
+            exact = self.credits
+        elif self.bonus_percent is not None:
+            exact = self.amount * (1 + self.bonus_percent / 100)
+        elif self.discount_percent is not None:
+            exact = exact_div(self.amount, 1 - self.discount_percent / 100)
+        else:
+            exact = self.amount
+        return round_money(exact, currency)
+
+
+class CreditGrantSpec(BaseModel):
+    """A grant written in the contract (promotional unless ``price`` > 0)."""
+
+    model_config = _FROZEN
+    id: Annotated[str, Field(min_length=1)]
+    credits: PositiveDecimal
+    price: NonNegativeDecimal = Decimal(0)
+    priority: int = 0
+    effective: DateOrInstant | None = None
+    expires: DateOrInstant | None = None
+
+
+def _tz(v: str) -> str:
+    return validate_timezone(v)
+
+
+def _no_bool_float(v: Any) -> Any:
+    if isinstance(v, bool | float):
+        raise ValueError("must be a whole number")
+    return v
+
+
+WholeNumber = Annotated[int, BeforeValidator(_no_bool_float)]
+
+
+class Contract(BaseModel):
+    model_config = _FROZEN
+    id: Annotated[str, Field(min_length=1)]
+    customer: Customer
+    plan: str
+    starts_on: date
+    term_months: Annotated[WholeNumber, Field(gt=0)]
+    billing_cycle: BillingCycle | None = None
+    payment_terms_days: Annotated[WholeNumber, Field(ge=0)] | None = None
+    auto_pay: bool | None = None
+    usage_grace_hours: NonNegativeDecimal | None = None
+    rate_overrides: list[RateOverride] = Field(default_factory=list)
+    commitment: Commitment | None = None
+    credit_grants: list[CreditGrantSpec] = Field(default_factory=list)
+    timezone: Annotated[str, AfterValidator(_tz)] = "UTC"
+    billing_anchor: BillingAnchor = BillingAnchor.START
+    currency: CurrencyCode | None = None
+
+    @field_validator("starts_on", mode="before")
+    @classmethod
+    def _date_only(cls, v: Any) -> Any:
+        if isinstance(v, datetime) or (isinstance(v, str) and len(v.strip()) != 10):
+            raise ValueError("must be a date like 2027-01-01")
+        return v
+
+    @model_validator(mode="after")
+    def _grants(self) -> Contract:
+        problems: list[Problem] = []
+        ids: set[str] = set()
+        for i, g in enumerate(self.credit_grants):
+            if g.id in ids or g.id == COMMITMENT_GRANT_ID:
+                problems.append((f"credit_grants[{i}].id", f"duplicate or reserved id {g.id!r}"))
+            ids.add(g.id)
+        if problems:
+            raise BillowValidationError(problems)
+        return self
+
+
+class ContractTerms(BaseModel):
+    """A contract resolved against its plan; everything rating needs."""
+
+    model_config = _FROZEN
+    contract_id: str
+    customer: Customer
+    plan_key: str
+    currency: CurrencyCode
+    timezone: str
+    starts_on: date
+    term_months: int
+    term_end: date  # exclusive; moved by extend_term / terminate
+    billing_cycle: BillingCycle
+    billing_anchor: BillingAnchor
+    cycle_anchor: date  # date start-anchored boundaries count from
+    payment_terms_days: int
+    auto_pay: bool
+    usage_grace_hours: Decimal
+    meters: list[Meter]
+    recurring_fees: list[RecurringFee]
+    rate_overrides: list[RateOverride]
+    commitment: Commitment | None
+    credit_grants: list[CreditGrantSpec]
+
+    def meter(self, key: str) -> Meter:
+        for m in self.meters:
+            if m.key == key:
+                return m
+        raise KeyError(f"meter {key!r} is not in plan {self.plan_key!r}")
+
+    @property
+    def term_start_at(self) -> datetime:
+        return local_midnight_utc(self.starts_on, self.timezone)
+
+    @property
+    def term_end_at(self) -> datetime:
+        return local_midnight_utc(self.term_end, self.timezone)
+
+
+def _override_problems(
+    ov: RateOverride, path: str, meters: dict[str, Meter], plan_key: str
+) -> list[Problem]:
+    if ov.meter is None:
+        return []
+    meter = meters.get(ov.meter)
+    if meter is None:
+        return [(f"{path}.meter", f"meter {ov.meter!r} is not in plan {plan_key!r}")]
+    return [
+        (f"{path}{p.removeprefix('m[0]')}", r)
+        for p, r in check_matches([ov.match], meter.group_by, "m")
+    ]
+
+
+def resolve_terms(contract: Contract, catalog: Catalog) -> ContractTerms:
+    """Resolve ``contract`` against ``catalog``; errors name contract fields."""
+    try:
+        plan = catalog.plan(contract.plan)
+    except KeyError:
+        raise BillowValidationError([("plan", f"unknown plan {contract.plan!r}")]) from None
+    meters = {m.key: m for m in catalog.meters_for(plan.key)}
+    problems: list[Problem] = []
+    if contract.currency is not None and contract.currency != plan.currency:
+        problems.append(
+            ("currency", f"{contract.currency} differs from plan currency {plan.currency}")
+        )
+    for i, ov in enumerate(contract.rate_overrides):
+        problems.extend(_override_problems(ov, f"rate_overrides[{i}]", meters, plan.key))
+    if problems:
+        raise BillowValidationError(problems)
+    return ContractTerms(
+        contract_id=contract.id,
+        customer=contract.customer,
+        plan_key=plan.key,
+        currency=plan.currency,
+        timezone=contract.timezone,
+        starts_on=contract.starts_on,
+        term_months=contract.term_months,
+        term_end=term_end_date(contract.starts_on, contract.term_months),
+        billing_cycle=contract.billing_cycle or plan.billing_cycle,
+        billing_anchor=contract.billing_anchor,
+        cycle_anchor=contract.starts_on,
+        payment_terms_days=(
+            plan.payment_terms_days
+            if contract.payment_terms_days is None
+            else contract.payment_terms_days
+        ),
+        auto_pay=plan.auto_pay if contract.auto_pay is None else contract.auto_pay,
+        usage_grace_hours=(
+            plan.usage_grace_hours
+            if contract.usage_grace_hours is None
+            else contract.usage_grace_hours
+        ),
+        meters=list(meters.values()),
+        recurring_fees=list(plan.recurring_fees),
+        rate_overrides=list(contract.rate_overrides),
+        commitment=contract.commitment,
+        credit_grants=list(contract.credit_grants),
+    )
+
+
+def add_rate_override(
+    terms: ContractTerms, override: RateOverride, effective: datetime
+) -> ContractTerms:
+    """Apply a ``rate_override`` amendment: add it from ``effective`` on.
+
+    "Adds or replaces" (SPEC 7): an override of the same form and target
+    (same meter, same match, price vs discount) still in force at
+    ``effective`` is closed at ``effective`` (its ``until`` set), so the new
+    one replaces it from then on and history before stays intact. The new
+    override starts at ``max(effective, override.effective)``.
+    """
+    problems = _override_problems(
+        override, "override", {m.key: m for m in terms.meters}, terms.plan_key
+    )
+    if problems:
+        raise BillowValidationError(problems)
+    start = max(effective, override.effective) if override.effective else effective
+    kept: list[RateOverride] = []
+    for ov in terms.rate_overrides:
+        same_target = (
+            ov.meter == override.meter
+            and ov.match == override.match
+            and ov.is_discount == override.is_discount
+        )
+        if same_target and ov.in_force(start):
+            if ov.effective is not None and ov.effective >= start:
+                continue  # it would never be in force: drop it
+            ov = ov.model_copy(update={"until": start})
+        kept.append(ov)
+    new = override.model_copy(update={"effective": start})
+    return terms.model_copy(update={"rate_overrides": [*kept, new]})
+
+
+def load_contract(data: Any) -> Contract:
+    return validate_model(Contract, data)
+
+
+def parse_contract_text(text: str, fmt: Format = "yaml") -> Contract:
+    return load_contract(parse_text(text, fmt))
+
+
+def load_contract_file(path: str | Path) -> Contract:
+    text, fmt = read_file(path)
+    return parse_contract_text(text, fmt)

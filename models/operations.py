@@ -1,0 +1,221 @@
+"""What the contract workflow asks of the ledger: activity requests and results.
+
+These are the only types that cross the Temporal boundary between
+``workflows`` and ``activities`` (besides the domain types they embed), so
+both sides depend on ``models`` and never on each other. Activities are
+called by the names in `ActivityName`.
+
+Invariants:
+- Every request carries the business key its side effect is idempotent on
+  (contract id + invoice key, grant id, payment key, dunning step); never a
+  run id or attempt number.
+- Results are small: keys, numbers, statuses and totals, not documents.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict
+
+from models.amendments import Amendment
+from models.contract import Contract, ContractTerms
+from models.credits import CreditSummary
+from models.periods import Period
+
+__all__ = [
+    "ActivityName",
+    "ChargeRequest",
+    "ChargeResult",
+    "ClosePeriodRequest",
+    "ClosePeriodResult",
+    "ContractStatus",
+    "CreditSummary",
+    "DunningRequest",
+    "DunningStep",
+    "ExpireCreditsRequest",
+    "GrantRequest",
+    "GrantResult",
+    "IssuedInvoice",
+    "PaymentRequest",
+    "PaymentResult",
+    "RecordAmendmentRequest",
+    "RegisterContractRequest",
+    "UpdateContractRequest",
+]
+
+_FROZEN = ConfigDict(extra="forbid", frozen=True)
+
+
+class ActivityName(StrEnum):
+    REGISTER_CONTRACT = "register_contract"
+    UPDATE_CONTRACT = "update_contract"
+    RECORD_AMENDMENT = "record_amendment"
+    GRANT_CREDITS = "grant_credits"
+    CLOSE_PERIOD = "close_period"
+    RECORD_PAYMENT = "record_payment"
+    CHARGE_INVOICE = "charge_invoice"
+    DUNNING_STEP = "dunning_step"
+    EXPIRE_CREDITS = "expire_credits"
+
+
+class ContractStatus(StrEnum):
+    SCHEDULED = "scheduled"
+    ACTIVE = "active"
+    NEEDS_ATTENTION = "needs_attention"
+    ENDED = "ended"
+    TERMINATED = "terminated"
+
+
+class DunningStep(StrEnum):
+    OVERDUE = "overdue"
+    REMINDER_1 = "reminder_1"
+    REMINDER_7 = "reminder_7"
+    REMINDER_30 = "reminder_30"
+
+
+class IssuedInvoice(BaseModel):
+    """What the contract remembers of a finalized (or held) invoice."""
+
+    model_config = _FROZEN
+    key: str
+    number: str | None
+    kind: Literal["commitment", "usage", "top_up"]
+    status: str
+    currency: str
+    period_start: date
+    period_end: date
+    issued_on: date | None
+    due_on: date | None
+    subtotal: Decimal
+    credits_applied: Decimal
+    total: Decimal
+    amount_paid: Decimal = Decimal(0)
+    paid_on: date | None = None
+
+
+class RegisterContractRequest(BaseModel):
+    model_config = _FROZEN
+    contract: Contract
+    terms: ContractTerms
+    catalog_version: int | None
+    terms_digest: str
+
+
+class UpdateContractRequest(BaseModel):
+    model_config = _FROZEN
+    contract_id: str
+    status: ContractStatus
+    terms: ContractTerms
+
+
+class RecordAmendmentRequest(BaseModel):
+    model_config = _FROZEN
+    contract_id: str
+    amendment: Amendment
+    effective: AwareDatetime
+
+
+class GrantRequest(BaseModel):
+    """Grant credits; with ``invoice_kind`` also issue the invoice paying for them."""
+
+    model_config = _FROZEN
+    contract_id: str
+    grant_id: str
+    credits: Decimal
+    price: Decimal
+    priority: int
+    effective: AwareDatetime
+    expires: AwareDatetime
+    currency: str
+    invoice_kind: Literal["commitment", "top_up"] | None
+    invoice_key: str | None
+    invoice_period: tuple[date, date] | None
+    issued_on: date | None
+    due_on: date | None
+
+
+class GrantResult(BaseModel):
+    model_config = _FROZEN
+    invoice: IssuedInvoice | None
+    credits: CreditSummary
+
+
+class ClosePeriodRequest(BaseModel):
+    """Rate, apply credits and finalize the usage invoice of one period."""
+
+    model_config = _FROZEN
+    terms: ContractTerms
+    period: Period
+    # Earlier periods of the term, for late events (rated and labelled with
+    # the period they belong to).
+    earlier_periods: list[Period]
+    issued_on: date
+    due_on: date
+    is_final: bool
+
+
+class ClosePeriodResult(BaseModel):
+    model_config = _FROZEN
+    invoice: IssuedInvoice
+    # Set when the invoice is held: unpriced usage or another business error.
+    attention: str | None
+    credits: CreditSummary
+
+
+class PaymentRequest(BaseModel):
+    model_config = _FROZEN
+    contract_id: str
+    invoice_key: str
+    payment_key: str
+    amount: Decimal
+    received_on: date
+    method: str = "manual"
+    gateway_ref: str | None = None
+
+
+class PaymentResult(BaseModel):
+    model_config = _FROZEN
+    invoice_key: str
+    status: str
+    amount_paid: Decimal
+    paid_on: date | None
+    applied: bool  # False when the payment key was already recorded
+
+
+class ChargeRequest(BaseModel):
+    """Charge the customer's payment method for an invoice (auto-pay)."""
+
+    model_config = _FROZEN
+    contract_id: str
+    customer_id: str
+    invoice_key: str
+    amount: Decimal
+    currency: str
+    attempt: int  # business retry number (1, 2, ...), part of the charge key
+    on: date
+
+
+class ChargeResult(BaseModel):
+    model_config = _FROZEN
+    accepted: bool
+    reason: str | None
+    payment: PaymentResult | None
+
+
+class DunningRequest(BaseModel):
+    model_config = _FROZEN
+    contract_id: str
+    invoice_key: str
+    step: DunningStep
+    on: date
+
+
+class ExpireCreditsRequest(BaseModel):
+    model_config = _FROZEN
+    contract_id: str
+    at: datetime
+    on: date

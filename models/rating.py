@@ -1,0 +1,354 @@
+"""Rating: aggregated usage -> priced invoice lines; recurring fee lines.
+
+Invariants:
+- Events count in ``[start, end)``; an event exactly at a boundary belongs to
+  the period that starts there. Events are deduplicated by ``id`` (first wins).
+- Line order: meters in plan order; within a meter, parts chronologically;
+  within a part, groups by first event time, then dimension values.
+- Each line amount is exact until it is rounded half up to the currency's
+  minor unit, once per line; invoice totals are sums of rounded lines.
+- Tier/package counters reset each period and span all groups of the meter
+  (all of its priced quantity, in line order, across parts), or each group on
+  its own with ``tiers_per_group``. Apportioning a cross-group tier cost:
+  lines fill the shared counter in line order, so graduated/package lines pay
+  for the counter positions they occupy; volume lines all pay the tier of the
+  meter's period total and the tier's flat fee goes to the first non-empty
+  line. Line amounts therefore always add up to the price of the total.
+- A group with no price is returned as `UnpricedGroup`, never priced at zero.
+- A meter's period is split where an override that can affect it starts or
+  ends inside the period; each part is rated with the prices in force at
+  its start (constant within the part by construction).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from models.catalog import Aggregation, Meter, PackagePrice, TieredPrice, TierMode, UnitPrice
+from models.contract import ContractTerms
+from models.errors import BusinessError
+from models.invoices import FeeLine, LateUsageLine, UsageLine
+from models.money import DecimalStr, round_money
+from models.periods import Period
+from models.pricing import (
+    graduated_amount,
+    package_amount,
+    resolve_price,
+    unit_amount,
+    volume_line_amount,
+)
+from models.pricing.resolve import ResolvedPrice, relevant_overrides
+from models.proration import prorate
+from models.usage import UsageEvent, dedupe_events
+
+__all__ = [
+    "RatingResult",
+    "UnpricedGroup",
+    "UsageAggregate",
+    "UsagePart",
+    "aggregate",
+    "fee_lines",
+    "rate_events",
+    "rate_period",
+    "split_points",
+    "usage_windows",
+]
+
+_FROZEN = ConfigDict(extra="forbid", frozen=True)
+
+
+class UsageAggregate(BaseModel):
+    """One group's aggregated quantity for one meter over one window."""
+
+    model_config = _FROZEN
+    meter: str
+    dimensions: dict[str, str]
+    quantity: DecimalStr
+    first_seen: AwareDatetime
+
+
+class UsagePart(BaseModel):
+    """Aggregates over ``[start, end)``; several meters may share a part."""
+
+    model_config = _FROZEN
+    start: AwareDatetime
+    end: AwareDatetime
+    aggregates: list[UsageAggregate] = Field(default_factory=list)
+
+
+class UnpricedGroup(BaseModel):
+    model_config = _FROZEN
+    meter: str
+    dimensions: dict[str, str]
+    quantity: DecimalStr
+    part_start: AwareDatetime
+    part_end: AwareDatetime
+
+
+class RatingResult(BaseModel):
+    model_config = _FROZEN
+    lines: list[UsageLine | LateUsageLine]
+    unpriced: list[UnpricedGroup] = Field(default_factory=list)
+
+    @property
+    def usage_total(self) -> Decimal:
+        return sum((ln.amount for ln in self.lines), Decimal(0))
+
+    def raise_if_unpriced(self) -> None:
+        if self.unpriced:
+            groups = ", ".join(f"{u.meter} {u.dimensions}" for u in self.unpriced)
+            raise BusinessError("unpriced_usage", f"no price for {groups}")
+
+
+# --- reference aggregation (production does this in SQL) -------------------------------
+
+
+def aggregate(
+    meter: Meter,
+    events: Iterable[UsageEvent],
+    start: datetime,
+    end: datetime,
+    *,
+    customer: str | None = None,
+) -> list[UsageAggregate]:
+    """Aggregate ``meter``'s events in ``[start, end)`` by its ``group_by``.
+
+    ``sum``: sum of quantities; ``count``: number of events; ``max``: largest
+    quantity; ``unique_count``: distinct values of dimension ``unique_by``
+    (events without it do not count); ``latest``: quantity of the latest
+    event (ties: the later in input order). A missing group_by dimension is
+    left out of the group's dimensions (only a rate-card entry that does not
+    name it can price the group).
+    """
+    groups: dict[tuple[tuple[str, str], ...], list[UsageEvent]] = {}
+    for e in dedupe_events(events):
+        if e.meter != meter.key or not start <= e.timestamp < end:
+            continue
+        if customer is not None and e.customer != customer:
+            continue
+        key = tuple((k, e.dimensions[k]) for k in meter.group_by if k in e.dimensions)
+        groups.setdefault(key, []).append(e)
+    out: list[UsageAggregate] = []
+    for key, evs in groups.items():
+        out.append(
+            UsageAggregate(
+                meter=meter.key,
+                dimensions=dict(key),
+                quantity=_aggregate_quantity(meter, evs),
+                first_seen=min(e.timestamp for e in evs),
+            )
+        )
+    return sorted(out, key=_group_order)
+
+
+def _aggregate_quantity(meter: Meter, evs: list[UsageEvent]) -> Decimal:
+    agg = meter.aggregation
+    if agg is Aggregation.SUM:
+        return sum((e.quantity for e in evs), Decimal(0))
+    if agg is Aggregation.COUNT:
+        return Decimal(len(evs))
+    if agg is Aggregation.MAX:
+        return max(e.quantity for e in evs)
+    if agg is Aggregation.UNIQUE_COUNT:
+        dim = meter.unique_by or ""
+        return Decimal(len({e.dimensions[dim] for e in evs if dim in e.dimensions}))
+    latest = evs[0]
+    for e in evs[1:]:
+        if e.timestamp >= latest.timestamp:
+            latest = e
+    return latest.quantity
+
+
+def _group_order(a: UsageAggregate) -> tuple[datetime, list[tuple[str, str]]]:
+    return (a.first_seen, sorted(a.dimensions.items()))
+
+
+# --- splitting ---------------------------------------------------------------------------
+
+
+def split_points(
+    terms: ContractTerms, period: Period, meter_key: str | None = None
+) -> list[datetime]:
+    """Instants strictly inside the period where prices of ``meter_key`` (or of
+    any meter, if ``None``) may change: override ``effective``/``until``."""
+    overrides = (
+        list(enumerate(terms.rate_overrides))
+        if meter_key is None
+        else relevant_overrides(terms.rate_overrides, meter_key)
+    )
+    points: set[datetime] = set()
+    for _, o in overrides:
+        for t in (o.effective, o.until):
+            if t is not None and period.start < t < period.end:
+                points.add(t)
+    return sorted(points)
+
+
+def usage_windows(
+    terms: ContractTerms, period: Period
+) -> dict[str, list[tuple[datetime, datetime]]]:
+    """Per meter, the windows to aggregate (one unless the period is split)."""
+    out: dict[str, list[tuple[datetime, datetime]]] = {}
+    for m in terms.meters:
+        pts = [period.start, *split_points(terms, period, m.key), period.end]
+        out[m.key] = list(itertools.pairwise(pts))
+    return out
+
+
+# --- rating ------------------------------------------------------------------------------
+
+
+class _Item:
+    __slots__ = ("agg", "end", "price", "start")
+
+    def __init__(
+        self, start: datetime, end: datetime, agg: UsageAggregate, price: ResolvedPrice | None
+    ) -> None:
+        self.start, self.end, self.agg, self.price = start, end, agg, price
+
+
+def _counter_key(meter: Meter, agg: UsageAggregate) -> str:
+    if meter.tiers_per_group:
+        return repr(sorted(agg.dimensions.items()))
+    return ""
+
+
+def rate_period(
+    terms: ContractTerms,
+    period: Period,
+    parts: Sequence[UsagePart],
+    *,
+    late: bool = False,
+    already: Mapping[str, Decimal] | None = None,
+) -> RatingResult:
+    """Price the period's aggregates into usage lines.
+
+    ``parts`` must not straddle a price change of a meter they hold
+    aggregates for (use `usage_windows`). With ``late=True`` the lines are
+    ``late_usage`` lines naming ``period``; ``already`` then gives, per meter,
+    the quantity already billed for that period so shared tier counters
+    continue where the finalized invoice left them.
+    """
+    lines: list[UsageLine | LateUsageLine] = []
+    unpriced: list[UnpricedGroup] = []
+    base = already or {}
+    for meter in terms.meters:
+        items: list[_Item] = []
+        for part in sorted(parts, key=lambda p: p.start):
+            aggs = sorted((a for a in part.aggregates if a.meter == meter.key), key=_group_order)
+            if not aggs:
+                continue
+            points = split_points(terms, period, meter.key)
+            inside = [t for t in points if part.start < t < part.end]
+            if inside:
+                raise ValueError(
+                    f"part [{part.start}, {part.end}) of meter {meter.key!r} spans a price "
+                    f"change at {inside[0]}; aggregate per usage_windows()"
+                )
+            for a in aggs:
+                price = resolve_price(meter, terms.rate_overrides, a.dimensions, part.start)
+                items.append(_Item(part.start, part.end, a, price))
+
+        # quantity billed before (late usage): continues the shared counter only
+        start = Decimal(0) if meter.tiers_per_group else base.get(meter.key, Decimal(0))
+        counters: dict[str, Decimal] = {}
+        totals: dict[str, Decimal] = {}
+        for it in items:
+            if it.price is not None:
+                k = _counter_key(meter, it.agg)
+                totals[k] = totals.get(k, start) + it.agg.quantity
+        flat_charged: set[tuple[str, str]] = set()
+        split = any((it.start, it.end) != (period.start, period.end) for it in items)
+
+        for it in items:
+            q = it.agg.quantity
+            if it.price is None:
+                unpriced.append(
+                    UnpricedGroup(
+                        meter=meter.key,
+                        dimensions=it.agg.dimensions,
+                        quantity=q,
+                        part_start=it.start,
+                        part_end=it.end,
+                    )
+                )
+                continue
+            k = _counter_key(meter, it.agg)
+            done = counters.get(k, start)
+            p = it.price.price
+            if isinstance(p, UnitPrice):
+                exact = unit_amount(q, p.unit_price)
+            elif isinstance(p, PackagePrice):
+                exact = package_amount(p.size, p.price, q, done)
+            elif isinstance(p, TieredPrice) and p.mode is TierMode.GRADUATED:
+                exact = graduated_amount(p.steps, q, done)
+            else:
+                flat_key = (k, p.model_dump_json())
+                # flat fee once per period: the first non-empty line, unless billed before
+                charge = q > 0 and flat_key not in flat_charged and not (late and done > 0)
+                if charge:
+                    flat_charged.add(flat_key)
+                exact = volume_line_amount(p.steps, q, totals[k], charge)
+            counters[k] = done + q
+            amount = round_money(exact, terms.currency)
+            part_start = it.start if split else None
+            part_end = it.end if split else None
+            if late:
+                lines.append(
+                    LateUsageLine(
+                        meter=meter.key,
+                        dimensions=it.agg.dimensions,
+                        quantity=q,
+                        unit_price=it.price.unit_price_shown,
+                        amount=amount,
+                        period_start=period.start_date,
+                        period_end=period.end_date,
+                        part_start=part_start,
+                        part_end=part_end,
+                    )
+                )
+            else:
+                lines.append(
+                    UsageLine(
+                        meter=meter.key,
+                        dimensions=it.agg.dimensions,
+                        quantity=q,
+                        unit_price=it.price.unit_price_shown,
+                        amount=amount,
+                        part_start=part_start,
+                        part_end=part_end,
+                    )
+                )
+    return RatingResult(lines=lines, unpriced=unpriced)
+
+
+def rate_events(terms: ContractTerms, period: Period, events: Iterable[UsageEvent]) -> RatingResult:
+    """Reference path: aggregate in memory (`usage_windows` + `aggregate`), then rate."""
+    evs = dedupe_events(events)
+    parts: list[UsagePart] = []
+    for meter in terms.meters:
+        for s, e in usage_windows(terms, period)[meter.key]:
+            aggs = aggregate(meter, evs, s, e, customer=terms.customer.id)
+            if aggs:
+                parts.append(UsagePart(start=s, end=e, aggregates=aggs))
+    return rate_period(terms, period, parts)
+
+
+def fee_lines(terms: ContractTerms, period: Period) -> list[FeeLine]:
+    """Recurring fees in arrears: ``monthly_amount x months`` of the full cycle
+    period, prorated by days for a partial period (SPEC 2)."""
+    out: list[FeeLine] = []
+    for fee in terms.recurring_fees:
+        full = fee.monthly_amount * period.full_months
+        amount = (
+            prorate(full, period.days, period.full_days, terms.currency)
+            if period.is_partial
+            else round_money(full, terms.currency)
+        )
+        out.append(FeeLine(fee=fee.key, amount=amount))
+    return out

@@ -1,0 +1,61 @@
+"""Simulation timelines (SPEC 8): ``pay`` and ``amend`` actions at instants.
+
+Invariants:
+- Each action's ``at`` is an aware instant (normalized to UTC).
+- Loaders return actions sorted by ``at``; the sort is stable, so actions at
+  the same instant keep file order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from models._loading import Format, parse_text, read_file, validate_with
+from models.amendments import Amendment
+from models.contract import UtcDatetime
+from models.money import PositiveDecimal
+
+__all__ = [
+    "AmendAction",
+    "PayAction",
+    "TimelineAction",
+    "load_timeline",
+    "load_timeline_file",
+    "parse_timeline_text",
+]
+
+
+class PayAction(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    at: UtcDatetime
+    action: Literal["pay"]
+    invoice: Annotated[str, Field(min_length=1)]  # invoice key, e.g. usage:2027-01-01
+    amount: PositiveDecimal
+
+
+class AmendAction(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    at: UtcDatetime
+    action: Literal["amend"]
+    amendment: Amendment
+
+
+TimelineAction = Annotated[PayAction | AmendAction, Field(discriminator="action")]
+_ADAPTER: TypeAdapter[list[TimelineAction]] = TypeAdapter(list[TimelineAction])
+
+
+def load_timeline(data: Any) -> list[TimelineAction]:
+    actions = validate_with(_ADAPTER, [] if data is None else data)
+    return sorted(actions, key=lambda a: a.at)
+
+
+def parse_timeline_text(text: str, fmt: Format = "yaml") -> list[TimelineAction]:
+    return load_timeline(parse_text(text, fmt))
+
+
+def load_timeline_file(path: str | Path) -> list[TimelineAction]:
+    text, fmt = read_file(path)
+    return parse_timeline_text(text, fmt)

@@ -1,0 +1,176 @@
+"""``billow simulate``: one contract's whole life in seconds (SPEC.md section 9).
+
+The real ``ContractWorkflow`` and activities run on a time-skipping Temporal
+test server against a real, fresh PostgreSQL database. Usage goes through the
+ingestion path, the contract is created the way the API creates it, and each
+timeline action is sent as the API would send it, at its instant. Time is
+advanced explicitly (``env.sleep``) up to each action and then to ``until``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from activities.catalog_store import apply_catalog
+from activities.db import asyncpg_dsn, make_engine
+from activities.ledger_reports import credit_summary, invoice_documents, revenue_summary
+from activities.migrate import upgrade_async
+from activities.payments import SimulatedCardGateway
+from activities.usage_ingest import IngestReport, IngestResult, IngestStatus, ingest_usage
+from models.catalog import Catalog
+from models.contract import Contract
+from models.periods import local_midnight_utc
+from models.timeline import AmendAction, PayAction, TimelineAction
+from models.usage import UsageEvent
+from worker.contract_service import start_contract
+from worker.main import build_worker
+from worker.temporal_envs import start_time_skipping
+from workflows.contract import ContractWorkflow, PaymentInput
+
+TASK_QUEUE = "billow-simulate"
+BATCH = 10_000
+
+
+@dataclass
+class SimulationInput:
+    catalog: Catalog
+    contract: Contract
+    usage: Sequence[UsageEvent | dict[str, Any]]
+    timeline: Sequence[TimelineAction] = ()
+    until: date | None = None
+    # Customers whose next N auto-pay charges the simulated card declines.
+    card_declines: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class SimulationResult:
+    output: dict[str, Any]
+    ingest: IngestReport
+
+
+def default_until(contract: Contract, catalog: Catalog) -> date:
+    """Term end + payment terms + 30 days: every invoice has had its chance to be paid."""
+    from models.contract import resolve_terms
+
+    terms = resolve_terms(contract, catalog)
+    return terms.term_end + timedelta(days=terms.payment_terms_days + 30)
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(server_url: str | None) -> AsyncIterator[str]:
+    """A new, migrated database: on the configured server, or an embedded one."""
+    if server_url:
+        name = f"billow_sim_{uuid.uuid4().hex[:10]}"
+        admin = await asyncpg.connect(asyncpg_dsn(server_url))
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+        url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+        try:
+            await upgrade_async(url)
+            yield url
+        finally:
+            admin = await asyncpg.connect(asyncpg_dsn(server_url))
+            try:
+                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            finally:
+                await admin.close()
+        return
+    from worker.embedded import ensure_embedded_postgres
+
+    root = Path(tempfile.mkdtemp(prefix="billow-sim-"))
+    root.chmod(0o755)  # the embedded server runs as its own user when we are root
+    pg = ensure_embedded_postgres(root, "billow_sim")
+    try:
+        await upgrade_async(pg.url)
+        yield pg.url
+    finally:
+        pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def ingest_all(engine: AsyncEngine, events: Sequence[UsageEvent | dict[str, Any]]) -> IngestReport:
+    results: list[IngestResult] = []
+    for i in range(0, len(events), BATCH):
+        batch = [e.model_dump(mode="json") if isinstance(e, UsageEvent) else e
+                 for e in events[i:i + BATCH]]
+        async with engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            report = await ingest_usage(raw, batch)
+            await conn.commit()
+        results += [r.model_copy(update={"index": r.index + i}) for r in report.results]
+    count = Counter(r.status for r in results)
+    return IngestReport(accepted=count[IngestStatus.ACCEPTED],
+                        duplicate=count[IngestStatus.DUPLICATE],
+                        rejected=count[IngestStatus.REJECTED], results=results)
+
+
+async def run_simulation(sim: SimulationInput, database_url: str | None = None) -> SimulationResult:
+    until = sim.until or default_until(sim.contract, sim.catalog)
+    async with fresh_database(database_url) as url:
+        engine = make_engine(url)
+        env = await start_time_skipping()
+        try:
+            async with engine.begin() as conn:
+                version, _ = await apply_catalog(conn, sim.catalog)
+            gateway = SimulatedCardGateway(declines=dict(sim.card_declines))
+            async with build_worker(env.client, engine, TASK_QUEUE, gateway):
+                started = await start_contract(env.client, engine, sim.contract, TASK_QUEUE,
+                                               catalog_version=version)
+                ingest = await ingest_all(engine, sim.usage)
+                handle = env.client.get_workflow_handle(started.workflow_id)
+                for action in sim.timeline:
+                    await _advance_to(env, action.at)
+                    await _send(handle, action)
+                tz = sim.contract.timezone
+                # Stop at the end of the `until` day (local time).
+                await _advance_to(env, local_midnight_utc(until + timedelta(days=1), tz)
+                                  - timedelta(microseconds=1))
+            async with engine.connect() as conn:
+                terms_currency = sim.catalog.plan(sim.contract.plan).currency
+                output = {
+                    "contract_id": sim.contract.id,
+                    "currency": terms_currency,
+                    "until": until.isoformat(),
+                    "invoices": await invoice_documents(conn, sim.contract.id),
+                    "credits": (await credit_summary(conn, sim.contract.id)).model_dump(
+                        mode="json"),
+                    "revenue": (await revenue_summary(conn, sim.contract.id, terms_currency)
+                                ).model_dump(mode="json"),
+                }
+        finally:
+            await env.shutdown()
+            await engine.dispose()
+    return SimulationResult(output=output, ingest=ingest)
+
+
+async def _advance_to(env: Any, at: datetime) -> None:
+    now = await env.get_current_time()
+    if at > now:
+        await env.sleep(at - now)
+
+
+async def _send(handle: Any, action: TimelineAction) -> None:
+    if isinstance(action, PayAction):
+        await handle.execute_update(
+            ContractWorkflow.pay,
+            PaymentInput(invoice=action.invoice, amount=action.amount,
+                         payment_id=f"timeline:{action.invoice}:{action.at.astimezone(UTC).isoformat()}"),
+        )
+    elif isinstance(action, AmendAction):
+        await handle.execute_update(ContractWorkflow.amend, action.amendment,
+                                    id=f"amend:{action.amendment.id}")

@@ -1,0 +1,637 @@
+"""``ContractWorkflow``: one long-lived workflow per contract (id ``contract:<id>``).
+
+Lifecycle: register the contract, sleep until the term starts, issue the
+commitment invoice and grant the credits, then for every billing boundary
+sleep until it plus the usage grace window, rate the period and finalize its
+invoice (credits first), collect what is owed, and at term end expire what is
+left (breakage). Amendments and payments arrive as validated updates (or
+signals) at any time.
+
+Design notes (why, not what):
+- Collection (due dates, overdue, reminders, auto-pay retries) runs inside
+  this workflow rather than in a child workflow per invoice: the contract
+  already wakes at every boundary, ``HasOverdueInvoice`` is this workflow's
+  search attribute and must be kept current here, and payments then need one
+  destination. After the term ends the workflow stays open only while some
+  invoice still has a collection step ahead, then completes; a payment after
+  that is recorded by the API directly in the ledger.
+- Boundaries are absolute UTC instants in the carried state, so timers are
+  re-derived after continue-as-new instead of being lost with the run.
+- One lock (``_lock``) serialises every step that calls the ledger, so an
+  amendment or payment handler never interleaves with a boundary close
+  (samples-python ``safe_message_handlers``).
+- Things due at the same instant happen in the order SPEC.md section 7 fixes:
+  amendments, then the boundary's invoicing, then collection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from pydantic import BaseModel, Field
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    # Pure code, imported outside the sandbox so zoneinfo works for the
+    # calendar functions (see ../shared/notes/temporal.md).
+    from models.amendments import Amendment, GrantCreditsAmendment
+    from models.contract import COMMITMENT_GRANT_ID, Contract, ContractTerms, to_instant
+    from models.errors import BillowValidationError
+    from models.operations import (
+        ActivityName,
+        ChargeRequest,
+        ChargeResult,
+        ClosePeriodRequest,
+        ClosePeriodResult,
+        ContractStatus,
+        CreditSummary,
+        DunningRequest,
+        DunningStep,
+        ExpireCreditsRequest,
+        GrantRequest,
+        GrantResult,
+        IssuedInvoice,
+        PaymentRequest,
+        PaymentResult,
+        RecordAmendmentRequest,
+        RegisterContractRequest,
+        UpdateContractRequest,
+    )
+    from models.periods import Period, local_midnight_utc
+    from workflows import search_attributes as sa
+    from workflows.contract_state import (
+        CHARGE_RETRY_DAYS,
+        CollectionState,
+        ContractState,
+        PendingAmendment,
+        apply_terms_amendment,
+        effective_instant,
+        initial_state,
+        validate_amendment,
+    )
+
+# Continue-as-new after this many closed periods in one run (history bound).
+PERIODS_PER_RUN = 12
+
+_ACTIVITY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=5))
+_SHORT = timedelta(seconds=60)
+_LONG = timedelta(minutes=15)
+
+
+class ContractWorkflowInput(BaseModel):
+    contract: Contract
+    terms: ContractTerms
+    catalog_version: int | None = None
+    terms_digest: str
+    state: ContractState | None = None  # set when continuing as new
+
+
+class PaymentInput(BaseModel):
+    invoice: str  # invoice key, e.g. usage:2027-01-01
+    amount: Decimal
+    payment_id: str | None = None  # idempotency key; defaults to the update id
+
+
+class AmendmentResult(BaseModel):
+    amendment_id: str
+    status: str  # applied | scheduled | duplicate
+    effective: datetime | None = None
+
+
+class ContractView(BaseModel):
+    """The query result: live state, read without touching the database."""
+
+    contract_id: str
+    customer_id: str
+    plan: str
+    status: ContractStatus
+    terms: ContractTerms
+    credit_balance: Decimal
+    next_boundary: datetime | None
+    attention: str | None
+    has_overdue_invoice: bool
+    invoices: list[IssuedInvoice]
+    applied_amendment_ids: list[str]
+    pending_amendments: list[str] = Field(default_factory=list)
+
+
+def period_label(period: Period, months: int) -> str:
+    """Human label for summaries: ``2027-Q1``, ``2027-03`` or a date range."""
+    s = period.start_date
+    if not period.is_partial and s.day == 1:
+        if months == 1:
+            return f"{s:%Y-%m}"
+        if months == 3 and s.month in (1, 4, 7, 10):
+            return f"{s.year}-Q{(s.month - 1) // 3 + 1}"
+        if months == 12 and s.month == 1:
+            return str(s.year)
+    return f"{s.isoformat()}..{period.end_date.isoformat()}"
+
+
+@workflow.defn(name="ContractWorkflow")
+class ContractWorkflow:
+    @workflow.init
+    def __init__(self, inp: ContractWorkflowInput) -> None:
+        # State is built here, not in run(): an update can be delivered in the
+        # very first workflow task, before run() starts.
+        self.state: ContractState = inp.state or initial_state(
+            inp.contract, inp.terms, inp.catalog_version, inp.terms_digest
+        )
+        self._lock = asyncio.Lock()
+        self._wakeup = 0  # bumped by handlers to re-evaluate the main loop
+        # Value of _wakeup when the open period was held for attention; the
+        # close is retried only after something changed.
+        self._held_at: int | None = None
+        self._periods_this_run = 0
+        self._sa_sent: dict[str, object] = {}
+
+    # --- main loop -------------------------------------------------------
+    @workflow.run
+    async def run(self, inp: ContractWorkflowInput) -> CreditSummary | None:
+        st = self.state
+        if not st.registered:
+            await self._activity(
+                ActivityName.REGISTER_CONTRACT,
+                RegisterContractRequest(
+                    contract=st.contract, terms=st.terms,
+                    catalog_version=st.catalog_version, terms_digest=st.terms_digest,
+                ),
+                summary=f"register contract {st.terms.contract_id}",
+            )
+            st.registered = True
+        self._publish()
+
+        while not st.term_opened:
+            start = st.terms.term_start_at
+            if workflow.now() >= start:
+                async with self._lock:
+                    await self._open_term()
+                break
+            await self._wait_until(start, f"sleep until term start {st.terms.starts_on}")
+
+        summary: CreditSummary | None = None
+        while True:
+            await self._apply_due_amendments()
+            if not st.term_closed:
+                period = st.open_period
+                if period is None:
+                    async with self._lock:
+                        summary = await self._close_term()
+                    continue
+                if workflow.now() >= st.close_at(period) and not self._held:
+                    async with self._lock:
+                        await self._close_period(period)
+                    await self._maybe_continue_as_new()
+                    continue
+            await self._run_due_collection()
+            if st.term_closed and not st.collections and not st.pending_amendments:
+                break
+            await self._wait_until(self._next_wake(), self._wake_summary())
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return summary
+
+    def _next_wake(self) -> datetime | None:
+        st = self.state
+        candidates = [st.next_amendment_at(), st.next_collection_at()]
+        if not st.term_closed and st.open_period is not None and not self._held:
+            candidates.append(st.close_at(st.open_period))
+        return min((c for c in candidates if c is not None), default=None)
+
+    @property
+    def _held(self) -> bool:
+        return self.state.attention is not None and self._held_at == self._wakeup
+
+    def _wake_summary(self) -> str:
+        if self._held:
+            return "wait for an amendment to resolve needs_attention"
+        st = self.state
+        if not st.term_closed and st.open_period is not None:
+            return f"sleep until {st.open_period.end_date} boundary"
+        return "sleep until next collection step"
+
+    async def _wait_until(self, at: datetime | None, summary: str) -> None:
+        """Sleep until ``at`` or until a handler changes something."""
+        seen = self._wakeup
+        delay = None if at is None else at - workflow.now()
+        if delay is not None and delay <= timedelta(0):
+            return
+        try:
+            await workflow.wait_condition(
+                lambda: self._wakeup != seen, timeout=delay, timeout_summary=summary
+            )
+        except TimeoutError:
+            pass  # the instant arrived: that is the normal way to wake up
+
+    async def _maybe_continue_as_new(self) -> None:
+        self._periods_this_run += 1
+        suggested = workflow.info().is_continue_as_new_suggested()
+        if self._periods_this_run < PERIODS_PER_RUN and not suggested:
+            return
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        st = self.state
+        workflow.continue_as_new(
+            ContractWorkflowInput(
+                contract=st.contract, terms=st.terms, catalog_version=st.catalog_version,
+                terms_digest=st.terms_digest, state=st,
+            )
+        )
+
+    # --- steps -------------------------------------------------------------
+    async def _open_term(self) -> None:
+        st = self.state
+        t = st.terms
+        st.status = ContractStatus.ACTIVE
+        start, end = t.term_start_at, t.term_end_at
+        if t.commitment is not None:
+            c = t.commitment
+            issued_on = st.local_date(workflow.now())
+            expires = to_instant(c.expires_on, t.timezone) if c.expires_on else end
+            await self._grant(
+                GrantRequest(
+                    contract_id=t.contract_id, grant_id=COMMITMENT_GRANT_ID,
+                    credits=c.credits_for(t.currency), price=c.amount, priority=c.priority,
+                    effective=start, expires=expires, currency=t.currency,
+                    invoice_kind="commitment", invoice_key=f"commitment:{t.starts_on.isoformat()}",
+                    invoice_period=(t.starts_on, t.term_end), issued_on=issued_on,
+                    due_on=issued_on + timedelta(days=t.payment_terms_days),
+                ),
+                summary=f"issue commitment {c.amount} {t.currency}",
+            )
+        for g in t.credit_grants:
+            await self._grant(
+                GrantRequest(
+                    contract_id=t.contract_id, grant_id=g.id, credits=g.credits, price=g.price,
+                    priority=g.priority,
+                    effective=to_instant(g.effective, t.timezone) if g.effective else start,
+                    expires=to_instant(g.expires, t.timezone) if g.expires else end,
+                    currency=t.currency, invoice_kind=None, invoice_key=None,
+                    invoice_period=None, issued_on=None, due_on=None,
+                ),
+                summary=f"grant credits {g.id}",
+            )
+        st.term_opened = True
+        await self._save_contract()
+
+    async def _grant(self, request: GrantRequest, summary: str) -> None:
+        result = await self._activity(
+            ActivityName.GRANT_CREDITS, request, result_type=GrantResult, summary=summary
+        )
+        self.state.credit_balance = result.credits.balance
+        if result.invoice is not None:
+            await self._issued(result.invoice)
+
+    async def _close_period(self, period: Period) -> None:
+        st = self.state
+        t = st.terms
+        issued_on = st.local_date(workflow.now())
+        result = await self._activity(
+            ActivityName.CLOSE_PERIOD,
+            ClosePeriodRequest(
+                terms=t, period=period, earlier_periods=list(st.invoiced_periods),
+                issued_on=issued_on, due_on=issued_on + timedelta(days=t.payment_terms_days),
+                is_final=len(st.periods) == 1,
+            ),
+            result_type=ClosePeriodResult,
+            summary=f"rate usage {period_label(period, t.billing_cycle.months)}",
+            timeout=_LONG,
+        )
+        st.credit_balance = result.credits.balance
+        if result.attention is not None:
+            # A business error: hold the invoice, flag the contract, and wait
+            # for an amendment to resume. Never fail the workflow for it.
+            st.put_invoice(result.invoice)
+            if st.attention != result.attention:
+                st.attention = result.attention
+                st.status = ContractStatus.NEEDS_ATTENTION
+                await self._save_contract()
+            self._held_at = self._wakeup
+            self._publish()
+            return
+        st.attention = None
+        if st.status is ContractStatus.NEEDS_ATTENTION:
+            st.status = ContractStatus.ACTIVE
+            await self._save_contract()
+        st.periods = st.periods[1:]
+        st.invoiced_periods.append(period)
+        await self._issued(result.invoice)
+
+    async def _close_term(self) -> CreditSummary:
+        st = self.state
+        t = st.terms
+        now = workflow.now()
+        result = await self._activity(
+            ActivityName.EXPIRE_CREDITS,
+            ExpireCreditsRequest(contract_id=t.contract_id, at=max(now, t.term_end_at),
+                                 on=st.local_date(now)),
+            result_type=CreditSummary,
+            summary="expire remaining credits (breakage)",
+        )
+        st.credit_balance = result.balance
+        st.term_closed = True
+        st.status = (
+            ContractStatus.TERMINATED if st.terminated_at is not None else ContractStatus.ENDED
+        )
+        await self._save_contract()
+        return result
+
+    async def _issued(self, invoice: IssuedInvoice) -> None:
+        """Remember a finalized invoice and start collecting it."""
+        st = self.state
+        st.put_invoice(invoice)
+        if invoice.status not in ("open", "overdue") or invoice.due_on is None:
+            self._publish()
+            return
+        collection = CollectionState(
+            invoice_key=invoice.key,
+            due_on=invoice.due_on,
+            overdue_at=local_midnight_utc(invoice.due_on + timedelta(days=1), st.terms.timezone),
+        )
+        st.collections.append(collection)
+        if st.terms.auto_pay:
+            await self._charge(collection)
+        self._publish()
+
+    async def _charge(self, collection: CollectionState) -> None:
+        st = self.state
+        inv = st.invoice(collection.invoice_key)
+        assert inv is not None
+        collection.charge_attempts += 1
+        result = await self._activity(
+            ActivityName.CHARGE_INVOICE,
+            ChargeRequest(
+                contract_id=st.terms.contract_id, customer_id=st.terms.customer.id,
+                invoice_key=inv.key, amount=inv.total - inv.amount_paid,
+                currency=inv.currency, attempt=collection.charge_attempts,
+                on=st.local_date(workflow.now()),
+            ),
+            result_type=ChargeResult,
+            summary=f"charge {inv.key} (attempt {collection.charge_attempts})",
+        )
+        if result.payment is not None:
+            self._paid(result.payment)
+            return
+        attempts = collection.charge_attempts
+        if attempts <= len(CHARGE_RETRY_DAYS):
+            collection.next_charge_at = workflow.now() + timedelta(
+                days=CHARGE_RETRY_DAYS[attempts - 1]
+            )
+        else:
+            collection.next_charge_at = None  # give up: due-date rules take over
+
+    def _paid(self, payment: PaymentResult) -> None:
+        st = self.state
+        inv = st.invoice(payment.invoice_key)
+        if inv is None:
+            return
+        st.put_invoice(
+            inv.model_copy(
+                update={"status": payment.status, "amount_paid": payment.amount_paid,
+                        "paid_on": payment.paid_on}
+            )
+        )
+        if payment.status == "paid":
+            st.collections = [c for c in st.collections if c.invoice_key != payment.invoice_key]
+        self._publish()
+
+    async def _run_due_collection(self) -> None:
+        st = self.state
+        now = workflow.now()
+        for collection in list(st.collections):
+            if collection.next_charge_at is not None and collection.next_charge_at <= now:
+                collection.next_charge_at = None
+                async with self._lock:
+                    await self._charge(collection)
+            if collection not in st.collections:
+                continue
+            for at, step in collection.next_steps(st.terms.timezone):
+                if at > now:
+                    break
+                async with self._lock:
+                    await self._activity(
+                        ActivityName.DUNNING_STEP,
+                        DunningRequest(contract_id=st.terms.contract_id,
+                                       invoice_key=collection.invoice_key, step=step,
+                                       on=st.local_date(at)),
+                        summary=f"{step.value.replace('_', ' ')} {collection.invoice_key}",
+                    )
+                collection.steps_done.append(step)
+                if step is DunningStep.OVERDUE:
+                    inv = st.invoice(collection.invoice_key)
+                    if inv is not None and inv.status == "open":
+                        st.put_invoice(inv.model_copy(update={"status": "overdue"}))
+            # After the last reminder nothing more is scheduled; the invoice
+            # stays overdue in the ledger and in this state.
+            if collection.next_instant(st.terms.timezone) is None:
+                st.collections.remove(collection)
+        self._publish()
+
+    async def _apply_due_amendments(self) -> None:
+        st = self.state
+        now = workflow.now()
+        due = [p for p in st.pending_amendments if p.effective <= now]
+        if not due:
+            return
+        st.pending_amendments = [p for p in st.pending_amendments if p.effective > now]
+        async with self._lock:
+            for pending in sorted(due, key=lambda p: p.effective):
+                await self._apply_now(pending.amendment, pending.effective)
+            await self._save_contract()
+
+    async def _apply_now(self, amendment: Amendment, effective: datetime) -> None:
+        st = self.state
+        if isinstance(amendment, GrantCreditsAmendment):
+            t = st.terms
+            effective_on = st.local_date(effective)
+            expires = (
+                to_instant(amendment.expires, t.timezone) if amendment.expires else t.term_end_at
+            )
+            priced = amendment.price is not None
+            await self._grant(
+                GrantRequest(
+                    contract_id=t.contract_id, grant_id=amendment.grant_id or amendment.id,
+                    credits=amendment.credits, price=amendment.price or Decimal(0),
+                    priority=amendment.priority, effective=effective, expires=expires,
+                    currency=t.currency, invoice_kind="top_up" if priced else None,
+                    invoice_key=f"top_up:{effective_on.isoformat()}" if priced else None,
+                    invoice_period=(effective_on, st.local_date(expires)) if priced else None,
+                    issued_on=effective_on if priced else None,
+                    due_on=effective_on + timedelta(days=t.payment_terms_days) if priced else None,
+                ),
+                summary=f"grant {amendment.credits} credits ({amendment.id})",
+            )
+        else:
+            apply_terms_amendment(st, amendment, effective)
+
+    # --- handlers ------------------------------------------------------------
+    @workflow.update(name="amend")
+    async def amend(self, amendment: Amendment) -> AmendmentResult:
+        st = self.state
+        if amendment.id in st.applied_amendment_ids:
+            return AmendmentResult(amendment_id=amendment.id, status="duplicate")
+        now = workflow.now()
+        effective = effective_instant(st, amendment, now)
+        st.applied_amendment_ids.append(amendment.id)
+        async with self._lock:
+            await self._activity(
+                ActivityName.RECORD_AMENDMENT,
+                RecordAmendmentRequest(contract_id=st.terms.contract_id, amendment=amendment,
+                                       effective=effective),
+                summary=f"record amendment {amendment.id} ({amendment.kind})",
+            )
+            if effective > now:
+                st.pending_amendments.append(
+                    PendingAmendment(amendment=amendment, effective=effective)
+                )
+                status = "scheduled"
+            else:
+                await self._apply_now(amendment, effective)
+                await self._save_contract()
+                status = "applied"
+        self._wakeup += 1
+        self._publish()
+        return AmendmentResult(amendment_id=amendment.id, status=status, effective=effective)
+
+    @amend.validator
+    def _validate_amend(self, amendment: Amendment) -> None:
+        try:
+            validate_amendment(self.state, amendment, workflow.now())
+        except BillowValidationError as exc:
+            raise ApplicationError(str(exc), type="InvalidAmendment", non_retryable=True) from exc
+
+    @workflow.signal(name="amend_signal")
+    async def amend_signal(self, amendment: Amendment) -> None:
+        """Fire-and-forget form: invalid amendments are logged and dropped."""
+        try:
+            validate_amendment(self.state, amendment, workflow.now())
+        except BillowValidationError as exc:
+            workflow.logger.warning("amendment %s rejected: %s", amendment.id, exc)
+            return
+        await self.amend(amendment)
+
+    @workflow.update(name="pay")
+    async def pay(self, payment: PaymentInput) -> PaymentResult:
+        st = self.state
+        key = payment.payment_id or f"payment:{workflow.current_update_info().id}"  # type: ignore[union-attr]
+        async with self._lock:
+            result = await self._activity(
+                ActivityName.RECORD_PAYMENT,
+                PaymentRequest(contract_id=st.terms.contract_id, invoice_key=payment.invoice,
+                               payment_key=key, amount=payment.amount,
+                               received_on=st.local_date(workflow.now())),
+                result_type=PaymentResult,
+                summary=f"record payment {payment.amount} for {payment.invoice}",
+            )
+        self._paid(result)
+        self._wakeup += 1
+        return result
+
+    @pay.validator
+    def _validate_pay(self, payment: PaymentInput) -> None:
+        inv = self.state.invoice(payment.invoice)
+        if inv is None:
+            raise ApplicationError(f"invoice: unknown invoice {payment.invoice!r}",
+                                   type="InvalidPayment", non_retryable=True)
+        if payment.amount <= 0:
+            raise ApplicationError("amount: must be positive", type="InvalidPayment",
+                                   non_retryable=True)
+        if inv.status in ("paid", "void") and payment.payment_id is None:
+            raise ApplicationError(f"invoice: {inv.key} is already {inv.status}",
+                                   type="InvalidPayment", non_retryable=True)
+
+    @workflow.signal(name="pay_signal")
+    async def pay_signal(self, payment: PaymentInput) -> None:
+        try:
+            self._validate_pay(payment)
+        except ApplicationError as exc:
+            workflow.logger.warning("payment for %s rejected: %s", payment.invoice, exc)
+            return
+        await self.pay(payment)
+
+    @workflow.query(name="state")
+    def query_state(self) -> ContractView:
+        st = self.state
+        return ContractView(
+            contract_id=st.terms.contract_id, customer_id=st.terms.customer.id,
+            plan=st.terms.plan_key, status=st.status, terms=st.terms,
+            credit_balance=st.credit_balance,
+            next_boundary=st.open_period.end if st.open_period and not st.term_closed else None,
+            attention=st.attention, has_overdue_invoice=st.has_overdue_invoice,
+            invoices=list(st.invoices), applied_amendment_ids=list(st.applied_amendment_ids),
+            pending_amendments=[p.amendment.id for p in st.pending_amendments],
+        )
+
+    # --- plumbing --------------------------------------------------------------
+    async def _activity(
+        self,
+        name: ActivityName,
+        arg: BaseModel,
+        *,
+        summary: str,
+        result_type: type | None = None,
+        timeout: timedelta = _SHORT,
+    ) -> object:
+        return await workflow.execute_activity(
+            name.value,
+            arg,
+            result_type=result_type,
+            start_to_close_timeout=timeout,
+            retry_policy=_ACTIVITY_RETRY,
+            summary=summary,
+        )
+
+    async def _save_contract(self) -> None:
+        st = self.state
+        await self._activity(
+            ActivityName.UPDATE_CONTRACT,
+            UpdateContractRequest(contract_id=st.terms.contract_id, status=st.status, terms=st.terms),
+            summary=f"save contract ({st.status.value})",
+        )
+        self._publish()
+
+    def _publish(self) -> None:
+        """Keep search attributes and the UI's current details in step with state."""
+        st = self.state
+        next_at = st.open_period.end if st.open_period and not st.term_closed else None
+        values: dict[str, object] = {
+            sa.CUSTOMER_ID.name: st.terms.customer.id,
+            sa.PLAN_KEY.name: st.terms.plan_key,
+            sa.CONTRACT_STATUS.name: st.status.value,
+            sa.BILLING_CYCLE.name: st.terms.billing_cycle.value,
+            sa.NEXT_BILLING_AT.name: next_at,
+            sa.HAS_OVERDUE_INVOICE.name: st.has_overdue_invoice,
+            sa.CREDIT_BALANCE.name: float(st.credit_balance),  # Double attribute: display only
+        }
+        changed = {k: v for k, v in values.items() if self._sa_sent.get(k, ...) != v}
+        if changed:
+            updates = []
+            for key in sa.ALL:
+                if key.name not in changed:
+                    continue
+                value = changed[key.name]
+                updates.append(key.value_unset() if value is None else key.value_set(value))
+            workflow.upsert_search_attributes(updates)
+            self._sa_sent.update(changed)
+        workflow.set_current_details(self._details_markdown())
+
+    def _details_markdown(self) -> str:
+        st = self.state
+        open_invoices = [i for i in st.invoices if i.status in ("open", "overdue", "needs_attention")]
+        lines = [
+            f"**Status:** {st.status.value}",
+            f"**Credit balance:** {st.credit_balance} {st.terms.currency}",
+        ]
+        if st.open_period and not st.term_closed:
+            lines.append(f"**Next boundary:** {st.open_period.end_date.isoformat()}")
+        if st.attention:
+            lines.append(f"**Needs attention:** {st.attention}")
+        if open_invoices:
+            lines.append("**Open invoices:**")
+            lines += [
+                f"- {i.key} {i.number or ''} {i.status} {i.total - i.amount_paid} due {i.due_on}"
+                for i in open_invoices
+            ]
+        return "\n".join(lines)

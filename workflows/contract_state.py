@@ -1,0 +1,260 @@
+"""The contract workflow's carried state and its pure transitions.
+
+Everything here is deterministic and free of Temporal calls, so it can be
+unit-tested and carried across continue-as-new as one pydantic payload.
+
+Invariants:
+- ``periods`` holds the periods not yet invoiced, in order, as UTC instants;
+  it is recomputed (never patched by hand) whenever the term or the cycle
+  changes, from the open period's start.
+- ``applied_amendment_ids`` survives continue-as-new: Temporal deduplicates
+  update ids within one run only.
+- An amendment effective before the open period's start takes effect from
+  that start: finalized invoices never change.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+
+from pydantic import AwareDatetime, BaseModel, Field
+
+from models.amendments import (
+    Amendment,
+    ChangeBillingCycleAmendment,
+    ChangePaymentTermsAmendment,
+    ExtendTermAmendment,
+    GrantCreditsAmendment,
+    RateOverrideAmendment,
+    SetAutoPayAmendment,
+    TerminateAmendment,
+)
+from models.contract import Contract, ContractTerms, add_rate_override
+from models.errors import BillowValidationError
+from models.operations import ContractStatus, DunningStep, IssuedInvoice
+from models.periods import (
+    Period,
+    billing_periods,
+    local_date,
+    local_midnight_utc,
+    term_end_date,
+    termination_end_date,
+)
+
+# Reminder schedule after the due date (SPEC.md section 6): days -> step.
+REMINDERS: tuple[tuple[int, DunningStep], ...] = (
+    (1, DunningStep.REMINDER_1),
+    (7, DunningStep.REMINDER_7),
+    (30, DunningStep.REMINDER_30),
+)
+# Auto-pay retry schedule after a declined charge, in days after issue.
+CHARGE_RETRY_DAYS: tuple[int, ...] = (1, 3, 7)
+
+
+class CollectionState(BaseModel):
+    """Collection of one unpaid invoice: due-date rules and auto-pay retries."""
+
+    invoice_key: str
+    # Instant the invoice turns overdue: first instant of the day after due_on.
+    overdue_at: AwareDatetime
+    due_on: date
+    steps_done: list[DunningStep] = Field(default_factory=list)
+    charge_attempts: int = 0
+    next_charge_at: AwareDatetime | None = None
+
+    def next_steps(self, timezone: str) -> list[tuple[datetime, DunningStep]]:
+        """Dunning steps not yet done, with the instant each falls due."""
+        steps = [(self.overdue_at, DunningStep.OVERDUE)]
+        for days, step in REMINDERS:
+            steps.append((local_midnight_utc(self.due_on + timedelta(days=days), timezone), step))
+        return [(at, step) for at, step in steps if step not in self.steps_done]
+
+    def next_instant(self, timezone: str) -> datetime | None:
+        candidates = [at for at, _ in self.next_steps(timezone)]
+        if self.next_charge_at is not None:
+            candidates.append(self.next_charge_at)
+        return min(candidates) if candidates else None
+
+
+class PendingAmendment(BaseModel):
+    """An amendment accepted now that takes effect at a later instant."""
+
+    amendment: Amendment
+    effective: AwareDatetime
+
+
+class ContractState(BaseModel):
+    contract: Contract
+    terms: ContractTerms
+    catalog_version: int | None
+    terms_digest: str
+    status: ContractStatus = ContractStatus.SCHEDULED
+    registered: bool = False
+    term_opened: bool = False
+    term_closed: bool = False
+    periods: list[Period] = Field(default_factory=list)
+    invoiced_periods: list[Period] = Field(default_factory=list)
+    invoices: list[IssuedInvoice] = Field(default_factory=list)
+    collections: list[CollectionState] = Field(default_factory=list)
+    applied_amendment_ids: list[str] = Field(default_factory=list)
+    pending_amendments: list[PendingAmendment] = Field(default_factory=list)
+    credit_balance: Decimal = Decimal(0)
+    attention: str | None = None
+    terminated_at: AwareDatetime | None = None
+
+    # --- derived views -------------------------------------------------
+    @property
+    def open_period(self) -> Period | None:
+        return self.periods[0] if self.periods else None
+
+    @property
+    def open_start(self) -> datetime:
+        """Start of the first period not yet invoiced (or the term end)."""
+        period = self.open_period
+        return period.start if period else self.terms.term_end_at
+
+    @property
+    def grace(self) -> timedelta:
+        return timedelta(seconds=int(self.terms.usage_grace_hours * 3600))
+
+    def close_at(self, period: Period) -> datetime:
+        return period.end + self.grace
+
+    def invoice(self, key: str) -> IssuedInvoice | None:
+        return next((inv for inv in self.invoices if inv.key == key), None)
+
+    def put_invoice(self, invoice: IssuedInvoice) -> None:
+        self.invoices = [inv for inv in self.invoices if inv.key != invoice.key] + [invoice]
+
+    @property
+    def has_overdue_invoice(self) -> bool:
+        return any(inv.status == "overdue" for inv in self.invoices)
+
+    def outstanding(self, key: str) -> Decimal:
+        inv = self.invoice(key)
+        return Decimal(0) if inv is None else inv.total - inv.amount_paid
+
+    def next_amendment_at(self) -> datetime | None:
+        return min((p.effective for p in self.pending_amendments), default=None)
+
+    def next_collection_at(self) -> datetime | None:
+        instants = [
+            at for c in self.collections if (at := c.next_instant(self.terms.timezone)) is not None
+        ]
+        return min(instants, default=None)
+
+    # --- schedule --------------------------------------------------------
+    def recompute_periods(self) -> None:
+        """Periods from the open start to the term end, under the current terms."""
+        t = self.terms
+        if self.open_period is not None:
+            start_date = self.open_period.start_date
+        elif self.invoiced_periods:
+            start_date = self.invoiced_periods[-1].end_date
+        else:
+            start_date = t.starts_on
+        if start_date >= t.term_end:
+            self.periods = []
+            return
+        self.periods = billing_periods(
+            t.starts_on,
+            t.term_end,
+            t.billing_cycle,
+            t.billing_anchor,
+            t.timezone,
+            cycle_anchor=t.cycle_anchor,
+            from_date=start_date,
+        )
+
+    def local_date(self, instant: datetime) -> date:
+        return local_date(instant, self.terms.timezone)
+
+
+def initial_state(
+    contract: Contract, terms: ContractTerms, catalog_version: int | None, terms_digest: str
+) -> ContractState:
+    state = ContractState(
+        contract=contract, terms=terms, catalog_version=catalog_version, terms_digest=terms_digest
+    )
+    state.recompute_periods()
+    return state
+
+
+# --- amendments ------------------------------------------------------------
+
+
+def validate_amendment(state: ContractState, amendment: Amendment, now: datetime) -> None:
+    """Raise BillowValidationError if ``amendment`` cannot apply to this contract.
+
+    Checked before the update is accepted, so an invalid amendment changes
+    nothing and its caller gets the reason.
+    """
+    if amendment.id in state.applied_amendment_ids:
+        return  # a resend: accepted and ignored
+    if state.term_closed:
+        raise BillowValidationError([("", f"contract {state.terms.contract_id} has ended")])
+    effective = amendment.effective or now
+    t = state.terms
+    if isinstance(amendment, RateOverrideAmendment):
+        add_rate_override(t, amendment.override, max(effective, state.open_start))
+    elif isinstance(amendment, TerminateAmendment):
+        if effective >= t.term_end_at:
+            raise BillowValidationError(
+                [("effective", f"after the term end {t.term_end.isoformat()}")]
+            )
+        if state.terminated_at is not None:
+            raise BillowValidationError([("kind", "contract is already terminated")])
+    elif isinstance(amendment, ExtendTermAmendment):
+        if state.terminated_at is not None:
+            raise BillowValidationError([("kind", "cannot extend a terminated contract")])
+    elif isinstance(amendment, GrantCreditsAmendment):
+        if amendment.expires is not None:
+            from models.contract import to_instant
+
+            if to_instant(amendment.expires, t.timezone) <= max(effective, state.open_start):
+                raise BillowValidationError([("expires", "must be after the grant's effective")])
+        if amendment.grant_id is not None and any(
+            p.amendment.id == amendment.grant_id for p in state.pending_amendments
+        ):
+            raise BillowValidationError([("grant_id", "already used")])
+
+
+def effective_instant(state: ContractState, amendment: Amendment, now: datetime) -> datetime:
+    """When an amendment takes effect (SPEC.md section 7)."""
+    effective = max(amendment.effective or now, state.open_start)
+    if isinstance(amendment, ChangeBillingCycleAmendment):
+        # A new cycle starts at the next boundary.
+        period = state.open_period
+        return period.end if period else effective
+    return effective
+
+
+def apply_terms_amendment(state: ContractState, amendment: Amendment, effective: datetime) -> None:
+    """Apply an amendment that only changes terms (no side effect of its own)."""
+    t = state.terms
+    if isinstance(amendment, RateOverrideAmendment):
+        state.terms = add_rate_override(t, amendment.override, effective)
+    elif isinstance(amendment, ChangePaymentTermsAmendment):
+        state.terms = t.model_copy(update={"payment_terms_days": amendment.payment_terms_days})
+    elif isinstance(amendment, SetAutoPayAmendment):
+        state.terms = t.model_copy(update={"auto_pay": amendment.auto_pay})
+    elif isinstance(amendment, ChangeBillingCycleAmendment):
+        anchor = state.local_date(effective)
+        state.terms = t.model_copy(
+            update={"billing_cycle": amendment.billing_cycle, "cycle_anchor": anchor}
+        )
+        state.recompute_periods()
+    elif isinstance(amendment, ExtendTermAmendment):
+        months = t.term_months + amendment.term_months
+        state.terms = t.model_copy(
+            update={"term_months": months, "term_end": term_end_date(t.starts_on, months)}
+        )
+        state.recompute_periods()
+    elif isinstance(amendment, TerminateAmendment):
+        end = termination_end_date(effective, t.timezone)
+        state.terms = t.model_copy(update={"term_end": max(end, t.starts_on)})
+        state.terminated_at = effective
+        state.recompute_periods()
+    else:  # pragma: no cover - grant_credits is applied through an activity
+        raise TypeError(f"{amendment.kind} is not a terms-only amendment")
