@@ -22,7 +22,9 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from temporalio.client import WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
 
 from activities.catalog_store import apply_catalog
 from activities.db import asyncpg_dsn, make_engine
@@ -120,51 +122,63 @@ async def ingest_all(engine: AsyncEngine, events: Sequence[UsageEvent | dict[str
 
 
 async def run_simulation(sim: SimulationInput, database_url: str | None = None) -> SimulationResult:
-    until = sim.until or default_until(sim.contract, sim.catalog)
+    """Fresh database, fresh time-skipping server, one contract's whole life."""
     async with fresh_database(database_url) as url:
         engine = make_engine(url)
         env = await start_time_skipping()
         try:
-            async with engine.begin() as conn:
-                version, _ = await apply_catalog(conn, sim.catalog)
-            gateway = SimulatedCardGateway(declines=dict(sim.card_declines))
-            async with build_worker(env.client, engine, TASK_QUEUE, gateway):
-                started = await start_contract(env.client, engine, sim.contract, TASK_QUEUE,
-                                               catalog_version=version)
-                ingest = await ingest_all(engine, sim.usage)
-                handle = env.client.get_workflow_handle(started.workflow_id)
-                for action in sim.timeline:
-                    await _advance_to(env, action.at)
-                    await _send(handle, action)
-                tz = sim.contract.timezone
-                # Stop at the end of the `until` day (local time).
-                await _advance_to(env, local_midnight_utc(until + timedelta(days=1), tz)
-                                  - timedelta(microseconds=1))
-            async with engine.connect() as conn:
-                terms_currency = sim.catalog.plan(sim.contract.plan).currency
-                output = {
-                    "contract_id": sim.contract.id,
-                    "currency": terms_currency,
-                    "until": until.isoformat(),
-                    "invoices": await invoice_documents(conn, sim.contract.id),
-                    "credits": (await credit_summary(conn, sim.contract.id)).model_dump(
-                        mode="json"),
-                    "revenue": (await revenue_summary(conn, sim.contract.id, terms_currency)
-                                ).model_dump(mode="json"),
-                }
+            return await simulate_on(env, engine, sim)
         finally:
             await env.shutdown()
             await engine.dispose()
+
+
+async def simulate_on(env: WorkflowEnvironment, engine: AsyncEngine,
+                      sim: SimulationInput) -> SimulationResult:
+    """Run ``sim`` on a given time-skipping environment and migrated database."""
+    until = sim.until or default_until(sim.contract, sim.catalog)
+    async with engine.begin() as conn:
+        version, _ = await apply_catalog(conn, sim.catalog)
+    gateway = SimulatedCardGateway(declines=dict(sim.card_declines))
+    async with build_worker(env.client, engine, TASK_QUEUE, gateway):
+        started = await start_contract(env.client, engine, sim.contract, TASK_QUEUE,
+                                       catalog_version=version)
+        ingest = await ingest_all(engine, sim.usage)
+        handle = env.client.get_workflow_handle(started.workflow_id)
+        for action in sim.timeline:
+            await advance_to(env, action.at)
+            await send_action(handle, action)
+        # Stop at the end of the `until` day (local time).
+        await advance_to(env, local_midnight_utc(until + timedelta(days=1), sim.contract.timezone)
+                         - timedelta(microseconds=1))
+    async with engine.connect() as conn:
+        output = await contract_report(conn, sim.contract.id,
+                                       sim.catalog.plan(sim.contract.plan).currency)
+    output["until"] = until.isoformat()
     return SimulationResult(output=output, ingest=ingest)
 
 
-async def _advance_to(env: Any, at: datetime) -> None:
+async def contract_report(conn: AsyncConnection, contract_id: str, currency: str) -> dict[str, Any]:
+    """The SPEC.md section 9 object for one contract, read from the ledger."""
+    return {
+        "contract_id": contract_id,
+        "currency": currency,
+        "until": None,
+        "invoices": await invoice_documents(conn, contract_id),
+        "credits": (await credit_summary(conn, contract_id)).model_dump(mode="json"),
+        "revenue": (await revenue_summary(conn, contract_id, currency)).model_dump(mode="json"),
+    }
+
+
+async def advance_to(env: WorkflowEnvironment, at: datetime) -> None:
+    """Skip time forward to ``at`` (no-op if already past)."""
     now = await env.get_current_time()
     if at > now:
         await env.sleep(at - now)
 
 
-async def _send(handle: Any, action: TimelineAction) -> None:
+async def send_action(handle: WorkflowHandle[Any, Any], action: TimelineAction) -> None:
+    """Send a timeline action the way the API sends it: as a workflow update."""
     if isinstance(action, PayAction):
         await handle.execute_update(
             ContractWorkflow.pay,
