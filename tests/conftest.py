@@ -107,3 +107,12 @@ async def dev_temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await start_dev_server()
     yield env
     await env.shutdown()
+
+
+@pytest.fixture
+async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A fresh time-skipping server per test: scenarios use absolute dates and
+    time only moves forward on a server (~0.1 s to start)."""
+    env = await start_time_skipping()
+    yield env
+    await env.shutdown()

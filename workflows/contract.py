@@ -153,6 +153,8 @@ class ContractWorkflow:
     @workflow.run
     async def run(self, inp: ContractWorkflowInput) -> CreditSummary | None:
         st = self.state
+        if st.created_at is None:
+            st.created_at = workflow.info().start_time
         if not st.registered:
             await self._activity(
                 ActivityName.REGISTER_CONTRACT,

@@ -102,6 +102,9 @@ class ContractState(BaseModel):
     credit_balance: Decimal = Decimal(0)
     attention: str | None = None
     terminated_at: AwareDatetime | None = None
+    # When the workflow first started. A backdated contract gives usage of
+    # its past periods one grace window from creation before closing them.
+    created_at: AwareDatetime | None = None
 
     # --- derived views -------------------------------------------------
     @property
@@ -119,7 +122,8 @@ class ContractState(BaseModel):
         return timedelta(seconds=int(self.terms.usage_grace_hours * 3600))
 
     def close_at(self, period: Period) -> datetime:
-        return period.end + self.grace
+        end = period.end if self.created_at is None else max(period.end, self.created_at)
+        return end + self.grace
 
     def invoice(self, key: str) -> IssuedInvoice | None:
         return next((inv for inv in self.invoices if inv.key == key), None)
@@ -221,8 +225,14 @@ def validate_amendment(state: ContractState, amendment: Amendment, now: datetime
 
 
 def effective_instant(state: ContractState, amendment: Amendment, now: datetime) -> datetime:
-    """When an amendment takes effect (SPEC.md section 7)."""
-    effective = max(amendment.effective or now, state.open_start)
+    """When an amendment takes effect (SPEC.md section 7).
+
+    Without an explicit ``effective`` an amendment takes effect now, except
+    while an invoice is held for attention: then it takes effect from the held
+    period's start, since resolving the hold is what it is for.
+    """
+    default = state.open_start if state.attention is not None else now
+    effective = max(amendment.effective or default, state.open_start)
     if isinstance(amendment, ChangeBillingCycleAmendment):
         # A new cycle starts at the next boundary.
         period = state.open_period

@@ -6,7 +6,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from conftest import D, catalog_with, terms_for, utc
+from billing_fixtures import D, catalog_with, terms_for, utc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

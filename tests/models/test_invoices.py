@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date
 
 import pytest
-from conftest import D, catalog_with, terms_for
+from billing_fixtures import D, catalog_with, terms_for
 
 from models.invoices import (
     CommitmentLine,

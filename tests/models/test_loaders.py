@@ -670,3 +670,28 @@ def test_acme_timeline() -> None:
     assert [a.action for a in actions] == ["pay", "pay"]
     assert isinstance(actions[0], PayAction)
     assert actions[0].invoice == "commitment:2027-01-01"
+
+
+def test_loaders_accept_paths() -> None:
+    from models.catalog import load_catalog_file
+    from models.contract import load_contract
+    from models.timeline import load_timeline
+
+    assert load_catalog(ACME / "catalog.yaml") == load_catalog_file(str(ACME / "catalog.yaml"))
+    assert load_contract(ACME / "contract.yaml").id == "acme-2027"
+    assert len(load_timeline(ACME / "timeline.yaml")) == 2
+    assert load_timeline(None) == []
+
+
+@pytest.mark.parametrize("value", [20270101, True, "2027-1-1"])
+def test_starts_on_rejects_non_dates(value: object) -> None:
+    problems = _problems(load_contract, {**BASE_CONTRACT, "starts_on": value})
+    assert [p for p, _ in problems] == ["starts_on"]
+
+
+def test_negative_usage_rejected() -> None:
+    _, errors = parse_usage_jsonl(
+        '{"id": "a", "customer": "c", "meter": "t", "timestamp": "2027-01-01T00:00:00Z",'
+        ' "quantity": "-5"}'
+    )
+    assert [(e.line, e.path) for e in errors] == [(1, "quantity")]

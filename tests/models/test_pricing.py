@@ -280,3 +280,24 @@ def test_explicit_override_with_tiers_shows_no_unit_price() -> None:
     o = ov(meter="tokens", tiers={"mode": "volume", "steps": [{"unit_price": "1"}]})
     r = resolve_price(METER, [o], {"model": "gpt-4"}, T0)
     assert r is not None and r.unit_price_shown is None and isinstance(r.price, TieredPrice)
+
+
+def test_resolve_for_terms_acme() -> None:
+    from pathlib import Path
+
+    from models.catalog import load_catalog_file
+    from models.contract import load_contract_file, resolve_terms
+    from models.pricing import resolve_for_terms
+
+    acme = Path("/work/shared/scenarios/acme")
+    terms = resolve_terms(
+        load_contract_file(acme / "contract.yaml"), load_catalog_file(acme / "catalog.yaml")
+    )
+    got = {
+        dims["region"]: r.unit_price_shown
+        for dims in ({"region": "eu"}, {"region": "us"})
+        if (r := resolve_for_terms(terms, "requests", dims, T0)) is not None
+    }
+    assert got == {"eu": D("0.0006"), "us": D("0.0005")}
+    with pytest.raises(KeyError):
+        resolve_for_terms(terms, "nope", {}, T0)

@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from conftest import D, catalog_with, event, terms_for, utc
+from billing_fixtures import D, catalog_with, event, terms_for, utc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from conftest import D, utc
+from billing_fixtures import D, utc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError

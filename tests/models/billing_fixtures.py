@@ -1,4 +1,4 @@
-"""Shared builders for the pure-model tests (no servers, no I/O beyond fixtures)."""
+"""Shared builders for the pure-model tests (plain module; tests/conftest.py is the harness)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ def D(x: str | int) -> Decimal:
     return Decimal(x)
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+def utc(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 def catalog_with(
