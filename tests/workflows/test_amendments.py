@@ -1,0 +1,153 @@
+"""Amendments, payments and collection through the running contract workflow."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.testing import WorkflowEnvironment
+
+from activities.payments import SimulatedCardGateway
+from models.periods import add_months, local_date
+from tests.support.scenario import ContractRun, at, contract_doc, event, lines_of
+
+
+async def test_mid_period_rate_override_splits_the_lines(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    async with ContractRun(ts_env, db, contract_doc(term_months=2)) as run:
+        await run.send_usage([
+            event("e1", "2027-01-05T00:00:00Z", "1000"),
+            event("e2", "2027-01-20T00:00:00Z", "1000"),
+        ])
+        await run.advance_to(at("2027-01-10"))
+        await run.amend({
+            "id": "cheaper-gpt4", "kind": "rate_override", "effective": "2027-01-15T00:00:00Z",
+            "override": {"meter": "tokens", "match": {"model": "gpt-4"}, "unit_price": "0.01"},
+        })
+        await run.advance_to(at("2027-02-01", 2))
+        jan = await run.invoice("usage:2027-01-01")
+    usage = [ln for ln in jan["lines"] if ln["kind"] == "usage"]
+    assert [(ln["part_start"][:10], ln["part_end"][:10], ln["unit_price"], ln["amount"])
+            for ln in usage] == [
+        ("2027-01-01", "2027-01-15", "0.03", "30.00"),
+        ("2027-01-15", "2027-02-01", "0.01", "10.00"),
+    ]
+    assert jan["total"] == "540.00"
+
+
+async def test_top_up_issues_its_invoice_and_its_credits_pay_usage(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    async with ContractRun(ts_env, db, contract_doc(term_months=4)) as run:
+        await run.send_usage([event("e1", "2027-03-20T00:00:00Z", "100000")])  # 3000.00
+        await run.advance_to(at("2027-03-10", 9))
+        await run.amend({"id": "topup-1", "kind": "grant_credits", "credits": "20000.00",
+                         "price": "18000.00"})
+        await run.advance_to(at("2027-04-01", 2))
+        top_up = await run.invoice("top_up:2027-03-10")
+        march = await run.invoice("usage:2027-03-01")
+        report = await run.report()
+    assert (top_up["kind"], top_up["total"], top_up["issued_on"], top_up["due_on"]) == (
+        "top_up", "18000.00", "2027-03-10", "2027-04-09")
+    assert top_up["period"] == {"start": "2027-03-10", "end": "2027-05-01"}
+    assert (march["subtotal"], march["credits_applied"], march["total"]) == (
+        "3500.00", "3000.00", "500.00")
+    assert report["credits"]["consumed"] == "3000.00"
+    # 3000 credits bought at 0.9 each recognize 2700.00 of usage revenue.
+    assert Decimal(report["revenue"]["usage_from_credits"]) == Decimal("2700.00")
+    assert Decimal(report["revenue"]["deferred_balance"]) == Decimal("15300.00")
+
+
+async def test_payment_terms_change_applies_to_invoices_issued_after_it(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    async with ContractRun(ts_env, db, contract_doc(term_months=3)) as run:
+        await run.advance_to(at("2027-02-10"))
+        result = await run.amend({"id": "net60", "kind": "change_payment_terms",
+                                  "payment_terms_days": 60,
+                                  "effective": "2027-02-15T00:00:00Z"})
+        await run.advance_to(at("2027-03-01", 2))
+        invoices = await run.invoices()
+    assert result.status == "scheduled"
+    assert [(i["issued_on"], i["due_on"]) for i in invoices] == [
+        ("2027-02-01", "2027-03-03"),  # net-30, issued before the change
+        ("2027-03-01", "2027-04-30"),  # net-60
+    ]
+
+
+async def test_early_termination_prorates_the_last_period_and_expires_credits(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    doc = contract_doc(commitment={"amount": "12000.00"})
+    async with ContractRun(ts_env, db, doc) as run:
+        await run.send_usage([event("e1", "2027-01-10T00:00:00Z", "100000")])  # 3000.00
+        await run.advance_to(at("2027-03-10"))
+        await run.amend({"id": "bye", "kind": "terminate", "effective": "2027-03-15T00:00:00Z"})
+        await run.advance_to(at("2027-03-15", 3))
+        invoices = await run.invoices()
+        report = await run.report()
+        state = await run.state()
+    assert [(i["key"], i["period"]["end"], i["total"]) for i in invoices] == [
+        ("commitment:2027-01-01", "2028-01-01", "12000.00"),
+        ("usage:2027-01-01", "2027-02-01", "500.00"),
+        ("usage:2027-02-01", "2027-03-01", "500.00"),
+        ("usage:2027-03-01", "2027-03-15", "225.81"),  # 500 x 14/31
+    ]
+    assert report["credits"] == {"granted": "12000.00", "consumed": "3000.00",
+                                 "expired": "9000.00", "balance": "0.00"}
+    assert Decimal(report["revenue"]["breakage"]) == Decimal("9000.00")
+    assert Decimal(report["revenue"]["deferred_balance"]) == 0
+    assert state.status == "terminated"
+
+
+async def test_auto_pay_declined_then_accepted_on_retry(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    gateway = SimulatedCardGateway(declines={"cust-1": 1})
+    async with ContractRun(ts_env, db, contract_doc(term_months=1, auto_pay=True),
+                           gateway=gateway) as run:
+        await run.advance_to(at("2027-02-01", 2))
+        after_decline = await run.invoice("usage:2027-01-01")
+        await run.advance_to(at("2027-02-02", 2))
+        after_retry = await run.invoice("usage:2027-01-01")
+        method = await run.scalar("SELECT method FROM payments")
+        payments = await run.scalar("SELECT count(*) FROM payments")
+    assert (after_decline["status"], after_decline["paid_on"]) == ("open", None)
+    assert (after_retry["status"], after_retry["paid_on"]) == ("paid", "2027-02-02")
+    assert (method, payments) == ("simulated_card", 1)
+
+
+async def test_invalid_amendment_is_refused_and_changes_nothing(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    async with ContractRun(ts_env, db, contract_doc(term_months=2)) as run:
+        await run.advance_to(at("2027-01-10"))
+        with pytest.raises(WorkflowUpdateFailedError) as failure:
+            await run.amend({"id": "bad", "kind": "rate_override",
+                             "override": {"meter": "storage", "unit_price": "1"}})
+        state = await run.state()
+        recorded = await run.scalar("SELECT count(*) FROM amendments")
+    assert "storage" in str(failure.value.cause)
+    assert state.applied_amendment_ids == []
+    assert recorded == 0
+
+
+async def test_backdated_contract_catches_up_period_by_period(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    now = await ts_env.get_current_time()
+    today = local_date(now, "UTC")
+    starts = [add_months(today.replace(day=1), k) for k in (-3, -2, -1)]
+    async with ContractRun(ts_env, db, contract_doc(starts_on=starts[0].isoformat())) as run:
+        ts = datetime.combine(starts[0], datetime.min.time(), tzinfo=UTC) + timedelta(days=3)
+        await run.send_usage([event("b1", ts, "1000")])  # 30.00 in the first period
+        await run.advance_to(now + timedelta(hours=2))
+        invoices = await run.invoices()
+    assert [i["period"]["start"] for i in invoices] == [d.isoformat() for d in starts]
+    assert [i["issued_on"] for i in invoices] == [today.isoformat()] * 3
+    assert [i["total"] for i in invoices] == ["530.00", "500.00", "500.00"]
+    assert [i["number"] for i in invoices] == ["INV-000001", "INV-000002", "INV-000003"]
