@@ -19,6 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from temporalio import activity
 
+from activities import metrics
 from activities.ledger_store import (
     find_invoice,
     insert_ledger_entry,
@@ -90,14 +91,7 @@ class LedgerActivities:
     @activity.defn(name=ActivityName.UPDATE_CONTRACT.value)
     async def update_contract(self, req: UpdateContractRequest) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(
-                text(
-                    "UPDATE contracts SET status = :status, terms = CAST(:terms AS jsonb), "
-                    "term_end = :end, updated_at = now() WHERE id = :id"
-                ),
-                {"status": req.status.value, "terms": req.terms.model_dump_json(),
-                 "end": req.terms.term_end, "id": req.contract_id},
-            )
+            await save_contract_row(conn, req)
 
     @activity.defn(name=ActivityName.RECORD_AMENDMENT.value)
     async def record_amendment(self, req: RecordAmendmentRequest) -> None:
@@ -144,6 +138,7 @@ class LedgerActivities:
                 if invoice is None:
                     invoice = await self._issue_grant_invoice(conn, req)
             state = await load_credit_state(conn, req.contract_id)
+        metrics.credits_granted(req, invoice, new=inserted is not None)
         return GrantResult(invoice=invoice, credits=state.summary())
 
     async def _issue_grant_invoice(self, conn: AsyncConnection, req: GrantRequest) -> IssuedInvoice:
@@ -173,6 +168,8 @@ class LedgerActivities:
             state = await load_credit_state(conn, req.contract_id)
             state, _ = state.expire_all()
             await _write_expiries_and_breakage(conn, req.contract_id, state, req.on)
+            await save_contract_row(conn, UpdateContractRequest(
+                contract_id=req.contract_id, status=req.status, terms=req.terms))
         return state.summary()
 
     # --- usage invoices ---------------------------------------------------------
@@ -207,6 +204,7 @@ class LedgerActivities:
                 )
                 held = await _hold(conn, cid, key, terms, period, reason)
                 state = await load_credit_state(conn, cid)
+                metrics.invoice_held()
                 return ClosePeriodResult(invoice=held, attention=reason, credits=state.summary())
 
             usage_lines: list[Line] = [*rating.lines, *late_lines]
@@ -240,6 +238,7 @@ class LedgerActivities:
             await post_journal(conn, cid, entries, req.issued_on, key)
             if expired_before:
                 await _write_expiries_and_breakage(conn, cid, state, req.issued_on)
+        metrics.invoice_finalized(issued)
         return ClosePeriodResult(invoice=issued, attention=None, credits=state.summary())
 
     # --- collection ----------------------------------------------------------------
@@ -278,6 +277,7 @@ class LedgerActivities:
                     "reminder %s for invoice %s of contract %s",
                     req.step.value, req.invoice_key, req.contract_id,
                 )
+        metrics.dunning_recorded(req.step, new=inserted is not None)
 
 
 async def register_contract_rows(conn: AsyncConnection, req: RegisterContractRequest) -> None:
@@ -307,6 +307,18 @@ async def register_contract_rows(conn: AsyncConnection, req: RegisterContractReq
          "ver": req.catalog_version, "cur": t.currency, "starts": t.starts_on,
          "end": t.term_end, "digest": req.terms_digest,
          "doc": req.contract.model_dump_json(), "terms": t.model_dump_json()},
+    )
+
+
+async def save_contract_row(conn: AsyncConnection, req: UpdateContractRequest) -> None:
+    """The contract's status and terms in force, for queries after it ends."""
+    await conn.execute(
+        text(
+            "UPDATE contracts SET status = :status, terms = CAST(:terms AS jsonb), "
+            "term_end = :end, updated_at = now() WHERE id = :id"
+        ),
+        {"status": req.status.value, "terms": req.terms.model_dump_json(),
+         "end": req.terms.term_end, "id": req.contract_id},
     )
 
 

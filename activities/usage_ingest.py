@@ -6,7 +6,7 @@ and returns one `IngestResult` per input event, in input order:
 - ``rejected`` (with a reason naming the field) when the event fails
   `models.usage.UsageEvent` validation (empty id, timestamp without a UTC
   offset, quantity that is not a finite decimal, non-string dimension
-  values, unknown fields ...), has a negative quantity, names a customer
+  values, negative quantity, unknown fields ...), names a customer
   that is not in ``customers``, or names a meter that the customer's
   contracts do not know;
 - ``duplicate`` when its id is already stored (sent before, in an earlier
@@ -29,19 +29,17 @@ Decisions:
   check claims its id, so a rejected event followed by its corrected resend
   in the same batch stores the resend. An event that is both invalid and a
   repeat is reported ``rejected``.
-- Negative quantities are rejected here although `UsageEvent` allows them:
-  corrections are new documents (credit notes), never negative usage.
-- Set-based writes: one lookup of the batch's customers and their meters,
-  then one ``INSERT ... SELECT FROM unnest(...) ON CONFLICT (event_id) DO
-  NOTHING RETURNING event_id`` of the batch's distinct valid events, both in
-  one transaction (a savepoint if the caller already opened one). Never row
-  by row through the ORM: at 10,000 events per batch the round trips and the
-  ORM's per-object work would dominate. ``unnest`` of binary-encoded arrays
-  was measured against ``COPY`` into a temporary staging table (see
-  bench/RESULTS.md): same server work, one round trip fewer, and no
-  temporary-table catalog churn per batch.
-- Rows are inserted in ``event_id`` order: two concurrent batches that share
-  ids then take the unique-index locks in the same order and cannot deadlock.
+- Set-based writes, never row by row through the ORM: one lookup of the
+  batch's customers and their meters, then ``INSERT ... SELECT FROM
+  jsonb_array_elements(...) ON CONFLICT (event_id) DO NOTHING RETURNING
+  event_id`` per chunk of 1,000 events, all in one transaction (a savepoint
+  if the caller already opened one). ``RETURNING`` tells accepted from
+  already stored; the primary key makes dedup exact under concurrency.
+- The chunks are pipelined: while the server inserts chunk k this process
+  validates chunk k+1 (pydantic costs about as much CPU as the INSERT).
+- Rows are written in ``event_id`` order: two concurrent batches that share
+  ids then take the primary key's locks in the same order and cannot
+  deadlock.
 - ``txid`` and ``received_at`` come from column defaults (the inserting
   transaction id is what rating's watermark compares against).
 - More than `MAX_BATCH` events is refused before anything is read or written
@@ -52,13 +50,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Final
 
-import asyncpg
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+import asyncpg  # type: ignore[import-untyped, unused-ignore]  # no stubs shipped
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from activities import metrics
 from models._loading import validate_model
 from models.errors import BillowValidationError
 from models.usage import UsageEvent
@@ -124,58 +124,79 @@ LEFT JOIN catalog_meters m ON m.version = k.catalog_version
 WHERE c.id = ANY($1::text[])
 """
 
-# ROWS FROM zips the arrays and the JSON array of dimensions element by element.
+# A chunk travels as one JSON document, an array of
+# ``[id, customer, meter, timestamp, quantity, dimensions]`` rows that
+# pydantic serializes in Rust and the server unpacks. Measured cheaper for
+# both sides than binary COPY or typed arrays (whose per-value encoding in
+# Python made the client the bottleneck) and than an array of objects
+# (bench/RESULTS.md). The values are validated and canonical by then (UTC ISO
+# instants, finite decimals as strings), so the server's parsers accept them.
 _INSERT_SQL = """
 INSERT INTO usage_events (event_id, customer_id, meter, ts, quantity, dimensions)
-SELECT * FROM ROWS FROM (
-    unnest($1::text[]), unnest($2::text[]), unnest($3::text[]),
-    unnest($4::text[]::timestamptz[]), unnest($5::text[]::numeric[]),
-    jsonb_array_elements($6::jsonb)
-)
+SELECT r ->> 0, r ->> 1, r ->> 2, (r ->> 3)::timestamptz, (r ->> 4)::numeric, r -> 5
+FROM jsonb_array_elements($1::text::jsonb) AS r
 ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id
 """
 
-# Events validated per INSERT statement (see the pipeline in `ingest_usage`)
-# and how often validation yields to the event loop meanwhile.
-_CHUNK: Final = 2_000
-_YIELD_EVERY: Final = 250
-_DIMENSIONS: Final = TypeAdapter(list[dict[str, str]])
+# Events per INSERT statement (see the pipeline in `ingest_usage`), and per
+# pydantic call while validating (the event loop runs between slices).
+_CHUNK: Final = 1_000
+_SLICE: Final = 250
 
-_ZERO = Decimal(0)
+_EVENTS: Final = TypeAdapter(list[UsageEvent])
+# pydantic's own serializers for these types run in Rust (UsageEvent's
+# quantity serializer is a Python function).
+_ROWS: Final = TypeAdapter(list[tuple[str, str, str, datetime, Decimal, dict[str, str]]])
+_RESULTS: Final = TypeAdapter(list[IngestResult])
 
 
 def _raw_id(raw: object) -> str | None:
+    # dict first: isinstance against the Mapping ABC is slow at 10,000 a batch.
+    if type(raw) is dict or isinstance(raw, Mapping):
+        value = raw.get("id")
+        return value if isinstance(value, str) and value else None
     if isinstance(raw, UsageEvent):
         return raw.id
-    if isinstance(raw, Mapping):
-        value = raw.get("id")
-        if isinstance(value, str) and value:
-            return value
     return None
 
 
-def _validate(raw: object) -> UsageEvent | str:
-    """The event, or the reason it is rejected (``field: problem``)."""
-    if isinstance(raw, UsageEvent):
-        event = raw
-    elif not isinstance(raw, Mapping):
+def _rejection(raw: object) -> str:
+    """Why ``raw`` fails `UsageEvent` validation (``field: problem; ...``)."""
+    if not isinstance(raw, Mapping):
         return f"event must be a JSON object, got {type(raw).__name__}"
-    else:
+    try:
+        validate_model(UsageEvent, raw)
+    except BillowValidationError as exc:
+        return "; ".join(f"{p}: {r}" if p else r for p, r in exc.problems)
+    raise AssertionError("event validated on its own but not in its batch")  # pragma: no cover
+
+
+def _validate_many(raws: list[object]) -> list[UsageEvent | str]:
+    """Each event, or the reason it is rejected.
+
+    The whole slice goes through pydantic in one call (its loop runs in
+    Rust); only a slice holding a bad event is re-validated event by event,
+    to tell which ones and why.
+    """
+    out: list[UsageEvent | str]
+    if all(type(r) is dict for r in raws):
         try:
-            event = validate_model(UsageEvent, raw)
-        except BillowValidationError as exc:
-            return "; ".join(f"{p}: {r}" if p else r for p, r in exc.problems)
-    if event.quantity < _ZERO:
-        return f"quantity: must not be negative (got {event.quantity})"
-    return event
+            out = list(_EVENTS.validate_python(raws))
+        except ValidationError:
+            out = [_validate_one(r) for r in raws]
+    else:
+        out = [_validate_one(r) for r in raws]
+    return out
 
 
-def _sort_key(events: Sequence[object]) -> Any:
-    def key(i: int) -> tuple[str, int]:
-        return (_raw_id(events[i]) or "", i)
-
-    return key
+def _validate_one(raw: object) -> UsageEvent | str:
+    if isinstance(raw, UsageEvent):
+        return raw
+    try:
+        return UsageEvent.model_validate(raw)
+    except ValidationError:
+        return _rejection(raw)
 
 
 async def _load_known_meters(
@@ -184,12 +205,12 @@ async def _load_known_meters(
     """Customer -> meters their contracts know, for the customers the batch names."""
     names: set[str] = set()
     for raw in events:
-        if isinstance(raw, UsageEvent):
-            names.add(raw.customer)
-        elif isinstance(raw, Mapping):
+        if type(raw) is dict or isinstance(raw, Mapping):
             customer = raw.get("customer")
             if isinstance(customer, str):
                 names.add(customer)
+        elif isinstance(raw, UsageEvent):
+            names.add(raw.customer)
     known: dict[str, set[str]] = {}
     if names:
         for customer, meter in await conn.fetch(_KNOWN_METERS_SQL, list(names)):
@@ -199,20 +220,115 @@ async def _load_known_meters(
     return known
 
 
-def _insert_args(rows: list[UsageEvent]) -> tuple[Any, ...]:
-    # Text, parsed by the server: asyncpg's binary encoding of timestamptz,
-    # numeric and jsonb arrays costs more client CPU than the whole INSERT
-    # costs the server (bench/RESULTS.md). The values are already validated
-    # and canonical (UTC ISO instants, finite decimals), so the server's
-    # parsers accept exactly what pydantic accepted.
-    return (
-        [e.id for e in rows],
-        [e.customer for e in rows],
-        [e.meter for e in rows],
-        [e.timestamp.isoformat() for e in rows],
-        [str(e.quantity) for e in rows],
-        _DIMENSIONS.dump_json([e.dimensions for e in rows]).decode(),
-    )
+def _meter_rejection(e: UsageEvent, meters: set[str] | None) -> str | None:
+    if meters is None:
+        return f"customer: unknown customer {e.customer!r}"
+    if e.meter in meters:
+        return None
+    if not meters:
+        return f"meter: customer {e.customer!r} has no contract, so no meter is known"
+    return f"meter: unknown meter {e.meter!r} for customer {e.customer!r}"
+
+
+class _Batch:
+    """Per-event outcome of one call, filled in as the batch is processed."""
+
+    def __init__(self, events: Sequence[object]) -> None:
+        self.events = events
+        n = len(events)
+        self.status: list[IngestStatus | None] = [None] * n
+        self.reasons: list[str | None] = [None] * n
+        self.ids = [_raw_id(raw) for raw in events]
+        # event id -> index of its first valid occurrence in this batch
+        self.first_index: dict[str, int] = {}
+
+    def classify(self, idx: list[int], known: dict[str, set[str]]) -> list[UsageEvent]:
+        """Validate the events at ``idx``; return those to write."""
+        rows: list[UsageEvent] = []
+        checked_all = _validate_many([self.events[i] for i in idx])
+        for i, checked in zip(idx, checked_all, strict=True):
+            if isinstance(checked, str):
+                self.status[i], self.reasons[i] = IngestStatus.REJECTED, checked
+                continue
+            why = _meter_rejection(checked, known.get(checked.customer))
+            if why is not None:
+                self.status[i], self.reasons[i] = IngestStatus.REJECTED, why
+            elif checked.id in self.first_index:
+                self.status[i] = IngestStatus.DUPLICATE
+                self.reasons[i] = f"same id as event {self.first_index[checked.id]} of this batch"
+            else:
+                self.first_index[checked.id] = i
+                rows.append(checked)
+        return rows
+
+    def settle(self, inserted: set[str]) -> None:
+        """First occurrences: accepted if this call stored them, else stored before."""
+        for event_id, i in self.first_index.items():
+            if event_id in inserted:
+                self.status[i] = IngestStatus.ACCEPTED
+            else:
+                self.status[i], self.reasons[i] = IngestStatus.DUPLICATE, "already stored"
+
+    def report(self) -> IngestReport:
+        counts = dict.fromkeys(IngestStatus, 0)
+        for st in self.status:
+            assert st is not None  # every event was classified
+            counts[st] += 1
+        # One pydantic call for all results: 10,000 model constructions from
+        # Python would cost as much as writing the rows.
+        results = _RESULTS.validate_python(
+            [
+                {"index": i, "id": self.ids[i], "status": st, "reason": self.reasons[i]}
+                for i, st in enumerate(self.status)
+            ]
+        )
+        return IngestReport.model_construct(
+            accepted=counts[IngestStatus.ACCEPTED],
+            duplicate=counts[IngestStatus.DUPLICATE],
+            rejected=counts[IngestStatus.REJECTED],
+            results=results,
+        )
+
+
+def _document(rows: list[UsageEvent]) -> str:
+    return _ROWS.dump_json(
+        [(e.id, e.customer, e.meter, e.timestamp, e.quantity, e.dimensions) for e in rows]
+    ).decode()
+
+
+async def _write_pipelined(
+    conn: asyncpg.Connection, batch: _Batch, order: list[int], known: dict[str, set[str]]
+) -> set[str]:
+    """Validate and write the batch in chunks; the ids this call stored.
+
+    While the server inserts chunk k, this process validates chunk k+1, so
+    client and server CPU overlap. A connection runs one statement at a
+    time: at most one INSERT is in flight.
+    """
+    inserted: set[str] = set()
+    pending: asyncio.Future[list[asyncpg.Record]] | None = None
+    n = len(order)
+    try:
+        for c in range(0, n, _CHUNK):
+            rows: list[UsageEvent] = []
+            for s in range(c, min(c + _CHUNK, n), _SLICE):
+                # Yield between slices so the in-flight INSERT's task can
+                # push its request to the server.
+                await asyncio.sleep(0)
+                rows += batch.classify(order[s : min(s + _SLICE, c + _CHUNK, n)], known)
+            if pending is not None:
+                inserted.update(r[0] for r in await pending)
+                pending = None
+            if rows:
+                pending = asyncio.ensure_future(conn.fetch(_INSERT_SQL, _document(rows)))
+        if pending is not None:
+            inserted.update(r[0] for r in await pending)
+            pending = None
+    finally:
+        if pending is not None:
+            # Never leave the transaction with a statement in flight.
+            await asyncio.gather(pending, return_exceptions=True)
+    return inserted
 
 
 async def ingest_usage(
@@ -228,85 +344,15 @@ async def ingest_usage(
     n = len(events)
     if n > MAX_BATCH:
         raise BatchTooLarge(n)
-    status: list[IngestStatus | None] = [None] * n
-    reasons: list[str | None] = [None] * n
-    first_index: dict[str, int] = {}  # event id -> index of its winning occurrence
-    inserted: set[str] = set()
+    batch = _Batch(events)
+    ids = batch.ids
     # Event id order (stable, so the first occurrence of an id still comes
     # first): concurrent batches then take the primary key's locks in one
     # global order and cannot deadlock on shared ids.
-    order = sorted(range(n), key=_sort_key(events))
+    order = sorted(range(n), key=lambda i: (ids[i] or "", i))
 
     async with conn.transaction():
         known = await _load_known_meters(conn, events)
-        # Pipeline: while the server inserts chunk k, this process validates
-        # chunk k+1 (client and server CPU overlap). One connection runs one
-        # statement at a time, so at most one INSERT is in flight.
-        pending: asyncio.Future[list[asyncpg.Record]] | None = None
-        try:
-            for c in range(0, n, _CHUNK):
-                rows: list[UsageEvent] = []
-                for pos, i in enumerate(order[c : c + _CHUNK]):
-                    if pos % _YIELD_EVERY == _YIELD_EVERY - 1:
-                        # let the in-flight INSERT's task flush its request
-                        await asyncio.sleep(0)
-                    checked = _validate(events[i])
-                    if isinstance(checked, str):
-                        status[i], reasons[i] = IngestStatus.REJECTED, checked
-                        continue
-                    e = checked
-                    meters = known.get(e.customer)
-                    if meters is None:
-                        status[i] = IngestStatus.REJECTED
-                        reasons[i] = f"customer: unknown customer {e.customer!r}"
-                    elif e.meter not in meters:
-                        status[i] = IngestStatus.REJECTED
-                        reasons[i] = (
-                            f"meter: unknown meter {e.meter!r} for customer {e.customer!r}"
-                            if meters
-                            else f"meter: customer {e.customer!r} has no contract, "
-                            "so no meter is known"
-                        )
-                    elif e.id in first_index:
-                        status[i] = IngestStatus.DUPLICATE
-                        reasons[i] = f"same id as event {first_index[e.id]} of this batch"
-                    else:
-                        first_index[e.id] = i
-                        rows.append(e)
-                if pending is not None:
-                    inserted.update(r[0] for r in await pending)
-                    pending = None
-                if rows:
-                    pending = asyncio.ensure_future(conn.fetch(_INSERT_SQL, *_insert_args(rows)))
-                    await asyncio.sleep(0)  # start sending it before validating on
-            if pending is not None:
-                inserted.update(r[0] for r in await pending)
-                pending = None
-        finally:
-            if pending is not None:
-                # Never leave the transaction with a statement in flight.
-                await asyncio.gather(pending, return_exceptions=True)
-
-    for event_id, i in first_index.items():
-        if event_id in inserted:
-            status[i] = IngestStatus.ACCEPTED
-        else:
-            status[i], reasons[i] = IngestStatus.DUPLICATE, "already stored"
-
-    results: list[IngestResult] = []
-    counts = dict.fromkeys(IngestStatus, 0)
-    for i, raw in enumerate(events):
-        st = status[i]
-        assert st is not None  # every index was classified above
-        counts[st] += 1
-        # model_construct: the fields are built here, not user input, and
-        # validating 10,000 result objects would cost more than the INSERT.
-        results.append(
-            IngestResult.model_construct(index=i, id=_raw_id(raw), status=st, reason=reasons[i])
-        )
-    return IngestReport(
-        accepted=counts[IngestStatus.ACCEPTED],
-        duplicate=counts[IngestStatus.DUPLICATE],
-        rejected=counts[IngestStatus.REJECTED],
-        results=results,
-    )
+        inserted = await _write_pipelined(conn, batch, order, known)
+    batch.settle(inserted)
+    return metrics.usage_ingested(batch.report())

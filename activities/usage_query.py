@@ -15,8 +15,9 @@ Semantics (the same as the in-memory reference ``models.rating.aggregate``):
 - ``sum`` of quantities, ``count`` of events, ``max`` quantity,
   ``unique_count`` of distinct values of dimension ``unique_by`` (events
   without it do not count), ``latest``: quantity of the event with the
-  greatest timestamp, ties broken by the greatest ``event_id`` (the database
-  has no input order; the reference breaks ties by input order);
+  greatest timestamp, ties broken by the greatest ``event_id`` in byte order
+  (the database has no input order; the reference breaks ties by input
+  order);
 - a ``group_by`` dimension missing from an event is left out of the group's
   dimensions (so ``{}`` is the group of events that carry none of them);
 - ``first_seen`` is the group's earliest timestamp (it orders invoice lines).
@@ -28,7 +29,9 @@ no event can later appear below a watermark already used: an invoice's usage
 is exactly ``txid < watermark`` and late usage is exactly
 ``previous_watermark <= txid < watermark``, each event counted once. Read the
 watermark and aggregate in one transaction (the aggregation's snapshot is
-then at least as new as the watermark's).
+then at least as new as the watermark's). ``xmin`` is cluster-wide: a
+transaction left open anywhere on the server holds the watermark back, which
+delays events into the next watermark but never loses or repeats one.
 
 Late aggregates cover the late events only. That is the billable delta for
 ``sum`` and ``count``; for ``max``, ``unique_count`` and ``latest`` the caller
@@ -37,21 +40,23 @@ must compare against the period as billed (re-aggregate the period with
 
 Plans: the statement filters ``customer_id = $1 AND ts >= $2 AND ts < $3``,
 which the ``(customer_id, ts)`` b-tree serves; ``txid``, ``dimensions`` and
-``event_id`` come from the heap. Ordered/distinct aggregates (``latest``,
-``unique_count``) are only emitted when a meter needs them, because they
-force a sort-based aggregation.
+``event_id`` come from the heap, one page visit per event when customers'
+events are interleaved (see bench/RESULTS.md for what a covering index buys).
+The pass over the events is a hash aggregation; only ``latest`` meters'
+per-event sub-groups are sorted (see `_statement`).
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Final
 
-import asyncpg
+import asyncpg  # type: ignore[import-untyped, unused-ignore]  # no stubs shipped
 
 __all__ = [
     "AGGREGATIONS",
@@ -161,9 +166,16 @@ def _statement(specs: Sequence[_Spec], *, with_from: bool) -> tuple[str, list[An
     """The SQL text and its parameters after the fixed ones ($1..$4|$5).
 
     Meters become a VALUES list (one row per meter, each with its own array
-    of part bounds) joined to the events. Group dimension values are text
-    columns ``d1..dk`` (k = the longest ``group_by``); grouping on text is
-    far cheaper than building a jsonb object per event.
+    of part bounds) joined to the customer's events. Group dimension values
+    are text columns ``d1..dk`` (k = the longest ``group_by``): grouping on
+    text is far cheaper than building a jsonb object per event.
+
+    Two levels, so that the pass over the events is a hash aggregation: the
+    inner GROUP BY adds a sub-key ``u`` (the ``unique_by`` value for
+    ``unique_count`` meters, the event id for ``latest`` meters, NULL
+    otherwise) and keeps sum/count/max/min per sub-group; the outer one folds
+    the few sub-groups into each group's figure. A DISTINCT or ORDER BY
+    aggregate in a single GROUP BY would sort every event instead.
     """
     k = max((len(s.meter.group_by) for s in specs), default=0)
     aggs = {s.meter.aggregation for s in specs}
@@ -173,46 +185,74 @@ def _statement(specs: Sequence[_Spec], *, with_from: bool) -> tuple[str, list[An
     width = 4 + k
     for n, s in enumerate(specs):
         base = first + n * width
-        cols = [f"${base}::text", f"${base + 1}::text", f"${base + 2}::text",
-                f"${base + 3}::timestamptz[]"]
+        cols = [
+            f"${base}::text",
+            f"${base + 1}::text",
+            f"${base + 2}::text",
+            f"${base + 3}::timestamptz[]",
+        ]
         cols += [f"${base + 4 + j}::text" for j in range(k)]
         rows.append("(" + ", ".join(cols) + ")")
         gb = list(s.meter.group_by)
         params += [s.meter.key, s.meter.aggregation, s.meter.unique_by, s.bounds]
         params += gb + [None] * (k - len(gb))
-    dim_cols = [f"g{j + 1}" for j in range(k)]
-    dim_select = "".join(f", e.dimensions ->> s.{g} AS d{j + 1}" for j, g in enumerate(dim_cols))
-    dim_group = "".join(f", {j + 5}" for j in range(k))  # select-list positions of d1..dk
-
+    g_cols = "".join(f", g{j + 1}" for j in range(k))
+    d_exprs = "".join(f", e.dimensions ->> s.g{j + 1} AS d{j + 1}" for j in range(k))
+    d_cols = "".join(f", d{j + 1}" for j in range(k))
     cases = []
     if "sum" in aggs:
-        cases.append("WHEN 'sum' THEN sum(e.quantity) FILTER (WHERE s.aggregation = 'sum')")
+        cases.append("WHEN 'sum' THEN sum(q_sum)")
     if "count" in aggs:
-        cases.append("WHEN 'count' THEN count(*)::numeric")
+        cases.append("WHEN 'count' THEN sum(n)")
     if "max" in aggs:
-        cases.append("WHEN 'max' THEN max(e.quantity) FILTER (WHERE s.aggregation = 'max')")
+        cases.append("WHEN 'max' THEN max(q_max)")
     if "unique_count" in aggs:
-        cases.append(
-            "WHEN 'unique_count' THEN (count(DISTINCT e.dimensions ->> s.unique_by) "
-            "FILTER (WHERE s.aggregation = 'unique_count'))::numeric"
-        )
+        # one sub-group per distinct value; events without the dimension
+        # (u NULL) make the group exist but are not counted
+        cases.append("WHEN 'unique_count' THEN count(u)::numeric")
     if "latest" in aggs:
+        # one sub-group per event (u = event_id); byte order breaks ties
         cases.append(
-            "WHEN 'latest' THEN (array_agg(e.quantity ORDER BY e.ts DESC, e.event_id DESC) "
-            "FILTER (WHERE s.aggregation = 'latest'))[1]"
+            "WHEN 'latest' THEN (array_agg(q_sum ORDER BY first_ts DESC, u COLLATE \"C\" DESC))[1]"
         )
+    # Only the per-event work some meter needs; FILTER skips it for the others.
+    inner_aggs = []
+    if aggs & {"sum", "latest"}:
+        inner_aggs.append(
+            "sum(e.quantity) FILTER (WHERE s.aggregation IN ('sum', 'latest')) AS q_sum, "
+        )
+    if "count" in aggs:
+        inner_aggs.append("count(*)::numeric AS n, ")
+    if "max" in aggs:
+        inner_aggs.append("max(e.quantity) FILTER (WHERE s.aggregation = 'max') AS q_max, ")
+    # Per-event expressions cost: skip the ones no meter of this call needs.
+    part = "width_bucket(e.ts, s.bounds) - 1" if any(len(x.bounds) > 1 for x in specs) else "0"
+    if "latest" in aggs:
+        sub_key = (
+            "CASE s.aggregation WHEN 'latest' THEN e.event_id::text "
+            "ELSE e.dimensions ->> s.unique_by END"
+        )
+    elif "unique_count" in aggs:
+        sub_key = "e.dimensions ->> s.unique_by"
+    else:
+        sub_key = "NULL::text"
     txid_from = " AND e.txid >= $5" if with_from else ""
     sql = f"""
-WITH spec (meter, aggregation, unique_by, bounds{"".join(", " + g for g in dim_cols)}) AS (
+WITH spec (meter, aggregation, unique_by, bounds{g_cols}) AS (
   VALUES {", ".join(rows)}
 )
-SELECT s.meter, s.aggregation, width_bucket(e.ts, s.bounds) - 1 AS part,
-       min(e.ts) AS first_seen{dim_select},
-       CASE s.aggregation {" ".join(cases)} END AS quantity
-FROM usage_events e
-JOIN spec s ON s.meter = e.meter
-WHERE e.customer_id = $1 AND e.ts >= $2 AND e.ts < $3 AND e.txid < $4{txid_from}
-GROUP BY s.meter, s.aggregation, 3{dim_group}
+SELECT meter, part{d_cols}, CASE min(aggregation) {" ".join(cases)} END AS quantity,
+       min(first_ts) AS first_seen
+FROM (
+  SELECT s.meter, s.aggregation, {part} AS part{d_exprs},
+         {sub_key} AS u,
+         {"".join(inner_aggs)}min(e.ts) AS first_ts
+  FROM usage_events e
+  JOIN spec s ON s.meter = e.meter
+  WHERE e.customer_id = $1 AND e.ts >= $2 AND e.ts < $3 AND e.txid < $4{txid_from}
+  GROUP BY s.meter, s.aggregation, 3{"".join(f", {j + 4}" for j in range(k))}, u
+) AS sub
+GROUP BY meter, part{d_cols}
 """
     return sql, params
 
@@ -284,7 +324,9 @@ async def aggregate_usage(
         part_end = b[part + 1] if part + 1 < len(b) else end
         out.append(AggregateRow(part, b[part], part_end, spec.meter.key, dims, qty, first_seen))
     order = _order(meters)
-    out.sort(key=lambda a: (order[a.meter], a.part_index, a.first_seen, sorted(a.dimensions.items())))
+    out.sort(
+        key=lambda a: (order[a.meter], a.part_index, a.first_seen, sorted(a.dimensions.items()))
+    )
     return out
 
 
@@ -312,7 +354,7 @@ async def aggregate_late_usage(
         raise ValueError("periods: need at least a start and an end boundary")
     for t in bounds_:
         _require_aware("periods", t)
-    if any(a >= b for a, b in zip(bounds_, bounds_[1:], strict=False)):
+    if any(a >= b for a, b in itertools.pairwise(bounds_)):
         raise ValueError("periods: boundaries must be strictly increasing")
     start, end = bounds_[0], bounds_[-1]
     _check(meters, start, end)
@@ -345,7 +387,11 @@ async def aggregate_late_usage(
     order = _order(meters)
     out.sort(
         key=lambda a: (
-            a.period_index, order[a.meter], a.part_index, a.first_seen, sorted(a.dimensions.items())
+            a.period_index,
+            order[a.meter],
+            a.part_index,
+            a.first_seen,
+            sorted(a.dimensions.items()),
         )
     )
     return out

@@ -215,7 +215,11 @@ class DunningRequest(BaseModel):
 
 
 class ExpireCreditsRequest(BaseModel):
+    """Term end: expire what is left and record the contract's final status."""
+
     model_config = _FROZEN
     contract_id: str
     at: datetime
     on: date
+    status: ContractStatus
+    terms: ContractTerms

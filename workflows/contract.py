@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import TypeVar
 
 from pydantic import BaseModel, Field
 from temporalio import workflow
@@ -79,6 +80,8 @@ PERIODS_PER_RUN = 12
 
 _ACTIVITY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=5))
 _SHORT = timedelta(seconds=60)
+_REMOTE = frozenset({ActivityName.CHARGE_INVOICE})
+T = TypeVar("T")
 _LONG = timedelta(minutes=15)
 
 
@@ -148,6 +151,7 @@ class ContractWorkflow:
         self._held_at: int | None = None
         self._periods_this_run = 0
         self._sa_sent: dict[str, object] = {}
+        self._sleeping_until: datetime | None = None
 
     # --- main loop -------------------------------------------------------
     @workflow.run
@@ -156,7 +160,7 @@ class ContractWorkflow:
         if st.created_at is None:
             st.created_at = workflow.info().start_time
         if not st.registered:
-            await self._activity(
+            await self._run(
                 ActivityName.REGISTER_CONTRACT,
                 RegisterContractRequest(
                     contract=st.contract, terms=st.terms,
@@ -221,6 +225,7 @@ class ContractWorkflow:
         delay = None if at is None else at - workflow.now()
         if delay is not None and delay <= timedelta(0):
             return
+        self._sleeping_until = at
         try:
             await workflow.wait_condition(
                 lambda: self._wakeup != seen, timeout=delay, timeout_summary=summary
@@ -230,6 +235,8 @@ class ContractWorkflow:
 
     async def _maybe_continue_as_new(self) -> None:
         self._periods_this_run += 1
+        if not self.state.periods:
+            return  # the term is closing: a new run would only add events
         suggested = workflow.info().is_continue_as_new_suggested()
         if self._periods_this_run < PERIODS_PER_RUN and not suggested:
             return
@@ -279,9 +286,8 @@ class ContractWorkflow:
         await self._save_contract()
 
     async def _grant(self, request: GrantRequest, summary: str) -> None:
-        result = await self._activity(
-            ActivityName.GRANT_CREDITS, request, result_type=GrantResult, summary=summary
-        )
+        result = await self._call(ActivityName.GRANT_CREDITS, request, GrantResult,
+                                  summary=summary)
         self.state.credit_balance = result.credits.balance
         if result.invoice is not None:
             await self._issued(result.invoice)
@@ -290,14 +296,14 @@ class ContractWorkflow:
         st = self.state
         t = st.terms
         issued_on = st.local_date(workflow.now())
-        result = await self._activity(
+        result = await self._call(
             ActivityName.CLOSE_PERIOD,
             ClosePeriodRequest(
                 terms=t, period=period, earlier_periods=list(st.invoiced_periods),
                 issued_on=issued_on, due_on=issued_on + timedelta(days=t.payment_terms_days),
                 is_final=len(st.periods) == 1,
             ),
-            result_type=ClosePeriodResult,
+            ClosePeriodResult,
             summary=f"rate usage {period_label(period, t.billing_cycle.months)}",
             timeout=_LONG,
         )
@@ -325,18 +331,19 @@ class ContractWorkflow:
         st = self.state
         t = st.terms
         now = workflow.now()
-        result = await self._activity(
+        status = (
+            ContractStatus.TERMINATED if st.terminated_at is not None else ContractStatus.ENDED
+        )
+        result = await self._call(
             ActivityName.EXPIRE_CREDITS,
             ExpireCreditsRequest(contract_id=t.contract_id, at=max(now, t.term_end_at),
-                                 on=st.local_date(now)),
-            result_type=CreditSummary,
+                                 on=st.local_date(now), status=status, terms=t),
+            CreditSummary,
             summary="expire remaining credits (breakage)",
         )
         st.credit_balance = result.balance
         st.term_closed = True
-        st.status = (
-            ContractStatus.TERMINATED if st.terminated_at is not None else ContractStatus.ENDED
-        )
+        st.status = status
         await self._save_contract()
         return result
 
@@ -362,7 +369,7 @@ class ContractWorkflow:
         inv = st.invoice(collection.invoice_key)
         assert inv is not None
         collection.charge_attempts += 1
-        result = await self._activity(
+        result = await self._call(
             ActivityName.CHARGE_INVOICE,
             ChargeRequest(
                 contract_id=st.terms.contract_id, customer_id=st.terms.customer.id,
@@ -370,7 +377,7 @@ class ContractWorkflow:
                 currency=inv.currency, attempt=collection.charge_attempts,
                 on=st.local_date(workflow.now()),
             ),
-            result_type=ChargeResult,
+            ChargeResult,
             summary=f"charge {inv.key} (attempt {collection.charge_attempts})",
         )
         if result.payment is not None:
@@ -413,7 +420,7 @@ class ContractWorkflow:
                 if at > now:
                     break
                 async with self._lock:
-                    await self._activity(
+                    await self._run(
                         ActivityName.DUNNING_STEP,
                         DunningRequest(contract_id=st.terms.contract_id,
                                        invoice_key=collection.invoice_key, step=step,
@@ -478,7 +485,7 @@ class ContractWorkflow:
         effective = effective_instant(st, amendment, now)
         st.applied_amendment_ids.append(amendment.id)
         async with self._lock:
-            await self._activity(
+            await self._run(
                 ActivityName.RECORD_AMENDMENT,
                 RecordAmendmentRequest(contract_id=st.terms.contract_id, amendment=amendment,
                                        effective=effective),
@@ -519,16 +526,20 @@ class ContractWorkflow:
         st = self.state
         key = payment.payment_id or f"payment:{workflow.current_update_info().id}"  # type: ignore[union-attr]
         async with self._lock:
-            result = await self._activity(
+            result = await self._call(
                 ActivityName.RECORD_PAYMENT,
                 PaymentRequest(contract_id=st.terms.contract_id, invoice_key=payment.invoice,
                                payment_key=key, amount=payment.amount,
                                received_on=st.local_date(workflow.now())),
-                result_type=PaymentResult,
+                PaymentResult,
                 summary=f"record payment {payment.amount} for {payment.invoice}",
             )
         self._paid(result)
-        self._wakeup += 1
+        # A payment can only remove collection steps. Re-arm the main loop's
+        # timer only if the step it sleeps for is gone: a cancelled timer costs
+        # two history events, a timer that fires for nothing costs five.
+        if self._next_wake() != self._sleeping_until:
+            self._wakeup += 1
         return result
 
     @pay.validator
@@ -567,27 +578,42 @@ class ContractWorkflow:
         )
 
     # --- plumbing --------------------------------------------------------------
-    async def _activity(
-        self,
-        name: ActivityName,
-        arg: BaseModel,
-        *,
-        summary: str,
-        result_type: type | None = None,
+    async def _call(
+        self, name: ActivityName, arg: BaseModel, result_type: type[T], *, summary: str,
         timeout: timedelta = _SHORT,
-    ) -> object:
-        return await workflow.execute_activity(
-            name.value,
-            arg,
-            result_type=result_type,
-            start_to_close_timeout=timeout,
-            retry_policy=_ACTIVITY_RETRY,
+    ) -> T:
+        """Run an activity and return its typed result.
+
+        Ledger activities are short database transactions and run as local
+        activities: one marker event instead of three events plus a workflow
+        task, which is what keeps a monthly contract-year under 200 history
+        events. The payment gateway is remote I/O with its own latency and
+        runs as a regular activity.
+        """
+        if name in _REMOTE:
+            result = await workflow.execute_activity(
+                name.value, arg, result_type=result_type, start_to_close_timeout=timeout,
+                retry_policy=_ACTIVITY_RETRY, summary=summary,
+            )
+        else:
+            result = await workflow.execute_local_activity(
+                name.value, arg, result_type=result_type, start_to_close_timeout=timeout,
+                retry_policy=_ACTIVITY_RETRY, summary=summary,
+            )
+        assert isinstance(result, result_type)
+        return result
+
+    async def _run(
+        self, name: ActivityName, arg: BaseModel, *, summary: str, timeout: timedelta = _SHORT
+    ) -> None:
+        await workflow.execute_local_activity(
+            name.value, arg, start_to_close_timeout=timeout, retry_policy=_ACTIVITY_RETRY,
             summary=summary,
         )
 
     async def _save_contract(self) -> None:
         st = self.state
-        await self._activity(
+        await self._run(
             ActivityName.UPDATE_CONTRACT,
             UpdateContractRequest(contract_id=st.terms.contract_id, status=st.status, terms=st.terms),
             summary=f"save contract ({st.status.value})",

@@ -27,7 +27,7 @@ from models.contract import Contract, load_contract
 from models.operations import PaymentResult
 from worker.contract_service import start_contract
 from worker.main import build_worker
-from worker.simulate import advance_to, contract_report, ingest_all
+from worker.simulate import advance_to, contract_report, ingest_all, settle
 from workflows.contract import AmendmentResult, ContractView, ContractWorkflow, PaymentInput
 
 TASK_QUEUE = "scenario"
@@ -139,6 +139,7 @@ class ContractRun:
 
     async def amend(self, amendment: dict[str, Any]) -> AmendmentResult:
         assert self.handle is not None
+        await settle(self.env, self.handle)
         result: AmendmentResult = await self.handle.execute_update(
             ContractWorkflow.amend, parse_amendment(amendment)
         )
@@ -146,6 +147,7 @@ class ContractRun:
 
     async def pay(self, invoice: str, amount: str, payment_id: str | None = None) -> PaymentResult:
         assert self.handle is not None
+        await settle(self.env, self.handle)
         result: PaymentResult = await self.handle.execute_update(
             ContractWorkflow.pay,
             PaymentInput(invoice=invoice, amount=Decimal(amount), payment_id=payment_id),
@@ -179,16 +181,15 @@ class ContractRun:
         """Events over every run of this workflow id (continue-as-new included)."""
         assert self.handle is not None
         total = 0
-        run_id: str | None = None
-        handle = self.env.client.get_workflow_handle(self.handle.id)
-        desc = await handle.describe()
-        run_id = desc.run_id
-        while run_id:
+        run_id: str | None = None  # None: the latest run
+        while True:
             h = self.env.client.get_workflow_handle(self.handle.id, run_id=run_id)
             hist = await h.fetch_history()
             total += len(hist.events)
             first = hist.events[0].workflow_execution_started_event_attributes
             run_id = first.continued_execution_run_id or None
+            if run_id is None:
+                break
         return total
 
 
@@ -203,3 +204,36 @@ def lines_of(invoice: dict[str, Any], kind: str = "usage") -> list[tuple[Any, ..
 
 def ts_delta(days: int = 0, hours: int = 0) -> timedelta:
     return timedelta(days=days, hours=hours)
+
+
+async def event_type_counts(env: WorkflowEnvironment, workflow_id: str) -> dict[str, int]:
+    from collections import Counter
+
+    from temporalio.api.enums.v1 import EventType
+
+    counts: Counter[str] = Counter()
+    run_id: str | None = None
+    while True:
+        hist = await env.client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        counts.update(EventType.Name(e.event_type).removeprefix("EVENT_TYPE_") for e in hist.events)
+        run_id = hist.events[0].workflow_execution_started_event_attributes.continued_execution_run_id or None
+        if run_id is None:
+            return dict(counts.most_common())
+
+
+async def event_sequence(env: WorkflowEnvironment, workflow_id: str) -> list[str]:
+    from temporalio.api.enums.v1 import EventType
+
+    run_id = None
+    while True:
+        hist = await env.client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        run_id = hist.events[0].workflow_execution_started_event_attributes.continued_execution_run_id or None
+        if run_id is None:
+            break
+    out = []
+    for e in hist.events:
+        name = EventType.Name(e.event_type).removeprefix("EVENT_TYPE_")
+        if name == "TIMER_STARTED":
+            name += f" {e.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta()}"
+        out.append(name)
+    return out

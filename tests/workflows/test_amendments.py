@@ -85,7 +85,7 @@ async def test_early_termination_prorates_the_last_period_and_expires_credits(
     doc = contract_doc(commitment={"amount": "12000.00"})
     async with ContractRun(ts_env, db, doc) as run:
         await run.send_usage([event("e1", "2027-01-10T00:00:00Z", "100000")])  # 3000.00
-        await run.advance_to(at("2027-03-10"))
+        await run.advance_to(at("2027-03-10"))  # exactly when a reminder falls due
         await run.amend({"id": "bye", "kind": "terminate", "effective": "2027-03-15T00:00:00Z"})
         await run.advance_to(at("2027-03-15", 3))
         invoices = await run.invoices()

@@ -1,0 +1,118 @@
+"""``python -m bench ingest|rating [--events N] [--contracts N] ...``
+
+Defaults are small (each command finishes in well under a minute). Full
+sizes: ``python -m bench ingest --events 1000000`` and
+``python -m bench rating --events 10000000 --contracts 1000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+
+import asyncpg  # type: ignore[import-untyped, unused-ignore]  # no stubs shipped
+
+from bench._pg import bench_database, machine_details
+from bench.ingest import run_ingest
+from bench.rating import run_rating
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    ing = sub.add_parser("ingest", help="ingest_usage vs raw COPY (goal: ratio >= 0.5)")
+    ing.add_argument("--events", type=int, default=100_000)
+    ing.add_argument("--contracts", type=int, default=100, help="customers, one contract each")
+    ing.add_argument("--repeat", type=int, default=3, help="runs of each side; best counts")
+    rat = sub.add_parser("rating", help="per-contract aggregation vs bare GROUP BY (<= 1.5x)")
+    rat.add_argument("--events", type=int, default=200_000)
+    rat.add_argument("--contracts", type=int, default=50)
+    rat.add_argument("--repeat", type=int, default=3, help="runs of each side; best counts")
+    rat.add_argument(
+        "--concurrency", type=int, default=1, help="contracts rated at once (connections)"
+    )
+    for sp in (ing, rat):
+        sp.add_argument(
+            "--covering-index",
+            action="store_true",
+            help="also create (customer_id, ts) INCLUDE (meter, quantity, txid, dimensions, "
+            "event_id), which billow's schema does not have",
+        )
+        sp.add_argument("--seed", type=int, default=20270101)
+    return p
+
+
+async def _main(args: argparse.Namespace) -> None:
+    async with bench_database() as db:
+        conn = await asyncpg.connect(db.dsn)
+        try:
+            details = await machine_details(conn)
+            where = "embedded" if db.embedded else "BILLOW_DATABASE_URL"
+            print(f"# billow bench {args.command} - {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC")
+            print("  " + ", ".join(f"{k}={v}" for k, v in details.items()) + f", server={where}")
+            if args.command == "ingest":
+                f = await run_ingest(
+                    conn,
+                    events=args.events,
+                    customers=args.contracts,
+                    seed=args.seed,
+                    repeat=args.repeat,
+                    covering=args.covering_index,
+                )
+                print(
+                    f"events: {f.events:,} in batches of 10,000 ({f.customers} customers), "
+                    f"covering index: {'yes' if args.covering_index else 'no'}"
+                )
+                print(
+                    f"raw COPY, one statement:    best {min(f.raw_copy_s):6.2f}s"
+                    f"  {f.raw_rate:>9,.0f} events/s"
+                )
+                print(
+                    f"raw COPY, 10,000 per txn:   best {min(f.raw_batched_s):6.2f}s"
+                    f"  {f.raw_batched_rate:>9,.0f} events/s"
+                )
+                print(
+                    f"billow ingest_usage:        best {min(f.billow_s):6.2f}s"
+                    f"  {f.billow_rate:>9,.0f} events/s"
+                )
+                print(
+                    f"billow resend (all dups):   best {min(f.resend_s):6.2f}s"
+                    f"  {f.events / min(f.resend_s):>9,.0f} events/s"
+                )
+                print(f"ratio vs one COPY statement:  {f.ratio:.2f}  (goal >= 0.5)")
+                print(f"ratio vs COPY per batch:      {f.ratio_batched:.2f}")
+            else:
+                r = await run_rating(
+                    conn,
+                    db.dsn,
+                    events=args.events,
+                    contracts=args.contracts,
+                    seed=args.seed,
+                    repeat=args.repeat,
+                    concurrency=args.concurrency,
+                    covering=args.covering_index,
+                )
+                print(
+                    f"events: {r.events:,} over one quarter, {r.contracts} contracts, "
+                    f"concurrency {r.concurrency}, {r.aggregate_rows:,} aggregate rows, "
+                    f"covering index: {'yes' if r.covering else 'no'}"
+                )
+                print(f"bare GROUP BY:          best {min(r.bare_s):6.2f}s")
+                print(f"bare sum per contract:  best {min(r.bare_per_contract_s):6.2f}s")
+                print(
+                    f"billow per contract:    best {min(r.billow_s):6.2f}s"
+                    f"  ({min(r.billow_s) / r.contracts * 1000:.1f} ms per contract)"
+                )
+                print(f"ratio vs bare GROUP BY: {r.ratio:.2f}x  (goal <= 1.5x)")
+                print(f"ratio vs per contract:  {r.ratio_per_contract:.2f}x")
+        finally:
+            await conn.close()
+
+
+def main() -> None:
+    asyncio.run(_main(_parser().parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""History stays bounded: continue-as-new, and amendment ids survive it."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.testing import WorkflowEnvironment
+
+from models.periods import add_months
+from tests.support.scenario import ContractRun, at, contract_doc, event
+
+
+async def test_a_monthly_contract_year_stays_under_200_history_events(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    """A year of a typical monthly contract: usage, fees, every invoice paid."""
+    async with ContractRun(ts_env, db, contract_doc(commitment={"amount": "1000.00"})) as run:
+        start = at("2027-01-01")
+        await run.send_usage([event(f"u{m}", start + timedelta(days=31 * m + 3), "50000")
+                              for m in range(12)])
+        await run.advance_to(at("2027-01-05"))
+        await run.pay("commitment:2027-01-01", "1000.00")
+        for m in range(1, 13):
+            boundary = add_months(start.date(), m)
+            await run.advance_to(at(boundary + timedelta(days=5)))
+            inv = await run.invoice(f"usage:{add_months(start.date(), m - 1).isoformat()}")
+            if inv["status"] != "paid":
+                await run.pay(inv["key"], inv["total"])
+        events = await run.history_length()
+        state = await run.state()
+    assert state.status == "ended"
+    assert all(i.status == "paid" for i in state.invoices)
+    assert events < 200, events
+
+
+async def test_duplicate_amendment_after_continue_as_new_changes_nothing(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    discount = {"id": "crm-amend-1", "kind": "rate_override",
+                "override": {"meter": "tokens", "discount_percent": "10"}}
+    async with ContractRun(ts_env, db, contract_doc(term_months=14)) as run:
+        await run.advance_to(at("2027-01-10"))
+        first = await run.amend(discount)
+        await run.advance_to(at("2028-01-01", 2))  # 12 periods closed: a new run
+        assert run.handle is not None
+        latest = await ts_env.client.get_workflow_handle(run.handle.id).fetch_history()
+        started = latest.events[0].workflow_execution_started_event_attributes
+        resend = await run.amend({**discount, "override": {"meter": "tokens",
+                                                            "discount_percent": "90"}})
+        state = await run.state()
+        recorded = await run.scalar("SELECT count(*) FROM amendments")
+    assert first.status == "applied"
+    assert started.continued_execution_run_id, "the workflow continued as new"
+    assert resend.status == "duplicate"
+    assert state.applied_amendment_ids == ["crm-amend-1"]
+    assert [o.discount_percent for o in state.terms.rate_overrides] == [10]
+    assert recorded == 1
