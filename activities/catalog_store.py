@@ -46,8 +46,13 @@ async def apply_catalog(conn: AsyncConnection, catalog: Catalog) -> tuple[int, b
             "VALUES (:v, :key, :agg, CAST(:gb AS jsonb), :ub)"
         ),
         [
-            {"v": version, "key": m.key, "agg": str(m.aggregation),
-             "gb": json.dumps(list(m.group_by)), "ub": m.unique_by}
+            {
+                "v": version,
+                "key": m.key,
+                "agg": str(m.aggregation),
+                "gb": json.dumps(list(m.group_by)),
+                "ub": m.unique_by,
+            }
             for m in catalog.meters
         ],
     )
@@ -64,18 +69,27 @@ async def apply_catalog(conn: AsyncConnection, catalog: Catalog) -> tuple[int, b
     return int(version), True
 
 
-async def load_catalog_version(conn: AsyncConnection, version: int | None = None) -> tuple[int, Catalog]:
+async def load_catalog_version(
+    conn: AsyncConnection, version: int | None = None
+) -> tuple[int, Catalog]:
     """A stored catalog version (the latest when ``version`` is None)."""
     if version is None:
-        row = (await conn.execute(text(
-            "SELECT version, document FROM catalog_versions ORDER BY version DESC LIMIT 1"
-        ))).one_or_none()
+        row = (
+            await conn.execute(
+                text("SELECT version, document FROM catalog_versions ORDER BY version DESC LIMIT 1")
+            )
+        ).one_or_none()
     else:
-        row = (await conn.execute(
-            text("SELECT version, document FROM catalog_versions WHERE version = :v"),
-            {"v": version},
-        )).one_or_none()
+        row = (
+            await conn.execute(
+                text("SELECT version, document FROM catalog_versions WHERE version = :v"),
+                {"v": version},
+            )
+        ).one_or_none()
     if row is None:
-        raise LookupError("no catalog has been applied" if version is None
-                          else f"catalog version {version} does not exist")
+        raise LookupError(
+            "no catalog has been applied"
+            if version is None
+            else f"catalog version {version} does not exist"
+        )
     return int(row.version), load_catalog(row.document)

@@ -30,7 +30,7 @@ from activities.ledger_store import (
     next_invoice_number,
     post_journal,
 )
-from activities.usage_query import MeterSpec, aggregate_late_usage, aggregate_usage, read_watermark
+from activities.usage_query import MeterSpec, aggregate_usage, read_watermark
 from models.contract import ContractTerms
 from models.credits import CreditState, CreditSummary
 from models.invoices import (
@@ -104,8 +104,13 @@ class LedgerActivities:
                     ON CONFLICT (contract_id, amendment_id) DO NOTHING
                     """
                 ),
-                {"cid": req.contract_id, "aid": req.amendment.id, "kind": req.amendment.kind,
-                 "eff": req.effective, "doc": req.amendment.model_dump_json()},
+                {
+                    "cid": req.contract_id,
+                    "aid": req.amendment.id,
+                    "kind": req.amendment.kind,
+                    "eff": req.effective,
+                    "doc": req.amendment.model_dump_json(),
+                },
             )
 
     # --- credits -------------------------------------------------------------
@@ -122,15 +127,26 @@ class LedgerActivities:
                     ON CONFLICT (contract_id, grant_id) DO NOTHING RETURNING id
                     """
                 ),
-                {"cid": req.contract_id, "gid": req.grant_id, "credits": req.credits,
-                 "price": req.price, "prio": req.priority, "eff": req.effective,
-                 "exp": req.expires, "inv": req.invoice_key},
+                {
+                    "cid": req.contract_id,
+                    "gid": req.grant_id,
+                    "credits": req.credits,
+                    "price": req.price,
+                    "prio": req.priority,
+                    "eff": req.effective,
+                    "exp": req.expires,
+                    "inv": req.invoice_key,
+                },
             )
             if inserted is not None:
                 await insert_ledger_entry(
-                    conn, entry_key=f"grant:{req.contract_id}:{req.grant_id}",
-                    contract_id=req.contract_id, grant_id=req.grant_id, kind="grant",
-                    amount=req.credits, invoice_key=req.invoice_key,
+                    conn,
+                    entry_key=f"grant:{req.contract_id}:{req.grant_id}",
+                    contract_id=req.contract_id,
+                    grant_id=req.grant_id,
+                    kind="grant",
+                    amount=req.credits,
+                    invoice_key=req.invoice_key,
                 )
             invoice = None
             if req.invoice_kind is not None and req.invoice_key is not None:
@@ -151,13 +167,17 @@ class LedgerActivities:
             kind, line = InvoiceKind.TOP_UP, TopUpLine(amount=req.price)
             entry = top_up_invoiced(req.invoice_key, req.price, req.grant_id)
         doc = build_invoice(
-            key=req.invoice_key, kind=kind, currency=req.currency,
+            key=req.invoice_key,
+            kind=kind,
+            currency=req.currency,
             period=InvoicePeriod(start=req.invoice_period[0], end=req.invoice_period[1]),
-            lines=[line], issued_on=req.issued_on,
+            lines=[line],
+            issued_on=req.issued_on,
         )
         issued = await _store_finalized(conn, req.contract_id, doc, req.issued_on, req.due_on)
-        await post_journal(conn, req.contract_id, [entry] if req.price > 0 else [],
-                           req.issued_on, req.invoice_key)
+        await post_journal(
+            conn, req.contract_id, [entry] if req.price > 0 else [], req.issued_on, req.invoice_key
+        )
         return issued
 
     @activity.defn(name=ActivityName.EXPIRE_CREDITS.value)
@@ -168,8 +188,12 @@ class LedgerActivities:
             state = await load_credit_state(conn, req.contract_id)
             state, _ = state.expire_all()
             await _write_expiries_and_breakage(conn, req.contract_id, state, req.on)
-            await save_contract_row(conn, UpdateContractRequest(
-                contract_id=req.contract_id, status=req.status, terms=req.terms))
+            await save_contract_row(
+                conn,
+                UpdateContractRequest(
+                    contract_id=req.contract_id, status=req.status, terms=req.terms
+                ),
+            )
         return state.summary()
 
     # --- usage invoices ---------------------------------------------------------
@@ -183,19 +207,20 @@ class LedgerActivities:
             existing = await find_invoice(conn, cid, key)
             if existing is not None and existing.number is not None:
                 state = await load_credit_state(conn, cid)
-                return ClosePeriodResult(invoice=existing, attention=None,
-                                         credits=state.summary())
+                return ClosePeriodResult(invoice=existing, attention=None, credits=state.summary())
             raw = await _asyncpg(conn)
             watermark = await read_watermark(raw)
             previous = await conn.scalar(
-                text("SELECT max(usage_watermark) FROM invoices "
-                     "WHERE contract_id = :cid AND kind = 'usage' AND number IS NOT NULL"),
+                text(
+                    "SELECT max(usage_watermark) FROM invoices "
+                    "WHERE contract_id = :cid AND kind = 'usage' AND number IS NOT NULL"
+                ),
                 {"cid": cid},
             )
-            rating = rate_period(terms, period,
-                                 await _usage_parts(raw, terms, period, watermark))
-            late_lines = await _late_lines(conn, raw, terms, req.earlier_periods,
-                                           previous, watermark)
+            rating = rate_period(terms, period, await _usage_parts(raw, terms, period, watermark))
+            late_lines = await _late_lines(
+                conn, raw, terms, req.earlier_periods, previous, watermark
+            )
             unpriced = list(rating.unpriced)
             if unpriced:
                 reason = "unpriced usage: " + "; ".join(
@@ -214,22 +239,32 @@ class LedgerActivities:
             usage_amount = sum((ln.amount for ln in usage_lines), Decimal(0))
             state, application = state.apply(usage_amount, period.end)
             doc = build_invoice(
-                key=key, kind=InvoiceKind.USAGE, currency=terms.currency,
+                key=key,
+                kind=InvoiceKind.USAGE,
+                currency=terms.currency,
                 period=InvoicePeriod(start=period.start_date, end=period.end_date),
-                lines=[*usage_lines, *fees], credits_applied=application.applied_total,
+                lines=[*usage_lines, *fees],
+                credits_applied=application.applied_total,
                 issued_on=req.issued_on,
             )
-            issued = await _store_finalized(conn, cid, doc, req.issued_on, req.due_on,
-                                            watermark=watermark)
+            issued = await _store_finalized(
+                conn, cid, doc, req.issued_on, req.due_on, watermark=watermark
+            )
             for part in application.per_grant:
                 await insert_ledger_entry(
-                    conn, entry_key=f"consume:{cid}:{key}:{part.grant_id}", contract_id=cid,
-                    grant_id=part.grant_id, kind="consume", amount=-part.amount, invoice_key=key,
+                    conn,
+                    entry_key=f"consume:{cid}:{key}:{part.grant_id}",
+                    contract_id=cid,
+                    grant_id=part.grant_id,
+                    kind="consume",
+                    amount=-part.amount,
+                    invoice_key=key,
                 )
             journal = await load_journal(conn, cid)
             grants = {g.id: g for g in state.grants}
             entries = usage_invoiced(
-                key, currency=terms.currency,
+                key,
+                currency=terms.currency,
                 usage_billed=usage_amount - application.applied_total,
                 fees=sum((f.amount for f in fees), Decimal(0)),
                 consumption=[(grants[p.grant_id], p.amount) for p in application.per_grant],
@@ -261,21 +296,29 @@ class LedgerActivities:
                     ON CONFLICT (event_key) DO NOTHING RETURNING id
                     """
                 ),
-                {"key": f"dunning:{req.contract_id}:{req.invoice_key}:{req.step.value}",
-                 "cid": req.contract_id, "inv": req.invoice_key, "kind": req.step.value,
-                 "on": req.on},
+                {
+                    "key": f"dunning:{req.contract_id}:{req.invoice_key}:{req.step.value}",
+                    "cid": req.contract_id,
+                    "inv": req.invoice_key,
+                    "kind": req.step.value,
+                    "on": req.on,
+                },
             )
             if req.step is DunningStep.OVERDUE:
                 await conn.execute(
-                    text("UPDATE invoices SET status = 'overdue' "
-                         "WHERE contract_id = :cid AND key = :key AND status = 'open'"),
+                    text(
+                        "UPDATE invoices SET status = 'overdue' "
+                        "WHERE contract_id = :cid AND key = :key AND status = 'open'"
+                    ),
                     {"cid": req.contract_id, "key": req.invoice_key},
                 )
             elif inserted is not None:
                 # Delivery (e-mail, CRM task) hangs off this row; billow records it.
                 activity.logger.info(
                     "reminder %s for invoice %s of contract %s",
-                    req.step.value, req.invoice_key, req.contract_id,
+                    req.step.value,
+                    req.invoice_key,
+                    req.contract_id,
                 )
         metrics.dunning_recorded(req.step, new=inserted is not None)
 
@@ -289,8 +332,7 @@ async def register_contract_rows(conn: AsyncConnection, req: RegisterContractReq
     """
     t = req.terms
     await conn.execute(
-        text("INSERT INTO customers (id, name) VALUES (:id, :name) "
-             "ON CONFLICT (id) DO NOTHING"),
+        text("INSERT INTO customers (id, name) VALUES (:id, :name) ON CONFLICT (id) DO NOTHING"),
         {"id": t.customer.id, "name": t.customer.name},
     )
     await conn.execute(
@@ -303,10 +345,18 @@ async def register_contract_rows(conn: AsyncConnection, req: RegisterContractReq
             ON CONFLICT (id) DO NOTHING
             """
         ),
-        {"id": t.contract_id, "cust": t.customer.id, "plan": t.plan_key,
-         "ver": req.catalog_version, "cur": t.currency, "starts": t.starts_on,
-         "end": t.term_end, "digest": req.terms_digest,
-         "doc": req.contract.model_dump_json(), "terms": t.model_dump_json()},
+        {
+            "id": t.contract_id,
+            "cust": t.customer.id,
+            "plan": t.plan_key,
+            "ver": req.catalog_version,
+            "cur": t.currency,
+            "starts": t.starts_on,
+            "end": t.term_end,
+            "digest": req.terms_digest,
+            "doc": req.contract.model_dump_json(),
+            "terms": t.model_dump_json(),
+        },
     )
 
 
@@ -317,8 +367,12 @@ async def save_contract_row(conn: AsyncConnection, req: UpdateContractRequest) -
             "UPDATE contracts SET status = :status, terms = CAST(:terms AS jsonb), "
             "term_end = :end, updated_at = now() WHERE id = :id"
         ),
-        {"status": req.status.value, "terms": req.terms.model_dump_json(),
-         "end": req.terms.term_end, "id": req.contract_id},
+        {
+            "status": req.status.value,
+            "terms": req.terms.model_dump_json(),
+            "end": req.terms.term_end,
+            "id": req.contract_id,
+        },
     )
 
 
@@ -341,14 +395,25 @@ async def record_payment_in(conn: AsyncConnection, req: PaymentRequest) -> Payme
             ON CONFLICT (payment_key) DO NOTHING RETURNING id
             """
         ),
-        {"key": req.payment_key, "cid": req.contract_id, "iid": row.id, "amount": req.amount,
-         "on": req.received_on, "method": req.method, "ref": req.gateway_ref},
+        {
+            "key": req.payment_key,
+            "cid": req.contract_id,
+            "iid": row.id,
+            "amount": req.amount,
+            "on": req.received_on,
+            "method": req.method,
+            "ref": req.gateway_ref,
+        },
     )
     if inserted is None:
         issued = issued_from_row(row)
-        return PaymentResult(invoice_key=issued.key, status=issued.status,
-                             amount_paid=issued.amount_paid, paid_on=issued.paid_on,
-                             applied=False)
+        return PaymentResult(
+            invoice_key=issued.key,
+            status=issued.status,
+            amount_paid=issued.amount_paid,
+            paid_on=issued.paid_on,
+            applied=False,
+        )
     paid = row.amount_paid + req.amount
     settled = paid >= row.total
     updated = (
@@ -364,11 +429,20 @@ async def record_payment_in(conn: AsyncConnection, req: PaymentRequest) -> Payme
             {"paid": paid, "settled": settled, "on": req.received_on, "id": row.id},
         )
     ).one()
-    await post_journal(conn, req.contract_id,
-                       [payment_received(f"payment:{req.payment_key}", req.amount)],
-                       req.received_on, req.invoice_key)
-    return PaymentResult(invoice_key=updated.key, status=updated.status,
-                         amount_paid=updated.amount_paid, paid_on=updated.paid_on, applied=True)
+    await post_journal(
+        conn,
+        req.contract_id,
+        [payment_received(f"payment:{req.payment_key}", req.amount)],
+        req.received_on,
+        req.invoice_key,
+    )
+    return PaymentResult(
+        invoice_key=updated.key,
+        status=updated.status,
+        amount_paid=updated.amount_paid,
+        paid_on=updated.paid_on,
+        applied=True,
+    )
 
 
 # --- helpers ---------------------------------------------------------------------
@@ -388,24 +462,34 @@ def _parts(rows: Sequence[Any]) -> list[UsagePart]:
     by_window: dict[tuple[Any, Any], list[UsageAggregate]] = {}
     for r in rows:
         by_window.setdefault((r.part_start, r.part_end), []).append(
-            UsageAggregate(meter=r.meter, dimensions=r.dimensions, quantity=r.quantity,
-                           first_seen=r.first_seen)
+            UsageAggregate(
+                meter=r.meter, dimensions=r.dimensions, quantity=r.quantity, first_seen=r.first_seen
+            )
         )
     return [UsagePart(start=s, end=e, aggregates=a) for (s, e), a in by_window.items()]
 
 
-async def _usage_parts(raw: Any, terms: ContractTerms, period: Period,
-                       watermark: int) -> list[UsagePart]:
+async def _usage_parts(
+    raw: Any, terms: ContractTerms, period: Period, watermark: int
+) -> list[UsagePart]:
     rows = await aggregate_usage(
-        raw, customer_id=terms.customer.id, meters=_meter_specs(terms, period),
-        start=period.start, end=period.end, watermark=watermark,
+        raw,
+        customer_id=terms.customer.id,
+        meters=_meter_specs(terms, period),
+        start=period.start,
+        end=period.end,
+        watermark=watermark,
     )
     return _parts(rows)
 
 
 async def _late_lines(
-    conn: AsyncConnection, raw: Any, terms: ContractTerms, earlier: Sequence[Period],
-    previous_watermark: int | None, watermark: int,
+    conn: AsyncConnection,
+    raw: Any,
+    terms: ContractTerms,
+    earlier: Sequence[Period],
+    previous_watermark: int | None,
+    watermark: int,
 ) -> list[LateUsageLine]:
     """Events that arrived after their period's invoice: rated at the prices in
     force at their own time, billed once (watermarks never overlap)."""
@@ -421,8 +505,13 @@ async def _late_lines(
     for period in earlier:
         specs = [MeterSpec.of(m, split_points(terms, period, m.key)) for m in additive]
         rows = await aggregate_usage(
-            raw, customer_id=terms.customer.id, meters=specs, start=period.start,
-            end=period.end, watermark=watermark, min_txid=previous_watermark,
+            raw,
+            customer_id=terms.customer.id,
+            meters=specs,
+            start=period.start,
+            end=period.end,
+            watermark=watermark,
+            min_txid=previous_watermark,
         )
         if not rows:
             continue
@@ -449,8 +538,9 @@ async def _billed_quantities(conn: AsyncConnection, cid: str, period: Period) ->
     return {r.meter: r.q for r in rows}
 
 
-async def _hold(conn: AsyncConnection, cid: str, key: str, terms: ContractTerms,
-                period: Period, reason: str) -> IssuedInvoice:
+async def _hold(
+    conn: AsyncConnection, cid: str, key: str, terms: ContractTerms, period: Period, reason: str
+) -> IssuedInvoice:
     """Keep (or refresh) the period's invoice as needs_attention, without a number."""
     row = (
         await conn.execute(
@@ -459,21 +549,33 @@ async def _hold(conn: AsyncConnection, cid: str, key: str, terms: ContractTerms,
                 INSERT INTO invoices (contract_id, key, kind, status, currency, period_start,
                     period_end, subtotal, credits_applied, total, amount_paid, attention_reason)
                 VALUES (:cid, :key, 'usage', 'needs_attention', :cur, :ps, :pe, 0, 0, 0, 0, :why)
-                ON CONFLICT (contract_id, key) DO UPDATE SET attention_reason = EXCLUDED.attention_reason
+                ON CONFLICT (contract_id, key) DO UPDATE
+                    SET attention_reason = EXCLUDED.attention_reason
                 WHERE invoices.number IS NULL
                 RETURNING *
                 """
             ),
-            {"cid": cid, "key": key, "cur": terms.currency, "ps": period.start_date,
-             "pe": period.end_date, "why": reason},
+            {
+                "cid": cid,
+                "key": key,
+                "cur": terms.currency,
+                "ps": period.start_date,
+                "pe": period.end_date,
+                "why": reason,
+            },
         )
     ).one()
     return issued_from_row(row)
 
 
 async def _store_finalized(
-    conn: AsyncConnection, cid: str, doc: InvoiceDocument, issued_on: date, due_on: date,
-    *, watermark: int | None = None,
+    conn: AsyncConnection,
+    cid: str,
+    doc: InvoiceDocument,
+    issued_on: date,
+    due_on: date,
+    *,
+    watermark: int | None = None,
 ) -> IssuedInvoice:
     """Insert (or finalize a held) invoice with its number and lines."""
     number = await next_invoice_number(conn)
@@ -498,11 +600,23 @@ async def _store_finalized(
                 RETURNING *
                 """
             ),
-            {"cid": cid, "key": doc.key, "num": number, "kind": doc.kind.value,
-             "status": status, "cur": doc.currency, "ps": doc.period.start,
-             "pe": doc.period.end, "issued": issued_on, "due": due_on, "sub": doc.subtotal,
-             "cred": doc.credits_applied, "total": doc.total,
-             "paid_on": issued_on if status == "paid" else None, "wm": watermark},
+            {
+                "cid": cid,
+                "key": doc.key,
+                "num": number,
+                "kind": doc.kind.value,
+                "status": status,
+                "cur": doc.currency,
+                "ps": doc.period.start,
+                "pe": doc.period.end,
+                "issued": issued_on,
+                "due": due_on,
+                "sub": doc.subtotal,
+                "cred": doc.credits_applied,
+                "total": doc.total,
+                "paid_on": issued_on if status == "paid" else None,
+                "wm": watermark,
+            },
         )
     ).one()
     await conn.execute(text("DELETE FROM invoice_lines WHERE invoice_id = :id"), {"id": row.id})
@@ -524,12 +638,17 @@ def _line_params(invoice_id: int, position: int, ln: Line) -> dict[str, Any]:
     meter = getattr(ln, "meter", None)
     dims = getattr(ln, "dimensions", None)
     return {
-        "iid": invoice_id, "pos": position, "kind": ln.kind, "meter": meter,
+        "iid": invoice_id,
+        "pos": position,
+        "kind": ln.kind,
+        "meter": meter,
         "fee": getattr(ln, "fee", None),
         "dims": None if dims is None else json.dumps(dims),
-        "q": getattr(ln, "quantity", None), "up": getattr(ln, "unit_price", None),
+        "q": getattr(ln, "quantity", None),
+        "up": getattr(ln, "unit_price", None),
         "amount": ln.amount,
-        "lps": getattr(ln, "period_start", None), "lpe": getattr(ln, "period_end", None),
+        "lps": getattr(ln, "period_start", None),
+        "lpe": getattr(ln, "period_end", None),
         "doc": ln.model_dump_json(),
     }
 
@@ -544,8 +663,13 @@ async def _write_expiries_and_breakage(
         if balance.expired <= 0:
             continue
         await insert_ledger_entry(
-            conn, entry_key=f"expire:{cid}:{grant.id}", contract_id=cid, grant_id=grant.id,
-            kind="expire", amount=-balance.expired, invoice_key=None,
+            conn,
+            entry_key=f"expire:{cid}:{grant.id}",
+            contract_id=cid,
+            grant_id=grant.id,
+            kind="expire",
+            amount=-balance.expired,
+            invoice_key=None,
         )
         entry = breakage(grant, recognized.get(grant.id, Decimal(0)))
         if entry is not None:

@@ -53,19 +53,37 @@ async def load_credit_state(conn: AsyncConnection, contract_id: str) -> CreditSt
     balances: list[CreditBalance] = []
     for seq, r in enumerate(rows):
         grants.append(
-            CreditGrant(id=r.grant_id, credits=r.credits, price=r.price, priority=r.priority,
-                        effective=r.effective, expires=r.expires, seq=seq)
+            CreditGrant(
+                id=r.grant_id,
+                credits=r.credits,
+                price=r.price,
+                priority=r.priority,
+                effective=r.effective,
+                expires=r.expires,
+                seq=seq,
+            )
         )
         balances.append(
-            CreditBalance(grant_id=r.grant_id, granted=r.credits, consumed=r.consumed,
-                          expired=r.expired, remaining=r.credits - r.consumed - r.expired)
+            CreditBalance(
+                grant_id=r.grant_id,
+                granted=r.credits,
+                consumed=r.consumed,
+                expired=r.expired,
+                remaining=r.credits - r.consumed - r.expired,
+            )
         )
     return CreditState(grants=grants, balances=balances)
 
 
 async def insert_ledger_entry(
-    conn: AsyncConnection, *, entry_key: str, contract_id: str, grant_id: str, kind: str,
-    amount: Decimal, invoice_key: str | None,
+    conn: AsyncConnection,
+    *,
+    entry_key: str,
+    contract_id: str,
+    grant_id: str,
+    kind: str,
+    amount: Decimal,
+    invoice_key: str | None,
 ) -> bool:
     """Append one credit movement; False if its key was already written."""
     inserted = await conn.scalar(
@@ -76,14 +94,23 @@ async def insert_ledger_entry(
             ON CONFLICT (entry_key) DO NOTHING RETURNING id
             """
         ),
-        {"key": entry_key, "cid": contract_id, "gid": grant_id, "kind": kind,
-         "amount": amount, "inv": invoice_key},
+        {
+            "key": entry_key,
+            "cid": contract_id,
+            "gid": grant_id,
+            "kind": kind,
+            "amount": amount,
+            "inv": invoice_key,
+        },
     )
     return inserted is not None
 
 
 async def post_journal(
-    conn: AsyncConnection, contract_id: str, entries: Sequence[JournalEntry], booked_on: date,
+    conn: AsyncConnection,
+    contract_id: str,
+    entries: Sequence[JournalEntry],
+    booked_on: date,
     invoice_key: str | None = None,
 ) -> None:
     """Post balanced entries; an entry whose key exists is skipped (idempotent)."""
@@ -97,8 +124,14 @@ async def post_journal(
                 ON CONFLICT (entry_key) DO NOTHING RETURNING id
                 """
             ),
-            {"key": f"{contract_id}:{entry.key}", "cid": contract_id, "kind": entry.kind.value,
-             "inv": invoice_key, "gid": entry.grant_id, "on": booked_on},
+            {
+                "key": f"{contract_id}:{entry.key}",
+                "cid": contract_id,
+                "kind": entry.kind.value,
+                "inv": invoice_key,
+                "gid": entry.grant_id,
+                "on": booked_on,
+            },
         )
         if entry_id is None:
             continue
@@ -108,8 +141,13 @@ async def post_journal(
                 "VALUES (:eid, :pos, :account, :debit, :credit)"
             ),
             [
-                {"eid": entry_id, "pos": i, "account": ln.account.value, "debit": ln.debit,
-                 "credit": ln.credit}
+                {
+                    "eid": entry_id,
+                    "pos": i,
+                    "account": ln.account.value,
+                    "debit": ln.debit,
+                    "credit": ln.credit,
+                }
                 for i, ln in enumerate(entry.lines)
             ],
         )
@@ -169,8 +207,18 @@ async def find_invoice(conn: AsyncConnection, contract_id: str, key: str) -> Iss
 
 def issued_from_row(row: Any) -> IssuedInvoice:
     return IssuedInvoice(
-        key=row.key, number=row.number, kind=row.kind, status=row.status, currency=row.currency,
-        period_start=row.period_start, period_end=row.period_end, issued_on=row.issued_on,
-        due_on=row.due_on, subtotal=row.subtotal, credits_applied=row.credits_applied,
-        total=row.total, amount_paid=row.amount_paid, paid_on=row.paid_on,
+        key=row.key,
+        number=row.number,
+        kind=row.kind,
+        status=row.status,
+        currency=row.currency,
+        period_start=row.period_start,
+        period_end=row.period_end,
+        issued_on=row.issued_on,
+        due_on=row.due_on,
+        subtotal=row.subtotal,
+        credits_applied=row.credits_applied,
+        total=row.total,
+        amount_paid=row.amount_paid,
+        paid_on=row.paid_on,
     )

@@ -84,7 +84,9 @@ class PaymentActivities:
     async def charge_invoice(self, req: ChargeRequest) -> ChargeResult:
         key = f"charge:{req.contract_id}:{req.invoice_key}:{req.attempt}"
         result = await self.gateway.charge(
-            customer_id=req.customer_id, amount=req.amount, currency=req.currency,
+            customer_id=req.customer_id,
+            amount=req.amount,
+            currency=req.currency,
             idempotency_key=key,
         )
         if not result.accepted:
@@ -94,8 +96,12 @@ class PaymentActivities:
             payment = await record_payment_in(
                 conn,
                 PaymentRequest(
-                    contract_id=req.contract_id, invoice_key=req.invoice_key, payment_key=key,
-                    amount=req.amount, received_on=req.on, method=self.gateway.name,
+                    contract_id=req.contract_id,
+                    invoice_key=req.invoice_key,
+                    payment_key=key,
+                    amount=req.amount,
+                    received_on=req.on,
+                    method=self.gateway.name,
                     gateway_ref=result.reference,
                 ),
             )

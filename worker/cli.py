@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from worker.cli_ops import register as register_ops_commands
 from worker.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -21,6 +23,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err = Console(stderr=True)
+# catalog, contract, usage, invoice, apikey (worker/cli_ops.py)
+register_ops_commands(app)
 
 
 def _require_database_url(settings: Settings) -> str:
@@ -66,8 +70,8 @@ def api() -> None:
     """Serve the HTTP API against the configured database and Temporal."""
     import uvicorn
 
-    from api.app import AppDeps, create_app
     from activities.db import make_engine
+    from api.app import AppDeps, create_app
     from worker.temporal_client import connect
 
     settings = load_settings()
@@ -78,6 +82,8 @@ def api() -> None:
         temporal_ui_url=settings.temporal_ui_url,
         namespace=settings.temporal_namespace,
         task_queue=settings.task_queue,
+        webhook_secret=settings.webhook_secret,
+        webhook_tolerance_seconds=settings.webhook_tolerance_seconds,
     )
     uvicorn.run(create_app(deps), host=settings.api_host, port=settings.api_port,
                 log_level="info", timeout_graceful_shutdown=10)
@@ -85,14 +91,21 @@ def api() -> None:
 
 @app.command()
 def simulate(
-    catalog: Path = typer.Option(..., exists=True, dir_okay=False, help="catalog.yaml"),
-    contract: Path = typer.Option(..., exists=True, dir_okay=False, help="contract.yaml"),
-    usage: Path | None = typer.Option(None, exists=True, dir_okay=False, help="usage.jsonl"),
-    timeline: Path | None = typer.Option(None, exists=True, dir_okay=False, help="timeline.yaml"),
-    until: str | None = typer.Option(
-        None, help="last simulated day (default: term end + payment terms + 30 days)"
-    ),
-    as_json: bool = typer.Option(False, "--json", help="print the SPEC.md section 9 JSON"),
+    catalog: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="catalog.yaml")],
+    contract: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="contract.yaml")],
+    usage: Annotated[
+        Path | None, typer.Option(exists=True, dir_okay=False, help="usage.jsonl")
+    ] = None,
+    timeline: Annotated[
+        Path | None, typer.Option(exists=True, dir_okay=False, help="timeline.yaml")
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(help="last simulated day (default: term end + payment terms + 30 days)"),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the SPEC.md section 9 JSON")
+    ] = False,
 ) -> None:
     """Run a contract's whole term on a time-skipping Temporal server and a fresh database."""
     from worker.simulate_cli import run_simulate_command

@@ -16,13 +16,13 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client, WorkflowHandle
-from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
+from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from activities.catalog_store import load_catalog_version
 from activities.ledger import register_contract_rows
@@ -72,35 +72,44 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
 
 
 def static_summary(terms: ContractTerms) -> str:
-    return (f"{terms.customer.name} · {terms.plan_key} · {terms.starts_on.isoformat()} → "
-            f"{terms.term_end.isoformat()}")
+    return (
+        f"{terms.customer.name} · {terms.plan_key} · {terms.starts_on.isoformat()} → "
+        f"{terms.term_end.isoformat()}"
+    )
 
 
 def static_details(terms: ContractTerms) -> str:
-    commitment = (
-        f"{terms.commitment.amount} {terms.currency}" if terms.commitment else "none"
+    commitment = f"{terms.commitment.amount} {terms.currency}" if terms.commitment else "none"
+    return "\n".join(
+        [
+            f"**Customer:** {terms.customer.name} (`{terms.customer.id}`)",
+            f"**Plan:** {terms.plan_key} ({terms.currency})",
+            f"**Term:** {terms.starts_on.isoformat()} → {terms.term_end.isoformat()} "
+            f"({terms.term_months} months, {terms.billing_cycle.value}, "
+            f"net-{terms.payment_terms_days}, timezone {terms.timezone})",
+            f"**Commitment:** {commitment}",
+        ]
     )
-    return "\n".join([
-        f"**Customer:** {terms.customer.name} (`{terms.customer.id}`)",
-        f"**Plan:** {terms.plan_key} ({terms.currency})",
-        f"**Term:** {terms.starts_on.isoformat()} → {terms.term_end.isoformat()} "
-        f"({terms.term_months} months, {terms.billing_cycle.value}, "
-        f"net-{terms.payment_terms_days}, timezone {terms.timezone})",
-        f"**Commitment:** {commitment}",
-    ])
 
 
 async def start_contract(
-    client: Client, engine: AsyncEngine, contract: Contract, task_queue: str,
+    client: Client,
+    engine: AsyncEngine,
+    contract: Contract,
+    task_queue: str,
     catalog_version: int | None = None,
 ) -> StartedContract:
     """Resolve ``contract`` against its catalog version and start its workflow."""
     digest = contract_digest(contract)
     async with engine.connect() as conn:
-        existing = (await conn.execute(
-            text("SELECT terms_digest, document, catalog_version FROM contracts WHERE id = :id"),
-            {"id": contract.id},
-        )).one_or_none()
+        existing = (
+            await conn.execute(
+                text(
+                    "SELECT terms_digest, document, catalog_version FROM contracts WHERE id = :id"
+                ),
+                {"id": contract.id},
+            )
+        ).one_or_none()
         if existing is not None:
             if existing.terms_digest != digest:
                 raise ContractConflictError(
@@ -112,14 +121,19 @@ async def start_contract(
     # Rows first, so usage for the contract is accepted as soon as we return;
     # both steps are idempotent, so a failed start is retried by re-creating.
     async with engine.begin() as conn:
-        await register_contract_rows(conn, RegisterContractRequest(
-            contract=contract, terms=terms, catalog_version=version, terms_digest=digest))
+        await register_contract_rows(
+            conn,
+            RegisterContractRequest(
+                contract=contract, terms=terms, catalog_version=version, terms_digest=digest
+            ),
+        )
     wf_id = workflow_id(contract.id)
     try:
         handle: WorkflowHandle[Any, Any] = await client.start_workflow(
             ContractWorkflow.run,
-            ContractWorkflowInput(contract=contract, terms=terms, catalog_version=version,
-                                  terms_digest=digest),
+            ContractWorkflowInput(
+                contract=contract, terms=terms, catalog_version=version, terms_digest=digest
+            ),
             id=wf_id,
             task_queue=task_queue,
             # A running workflow with this id is this contract: return it.
@@ -127,12 +141,14 @@ async def start_contract(
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             static_summary=static_summary(terms),
             static_details=static_details(terms),
-            search_attributes=TypedSearchAttributes([
-                SearchAttributePair(sa.CUSTOMER_ID, terms.customer.id),
-                SearchAttributePair(sa.PLAN_KEY, terms.plan_key),
-                SearchAttributePair(sa.CONTRACT_STATUS, ContractStatus.SCHEDULED.value),
-                SearchAttributePair(sa.BILLING_CYCLE, terms.billing_cycle.value),
-            ]),
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(sa.CUSTOMER_ID, terms.customer.id),
+                    SearchAttributePair(sa.PLAN_KEY, terms.plan_key),
+                    SearchAttributePair(sa.CONTRACT_STATUS, ContractStatus.SCHEDULED.value),
+                    SearchAttributePair(sa.BILLING_CYCLE, terms.billing_cycle.value),
+                ]
+            ),
         )
     except WorkflowAlreadyStartedError:
         # The contract's workflow ran and closed: same contract, nothing to start.

@@ -17,7 +17,10 @@ from temporalio.worker import Worker
 from activities.db import make_engine
 from activities.ledger import LedgerActivities
 from activities.payments import ManualGateway, PaymentActivities, PaymentGateway
+from worker.logging_setup import configure_logging
+from worker.metrics import start_app_metrics_server
 from worker.settings import Settings
+from worker.telemetry import worker_runtime
 from worker.temporal_client import connect
 from workflows.contract import ContractWorkflow
 
@@ -44,30 +47,57 @@ WORKFLOWS = [ContractWorkflow]
 
 
 def build_worker(
-    client: Client, engine: AsyncEngine, task_queue: str, gateway: PaymentGateway | None = None
+    client: Client,
+    engine: AsyncEngine,
+    task_queue: str,
+    gateway: PaymentGateway | None = None,
+    graceful_shutdown: timedelta = timedelta(seconds=30),
 ) -> Worker:
     return Worker(
         client,
         task_queue=task_queue,
         workflows=WORKFLOWS,
         activities=activities_for(engine, gateway or ManualGateway()),
-        # In-flight activities get this long to finish on shutdown.
-        graceful_shutdown_timeout=timedelta(seconds=30),
+        # In-flight activities get this long to finish on shutdown (then they
+        # are cancelled; Temporal retries them elsewhere, they are idempotent).
+        graceful_shutdown_timeout=graceful_shutdown,
     )
 
 
 async def run_worker(settings: Settings) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    """Run until SIGTERM/SIGINT (graceful: in-flight activities get
+    ``worker_graceful_shutdown_seconds``) or until the worker fails fatally
+    (then raise, so the process exits non-zero and gets restarted)."""
+    configure_logging(settings.log_format, settings.log_level)
     assert settings.database_url
     engine = make_engine(settings.database_url)
-    client = await connect(settings)
-    worker = build_worker(client, engine, settings.task_queue)
+    client = await connect(settings, runtime=worker_runtime(settings))
+    worker = build_worker(
+        client,
+        engine,
+        settings.task_queue,
+        graceful_shutdown=timedelta(seconds=settings.worker_graceful_shutdown_seconds),
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     log.info("worker polling task queue %r on %s", settings.task_queue, client.namespace)
-    async with worker:
-        await stop.wait()
-        log.info("shutting down: finishing in-flight activities")
-    await engine.dispose()
+    running = asyncio.create_task(worker.run())
+    stopping = asyncio.create_task(stop.wait())
+    metrics_server = start_app_metrics_server(settings)
+    try:
+        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not running.done():
+            log.info(
+                "shutting down: finishing in-flight activities (up to %ss)",
+                settings.worker_graceful_shutdown_seconds,
+            )
+            await worker.shutdown()
+        await running  # a fatal worker error propagates from here
+        log.info("worker stopped")
+    finally:
+        stopping.cancel()
+        if metrics_server is not None:
+            metrics_server.stop()
+        await engine.dispose()

@@ -9,11 +9,13 @@ advanced explicitly (``env.sleep``) up to each action and then to ``until``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections import Counter
+import os
 import shutil
 import tempfile
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -95,8 +97,8 @@ async def fresh_database(server_url: str | None) -> AsyncIterator[str]:
     from worker.embedded import ensure_embedded_postgres
 
     root = Path(tempfile.mkdtemp(prefix="billow-sim-"))
-    root.chmod(0o755)  # the embedded server runs as its own user when we are root
-    pg = ensure_embedded_postgres(root, "billow_sim")
+    os.chmod(root, 0o755)  # the embedded server runs as its own user when we are root
+    pg = await asyncio.to_thread(ensure_embedded_postgres, root, "billow_sim")
     try:
         await upgrade_async(pg.url)
         yield pg.url
@@ -105,20 +107,27 @@ async def fresh_database(server_url: str | None) -> AsyncIterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-async def ingest_all(engine: AsyncEngine, events: Sequence[UsageEvent | dict[str, Any]]) -> IngestReport:
+async def ingest_all(
+    engine: AsyncEngine, events: Sequence[UsageEvent | dict[str, Any]]
+) -> IngestReport:
     results: list[IngestResult] = []
     for i in range(0, len(events), BATCH):
-        batch = [e.model_dump(mode="json") if isinstance(e, UsageEvent) else e
-                 for e in events[i:i + BATCH]]
+        batch = [
+            e.model_dump(mode="json") if isinstance(e, UsageEvent) else e
+            for e in events[i : i + BATCH]
+        ]
         async with engine.connect() as conn:
             raw = (await conn.get_raw_connection()).driver_connection
             report = await ingest_usage(raw, batch)
             await conn.commit()
         results += [r.model_copy(update={"index": r.index + i}) for r in report.results]
     count = Counter(r.status for r in results)
-    return IngestReport(accepted=count[IngestStatus.ACCEPTED],
-                        duplicate=count[IngestStatus.DUPLICATE],
-                        rejected=count[IngestStatus.REJECTED], results=results)
+    return IngestReport(
+        accepted=count[IngestStatus.ACCEPTED],
+        duplicate=count[IngestStatus.DUPLICATE],
+        rejected=count[IngestStatus.REJECTED],
+        results=results,
+    )
 
 
 async def run_simulation(sim: SimulationInput, database_url: str | None = None) -> SimulationResult:
@@ -133,16 +142,18 @@ async def run_simulation(sim: SimulationInput, database_url: str | None = None) 
             await engine.dispose()
 
 
-async def simulate_on(env: WorkflowEnvironment, engine: AsyncEngine,
-                      sim: SimulationInput) -> SimulationResult:
+async def simulate_on(
+    env: WorkflowEnvironment, engine: AsyncEngine, sim: SimulationInput
+) -> SimulationResult:
     """Run ``sim`` on a given time-skipping environment and migrated database."""
     until = sim.until or default_until(sim.contract, sim.catalog)
     async with engine.begin() as conn:
         version, _ = await apply_catalog(conn, sim.catalog)
     gateway = SimulatedCardGateway(declines=dict(sim.card_declines))
     async with build_worker(env.client, engine, TASK_QUEUE, gateway):
-        started = await start_contract(env.client, engine, sim.contract, TASK_QUEUE,
-                                       catalog_version=version)
+        started = await start_contract(
+            env.client, engine, sim.contract, TASK_QUEUE, catalog_version=version
+        )
         ingest = await ingest_all(engine, sim.usage)
         handle = env.client.get_workflow_handle(started.workflow_id)
         for action in sim.timeline:
@@ -150,11 +161,15 @@ async def simulate_on(env: WorkflowEnvironment, engine: AsyncEngine,
             await settle(env, handle)
             await send_action(handle, action)
         # Stop at the end of the `until` day (local time).
-        await advance_to(env, local_midnight_utc(until + timedelta(days=1), sim.contract.timezone)
-                         - timedelta(microseconds=1))
+        await advance_to(
+            env,
+            local_midnight_utc(until + timedelta(days=1), sim.contract.timezone)
+            - timedelta(microseconds=1),
+        )
     async with engine.connect() as conn:
-        output = await contract_report(conn, sim.contract.id,
-                                       sim.catalog.plan(sim.contract.plan).currency)
+        output = await contract_report(
+            conn, sim.contract.id, sim.catalog.plan(sim.contract.plan).currency
+        )
     output["until"] = until.isoformat()
     return SimulationResult(output=output, ingest=ingest)
 
@@ -198,11 +213,15 @@ async def settle(env: WorkflowEnvironment, handle: WorkflowHandle[Any, Any]) -> 
 async def send_action(handle: WorkflowHandle[Any, Any], action: TimelineAction) -> None:
     """Send a timeline action the way the API sends it: as a workflow update."""
     if isinstance(action, PayAction):
-        await handle.execute_update(
+        _: object = await handle.execute_update(
             ContractWorkflow.pay,
-            PaymentInput(invoice=action.invoice, amount=action.amount,
-                         payment_id=f"timeline:{action.invoice}:{action.at.astimezone(UTC).isoformat()}"),
+            PaymentInput(
+                invoice=action.invoice,
+                amount=action.amount,
+                payment_id=f"timeline:{action.invoice}:{action.at.astimezone(UTC).isoformat()}",
+            ),
         )
     elif isinstance(action, AmendAction):
-        await handle.execute_update(ContractWorkflow.amend, action.amendment,
-                                    id=f"amend:{action.amendment.id}")
+        _ = await handle.execute_update(
+            ContractWorkflow.amend, action.amendment, id=f"amend:{action.amendment.id}"
+        )

@@ -32,8 +32,13 @@ def _load(label: str, path: Path, loader: Any) -> Any:
 
 
 def run_simulate_command(
-    catalog_path: Path, contract_path: Path, usage_path: Path | None,
-    timeline_path: Path | None, until: str | None, as_json: bool, settings: Settings,
+    catalog_path: Path,
+    contract_path: Path,
+    usage_path: Path | None,
+    timeline_path: Path | None,
+    until: str | None,
+    as_json: bool,
+    settings: Settings,
 ) -> int:
     catalog = _load("catalog", catalog_path, load_catalog_file)
     contract = _load("contract", contract_path, load_contract_file)
@@ -55,15 +60,18 @@ def run_simulate_command(
             return 2
     result = asyncio.run(
         run_simulation(
-            SimulationInput(catalog=catalog, contract=contract, usage=usage,
-                            timeline=timeline, until=until_date),
+            SimulationInput(
+                catalog=catalog, contract=contract, usage=usage, timeline=timeline, until=until_date
+            ),
             database_url=settings.database_url,
         )
     )
     for r in result.ingest.results:
         if r.status != "accepted":
-            err.print(f"[yellow]usage event {r.id or r.index}:[/] {r.status}"
-                      + (f" ({r.reason})" if r.reason else ""))
+            err.print(
+                f"[yellow]usage event {r.id or r.index}:[/] {r.status}"
+                + (f" ({r.reason})" if r.reason else "")
+            )
     if as_json:
         print(json.dumps(result.output, indent=2))
         return 0
@@ -73,13 +81,22 @@ def run_simulate_command(
 
 def _render(output: dict[str, Any]) -> None:
     table = Table(title=f"contract {output['contract_id']} until {output['until']}")
-    for col in ("number", "key", "issued", "due", "subtotal", "credits", "total", "status",
-                "paid"):
-        table.add_column(col, justify="right" if col in ("subtotal", "credits", "total") else "left")
+    for col in ("number", "key", "issued", "due", "subtotal", "credits", "total", "status", "paid"):
+        table.add_column(
+            col, justify="right" if col in ("subtotal", "credits", "total") else "left"
+        )
     for inv in output["invoices"]:
-        table.add_row(inv["number"], inv["key"], inv["issued_on"], inv["due_on"],
-                      inv["subtotal"], inv["credits_applied"], inv["total"], inv["status"],
-                      inv["paid_on"] or "")
+        table.add_row(
+            inv["number"],
+            inv["key"],
+            inv["issued_on"],
+            inv["due_on"],
+            inv["subtotal"],
+            inv["credits_applied"],
+            inv["total"],
+            inv["status"],
+            inv["paid_on"] or "",
+        )
     out.print(table)
     out.print("credits: " + ", ".join(f"{k} {v}" for k, v in output["credits"].items()))
     out.print("revenue: " + ", ".join(f"{k} {v}" for k, v in output["revenue"].items()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
@@ -25,7 +26,7 @@ from workflows import search_attributes
 
 
 async def register_search_attributes(
-    client: Client, keys: Sequence[SearchAttributeKey[object]] = search_attributes.ALL
+    client: Client, keys: Sequence[SearchAttributeKey[Any]] = search_attributes.ALL
 ) -> None:
     """Register billow's search attributes through the operator service.
 

@@ -27,6 +27,7 @@ Design notes (why, not what):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TypeVar
@@ -78,7 +79,9 @@ with workflow.unsafe.imports_passed_through():
 # Continue-as-new after this many closed periods in one run (history bound).
 PERIODS_PER_RUN = 12
 
-_ACTIVITY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=5))
+_ACTIVITY_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=5)
+)
 _SHORT = timedelta(seconds=60)
 _REMOTE = frozenset({ActivityName.CHARGE_INVOICE})
 T = TypeVar("T")
@@ -163,8 +166,10 @@ class ContractWorkflow:
             await self._run(
                 ActivityName.REGISTER_CONTRACT,
                 RegisterContractRequest(
-                    contract=st.contract, terms=st.terms,
-                    catalog_version=st.catalog_version, terms_digest=st.terms_digest,
+                    contract=st.contract,
+                    terms=st.terms,
+                    catalog_version=st.catalog_version,
+                    terms_digest=st.terms_digest,
                 ),
                 summary=f"register contract {st.terms.contract_id}",
             )
@@ -226,12 +231,11 @@ class ContractWorkflow:
         if delay is not None and delay <= timedelta(0):
             return
         self._sleeping_until = at
-        try:
+        # Timing out is the normal way to wake up: the instant arrived.
+        with contextlib.suppress(TimeoutError):
             await workflow.wait_condition(
                 lambda: self._wakeup != seen, timeout=delay, timeout_summary=summary
             )
-        except TimeoutError:
-            pass  # the instant arrived: that is the normal way to wake up
 
     async def _maybe_continue_as_new(self) -> None:
         self._periods_this_run += 1
@@ -244,8 +248,11 @@ class ContractWorkflow:
         st = self.state
         workflow.continue_as_new(
             ContractWorkflowInput(
-                contract=st.contract, terms=st.terms, catalog_version=st.catalog_version,
-                terms_digest=st.terms_digest, state=st,
+                contract=st.contract,
+                terms=st.terms,
+                catalog_version=st.catalog_version,
+                terms_digest=st.terms_digest,
+                state=st,
             )
         )
 
@@ -261,11 +268,18 @@ class ContractWorkflow:
             expires = to_instant(c.expires_on, t.timezone) if c.expires_on else end
             await self._grant(
                 GrantRequest(
-                    contract_id=t.contract_id, grant_id=COMMITMENT_GRANT_ID,
-                    credits=c.credits_for(t.currency), price=c.amount, priority=c.priority,
-                    effective=start, expires=expires, currency=t.currency,
-                    invoice_kind="commitment", invoice_key=f"commitment:{t.starts_on.isoformat()}",
-                    invoice_period=(t.starts_on, t.term_end), issued_on=issued_on,
+                    contract_id=t.contract_id,
+                    grant_id=COMMITMENT_GRANT_ID,
+                    credits=c.credits_for(t.currency),
+                    price=c.amount,
+                    priority=c.priority,
+                    effective=start,
+                    expires=expires,
+                    currency=t.currency,
+                    invoice_kind="commitment",
+                    invoice_key=f"commitment:{t.starts_on.isoformat()}",
+                    invoice_period=(t.starts_on, t.term_end),
+                    issued_on=issued_on,
                     due_on=issued_on + timedelta(days=t.payment_terms_days),
                 ),
                 summary=f"issue commitment {c.amount} {t.currency}",
@@ -273,12 +287,19 @@ class ContractWorkflow:
         for g in t.credit_grants:
             await self._grant(
                 GrantRequest(
-                    contract_id=t.contract_id, grant_id=g.id, credits=g.credits, price=g.price,
+                    contract_id=t.contract_id,
+                    grant_id=g.id,
+                    credits=g.credits,
+                    price=g.price,
                     priority=g.priority,
                     effective=to_instant(g.effective, t.timezone) if g.effective else start,
                     expires=to_instant(g.expires, t.timezone) if g.expires else end,
-                    currency=t.currency, invoice_kind=None, invoice_key=None,
-                    invoice_period=None, issued_on=None, due_on=None,
+                    currency=t.currency,
+                    invoice_kind=None,
+                    invoice_key=None,
+                    invoice_period=None,
+                    issued_on=None,
+                    due_on=None,
                 ),
                 summary=f"grant credits {g.id}",
             )
@@ -286,8 +307,7 @@ class ContractWorkflow:
         await self._save_contract()
 
     async def _grant(self, request: GrantRequest, summary: str) -> None:
-        result = await self._call(ActivityName.GRANT_CREDITS, request, GrantResult,
-                                  summary=summary)
+        result = await self._call(ActivityName.GRANT_CREDITS, request, GrantResult, summary=summary)
         self.state.credit_balance = result.credits.balance
         if result.invoice is not None:
             await self._issued(result.invoice)
@@ -299,13 +319,16 @@ class ContractWorkflow:
         result = await self._call(
             ActivityName.CLOSE_PERIOD,
             ClosePeriodRequest(
-                terms=t, period=period, earlier_periods=list(st.invoiced_periods),
-                issued_on=issued_on, due_on=issued_on + timedelta(days=t.payment_terms_days),
+                terms=t,
+                period=period,
+                earlier_periods=list(st.invoiced_periods),
+                issued_on=issued_on,
+                due_on=issued_on + timedelta(days=t.payment_terms_days),
                 is_final=len(st.periods) == 1,
             ),
             ClosePeriodResult,
             summary=f"rate usage {period_label(period, t.billing_cycle.months)}",
-            timeout=_LONG,
+            activity_timeout=_LONG,
         )
         st.credit_balance = result.credits.balance
         if result.attention is not None:
@@ -331,13 +354,16 @@ class ContractWorkflow:
         st = self.state
         t = st.terms
         now = workflow.now()
-        status = (
-            ContractStatus.TERMINATED if st.terminated_at is not None else ContractStatus.ENDED
-        )
+        status = ContractStatus.TERMINATED if st.terminated_at is not None else ContractStatus.ENDED
         result = await self._call(
             ActivityName.EXPIRE_CREDITS,
-            ExpireCreditsRequest(contract_id=t.contract_id, at=max(now, t.term_end_at),
-                                 on=st.local_date(now), status=status, terms=t),
+            ExpireCreditsRequest(
+                contract_id=t.contract_id,
+                at=max(now, t.term_end_at),
+                on=st.local_date(now),
+                status=status,
+                terms=t,
+            ),
             CreditSummary,
             summary="expire remaining credits (breakage)",
         )
@@ -372,9 +398,12 @@ class ContractWorkflow:
         result = await self._call(
             ActivityName.CHARGE_INVOICE,
             ChargeRequest(
-                contract_id=st.terms.contract_id, customer_id=st.terms.customer.id,
-                invoice_key=inv.key, amount=inv.total - inv.amount_paid,
-                currency=inv.currency, attempt=collection.charge_attempts,
+                contract_id=st.terms.contract_id,
+                customer_id=st.terms.customer.id,
+                invoice_key=inv.key,
+                amount=inv.total - inv.amount_paid,
+                currency=inv.currency,
+                attempt=collection.charge_attempts,
                 on=st.local_date(workflow.now()),
             ),
             ChargeResult,
@@ -398,8 +427,11 @@ class ContractWorkflow:
             return
         st.put_invoice(
             inv.model_copy(
-                update={"status": payment.status, "amount_paid": payment.amount_paid,
-                        "paid_on": payment.paid_on}
+                update={
+                    "status": payment.status,
+                    "amount_paid": payment.amount_paid,
+                    "paid_on": payment.paid_on,
+                }
             )
         )
         if payment.status == "paid":
@@ -422,9 +454,12 @@ class ContractWorkflow:
                 async with self._lock:
                     await self._run(
                         ActivityName.DUNNING_STEP,
-                        DunningRequest(contract_id=st.terms.contract_id,
-                                       invoice_key=collection.invoice_key, step=step,
-                                       on=st.local_date(at)),
+                        DunningRequest(
+                            contract_id=st.terms.contract_id,
+                            invoice_key=collection.invoice_key,
+                            step=step,
+                            on=st.local_date(at),
+                        ),
                         summary=f"{step.value.replace('_', ' ')} {collection.invoice_key}",
                     )
                 collection.steps_done.append(step)
@@ -461,10 +496,15 @@ class ContractWorkflow:
             priced = amendment.price is not None
             await self._grant(
                 GrantRequest(
-                    contract_id=t.contract_id, grant_id=amendment.grant_id or amendment.id,
-                    credits=amendment.credits, price=amendment.price or Decimal(0),
-                    priority=amendment.priority, effective=effective, expires=expires,
-                    currency=t.currency, invoice_kind="top_up" if priced else None,
+                    contract_id=t.contract_id,
+                    grant_id=amendment.grant_id or amendment.id,
+                    credits=amendment.credits,
+                    price=amendment.price or Decimal(0),
+                    priority=amendment.priority,
+                    effective=effective,
+                    expires=expires,
+                    currency=t.currency,
+                    invoice_kind="top_up" if priced else None,
                     invoice_key=f"top_up:{effective_on.isoformat()}" if priced else None,
                     invoice_period=(effective_on, st.local_date(expires)) if priced else None,
                     issued_on=effective_on if priced else None,
@@ -478,6 +518,9 @@ class ContractWorkflow:
     # --- handlers ------------------------------------------------------------
     @workflow.update(name="amend")
     async def amend(self, amendment: Amendment) -> AmendmentResult:
+        return await self._amend(amendment)
+
+    async def _amend(self, amendment: Amendment) -> AmendmentResult:
         st = self.state
         if amendment.id in st.applied_amendment_ids:
             return AmendmentResult(amendment_id=amendment.id, status="duplicate")
@@ -487,8 +530,9 @@ class ContractWorkflow:
         async with self._lock:
             await self._run(
                 ActivityName.RECORD_AMENDMENT,
-                RecordAmendmentRequest(contract_id=st.terms.contract_id, amendment=amendment,
-                                       effective=effective),
+                RecordAmendmentRequest(
+                    contract_id=st.terms.contract_id, amendment=amendment, effective=effective
+                ),
                 summary=f"record amendment {amendment.id} ({amendment.kind})",
             )
             if effective > now:
@@ -519,18 +563,28 @@ class ContractWorkflow:
         except BillowValidationError as exc:
             workflow.logger.warning("amendment %s rejected: %s", amendment.id, exc)
             return
-        await self.amend(amendment)
+        await self._amend(amendment)
 
     @workflow.update(name="pay")
     async def pay(self, payment: PaymentInput) -> PaymentResult:
+        return await self._pay(payment)
+
+    async def _pay(self, payment: PaymentInput) -> PaymentResult:
         st = self.state
-        key = payment.payment_id or f"payment:{workflow.current_update_info().id}"  # type: ignore[union-attr]
+        update = workflow.current_update_info()
+        key = payment.payment_id or (f"payment:{update.id}" if update else None)
+        if key is None:  # unreachable: the signal form requires payment_id
+            raise ApplicationError("payment_id: required", type="InvalidPayment")
         async with self._lock:
             result = await self._call(
                 ActivityName.RECORD_PAYMENT,
-                PaymentRequest(contract_id=st.terms.contract_id, invoice_key=payment.invoice,
-                               payment_key=key, amount=payment.amount,
-                               received_on=st.local_date(workflow.now())),
+                PaymentRequest(
+                    contract_id=st.terms.contract_id,
+                    invoice_key=payment.invoice,
+                    payment_key=key,
+                    amount=payment.amount,
+                    received_on=st.local_date(workflow.now()),
+                ),
                 PaymentResult,
                 summary=f"record payment {payment.amount} for {payment.invoice}",
             )
@@ -546,41 +600,61 @@ class ContractWorkflow:
     def _validate_pay(self, payment: PaymentInput) -> None:
         inv = self.state.invoice(payment.invoice)
         if inv is None:
-            raise ApplicationError(f"invoice: unknown invoice {payment.invoice!r}",
-                                   type="InvalidPayment", non_retryable=True)
+            raise ApplicationError(
+                f"invoice: unknown invoice {payment.invoice!r}",
+                type="InvalidPayment",
+                non_retryable=True,
+            )
         if payment.amount <= 0:
-            raise ApplicationError("amount: must be positive", type="InvalidPayment",
-                                   non_retryable=True)
+            raise ApplicationError(
+                "amount: must be positive", type="InvalidPayment", non_retryable=True
+            )
         if inv.status in ("paid", "void") and payment.payment_id is None:
-            raise ApplicationError(f"invoice: {inv.key} is already {inv.status}",
-                                   type="InvalidPayment", non_retryable=True)
+            raise ApplicationError(
+                f"invoice: {inv.key} is already {inv.status}",
+                type="InvalidPayment",
+                non_retryable=True,
+            )
 
     @workflow.signal(name="pay_signal")
     async def pay_signal(self, payment: PaymentInput) -> None:
+        """Fire-and-forget form: needs ``payment_id``, its only idempotency key."""
         try:
+            if payment.payment_id is None:
+                raise ApplicationError("payment_id: required when paying by signal")
             self._validate_pay(payment)
         except ApplicationError as exc:
             workflow.logger.warning("payment for %s rejected: %s", payment.invoice, exc)
             return
-        await self.pay(payment)
+        await self._pay(payment)
 
     @workflow.query(name="state")
     def query_state(self) -> ContractView:
         st = self.state
         return ContractView(
-            contract_id=st.terms.contract_id, customer_id=st.terms.customer.id,
-            plan=st.terms.plan_key, status=st.status, terms=st.terms,
+            contract_id=st.terms.contract_id,
+            customer_id=st.terms.customer.id,
+            plan=st.terms.plan_key,
+            status=st.status,
+            terms=st.terms,
             credit_balance=st.credit_balance,
             next_boundary=st.open_period.end if st.open_period and not st.term_closed else None,
-            attention=st.attention, has_overdue_invoice=st.has_overdue_invoice,
-            invoices=list(st.invoices), applied_amendment_ids=list(st.applied_amendment_ids),
+            attention=st.attention,
+            has_overdue_invoice=st.has_overdue_invoice,
+            invoices=list(st.invoices),
+            applied_amendment_ids=list(st.applied_amendment_ids),
             pending_amendments=[p.amendment.id for p in st.pending_amendments],
         )
 
     # --- plumbing --------------------------------------------------------------
     async def _call(
-        self, name: ActivityName, arg: BaseModel, result_type: type[T], *, summary: str,
-        timeout: timedelta = _SHORT,
+        self,
+        name: ActivityName,
+        arg: BaseModel,
+        result_type: type[T],
+        *,
+        summary: str,
+        activity_timeout: timedelta = _SHORT,
     ) -> T:
         """Run an activity and return its typed result.
 
@@ -592,22 +666,38 @@ class ContractWorkflow:
         """
         if name in _REMOTE:
             result = await workflow.execute_activity(
-                name.value, arg, result_type=result_type, start_to_close_timeout=timeout,
-                retry_policy=_ACTIVITY_RETRY, summary=summary,
+                name.value,
+                arg,
+                result_type=result_type,
+                start_to_close_timeout=activity_timeout,
+                retry_policy=_ACTIVITY_RETRY,
+                summary=summary,
             )
         else:
             result = await workflow.execute_local_activity(
-                name.value, arg, result_type=result_type, start_to_close_timeout=timeout,
-                retry_policy=_ACTIVITY_RETRY, summary=summary,
+                name.value,
+                arg,
+                result_type=result_type,
+                start_to_close_timeout=activity_timeout,
+                retry_policy=_ACTIVITY_RETRY,
+                summary=summary,
             )
         assert isinstance(result, result_type)
         return result
 
     async def _run(
-        self, name: ActivityName, arg: BaseModel, *, summary: str, timeout: timedelta = _SHORT
+        self,
+        name: ActivityName,
+        arg: BaseModel,
+        *,
+        summary: str,
+        activity_timeout: timedelta = _SHORT,
     ) -> None:
         await workflow.execute_local_activity(
-            name.value, arg, start_to_close_timeout=timeout, retry_policy=_ACTIVITY_RETRY,
+            name.value,
+            arg,
+            start_to_close_timeout=activity_timeout,
+            retry_policy=_ACTIVITY_RETRY,
             summary=summary,
         )
 
@@ -615,7 +705,9 @@ class ContractWorkflow:
         st = self.state
         await self._run(
             ActivityName.UPDATE_CONTRACT,
-            UpdateContractRequest(contract_id=st.terms.contract_id, status=st.status, terms=st.terms),
+            UpdateContractRequest(
+                contract_id=st.terms.contract_id, status=st.status, terms=st.terms
+            ),
             summary=f"save contract ({st.status.value})",
         )
         self._publish()
@@ -647,7 +739,9 @@ class ContractWorkflow:
 
     def _details_markdown(self) -> str:
         st = self.state
-        open_invoices = [i for i in st.invoices if i.status in ("open", "overdue", "needs_attention")]
+        open_invoices = [
+            i for i in st.invoices if i.status in ("open", "overdue", "needs_attention")
+        ]
         lines = [
             f"**Status:** {st.status.value}",
             f"**Credit balance:** {st.credit_balance} {st.terms.currency}",

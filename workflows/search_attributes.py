@@ -8,6 +8,8 @@ scripts) so the names live in one place.
 
 from __future__ import annotations
 
+from typing import Any
+
 from temporalio.common import (
     SearchAttributeKey,
 )
@@ -20,7 +22,7 @@ NEXT_BILLING_AT = SearchAttributeKey.for_datetime("NextBillingAt")
 HAS_OVERDUE_INVOICE = SearchAttributeKey.for_bool("HasOverdueInvoice")
 CREDIT_BALANCE = SearchAttributeKey.for_float("CreditBalance")
 
-ALL: tuple[SearchAttributeKey[object], ...] = (  # type: ignore[assignment]
+ALL: tuple[SearchAttributeKey[Any], ...] = (
     CUSTOMER_ID,
     PLAN_KEY,
     CONTRACT_STATUS,

@@ -69,15 +69,16 @@ async def test_tables_match_the_migrations(db: AsyncEngine) -> None:
     async with db.connect() as conn:
         differences = await conn.run_sync(diff)
     # Hand-written indexes (BRIN, covering) are not modelled on the classes.
-    differences = [d for d in differences
-                   if not (isinstance(d, tuple) and d[0] == "remove_index")]
+    differences = [d for d in differences if not (isinstance(d, tuple) and d[0] == "remove_index")]
     assert differences == []
 
 
 async def test_dev_server_has_visibility_and_search_attributes(
     dev_temporal_env: WorkflowEnvironment,
 ) -> None:
-    async with Worker(dev_temporal_env.client, task_queue="harness-dev", workflows=[LongSleepWorkflow]):
+    async with Worker(
+        dev_temporal_env.client, task_queue="harness-dev", workflows=[LongSleepWorkflow]
+    ):
         wf_id = f"harness-dev-{uuid.uuid4()}"
         handle = await dev_temporal_env.client.start_workflow(
             LongSleepWorkflow.run, 0, id=wf_id, task_queue="harness-dev"

@@ -86,19 +86,35 @@ def at(d: str | date, hour: int = 0) -> datetime:
     return datetime.combine(day, time(hour), tzinfo=UTC)
 
 
-def event(eid: str, ts: str | datetime, quantity: str, meter: str = "tokens",
-          customer: str = "cust-1", **dims: str) -> dict[str, Any]:
+def event(
+    eid: str,
+    ts: str | datetime,
+    quantity: str,
+    meter: str = "tokens",
+    customer: str = "cust-1",
+    **dims: str,
+) -> dict[str, Any]:
     if not dims:
         dims = {"model": "gpt-4"} if meter == "tokens" else {"region": "us"}
     stamp = ts if isinstance(ts, str) else ts.isoformat()
-    return {"id": eid, "customer": customer, "meter": meter, "timestamp": stamp,
-            "quantity": quantity, "dimensions": dims}
+    return {
+        "id": eid,
+        "customer": customer,
+        "meter": meter,
+        "timestamp": stamp,
+        "quantity": quantity,
+        "dimensions": dims,
+    }
 
 
 class ContractRun:
     def __init__(
-        self, env: WorkflowEnvironment, engine: AsyncEngine, contract: dict[str, Any],
-        catalog: dict[str, Any] | None = None, gateway: PaymentGateway | None = None,
+        self,
+        env: WorkflowEnvironment,
+        engine: AsyncEngine,
+        contract: dict[str, Any],
+        catalog: dict[str, Any] | None = None,
+        gateway: PaymentGateway | None = None,
     ) -> None:
         self.env = env
         self.engine = engine
@@ -112,8 +128,13 @@ class ContractRun:
         async with self.engine.begin() as conn:
             self.catalog_version, _ = await apply_catalog(conn, self.catalog)
         await self.start_worker()
-        started = await start_contract(self.env.client, self.engine, self.contract, TASK_QUEUE,
-                                       catalog_version=self.catalog_version)
+        started = await start_contract(
+            self.env.client,
+            self.engine,
+            self.contract,
+            TASK_QUEUE,
+            catalog_version=self.catalog_version,
+        )
         self.handle = self.env.client.get_workflow_handle(started.workflow_id)
         return self
 
@@ -162,8 +183,9 @@ class ContractRun:
 
     async def report(self) -> dict[str, Any]:
         async with self.engine.connect() as conn:
-            return await contract_report(conn, self.contract.id,
-                                         self.catalog.plan(self.contract.plan).currency)
+            return await contract_report(
+                conn, self.contract.id, self.catalog.plan(self.contract.plan).currency
+            )
 
     async def invoices(self) -> list[dict[str, Any]]:
         return list((await self.report())["invoices"])
@@ -195,10 +217,14 @@ class ContractRun:
 
 def lines_of(invoice: dict[str, Any], kind: str = "usage") -> list[tuple[Any, ...]]:
     return [
-        (ln.get("meter") or ln.get("fee"), tuple(sorted((ln.get("dimensions") or {}).items())),
-         Decimal(ln["quantity"]) if ln.get("quantity") is not None else None,
-         Decimal(ln["amount"]))
-        for ln in invoice["lines"] if ln["kind"] == kind
+        (
+            ln.get("meter") or ln.get("fee"),
+            tuple(sorted((ln.get("dimensions") or {}).items())),
+            Decimal(ln["quantity"]) if ln.get("quantity") is not None else None,
+            Decimal(ln["amount"]),
+        )
+        for ln in invoice["lines"]
+        if ln["kind"] == kind
     ]
 
 
@@ -216,7 +242,10 @@ async def event_type_counts(env: WorkflowEnvironment, workflow_id: str) -> dict[
     while True:
         hist = await env.client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
         counts.update(EventType.Name(e.event_type).removeprefix("EVENT_TYPE_") for e in hist.events)
-        run_id = hist.events[0].workflow_execution_started_event_attributes.continued_execution_run_id or None
+        run_id = (
+            hist.events[0].workflow_execution_started_event_attributes.continued_execution_run_id
+            or None
+        )
         if run_id is None:
             return dict(counts.most_common())
 
@@ -227,7 +256,10 @@ async def event_sequence(env: WorkflowEnvironment, workflow_id: str) -> list[str
     run_id = None
     while True:
         hist = await env.client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
-        run_id = hist.events[0].workflow_execution_started_event_attributes.continued_execution_run_id or None
+        run_id = (
+            hist.events[0].workflow_execution_started_event_attributes.continued_execution_run_id
+            or None
+        )
         if run_id is None:
             break
     out = []

@@ -24,11 +24,26 @@ def test_billow_simulate_prints_the_expected_acme_output(server_url: str) -> Non
     """The exact command of the issue, as a user runs it."""
     env = {**os.environ, "BILLOW_DATABASE_URL": server_url}
     proc = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "simulate",
-         "--catalog", str(ACME / "catalog.yaml"), "--contract", str(ACME / "contract.yaml"),
-         "--usage", str(ACME / "usage.jsonl"), "--timeline", str(ACME / "timeline.yaml"),
-         "--json"],
-        capture_output=True, text=True, env=env, timeout=300, check=False,
+        [
+            sys.executable,
+            "-m",
+            "worker.cli",
+            "simulate",
+            "--catalog",
+            str(ACME / "catalog.yaml"),
+            "--contract",
+            str(ACME / "contract.yaml"),
+            "--usage",
+            str(ACME / "usage.jsonl"),
+            "--timeline",
+            str(ACME / "timeline.yaml"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     output = json.loads(proc.stdout)

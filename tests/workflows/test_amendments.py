@@ -12,27 +12,34 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.payments import SimulatedCardGateway
 from models.periods import add_months, local_date
-from tests.support.scenario import ContractRun, at, contract_doc, event, lines_of
+from tests.support.scenario import ContractRun, at, contract_doc, event
 
 
 async def test_mid_period_rate_override_splits_the_lines(
     ts_env: WorkflowEnvironment, db: AsyncEngine
 ) -> None:
     async with ContractRun(ts_env, db, contract_doc(term_months=2)) as run:
-        await run.send_usage([
-            event("e1", "2027-01-05T00:00:00Z", "1000"),
-            event("e2", "2027-01-20T00:00:00Z", "1000"),
-        ])
+        await run.send_usage(
+            [
+                event("e1", "2027-01-05T00:00:00Z", "1000"),
+                event("e2", "2027-01-20T00:00:00Z", "1000"),
+            ]
+        )
         await run.advance_to(at("2027-01-10"))
-        await run.amend({
-            "id": "cheaper-gpt4", "kind": "rate_override", "effective": "2027-01-15T00:00:00Z",
-            "override": {"meter": "tokens", "match": {"model": "gpt-4"}, "unit_price": "0.01"},
-        })
+        await run.amend(
+            {
+                "id": "cheaper-gpt4",
+                "kind": "rate_override",
+                "effective": "2027-01-15T00:00:00Z",
+                "override": {"meter": "tokens", "match": {"model": "gpt-4"}, "unit_price": "0.01"},
+            }
+        )
         await run.advance_to(at("2027-02-01", 2))
         jan = await run.invoice("usage:2027-01-01")
     usage = [ln for ln in jan["lines"] if ln["kind"] == "usage"]
-    assert [(ln["part_start"][:10], ln["part_end"][:10], ln["unit_price"], ln["amount"])
-            for ln in usage] == [
+    assert [
+        (ln["part_start"][:10], ln["part_end"][:10], ln["unit_price"], ln["amount"]) for ln in usage
+    ] == [
         ("2027-01-01", "2027-01-15", "0.03", "30.00"),
         ("2027-01-15", "2027-02-01", "0.01", "10.00"),
     ]
@@ -45,17 +52,25 @@ async def test_top_up_issues_its_invoice_and_its_credits_pay_usage(
     async with ContractRun(ts_env, db, contract_doc(term_months=4)) as run:
         await run.send_usage([event("e1", "2027-03-20T00:00:00Z", "100000")])  # 3000.00
         await run.advance_to(at("2027-03-10", 9))
-        await run.amend({"id": "topup-1", "kind": "grant_credits", "credits": "20000.00",
-                         "price": "18000.00"})
+        await run.amend(
+            {"id": "topup-1", "kind": "grant_credits", "credits": "20000.00", "price": "18000.00"}
+        )
         await run.advance_to(at("2027-04-01", 2))
         top_up = await run.invoice("top_up:2027-03-10")
         march = await run.invoice("usage:2027-03-01")
         report = await run.report()
     assert (top_up["kind"], top_up["total"], top_up["issued_on"], top_up["due_on"]) == (
-        "top_up", "18000.00", "2027-03-10", "2027-04-09")
+        "top_up",
+        "18000.00",
+        "2027-03-10",
+        "2027-04-09",
+    )
     assert top_up["period"] == {"start": "2027-03-10", "end": "2027-05-01"}
     assert (march["subtotal"], march["credits_applied"], march["total"]) == (
-        "3500.00", "3000.00", "500.00")
+        "3500.00",
+        "3000.00",
+        "500.00",
+    )
     assert report["credits"]["consumed"] == "3000.00"
     # 3000 credits bought at 0.9 each recognize 2700.00 of usage revenue.
     assert Decimal(report["revenue"]["usage_from_credits"]) == Decimal("2700.00")
@@ -67,9 +82,14 @@ async def test_payment_terms_change_applies_to_invoices_issued_after_it(
 ) -> None:
     async with ContractRun(ts_env, db, contract_doc(term_months=3)) as run:
         await run.advance_to(at("2027-02-10"))
-        result = await run.amend({"id": "net60", "kind": "change_payment_terms",
-                                  "payment_terms_days": 60,
-                                  "effective": "2027-02-15T00:00:00Z"})
+        result = await run.amend(
+            {
+                "id": "net60",
+                "kind": "change_payment_terms",
+                "payment_terms_days": 60,
+                "effective": "2027-02-15T00:00:00Z",
+            }
+        )
         await run.advance_to(at("2027-03-01", 2))
         invoices = await run.invoices()
     assert result.status == "scheduled"
@@ -97,8 +117,12 @@ async def test_early_termination_prorates_the_last_period_and_expires_credits(
         ("usage:2027-02-01", "2027-03-01", "500.00"),
         ("usage:2027-03-01", "2027-03-15", "225.81"),  # 500 x 14/31
     ]
-    assert report["credits"] == {"granted": "12000.00", "consumed": "3000.00",
-                                 "expired": "9000.00", "balance": "0.00"}
+    assert report["credits"] == {
+        "granted": "12000.00",
+        "consumed": "3000.00",
+        "expired": "9000.00",
+        "balance": "0.00",
+    }
     assert Decimal(report["revenue"]["breakage"]) == Decimal("9000.00")
     assert Decimal(report["revenue"]["deferred_balance"]) == 0
     assert state.status == "terminated"
@@ -108,8 +132,9 @@ async def test_auto_pay_declined_then_accepted_on_retry(
     ts_env: WorkflowEnvironment, db: AsyncEngine
 ) -> None:
     gateway = SimulatedCardGateway(declines={"cust-1": 1})
-    async with ContractRun(ts_env, db, contract_doc(term_months=1, auto_pay=True),
-                           gateway=gateway) as run:
+    async with ContractRun(
+        ts_env, db, contract_doc(term_months=1, auto_pay=True), gateway=gateway
+    ) as run:
         await run.advance_to(at("2027-02-01", 2))
         after_decline = await run.invoice("usage:2027-01-01")
         await run.advance_to(at("2027-02-02", 2))
@@ -127,8 +152,13 @@ async def test_invalid_amendment_is_refused_and_changes_nothing(
     async with ContractRun(ts_env, db, contract_doc(term_months=2)) as run:
         await run.advance_to(at("2027-01-10"))
         with pytest.raises(WorkflowUpdateFailedError) as failure:
-            await run.amend({"id": "bad", "kind": "rate_override",
-                             "override": {"meter": "storage", "unit_price": "1"}})
+            await run.amend(
+                {
+                    "id": "bad",
+                    "kind": "rate_override",
+                    "override": {"meter": "storage", "unit_price": "1"},
+                }
+            )
         state = await run.state()
         recorded = await run.scalar("SELECT count(*) FROM amendments")
     assert "storage" in str(failure.value.cause)

@@ -17,8 +17,9 @@ async def test_a_monthly_contract_year_stays_under_200_history_events(
     """A year of a typical monthly contract: usage, fees, every invoice paid."""
     async with ContractRun(ts_env, db, contract_doc(commitment={"amount": "1000.00"})) as run:
         start = at("2027-01-01")
-        await run.send_usage([event(f"u{m}", start + timedelta(days=31 * m + 3), "50000")
-                              for m in range(12)])
+        await run.send_usage(
+            [event(f"u{m}", start + timedelta(days=31 * m + 3), "50000") for m in range(12)]
+        )
         await run.advance_to(at("2027-01-05"))
         await run.pay("commitment:2027-01-01", "1000.00")
         for m in range(1, 13):
@@ -37,8 +38,11 @@ async def test_a_monthly_contract_year_stays_under_200_history_events(
 async def test_duplicate_amendment_after_continue_as_new_changes_nothing(
     ts_env: WorkflowEnvironment, db: AsyncEngine
 ) -> None:
-    discount = {"id": "crm-amend-1", "kind": "rate_override",
-                "override": {"meter": "tokens", "discount_percent": "10"}}
+    discount = {
+        "id": "crm-amend-1",
+        "kind": "rate_override",
+        "override": {"meter": "tokens", "discount_percent": "10"},
+    }
     async with ContractRun(ts_env, db, contract_doc(term_months=14)) as run:
         await run.advance_to(at("2027-01-10"))
         first = await run.amend(discount)
@@ -46,8 +50,9 @@ async def test_duplicate_amendment_after_continue_as_new_changes_nothing(
         assert run.handle is not None
         latest = await ts_env.client.get_workflow_handle(run.handle.id).fetch_history()
         started = latest.events[0].workflow_execution_started_event_attributes
-        resend = await run.amend({**discount, "override": {"meter": "tokens",
-                                                            "discount_percent": "90"}})
+        resend = await run.amend(
+            {**discount, "override": {"meter": "tokens", "discount_percent": "90"}}
+        )
         state = await run.state()
         recorded = await run.scalar("SELECT count(*) FROM amendments")
     assert first.status == "applied"

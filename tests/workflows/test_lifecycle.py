@@ -15,11 +15,15 @@ async def test_monthly_term_issues_twelve_invoices_in_order(
     ts_env: WorkflowEnvironment, db: AsyncEngine
 ) -> None:
     async with ContractRun(ts_env, db, contract_doc()) as run:
-        await run.send_usage([
-            event("e1", "2027-01-10T10:00:00Z", "100000"),                      # 3000.00
-            event("e2", "2027-02-01T00:00:00Z", "1000", meter="requests", region="eu"),  # 1.20
-            event("e3", "2027-01-31T23:59:59Z", "1", meter="requests", region="us"),     # 0.001 -> 0.00
-        ])
+        await run.send_usage(
+            [
+                event("e1", "2027-01-10T10:00:00Z", "100000"),  # 3000.00
+                event("e2", "2027-02-01T00:00:00Z", "1000", meter="requests", region="eu"),  # 1.20
+                event(
+                    "e3", "2027-01-31T23:59:59Z", "1", meter="requests", region="us"
+                ),  # 0.001 -> 0.00
+            ]
+        )
         await run.advance_to(at("2028-01-01", 2))
         invoices = await run.invoices()
         state = await run.state()
@@ -32,7 +36,11 @@ async def test_monthly_term_issues_twelve_invoices_in_order(
         ("requests", (("region", "us"),), Decimal("1"), Decimal("0.00")),
     ]
     assert lines_of(jan, "fee") == [("platform", (), None, Decimal("500.00"))]
-    assert (jan["total"], jan["issued_on"], jan["due_on"]) == ("3500.00", "2027-02-01", "2027-03-03")
+    assert (jan["total"], jan["issued_on"], jan["due_on"]) == (
+        "3500.00",
+        "2027-02-01",
+        "2027-03-03",
+    )
     assert feb["total"] == "501.20"
     assert all(i["total"] == "500.00" for i in invoices[2:])
     # Nobody paid: everything past its due date is overdue, the flag is up.
@@ -77,18 +85,24 @@ async def test_unpriced_usage_holds_the_invoice_until_an_amendment_prices_it(
     ts_env: WorkflowEnvironment, db: AsyncEngine
 ) -> None:
     async with ContractRun(ts_env, db, contract_doc(term_months=3)) as run:
-        await run.send_usage([
-            event("e1", "2027-01-05T00:00:00Z", "1000", model="claude"),  # no rate-card entry
-            event("e2", "2027-01-06T00:00:00Z", "1000", model="gpt-4"),
-        ])
+        await run.send_usage(
+            [
+                event("e1", "2027-01-05T00:00:00Z", "1000", model="claude"),  # no rate-card entry
+                event("e2", "2027-01-06T00:00:00Z", "1000", model="gpt-4"),
+            ]
+        )
         await run.advance_to(at("2027-02-01", 3))
         held = await run.state()
         held_status = await run.scalar(
-            "SELECT status FROM invoices WHERE key = 'usage:2027-01-01' AND number IS NULL")
-        result = await run.amend({
-            "id": "price-claude", "kind": "rate_override",
-            "override": {"meter": "tokens", "match": {"model": "claude"}, "unit_price": "0.01"},
-        })
+            "SELECT status FROM invoices WHERE key = 'usage:2027-01-01' AND number IS NULL"
+        )
+        result = await run.amend(
+            {
+                "id": "price-claude",
+                "kind": "rate_override",
+                "override": {"meter": "tokens", "match": {"model": "claude"}, "unit_price": "0.01"},
+            }
+        )
         await run.advance_to(at("2027-02-01", 4))
         resumed = await run.state()
         jan = await run.invoice("usage:2027-01-01")
@@ -109,5 +123,7 @@ async def test_unpriced_usage_holds_the_invoice_until_an_amendment_prices_it(
 def _catalog_without(entry_model: str) -> dict[str, object]:
     catalog = copy.deepcopy(PRO_CATALOG)
     meters = catalog["meters"]
-    meters[0]["rate_card"] = [e for e in meters[0]["rate_card"] if e["match"] != {"model": entry_model}]
+    meters[0]["rate_card"] = [
+        e for e in meters[0]["rate_card"] if e["match"] != {"model": entry_model}
+    ]
     return catalog

@@ -421,7 +421,8 @@ def _hand_written_upgrade() -> None:
             "FOR EACH ROW EXECUTE FUNCTION billow_refuse_change()"
         )
     op.execute(
-        "INSERT INTO invoice_number_series (series, prefix, next_value) VALUES ('default', 'INV-', 1)"
+        "INSERT INTO invoice_number_series (series, prefix, next_value) "
+        "VALUES ('default', 'INV-', 1)"
     )
 
 
