@@ -1,0 +1,126 @@
+"""Record workflow histories for the replay tests.
+
+    python -m tests.histories.record
+
+Runs a few contract lifecycles on a time-skipping server and a fresh
+database and saves each contract workflow's history (every run of it) as
+JSON next to this file. Histories are recorded once per released workflow
+version and kept: ``test_replay.py`` replays every saved file against the
+current ``ContractWorkflow``, so a change that would break a running
+contract fails there. Guard such changes with ``workflow.patched`` and record
+new histories alongside the old ones (never overwrite them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import yaml
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.testing import WorkflowEnvironment
+
+from activities.db import make_engine
+from activities.payments import SimulatedCardGateway
+from tests.support.scenario import ContractRun, at, contract_doc, event
+from worker.simulate import fresh_database
+from worker.temporal_envs import start_time_skipping
+
+HERE = Path(__file__).parent
+ACME = HERE.parents[2] / "shared" / "scenarios" / "acme"
+
+Scenario = Callable[[WorkflowEnvironment, AsyncEngine], Awaitable[ContractRun]]
+
+
+async def acme(env: WorkflowEnvironment, engine: AsyncEngine) -> ContractRun:
+    run = ContractRun(env, engine, yaml.safe_load((ACME / "contract.yaml").read_text()),
+                      yaml.safe_load((ACME / "catalog.yaml").read_text()))
+    async with run:
+        lines = dict.fromkeys((ACME / "usage.jsonl").read_text().splitlines())  # dedup
+        events = [json.loads(line) for line in lines]
+        await run.send_usage([e for e in events if e["customer"] == "acme"])
+        await run.advance_to(at("2027-02-10", 12))
+        await run.pay("commitment:2027-01-01", "100000.00")
+        await run.advance_to(at("2027-05-20", 9))
+        await run.pay("usage:2027-01-01", "1500.00")
+        await run.advance_to(at("2028-07-01"))
+    return run
+
+
+async def amendments(env: WorkflowEnvironment, engine: AsyncEngine) -> ContractRun:
+    """Unpriced usage held, priced by amendment, a top-up, net-60, auto-pay, termination."""
+    gateway = SimulatedCardGateway(declines={"cust-1": 1})
+    run = ContractRun(env, engine, contract_doc(auto_pay=True), gateway=gateway)
+    async with run:
+        await run.send_usage([event("e1", "2027-01-05T00:00:00Z", "1000", model="claude")])
+        await run.advance_to(at("2027-02-01", 3))
+        await run.amend({"id": "price-claude", "kind": "rate_override",
+                         "override": {"meter": "tokens", "match": {"model": "claude"},
+                                      "unit_price": "0.01"}})
+        await run.advance_to(at("2027-03-10", 9))
+        await run.amend({"id": "topup", "kind": "grant_credits", "credits": "2000.00",
+                         "price": "1800.00"})
+        await run.amend({"id": "net60", "kind": "change_payment_terms",
+                         "payment_terms_days": 60})
+        await run.advance_to(at("2027-05-10", 9))
+        await run.amend({"id": "bye", "kind": "terminate",
+                         "effective": "2027-05-20T00:00:00Z"})
+        await run.advance_to(at("2027-09-01"))
+    return run
+
+
+async def continue_as_new(env: WorkflowEnvironment, engine: AsyncEngine) -> ContractRun:
+    run = ContractRun(env, engine, contract_doc(term_months=14))
+    async with run:
+        await run.advance_to(at("2027-01-10"))
+        await run.amend({"id": "discount", "kind": "rate_override",
+                         "override": {"meter": "tokens", "discount_percent": "10"}})
+        await run.advance_to(at("2028-01-01", 2))
+        await run.amend({"id": "discount", "kind": "rate_override",
+                         "override": {"meter": "tokens", "discount_percent": "90"}})
+        await run.advance_to(at("2028-04-01"))
+    return run
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "acme": acme,
+    "amendments": amendments,
+    "continue_as_new": continue_as_new,
+}
+
+
+async def record(name: str, scenario: Scenario, version: str) -> None:
+    async with fresh_database(None) as url:
+        engine = make_engine(url)
+        env = await start_time_skipping()
+        try:
+            run = await scenario(env, engine)
+            assert run.handle is not None
+            runs = []
+            run_id: str | None = None
+            while True:  # every run of the workflow id, oldest first
+                hist = await env.client.get_workflow_handle(run.handle.id,
+                                                            run_id=run_id).fetch_history()
+                runs.insert(0, json.loads(hist.to_json()))
+                attrs = hist.events[0].workflow_execution_started_event_attributes
+                run_id = attrs.continued_execution_run_id or None
+                if run_id is None:
+                    break
+        finally:
+            await env.shutdown()
+            await engine.dispose()
+    path = HERE / f"{name}.{version}.json"
+    path.write_text(json.dumps({"workflow_id": run.handle.id, "runs": runs}, indent=1))
+    print(f"wrote {path}")
+
+
+async def main(version: str) -> None:
+    for name, scenario in SCENARIOS.items():
+        await record(name, scenario, version)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "v1"))
