@@ -36,8 +36,12 @@ Scenario = Callable[[WorkflowEnvironment, AsyncEngine], Awaitable[ContractRun]]
 
 
 async def acme(env: WorkflowEnvironment, engine: AsyncEngine) -> ContractRun:
-    run = ContractRun(env, engine, yaml.safe_load((ACME / "contract.yaml").read_text()),
-                      yaml.safe_load((ACME / "catalog.yaml").read_text()))
+    run = ContractRun(
+        env,
+        engine,
+        yaml.safe_load((ACME / "contract.yaml").read_text()),
+        yaml.safe_load((ACME / "catalog.yaml").read_text()),
+    )
     async with run:
         lines = dict.fromkeys((ACME / "usage.jsonl").read_text().splitlines())  # dedup
         events = [json.loads(line) for line in lines]
@@ -57,17 +61,20 @@ async def amendments(env: WorkflowEnvironment, engine: AsyncEngine) -> ContractR
     async with run:
         await run.send_usage([event("e1", "2027-01-05T00:00:00Z", "1000", model="claude")])
         await run.advance_to(at("2027-02-01", 3))
-        await run.amend({"id": "price-claude", "kind": "rate_override",
-                         "override": {"meter": "tokens", "match": {"model": "claude"},
-                                      "unit_price": "0.01"}})
+        await run.amend(
+            {
+                "id": "price-claude",
+                "kind": "rate_override",
+                "override": {"meter": "tokens", "match": {"model": "claude"}, "unit_price": "0.01"},
+            }
+        )
         await run.advance_to(at("2027-03-10", 9))
-        await run.amend({"id": "topup", "kind": "grant_credits", "credits": "2000.00",
-                         "price": "1800.00"})
-        await run.amend({"id": "net60", "kind": "change_payment_terms",
-                         "payment_terms_days": 60})
+        await run.amend(
+            {"id": "topup", "kind": "grant_credits", "credits": "2000.00", "price": "1800.00"}
+        )
+        await run.amend({"id": "net60", "kind": "change_payment_terms", "payment_terms_days": 60})
         await run.advance_to(at("2027-05-10", 9))
-        await run.amend({"id": "bye", "kind": "terminate",
-                         "effective": "2027-05-20T00:00:00Z"})
+        await run.amend({"id": "bye", "kind": "terminate", "effective": "2027-05-20T00:00:00Z"})
         await run.advance_to(at("2027-09-01"))
     return run
 
@@ -76,11 +83,21 @@ async def continue_as_new(env: WorkflowEnvironment, engine: AsyncEngine) -> Cont
     run = ContractRun(env, engine, contract_doc(term_months=14))
     async with run:
         await run.advance_to(at("2027-01-10"))
-        await run.amend({"id": "discount", "kind": "rate_override",
-                         "override": {"meter": "tokens", "discount_percent": "10"}})
+        await run.amend(
+            {
+                "id": "discount",
+                "kind": "rate_override",
+                "override": {"meter": "tokens", "discount_percent": "10"},
+            }
+        )
         await run.advance_to(at("2028-01-01", 2))
-        await run.amend({"id": "discount", "kind": "rate_override",
-                         "override": {"meter": "tokens", "discount_percent": "90"}})
+        await run.amend(
+            {
+                "id": "discount",
+                "kind": "rate_override",
+                "override": {"meter": "tokens", "discount_percent": "90"},
+            }
+        )
         await run.advance_to(at("2028-04-01"))
     return run
 
@@ -102,8 +119,9 @@ async def record(name: str, scenario: Scenario, version: str) -> None:
             runs = []
             run_id: str | None = None
             while True:  # every run of the workflow id, oldest first
-                hist = await env.client.get_workflow_handle(run.handle.id,
-                                                            run_id=run_id).fetch_history()
+                hist = await env.client.get_workflow_handle(
+                    run.handle.id, run_id=run_id
+                ).fetch_history()
                 runs.insert(0, json.loads(hist.to_json()))
                 attrs = hist.events[0].workflow_execution_started_event_attributes
                 run_id = attrs.continued_execution_run_id or None
