@@ -310,7 +310,9 @@ class Catalog(BaseModel):
 
 
 def load_catalog(data: Any) -> Catalog:
-    """Validate already-parsed catalog data (a mapping)."""
+    """Validate parsed data (a mapping/list); a `Path` is read as a file."""
+    if isinstance(data, Path):
+        return load_catalog_file(data)
     return validate_model(Catalog, data)
 
 

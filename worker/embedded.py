@@ -1,28 +1,39 @@
 """Embedded PostgreSQL for ``billow up`` and the test harness.
 
+``ensure_embedded_postgres(data_dir)`` starts (or reuses) a server whose
+cluster lives in ``<data_dir>/postgres`` and returns a handle with ``.url``
+(SQLAlchemy, asyncpg driver), ``.url_for(db)``, ``.libpq_uri()``, ``.psql()``
+and ``.stop()``. The data is kept; delete the directory yourself if a test
+wants it gone.
+
 A thin layer over the ``embedded-postgres`` package that makes it safe to use
 again and again on the same data directory:
 
-* it clears a stale ``postmaster.pid`` whose pid now belongs to some other
-  process (after a reboot or in a container, pids are reused quickly; the
-  package would then believe the server is running and hand out a dead
-  socket, and postgres itself refuses to start);
+* it clears lock files (``postmaster.pid``, the socket's ``.lock``) whose pid
+  now belongs to an unrelated process. After a reboot or in a container pids
+  are reused quickly; the package would then take that process for the
+  server, hand out a dead socket, and on stop *kill that process*;
 * it prunes dead pids from the package's handle list, or the package never
-  stops the server once a run has been killed (it only stops the server when
-  the last registered handle goes away);
-* it creates the application database, which the package does not do.
+  stops the server once a run holding a handle has been killed (it only
+  stops the server when the last registered handle goes away);
+* it creates the application database, which the package does not do;
+* optionally (``detached=True``) it keeps initdb and pg_ctl out of the
+  caller's process group, away from a terminal's Ctrl-C.
 
 The server listens only on a unix socket (``-h ""``), so no TCP port can
-clash; the socket lives in the pgdata directory unless that path is too long.
+clash; the socket lives in the pgdata directory unless that path is too long
+for a socket name (then under the package's runtime directory).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -36,6 +47,8 @@ DEFAULT_DATABASE = "billow"
 # How long to wait for a postmaster that another process is starting (or that
 # is replaying WAL after a crash) to become ready before giving up.
 _READY_TIMEOUT_S = 30.0
+# initdb plus the first start, on a slow disk.
+_HELPER_TIMEOUT_S = 120.0
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
@@ -116,34 +129,102 @@ class EmbeddedPostgres:
             stop_postgres(self.pgdata)
 
 
-def ensure_embedded_postgres(data_dir: Path, database: str = DEFAULT_DATABASE) -> EmbeddedPostgres:
+def ensure_embedded_postgres(
+    data_dir: Path, database: str = DEFAULT_DATABASE, *, detached: bool = False
+) -> EmbeddedPostgres:
     """Start (or reuse) the server in ``<data_dir>/postgres`` and create ``database``.
 
     Blocking; initdb on first use takes a few seconds. The data survives
     :meth:`EmbeddedPostgres.stop`, so a later call sees the same databases.
+
+    ``detached``: run initdb, ``pg_ctl start`` and the database creation in a
+    helper process in its own session, then attach to the running server.
+    For interactive use (``billow up``): the package runs those commands in
+    the caller's process group, where a Ctrl-C in the terminal would kill
+    them half-way (initdb then wipes the fresh cluster, and a killed pg_ctl
+    leaves a postmaster starting up that nobody holds a handle to).
     """
     if not _IDENTIFIER.match(database):
         raise ValueError(f"database name {database!r} is not a plain SQL identifier")
-    get_server = _package().get_server
     data_dir = Path(data_dir).expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    pgdata = data_dir / "postgres"
-    _clear_stale_postmaster_pid(pgdata)
-    _wait_until_ready_if_running(pgdata)
-    _prune_dead_handles(pgdata)
-    try:
-        server = get_server(pgdata, cleanup_mode="stop")
-    except (subprocess.SubprocessError, AssertionError, OSError) as exc:
-        raise EmbeddedPostgresError(
-            f"embedded PostgreSQL in {pgdata} did not start: {exc}\n{_tail(pgdata / 'log')}"
-        ) from exc
-    pg = EmbeddedPostgres(server, pgdata, database)
+    if detached:
+        _prepare_in_helper(data_dir, database)
+    pg = _attach(data_dir, database, cleanup_mode="stop")
     try:
         _create_database(pg, database)
     except BaseException:
         pg.stop()
         raise
     return pg
+
+
+def _attach(data_dir: Path, database: str, cleanup_mode: str | None) -> EmbeddedPostgres:
+    """Get a package handle, starting the server (and running initdb) if needed."""
+    pgdata = data_dir / "postgres"
+    _clear_stale_postmaster_pid(pgdata)
+    _wait_until_ready_if_running(pgdata)
+    _prune_dead_handles(pgdata)
+    errors = _ErrorRecords()
+    package_log = logging.getLogger("embedded_postgres")
+    package_log.addHandler(errors)
+    try:
+        server = _package().get_server(pgdata, cleanup_mode=cleanup_mode)
+    except (subprocess.SubprocessError, AssertionError, OSError) as exc:
+        detail = errors.text() or _tail(pgdata / "log")
+        raise EmbeddedPostgresError(
+            f"embedded PostgreSQL in {pgdata} did not start: {exc}\n{detail}"
+        ) from exc
+    finally:
+        package_log.removeHandler(errors)
+    return EmbeddedPostgres(server, pgdata, database)
+
+
+class _ErrorRecords(logging.Handler):
+    """Collects the package's error logs (command output, server log) for our exception."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def text(self, lines: int = 30) -> str:
+        return "\n".join("\n".join(self.messages).splitlines()[-lines:])
+
+
+def _prepare_in_helper(data_dir: Path, database: str) -> None:
+    argv = [sys.executable, "-m", "worker.embedded", str(data_dir), database]
+    try:
+        proc = subprocess.run(
+            argv,
+            start_new_session=True,  # out of the terminal's process group: see ensure_...()
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=_HELPER_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise EmbeddedPostgresError(
+            f"embedded PostgreSQL setup took more than {_HELPER_TIMEOUT_S:.0f} s"
+        ) from exc
+    if proc.returncode != 0:
+        raise EmbeddedPostgresError((proc.stderr.strip() or proc.stdout.strip())[-4000:])
+
+
+def _helper_main(argv: list[str]) -> int:
+    """``python -m worker.embedded DATA_DIR DATABASE``: start the server, create the
+    database, leave the server running (cleanup_mode=None) and exit."""
+    data_dir, database = Path(argv[0]), argv[1]
+    try:
+        pg = _attach(data_dir, database, cleanup_mode=None)
+        _create_database(pg, database)
+    except EmbeddedPostgresError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return 0
 
 
 def stop_postgres(pgdata: Path) -> None:
@@ -321,3 +402,12 @@ def _tail(path: Path, lines: int = 20) -> str:
     except OSError:
         return ""
     return "\n".join(text[-lines:])
+
+
+# The package logs failures at ERROR level; without a handler of its own they
+# would reach stderr through logging's last resort, duplicating (verbosely)
+# what EmbeddedPostgresError already says.
+logging.getLogger("embedded_postgres").addHandler(logging.NullHandler())
+
+if __name__ == "__main__":
+    sys.exit(_helper_main(sys.argv[1:]))

@@ -9,8 +9,9 @@ too, so a user who sets them gets their services instead of the embedded ones.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -36,6 +37,65 @@ class Settings(BaseSettings):
     temporal_port: int = 7233
     temporal_ui_port: int = 8233
     data_dir: Path = Path("./.billow")
+    # Ops CLI -> API. BILLOW_API_URL; unset: the local API (api_host:api_port).
+    api_base_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("BILLOW_API_URL"),
+        description="Base URL of the billow API the ops commands call.",
+    )
+    api_key: str | None = None  # BILLOW_API_KEY, sent by the ops commands
+    # CRM webhook: HMAC-SHA256 shared secret; unset disables the webhook.
+    webhook_secret: str | None = None
+    webhook_tolerance_seconds: int = 300
+
+    # --- secured Temporal clusters and Temporal Cloud (deploy/README.md) ---
+    temporal_api_key: SecretStr | None = Field(
+        default=None, description="Temporal Cloud API key (sent as a bearer token; implies TLS)."
+    )
+    temporal_tls: bool | None = Field(
+        default=None,
+        description="TLS to the frontend. Unset: on when an API key or any TLS file is given.",
+    )
+    temporal_tls_cert: str | None = Field(
+        default=None, description="mTLS client certificate: a PEM file path, or the PEM itself."
+    )
+    temporal_tls_key: str | None = Field(
+        default=None, description="mTLS client private key: a PEM file path, or the PEM itself."
+    )
+    temporal_tls_ca: str | None = Field(
+        default=None, description="CA bundle to verify the server with (default: system roots)."
+    )
+    temporal_tls_server_name: str | None = Field(
+        default=None, description="TLS server name (SNI and verification) when it differs."
+    )
+
+    # --- observability (deploy/README.md, "Metrics, logs and traces") ---
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Bind address of the worker metrics servers (the image sets 0.0.0.0).",
+    )
+    worker_metrics_port: int = Field(
+        default=9464, ge=0, le=65535,
+        description="Worker: Temporal SDK Prometheus metrics on this port (0: off).",
+    )
+    worker_app_metrics_port: int = Field(
+        default=9465, ge=0, le=65535,
+        description="Worker: billow's own counters on this port (0: off); also its health port.",
+    )
+    worker_graceful_shutdown_seconds: float = Field(
+        default=30, ge=0,
+        description="Worker: how long in-flight activities may finish after SIGTERM.",
+    )
+    log_format: Literal["text", "json"] = "text"
+    log_level: str = "INFO"
+    otel_enabled: bool = Field(
+        default=False, description="Trace workflows/activities with OpenTelemetry (otel extra)."
+    )
+    otel_service_name: str = "billow"
+    otel_exporter: Literal["otlp", "console", "none"] = Field(
+        default="otlp",
+        description="otlp needs opentelemetry-exporter-otlp; it reads OTEL_EXPORTER_OTLP_*.",
+    )
 
     @property
     def temporal_ui_url(self) -> str:
@@ -44,6 +104,11 @@ class Settings(BaseSettings):
     @property
     def api_url(self) -> str:
         return f"http://{self.api_host}:{self.api_port}"
+
+    @property
+    def client_api_url(self) -> str:
+        """Where the ops commands send requests (BILLOW_API_URL, else the local API)."""
+        return (self.api_base_url or self.api_url).rstrip("/")
 
 
 def load_settings() -> Settings:

@@ -48,7 +48,7 @@ def quiet_runtime() -> Runtime:
     return Runtime(
         telemetry=TelemetryConfig(
             logging=LoggingConfig(
-                filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+                filter=TelemetryFilter(core_level="ERROR", other_level="ERROR"),
                 forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
             )
         )

@@ -125,6 +125,13 @@ class ContractView(BaseModel):
     pending_amendments: list[str] = Field(default_factory=list)
 
 
+def _invalid(kind: str, field: str, reason: str) -> ApplicationError:
+    """A validator rejection: the caller gets ``field: reason`` and the details."""
+    return ApplicationError(
+        f"{field}: {reason}", [{"field": field, "reason": reason}], type=kind, non_retryable=True
+    )
+
+
 def period_label(period: Period, months: int) -> str:
     """Human label for summaries: ``2027-Q1``, ``2027-03`` or a date range."""
     s = period.start_date
@@ -553,7 +560,12 @@ class ContractWorkflow:
         try:
             validate_amendment(self.state, amendment, workflow.now())
         except BillowValidationError as exc:
-            raise ApplicationError(str(exc), type="InvalidAmendment", non_retryable=True) from exc
+            raise ApplicationError(
+                str(exc),
+                [{"field": path, "reason": reason} for path, reason in exc.problems],
+                type="InvalidAmendment",
+                non_retryable=True,
+            ) from exc
 
     @workflow.signal(name="amend_signal")
     async def amend_signal(self, amendment: Amendment) -> None:
@@ -588,6 +600,8 @@ class ContractWorkflow:
                 PaymentResult,
                 summary=f"record payment {payment.amount} for {payment.invoice}",
             )
+        if key not in st.payment_keys:
+            st.payment_keys.append(key)
         self._paid(result)
         # A payment can only remove collection steps. Re-arm the main loop's
         # timer only if the step it sleeps for is gone: a cancelled timer costs
@@ -600,21 +614,17 @@ class ContractWorkflow:
     def _validate_pay(self, payment: PaymentInput) -> None:
         inv = self.state.invoice(payment.invoice)
         if inv is None:
-            raise ApplicationError(
-                f"invoice: unknown invoice {payment.invoice!r}",
-                type="InvalidPayment",
-                non_retryable=True,
-            )
+            raise _invalid("InvalidPayment", "invoice", f"unknown invoice {payment.invoice!r}")
         if payment.amount <= 0:
-            raise ApplicationError(
-                "amount: must be positive", type="InvalidPayment", non_retryable=True
-            )
-        if inv.status in ("paid", "void") and payment.payment_id is None:
-            raise ApplicationError(
-                f"invoice: {inv.key} is already {inv.status}",
-                type="InvalidPayment",
-                non_retryable=True,
-            )
+            raise _invalid("InvalidPayment", "amount", "must be positive")
+        if payment.payment_id is not None and payment.payment_id in self.state.payment_keys:
+            return  # a resend: the ledger answers with what it recorded
+        if inv.status in ("paid", "void"):
+            raise _invalid("InvalidPayment", "invoice", f"{inv.key} is already {inv.status}")
+        outstanding = inv.total - inv.amount_paid
+        if payment.amount > outstanding:
+            raise _invalid("InvalidPayment", "amount",
+                           f"{payment.amount} exceeds the outstanding {outstanding}")
 
     @workflow.signal(name="pay_signal")
     async def pay_signal(self, payment: PaymentInput) -> None:

@@ -98,6 +98,9 @@ class ContractState(BaseModel):
     invoices: list[IssuedInvoice] = Field(default_factory=list)
     collections: list[CollectionState] = Field(default_factory=list)
     applied_amendment_ids: list[str] = Field(default_factory=list)
+    # Payment keys recorded through this workflow: a resend is answered with
+    # the recorded result instead of being refused as an overpayment.
+    payment_keys: list[str] = Field(default_factory=list)
     pending_amendments: list[PendingAmendment] = Field(default_factory=list)
     credit_balance: Decimal = Decimal(0)
     attention: str | None = None

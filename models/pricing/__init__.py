@@ -14,7 +14,12 @@ minor unit happens once per invoice line in `models.rating`.
 
 from models.pricing.graduated import graduated_amount, graduated_cost
 from models.pricing.package import package_amount, package_blocks
-from models.pricing.resolve import ResolvedPrice, apply_discount, resolve_price
+from models.pricing.resolve import (
+    ResolvedPrice,
+    apply_discount,
+    resolve_for_terms,
+    resolve_price,
+)
 from models.pricing.unit import unit_amount
 from models.pricing.volume import volume_amount, volume_line_amount, volume_step
 
@@ -25,6 +30,7 @@ __all__ = [
     "graduated_cost",
     "package_amount",
     "package_blocks",
+    "resolve_for_terms",
     "resolve_price",
     "unit_amount",
     "volume_amount",

@@ -35,10 +35,16 @@ from models.catalog import (
     matches,
     price_of,
 )
-from models.contract import RateOverride
+from models.contract import ContractTerms, RateOverride
 from models.money import strip_zeros
 
-__all__ = ["ResolvedPrice", "apply_discount", "relevant_overrides", "resolve_price"]
+__all__ = [
+    "ResolvedPrice",
+    "apply_discount",
+    "relevant_overrides",
+    "resolve_for_terms",
+    "resolve_price",
+]
 
 
 class ResolvedPrice(BaseModel):
@@ -128,3 +134,10 @@ def resolve_price(
         unit_price_shown=_shown(p),
         source=f"{source} -{o.discount_percent}% (rate_overrides[{i}])",
     )
+
+
+def resolve_for_terms(
+    terms: ContractTerms, meter_key: str, dimensions: Mapping[str, str], at: datetime
+) -> ResolvedPrice | None:
+    """`resolve_price` with the meter and overrides taken from contract terms."""
+    return resolve_price(terms.meter(meter_key), terms.rate_overrides, dimensions, at)

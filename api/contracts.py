@@ -1,0 +1,292 @@
+"""``/v1/contracts``: create (from the CRM), amend, read and list contracts."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Query, Response
+from sqlalchemy import text
+from temporalio.client import WorkflowExecutionStatus, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.api_keys import Scope
+from api.deps import AppDeps, get_deps
+from api.problems import ProblemError, from_billow_error, not_found, problem_responses
+from api.queries import contract_row, contract_state_from_db, list_contracts, summary_from_issued
+from api.schemas import (
+    AMENDMENT_EXAMPLES,
+    CONTRACT_EXAMPLE,
+    AmendmentAccepted,
+    ContractCreated,
+    ContractList,
+    ContractState,
+)
+from api.security import require_scope
+from api.workflow_calls import (
+    reasons_from_message,
+    temporal_client,
+    temporal_errors,
+    workflow_status,
+)
+from models.amendments import Amendment
+from models.contract import Contract
+from models.errors import BillowValidationError
+from models.operations import ContractStatus
+from worker.contract_service import ContractConflictError, start_contract, workflow_id
+from workflows.contract import AmendmentResult, ContractView
+
+log = logging.getLogger("billow.api")
+
+router = APIRouter(prefix="/v1/contracts", tags=["contracts"])
+Deps = Annotated[AppDeps, Depends(get_deps)]
+_crm = [Depends(require_scope(Scope.CRM))]
+
+
+async def create_contract(
+    deps: AppDeps, contract: Contract, catalog_version: int | None
+) -> tuple[ContractCreated, bool]:
+    """Start the contract's workflow (idempotent on its id). Shared with the webhook."""
+    client = await temporal_client(deps)
+    async with deps.engine.connect() as conn:
+        existed = await conn.scalar(
+            text("SELECT 1 FROM contracts WHERE id = :id"), {"id": contract.id}
+        ) is not None
+    try:
+        async with temporal_errors("create contract"):
+            started = await start_contract(client, deps.engine, contract, deps.task_queue,
+                                           catalog_version=catalog_version)
+    except ContractConflictError as exc:
+        raise ProblemError(
+            409, "contract-conflict", "Contract exists with different terms",
+            f"contract {contract.id!r} already exists with different terms; differing "
+            f"fields: {', '.join(exc.differences) or '(none listed)'}",
+            [(path, "differs from the existing contract") for path in exc.differences],
+        ) from exc
+    except BillowValidationError as exc:
+        raise from_billow_error(exc) from exc
+    except LookupError as exc:
+        if catalog_version is not None:
+            raise ProblemError(422, "validation", "Invalid request", str(exc),
+                               [("query.catalog_version", str(exc))]) from exc
+        raise ProblemError(409, "no-catalog", "No catalog", f"{exc}: PUT /v1/catalog first",
+                           [("plan", str(exc))]) from exc
+    except Exception:
+        if not existed:
+            await _forget_unstarted(deps, contract)
+        raise
+    wf = started.workflow_id
+    return ContractCreated(
+        contract_id=contract.id, workflow_id=wf, run_id=started.run_id, created=started.created,
+        catalog_version=started.catalog_version, temporal_ui_url=deps.workflow_url(wf),
+        contract=contract,
+    ), started.created
+
+
+async def _forget_unstarted(deps: AppDeps, contract: Contract) -> None:
+    """Undo the rows of a contract whose workflow could not be started.
+
+    ``start_contract`` registers the customer and contract before starting the
+    workflow; if the start fails, a new contract must not stay behind as a
+    half-created row. (Should the start have succeeded after all, the
+    workflow's first activity registers the rows again.)
+    """
+    try:
+        async with deps.engine.begin() as conn:
+            await conn.execute(
+                text("DELETE FROM contracts WHERE id = :id AND NOT EXISTS "
+                     "(SELECT 1 FROM invoices WHERE contract_id = :id) AND NOT EXISTS "
+                     "(SELECT 1 FROM credit_grants WHERE contract_id = :id) AND NOT EXISTS "
+                     "(SELECT 1 FROM amendments WHERE contract_id = :id)"),
+                {"id": contract.id},
+            )
+            await conn.execute(
+                text("DELETE FROM customers WHERE id = :c AND NOT EXISTS "
+                     "(SELECT 1 FROM contracts WHERE customer_id = :c) AND NOT EXISTS "
+                     "(SELECT 1 FROM usage_events WHERE customer_id = :c)"),
+                {"c": contract.customer.id},
+            )
+    except Exception:
+        log.exception("could not remove the rows of unstarted contract %s", contract.id)
+
+
+@router.post(
+    "",
+    summary="Create a contract (idempotent on its id)",
+    status_code=201,
+    response_model=ContractCreated,
+    dependencies=_crm,
+    responses={200: {"description": "The same contract already exists: nothing changed",
+                     "model": ContractCreated},
+               **problem_responses(401, 403, 409, 413, 422, 503)},
+)
+async def post_contract(
+    contract: Annotated[Contract, Body(openapi_examples={
+        "acme": {"summary": "Acme on the Pro plan (SPEC.md example)",
+                 "value": CONTRACT_EXAMPLE}})],
+    response: Response,
+    deps: Deps,
+    catalog_version: Annotated[int | None, Query(
+        ge=1, description="Catalog version to bill by (default: the latest).")] = None,
+) -> ContractCreated:
+    """Start the contract's workflow (`contract:<id>`) on the latest catalog version (or
+    `catalog_version`).
+
+    - **201**: created; the workflow id and its Temporal UI page are returned.
+    - **200**: a contract with this id and the same terms exists: nothing changes and the
+      existing contract is returned.
+    - **409**: a contract with this id exists with different terms; `errors` names each
+      differing field.
+
+    Scope: `crm` or `ops`.
+    """
+    created, is_new = await create_contract(deps, contract, catalog_version)
+    response.status_code = 201 if is_new else 200
+    return created
+
+
+@router.get(
+    "",
+    summary="List contracts",
+    response_model=ContractList,
+    dependencies=_crm,
+    responses=problem_responses(401, 403, 422),
+)
+async def get_contracts(
+    deps: Deps,
+    status: Annotated[ContractStatus | None, Query(
+        description="Only contracts in this status.")] = None,
+    customer: Annotated[str | None, Query(description="Only this customer's contracts.")] = None,
+    overdue: Annotated[bool | None, Query(
+        description="true: only contracts with an overdue invoice; false: only without.")] = None,
+    after: Annotated[str | None, Query(
+        description="Contract id to continue after (from `next_after`).")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> ContractList:
+    """Contracts from the database, ordered by id, with their open and overdue invoice
+    counts and the outstanding amount.
+
+    Filters combine with AND: `status` (scheduled, active, needs_attention, ended,
+    terminated), `customer` (customer id), `overdue` (has an invoice in status `overdue`).
+    Page with `limit` and `after`.
+
+    Scope: `crm` or `ops`.
+    """
+    async with deps.engine.connect() as conn:
+        items, next_after = await list_contracts(
+            conn, status=status.value if status else None, customer=customer, overdue=overdue,
+            after=after, limit=limit)
+    return ContractList(contracts=items, next_after=next_after)
+
+
+@router.get(
+    "/{contract_id}",
+    summary="A contract's live state",
+    response_model=ContractState,
+    dependencies=_crm,
+    responses=problem_responses(401, 403, 404, 503),
+)
+async def get_contract(contract_id: str, deps: Deps) -> ContractState:
+    """The running workflow's `state` query (terms in force, credit balance, invoices,
+    amendments, next boundary) — `source: workflow`. Once the contract's workflow has
+    closed (or if it does not answer in time) the same view is read from the database —
+    `source: database`.
+
+    Scope: `crm` or `ops`.
+    """
+    wf = workflow_id(contract_id)
+    async with deps.engine.connect() as conn:
+        row = await contract_row(conn, contract_id)
+    if row is None:
+        raise not_found("Contract", f"no contract {contract_id!r}", "path.contract_id")
+    view: ContractView | None = None
+    try:
+        client = await temporal_client(deps)
+        handle = client.get_workflow_handle(wf)
+        async with temporal_errors("read contract"):
+            if await workflow_status(handle) == WorkflowExecutionStatus.RUNNING:
+                view = await handle.query(
+                    "state", result_type=ContractView,
+                    rpc_timeout=timedelta(seconds=min(deps.workflow_timeout_seconds, 10)),
+                )
+    except Exception as exc:  # a read: any failure of the live path falls back to the ledger
+        log.warning("state query of %s failed (%s); reading the database", wf, exc)
+    if view is None:
+        async with deps.engine.connect() as conn:
+            return await contract_state_from_db(conn, row, wf, deps.workflow_url(wf))
+    return ContractState(
+        contract_id=view.contract_id, customer_id=view.customer_id, plan=view.plan,
+        status=view.status, source="workflow", workflow_id=wf,
+        temporal_ui_url=deps.workflow_url(wf), currency=view.terms.currency,
+        credit_balance=view.credit_balance, next_boundary=view.next_boundary,
+        attention=view.attention, has_overdue_invoice=view.has_overdue_invoice,
+        terms=view.terms,
+        invoices=[summary_from_issued(view.contract_id, i) for i in view.invoices],
+        amendments=list(view.applied_amendment_ids),
+        pending_amendments=list(view.pending_amendments),
+    )
+
+
+@router.post(
+    "/{contract_id}/amendments",
+    summary="Amend a running contract",
+    response_model=AmendmentAccepted,
+    dependencies=_crm,
+    responses=problem_responses(401, 403, 404, 409, 413, 422, 503, 504),
+)
+async def post_amendment(
+    contract_id: str,
+    amendment: Annotated[Amendment, Body(openapi_examples=AMENDMENT_EXAMPLES)],
+    deps: Deps,
+) -> AmendmentAccepted:
+    """Send an amendment (SPEC.md section 7) to the contract's workflow as the `amend`
+    update. The workflow validates it first: an invalid amendment is a **422** whose
+    `errors` carry the workflow's reason, and nothing changes. The amendment `id` is an
+    idempotency key: resending it changes nothing and returns the first answer.
+
+    Scope: `crm` or `ops`.
+    """
+    async with deps.engine.connect() as conn:
+        row = await contract_row(conn, contract_id)
+    if row is None:
+        raise not_found("Contract", f"no contract {contract_id!r}", "path.contract_id")
+    client = await temporal_client(deps)
+    handle = client.get_workflow_handle(workflow_id(contract_id))
+    try:
+        async with temporal_errors("amend contract"), asyncio.timeout(
+            deps.workflow_timeout_seconds
+        ):
+            result: AmendmentResult = await handle.execute_update(
+                "amend", amendment, id=f"amend:{amendment.id}", result_type=AmendmentResult,
+            )
+    except WorkflowUpdateFailedError as exc:
+        raise update_problem(exc, "InvalidAmendment", "invalid-amendment",
+                             "Invalid amendment") from exc
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise _ended(contract_id, row.status) from exc
+        raise
+    return AmendmentAccepted(contract_id=contract_id, amendment_id=result.amendment_id,
+                             status=result.status, effective=result.effective)
+
+
+def _ended(contract_id: str, status: str) -> ProblemError:
+    return ProblemError(
+        409, "contract-ended", "Contract has ended",
+        f"contract {contract_id!r} is {status}: its workflow has closed and takes no "
+        "amendments", [("path.contract_id", f"contract is {status}")],
+    )
+
+
+def update_problem(
+    exc: WorkflowUpdateFailedError, expected_type: str, slug: str, title: str
+) -> ProblemError:
+    """A rejected or failed workflow update as a 422 naming the validator's fields."""
+    cause = exc.cause
+    if isinstance(cause, ApplicationError) and cause.type == expected_type:
+        return ProblemError(422, slug, title, cause.message, reasons_from_message(cause.message))
+    message = getattr(cause, "message", None) or str(exc)
+    return ProblemError(422, "update-failed", title, message, reasons_from_message(message))

@@ -1,0 +1,191 @@
+"""``/v1/invoices``: list, read and pay invoices."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+from temporalio.client import WorkflowExecutionStatus, WorkflowUpdateFailedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.api_keys import Scope
+from activities.ledger import record_payment_in
+from activities.ledger_reports import invoice_documents
+from activities.ledger_store import lock_contract
+from api.contracts import update_problem
+from api.deps import AppDeps, get_deps
+from api.problems import ProblemError, not_found, problem_responses, validation_problem
+from api.queries import invoice_by_number, invoice_summaries, outstanding
+from api.schemas import InvoiceDetail, InvoiceList, PaymentIn, PaymentOut
+from api.security import require_scope
+from api.workflow_calls import temporal_client, temporal_errors, workflow_status
+from models.invoices import InvoiceStatus
+from models.money import minor_units
+from models.operations import PaymentRequest, PaymentResult
+from models.periods import local_date
+from worker.contract_service import workflow_id
+from workflows.contract import PaymentInput
+
+router = APIRouter(prefix="/v1/invoices", tags=["invoices"])
+Deps = Annotated[AppDeps, Depends(get_deps)]
+_read = [Depends(require_scope(Scope.CRM))]
+_ops = [Depends(require_scope(Scope.OPS))]
+
+
+@router.get(
+    "",
+    summary="List invoices",
+    response_model=InvoiceList,
+    dependencies=_read,
+    responses=problem_responses(401, 403, 422),
+)
+async def list_invoices(
+    deps: Deps,
+    contract: Annotated[str | None, Query(description="Only this contract's invoices.")] = None,
+    status: Annotated[InvoiceStatus | None, Query(description="Only invoices in this status.")]
+    = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> InvoiceList:
+    """Invoices in number order (held `needs_attention` invoices, which have no number
+    yet, last). Scope: `crm` or `ops`."""
+    async with deps.engine.connect() as conn:
+        items = await invoice_summaries(conn, contract_id=contract,
+                                        status=status.value if status else None,
+                                        limit=limit + 1, offset=offset)
+    more = len(items) > limit
+    return InvoiceList(invoices=items[:limit], next_offset=offset + limit if more else None)
+
+
+@router.get(
+    "/{number}",
+    summary="An invoice document",
+    response_model=InvoiceDetail,
+    dependencies=_read,
+    responses=problem_responses(401, 403, 404),
+)
+async def get_invoice(number: str, deps: Deps) -> InvoiceDetail:
+    """The finalized invoice `number` (e.g. `INV-000002`) with its lines, in the shape of
+    SPEC.md section 9, plus the amount paid and outstanding. Scope: `crm` or `ops`."""
+    async with deps.engine.connect() as conn:
+        row = await invoice_by_number(conn, number)
+        if row is None:
+            raise not_found("Invoice", f"no invoice {number!r}", "path.number")
+        docs = await invoice_documents(conn, row.contract_id)
+    doc: dict[str, Any] = next(d for d in docs if d["number"] == number)
+    return InvoiceDetail.model_validate({
+        **doc, "contract_id": row.contract_id, "currency": row.currency,
+        "amount_paid": row.amount_paid,
+        "outstanding": outstanding(row.status, row.total, row.amount_paid),
+    })
+
+
+@router.post(
+    "/{number}/payments",
+    summary="Record a payment",
+    response_model=PaymentOut,
+    dependencies=_ops,
+    responses=problem_responses(401, 403, 404, 409, 413, 422, 503, 504),
+)
+async def pay_invoice(number: str, payment: PaymentIn, deps: Deps) -> PaymentOut:
+    """Record a payment received for invoice `number`.
+
+    While the contract's workflow runs, the payment goes to it as the `pay` update (it
+    keeps collection — due dates, reminders, `HasOverdueInvoice` — in step). After the
+    workflow has closed, the payment is recorded directly in the ledger. Either way it is
+    one transaction with its journal entry.
+
+    `payment_id` makes the call idempotent: the same id again records nothing and returns
+    `applied: false`. A paid or void invoice refuses new payments (**409**).
+    Scope: `ops`.
+    """
+    async with deps.engine.connect() as conn:
+        row = await invoice_by_number(conn, number)
+        if row is None:
+            raise not_found("Invoice", f"no invoice {number!r}", "path.number")
+        _check_precision(payment.amount, row.currency)
+        await _refuse_settled(conn, row, payment.payment_id)
+    client = await temporal_client(deps)
+    handle = client.get_workflow_handle(workflow_id(row.contract_id))
+    result: PaymentResult | None = None
+    async with temporal_errors("pay invoice"):
+        running = await workflow_status(handle) == WorkflowExecutionStatus.RUNNING
+    if running:
+        # A fresh update id each time: the ledger's unique payment key, not Temporal's
+        # update-id dedup, makes a resend a no-op, so it answers `applied: false` like
+        # the ledger path does.
+        update_id = f"pay:{uuid.uuid4().hex}"
+        try:
+            async with temporal_errors("pay invoice"), asyncio.timeout(
+                deps.workflow_timeout_seconds
+            ):
+                result = await handle.execute_update(
+                    "pay",
+                    PaymentInput(invoice=row.key, amount=payment.amount,
+                                 payment_id=payment.payment_id),
+                    id=update_id, result_type=PaymentResult,
+                )
+        except WorkflowUpdateFailedError as exc:
+            problem = update_problem(exc, "InvalidPayment", "invalid-payment", "Invalid payment")
+            if "already" in problem.detail:
+                problem.status, problem.slug = 409, "invoice-settled"
+            raise problem from exc
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+            result = None  # the workflow closed meanwhile: record in the ledger
+    if result is not None:
+        return _out(number, row.contract_id, result, "workflow")
+    ledger_result = await _record_in_ledger(deps, row, payment)
+    return _out(number, row.contract_id, ledger_result, "ledger")
+
+
+def _check_precision(amount: Decimal, currency: str) -> None:
+    places = minor_units(currency)
+    exponent = amount.normalize().as_tuple().exponent
+    if isinstance(exponent, int) and -exponent > places:
+        raise validation_problem(
+            [("amount", f"{currency} amounts have at most {places} decimal places")])
+
+
+async def _refuse_settled(conn: AsyncConnection, row: Any, payment_id: str | None) -> None:
+    if row.status not in (InvoiceStatus.PAID, InvoiceStatus.VOID):
+        return
+    if payment_id is not None:
+        known = await conn.scalar(text("SELECT 1 FROM payments WHERE payment_key = :k"),
+                                  {"k": payment_id})
+        if known is not None:
+            return  # a resend: answered with the invoice as it stands
+    raise ProblemError(409, "invoice-settled", "Invoice settled",
+                       f"invoice {row.number} is already {row.status}",
+                       [("path.number", f"invoice is {row.status}")])
+
+
+async def _record_in_ledger(deps: AppDeps, row: Any, payment: PaymentIn) -> PaymentResult:
+    async with deps.engine.begin() as conn:
+        await lock_contract(conn, row.contract_id)
+        fresh = await invoice_by_number(conn, row.number)
+        await _refuse_settled(conn, fresh, payment.payment_id)
+        tz = await conn.scalar(
+            text("SELECT terms->>'timezone' FROM contracts WHERE id = :id"),
+            {"id": row.contract_id},
+        )
+        return await record_payment_in(conn, PaymentRequest(
+            contract_id=row.contract_id, invoice_key=row.key,
+            payment_key=payment.payment_id or f"api:{uuid.uuid4().hex}",
+            amount=payment.amount, received_on=local_date(datetime.now(UTC), tz or "UTC"),
+        ))
+
+
+def _out(number: str, contract_id: str, result: PaymentResult, via: str) -> PaymentOut:
+    return PaymentOut.model_validate({
+        "invoice_number": number, "invoice_key": result.invoice_key, "contract_id": contract_id,
+        "status": result.status, "amount_paid": Decimal(result.amount_paid),
+        "paid_on": result.paid_on, "applied": result.applied, "recorded_via": via,
+    })

@@ -1,0 +1,638 @@
+"""Ops commands of the ``billow`` CLI (SPEC.md section 10).
+
+``catalog``, ``contract``, ``usage`` and ``invoice`` call a running billow API
+(``BILLOW_API_URL``, default http://127.0.0.1:8000, with ``BILLOW_API_KEY``);
+``apikey`` writes to the database directly (``BILLOW_DATABASE_URL``), since it
+is how the first key comes to exist.
+
+Output is a readable table by default and the API's JSON with ``--json``
+(errors then go to stdout as the problem+json document too). Exit codes are
+stable for scripts: see `EXIT_CODES`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from worker.settings import Settings, load_settings
+
+EXIT_OK = 0
+EXIT_SERVER = 1
+EXIT_INPUT = 2
+EXIT_NOT_FOUND = 3
+EXIT_CONFLICT = 4
+
+EXIT_CODES = (
+    "Exit codes: 0 ok; 1 API or server error (unreachable, 5xx); 2 bad input or usage "
+    "(invalid file or field, missing/insufficient API key, rejected usage events); "
+    "3 not found; 4 conflict (e.g. same contract id with different terms, invoice "
+    "already paid)."
+)
+
+USAGE_BATCH = 10_000
+# Stay under the API's 5 MB usage body limit whatever the events look like.
+USAGE_BATCH_BYTES = 4_500_000
+
+out = Console()
+err = Console(stderr=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
+
+
+# --- talking to the API ----------------------------------------------------------------
+
+
+class CliFailure(Exception):
+    def __init__(self, code: int, message: str, problem: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.problem = problem
+
+
+def _exit_code(status: int) -> int:
+    if status == 404:
+        return EXIT_NOT_FOUND
+    if status == 409:
+        return EXIT_CONFLICT
+    if 400 <= status < 500:
+        return EXIT_INPUT
+    return EXIT_SERVER
+
+
+def fail(exc: CliFailure, as_json: bool) -> NoReturn:
+    if as_json:
+        doc = exc.problem or {"title": "error", "detail": exc.message, "errors": []}
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    err.print(f"[red]error:[/] {exc.message}", highlight=False)
+    if exc.problem:
+        for item in exc.problem.get("errors") or []:
+            where = item.get("field") or "(document)"
+            err.print(f"  {where}: {item.get('reason')}", highlight=False, markup=False)
+    raise typer.Exit(exc.code)
+
+
+class Api:
+    def __init__(self, settings: Settings) -> None:
+        self.base_url = settings.client_api_url
+        headers = {"Accept": "application/json"}
+        if settings.api_key:
+            headers["Authorization"] = f"Bearer {settings.api_key}"
+        self.client = httpx.Client(base_url=self.base_url, headers=headers, timeout=60.0)
+
+    def __enter__(self) -> Api:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.client.close()
+
+    def call(self, method: str, path: str, *, body: Any = None,
+             params: dict[str, Any] | None = None) -> Any:
+        clean = {k: v for k, v in (params or {}).items() if v is not None}
+        try:
+            response = self.client.request(method, path, json=body, params=clean)
+        except httpx.HTTPError as exc:
+            raise CliFailure(EXIT_SERVER,
+                             f"cannot reach the billow API at {self.base_url}: {exc}") from exc
+        if response.status_code >= 400:
+            problem: dict[str, Any] | None = None
+            try:
+                parsed = response.json()
+                problem = parsed if isinstance(parsed, dict) else None
+            except ValueError:
+                problem = None
+            title = (problem or {}).get("title") or response.reason_phrase
+            detail = (problem or {}).get("detail") or response.text[:200]
+            hint = ""
+            if response.status_code == 401:
+                hint = " (set BILLOW_API_KEY; create a key with `billow apikey create`)"
+            raise CliFailure(_exit_code(response.status_code),
+                             f"{title} ({response.status_code}): {detail}{hint}", problem)
+        return response.json()
+
+
+def _api() -> Api:
+    return Api(load_settings())
+
+
+def _read_document(path: Path) -> Any:
+    """A YAML or JSON file as plain data (dates stay strings, as the loaders do)."""
+    from models._loading import parse_text, read_file
+    from models.errors import BillowValidationError
+
+    try:
+        text, fmt = read_file(path)
+        return parse_text(text, fmt)
+    except BillowValidationError as exc:
+        raise CliFailure(EXIT_INPUT, f"{path}: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliFailure(EXIT_INPUT, f"{path}: {exc}") from exc
+
+
+def _emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def _kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    for k, v in rows:
+        table.add_row(k, "" if v is None else str(v))
+    return table
+
+
+def _invoice_table(invoices: list[dict[str, Any]], title: str = "Invoices",
+                   with_contract: bool = True) -> Table:
+    table = Table(title=title, title_justify="left")
+    columns = ["number", "key", "contract", "status", "issued", "due", "total", "paid",
+               "outstanding"]
+    if not with_contract:
+        columns.remove("contract")
+    for col in columns:
+        table.add_column(col, overflow="fold", no_wrap=col == "number",
+                         justify="right" if col in ("total", "paid", "outstanding") else "left")
+    for inv in invoices:
+        cells = {"number": inv.get("number") or "-", "key": inv["key"],
+                 "contract": inv["contract_id"], "status": inv["status"],
+                 "issued": inv.get("issued_on") or "", "due": inv.get("due_on") or "",
+                 "total": f"{inv['total']} {inv['currency']}", "paid": inv["amount_paid"],
+                 "outstanding": inv["outstanding"]}
+        table.add_row(*(cells[c] for c in columns))
+    return table
+
+
+# --- catalog ----------------------------------------------------------------------------
+
+catalog_app = typer.Typer(help="Catalog documents (meters, rate cards, plans).",
+                          no_args_is_help=True, epilog=EXIT_CODES)
+
+
+@catalog_app.command("apply")
+def catalog_apply(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="catalog.yaml")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Apply a catalog: a new version unless an identical one exists."""
+    try:
+        doc = _read_document(file)
+        with _api() as api:
+            result = api.call("PUT", "/v1/catalog", body=doc)
+    except CliFailure as exc:
+        fail(exc, as_json)
+    if as_json:
+        _emit_json(result)
+        return
+    state = "created" if result["created"] else "unchanged (identical document)"
+    out.print(_kv_table("Catalog", [
+        ("version", result["version"]), ("status", state),
+        ("meters", ", ".join(result["meters"])), ("plans", ", ".join(result["plans"])),
+    ]))
+
+
+# --- contracts --------------------------------------------------------------------------
+
+contract_app = typer.Typer(help="Contracts: create, show, amend, list.", no_args_is_help=True,
+                           epilog=EXIT_CODES)
+
+
+@contract_app.command("create")
+def contract_create(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="contract.yaml")],
+    catalog_version: Annotated[int | None, typer.Option(
+        help="Catalog version to bill by (default: the latest).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a contract and start its workflow (a no-op if it exists with the same terms)."""
+    try:
+        doc = _read_document(file)
+        with _api() as api:
+            result = api.call("POST", "/v1/contracts", body=doc,
+                              params={"catalog_version": catalog_version})
+    except CliFailure as exc:
+        fail(exc, as_json)
+    if as_json:
+        _emit_json(result)
+        return
+    out.print(_kv_table(f"Contract {result['contract_id']}", [
+        ("status", "created" if result["created"] else "exists (same terms, nothing changed)"),
+        ("workflow", result["workflow_id"]), ("catalog version", result["catalog_version"]),
+        ("Temporal UI", result["temporal_ui_url"]),
+    ]))
+
+
+@contract_app.command("show")
+def contract_show(
+    contract_id: Annotated[str, typer.Argument(help="Contract id")],
+    as_json: JsonOpt = False,
+) -> None:
+    """A contract's live state: status, credit balance, next boundary, invoices."""
+    try:
+        with _api() as api:
+            result = api.call("GET", f"/v1/contracts/{_seg(contract_id)}")
+    except CliFailure as exc:
+        fail(exc, as_json)
+    if as_json:
+        _emit_json(result)
+        return
+    terms = result["terms"]
+    out.print(_kv_table(f"Contract {result['contract_id']}", [
+        ("customer", f"{terms['customer']['name']} ({result['customer_id']})"),
+        ("plan", result["plan"]), ("status", result["status"]),
+        ("term", f"{terms['starts_on']} -> {terms['term_end']}"),
+        ("billing cycle", terms["billing_cycle"]),
+        ("payment terms", f"net-{terms['payment_terms_days']}"),
+        ("credit balance", f"{result['credit_balance']} {result['currency']}"),
+        ("next boundary", result.get("next_boundary") or "-"),
+        ("needs attention", result.get("attention") or "no"),
+        ("overdue invoice", "yes" if result["has_overdue_invoice"] else "no"),
+        ("amendments", ", ".join(result["amendments"]) or "-"),
+        ("source", result["source"]), ("Temporal UI", result["temporal_ui_url"]),
+    ]))
+    if result["invoices"]:
+        out.print(_invoice_table(result["invoices"], with_contract=False))
+
+
+@contract_app.command("amend")
+def contract_amend(
+    contract_id: Annotated[str, typer.Argument(help="Contract id")],
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
+                                         help="amendment.yaml (one amendment, SPEC.md 7-8)")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Send an amendment to a running contract (validated by its workflow)."""
+    try:
+        doc = _read_document(file)
+        if not isinstance(doc, dict):
+            raise CliFailure(EXIT_INPUT, f"{file}: expected one amendment (a mapping)")
+        with _api() as api:
+            result = api.call("POST", f"/v1/contracts/{_seg(contract_id)}/amendments", body=doc)
+    except CliFailure as exc:
+        fail(exc, as_json)
+    if as_json:
+        _emit_json(result)
+        return
+    out.print(_kv_table(f"Amendment {result['amendment_id']}", [
+        ("contract", result["contract_id"]), ("status", result["status"]),
+        ("effective", result.get("effective") or "-"),
+    ]))
+
+
+@contract_app.command("list")
+def contract_list(
+    status: Annotated[str | None, typer.Option(
+        help="scheduled, active, needs_attention, ended or terminated")] = None,
+    customer: Annotated[str | None, typer.Option(help="Customer id")] = None,
+    overdue: Annotated[bool | None, typer.Option(
+        "--overdue/--not-overdue", help="Only contracts with (or without) an overdue invoice",
+        show_default=False)] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many contracts")] = 100,
+    as_json: JsonOpt = False,
+) -> None:
+    """Contracts from the database, with their open and overdue invoices."""
+    items: list[dict[str, Any]] = []
+    after: str | None = None
+    try:
+        with _api() as api:
+            while len(items) < limit:
+                page = api.call("GET", "/v1/contracts", params={
+                    "status": status, "customer": customer,
+                    "overdue": None if overdue is None else str(overdue).lower(),
+                    "after": after, "limit": min(1000, limit - len(items))})
+                items += page["contracts"]
+                after = page["next_after"]
+                if after is None:
+                    break
+    except CliFailure as exc:
+        fail(exc, as_json)
+    if as_json:
+        _emit_json({"contracts": items})
+        return
+    table = Table(title=f"Contracts ({len(items)})", title_justify="left")
+    for col in ("id", "customer", "plan", "status", "term", "open", "overdue", "outstanding"):
+        table.add_column(col, overflow="fold", no_wrap=col == "id",
+                         justify="right" if col in ("open", "overdue", "outstanding")
+                         else "left")
+    for c in items:
+        table.add_row(c["contract_id"], c["customer_name"], c["plan"], c["status"],
+                      f"{c['starts_on']} -> {c['term_end']}", str(c["open_invoices"]),
+                      str(c["overdue_invoices"]), f"{c['outstanding']} {c['currency']}")
+    out.print(table)
+
+
+def _seg(value: str) -> str:
+    from urllib.parse import quote
+
+    return quote(value, safe="")
+
+
+# --- usage ------------------------------------------------------------------------------
+
+usage_app = typer.Typer(help="Usage events.", no_args_is_help=True, epilog=EXIT_CODES)
+
+
+@dataclass
+class _Batch:
+    events: list[Any] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
+    size: int = 0
+
+
+def _batches(path: Path, bad: list[dict[str, Any]], batch_size: int) -> Iterator[_Batch]:
+    batch = _Batch()
+    with path.open(encoding="utf-8") as fh:
+        for n, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                event = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                bad.append({"line": n, "id": None, "status": "rejected",
+                            "reason": f"invalid JSON: {exc.msg}"})
+                continue
+            if batch.events and (len(batch.events) >= batch_size
+                                 or batch.size + len(raw) > USAGE_BATCH_BYTES):
+                yield batch
+                batch = _Batch()
+            batch.events.append(event)
+            batch.lines.append(n)
+            batch.size += len(raw) + 2
+    if batch.events:
+        yield batch
+
+
+def _count_lines(path: Path) -> int:
+    with path.open("rb") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
+@usage_app.command("send")
+def usage_send(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="usage.jsonl")],
+    batch_size: Annotated[int, typer.Option(min=1, max=USAGE_BATCH,
+                                            help="Events per request")] = USAGE_BATCH,
+    as_json: JsonOpt = False,
+) -> None:
+    """Send a JSON Lines file of usage events in batches of up to 10,000.
+
+    Every event is reported: accepted, duplicate (already stored: resending a file is
+    safe) or rejected with the reason. Exit code 2 if any event was rejected.
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    total = _count_lines(file)
+    counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
+    issues: list[dict[str, Any]] = []
+    sent = 0
+    try:
+        with _api() as api, Progress(
+            TextColumn("sending usage"), BarColumn(), MofNCompleteColumn(),
+            TimeRemainingColumn(), console=err, transient=False,
+        ) as progress:
+            task = progress.add_task("usage", total=total)
+            bad: list[dict[str, Any]] = []
+            for batch in _batches(file, bad, batch_size):
+                report = api.call("POST", "/v1/usage", body={"events": batch.events})
+                sent += len(batch.events)
+                for key in counts:
+                    counts[key] += int(report[key])
+                for r in report["results"]:
+                    if r["status"] != "accepted":
+                        issues.append({"line": batch.lines[r["index"]], "id": r["id"],
+                                       "status": r["status"], "reason": r["reason"]})
+                progress.update(task, completed=sent + len(bad))
+            progress.update(task, completed=total)
+            counts["rejected"] += len(bad)
+            issues = sorted(issues + bad, key=lambda i: int(i["line"]))
+    except CliFailure as exc:
+        if sent:
+            exc.message += (f" — {sent} events were sent before the error; resending the file "
+                            "is safe (stored events come back as duplicates)")
+        fail(exc, as_json)
+    if as_json:
+        _emit_json({**counts, "issues": issues})
+    else:
+        out.print(_kv_table(f"Usage from {file.name}", list(counts.items())))
+        if issues:
+            table = Table(title="Not accepted", title_justify="left")
+            for col in ("line", "id", "status", "reason"):
+                table.add_column(col)
+            for i in issues[:50]:
+                table.add_row(str(i["line"]), i["id"] or "", i["status"], i["reason"] or "")
+            out.print(table)
+            if len(issues) > 50:
+                out.print(f"... and {len(issues) - 50} more (use --json for all)")
+    if counts["rejected"]:
+        raise typer.Exit(EXIT_INPUT)
+
+
+# --- invoices ---------------------------------------------------------------------------
+
+invoice_app = typer.Typer(help="Invoices and payments.", no_args_is_help=True,
+                          epilog=EXIT_CODES)
+
+
+@invoice_app.command("list")
+def invoice_list(
+    contract: Annotated[str | None, typer.Option(help="Contract id")] = None,
+    status: Annotated[str | None, typer.Option(
+        help="open, paid, overdue, void, needs_attention, draft")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+    as_json: JsonOpt = False,
+) -> None:
+    """Invoices in number order."""
+    try:
+        with _api() as api:
+            result = api.call("GET", "/v1/invoices",
+                              params={"contract": contract, "status": status, "limit": limit})
+    except CliFailure as exc:
+        fail(exc, as_json)
+    if as_json:
+        _emit_json(result)
+        return
+    out.print(_invoice_table(result["invoices"], f"Invoices ({len(result['invoices'])})"))
+
+
+@invoice_app.command("show")
+def invoice_show(
+    number: Annotated[str, typer.Argument(help="Invoice number, e.g. INV-000002")],
+    as_json: JsonOpt = False,
+) -> None:
+    """One invoice with its lines."""
+    try:
+        with _api() as api:
+            inv = api.call("GET", f"/v1/invoices/{_seg(number)}")
+    except CliFailure as exc:
+        fail(exc, as_json)
+    if as_json:
+        _emit_json(inv)
+        return
+    out.print(_kv_table(f"Invoice {inv['number']}", [
+        ("contract", inv["contract_id"]), ("key", inv["key"]), ("kind", inv["kind"]),
+        ("period", f"{inv['period']['start']} -> {inv['period']['end']}"),
+        ("issued", inv["issued_on"]), ("due", inv["due_on"]), ("status", inv["status"]),
+        ("subtotal", inv["subtotal"]), ("credits applied", inv["credits_applied"]),
+        ("total", f"{inv['total']} {inv['currency']}"), ("paid", inv["amount_paid"]),
+        ("outstanding", inv["outstanding"]), ("paid on", inv.get("paid_on") or "-"),
+    ]))
+    table = Table(title="Lines", title_justify="left")
+    for col in ("kind", "item", "quantity", "unit price", "amount"):
+        table.add_column(col, overflow="fold",
+                         justify="left" if col in ("kind", "item") else "right")
+    for ln in inv["lines"]:
+        item = ln.get("meter") or ln.get("fee") or ""
+        if ln.get("dimensions"):
+            item += " " + ",".join(f"{k}={v}" for k, v in ln["dimensions"].items())
+        table.add_row(ln["kind"], item, ln.get("quantity") or "", ln.get("unit_price") or "",
+                      ln["amount"])
+    out.print(table)
+
+
+@invoice_app.command("pay")
+def invoice_pay(
+    number: Annotated[str, typer.Argument(help="Invoice number")],
+    amount: Annotated[str, typer.Option(help='Amount received, e.g. "1500.00"')],
+    payment_id: Annotated[str | None, typer.Option(
+        help="Idempotency key (e.g. the bank reference): the same id twice records once")]
+    = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Record a payment received for an invoice."""
+    body: dict[str, Any] = {"amount": amount}
+    if payment_id is not None:
+        body["payment_id"] = payment_id
+    try:
+        with _api() as api:
+            result = api.call("POST", f"/v1/invoices/{_seg(number)}/payments", body=body)
+    except CliFailure as exc:
+        fail(exc, as_json)
+    if as_json:
+        _emit_json(result)
+        return
+    out.print(_kv_table(f"Payment on {result['invoice_number']}", [
+        ("status", result["status"]), ("amount paid", result["amount_paid"]),
+        ("paid on", result.get("paid_on") or "-"),
+        ("recorded", "yes" if result["applied"] else "no (payment id already recorded)"),
+        ("via", result["recorded_via"]),
+    ]))
+
+
+# --- API keys -----------------------------------------------------------------------------
+
+apikey_app = typer.Typer(
+    help="API keys (written to the database directly; needs BILLOW_DATABASE_URL).",
+    no_args_is_help=True, epilog=EXIT_CODES)
+
+
+def _database_url() -> str:
+    settings = load_settings()
+    if not settings.database_url:
+        err.print("[red]error:[/] no database configured: set BILLOW_DATABASE_URL "
+                  "(or DATABASE_URL)")
+        raise typer.Exit(EXIT_INPUT)
+    return settings.database_url
+
+
+async def _with_conn(url: str, action: Any) -> Any:
+    from activities.db import make_engine
+
+    engine = make_engine(url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            return await action(conn)
+    finally:
+        await engine.dispose()
+
+
+@apikey_app.command("create")
+def apikey_create(
+    scope: Annotated[list[str], typer.Option(
+        "--scope", "-s", help="crm, usage or ops (repeat, or comma-separate, for several)")],
+    name: Annotated[str, typer.Option(help="What the key is for")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Create an API key and print it — the only time it is shown."""
+    from activities.api_keys import create_api_key, parse_scopes
+
+    scopes = [s for item in scope for s in item.split(",") if s.strip()]
+    try:
+        parse_scopes(scopes)
+    except ValueError as exc:
+        err.print(f"[red]error:[/] --scope: {exc}")
+        raise typer.Exit(EXIT_INPUT) from None
+    url = _database_url()
+    try:
+        new = asyncio.run(_with_conn(url, lambda conn: create_api_key(conn, scopes, name)))
+    except Exception as exc:
+        err.print(f"[red]error:[/] cannot create the key: {exc}")
+        raise typer.Exit(EXIT_SERVER) from None
+    scopes_out = sorted(s.value for s in new.info.scopes)
+    if as_json:
+        _emit_json({"key": new.key, "key_id": new.info.key_id, "name": new.info.name,
+                    "scopes": scopes_out})
+        return
+    out.print(_kv_table("API key", [("key", new.key), ("key id", new.info.key_id),
+                                    ("scopes", ", ".join(scopes_out)),
+                                    ("name", new.info.name or "-")]))
+    err.print("[yellow]Store the key now: billow keeps only its hash and cannot show it "
+              "again.[/]")
+
+
+@apikey_app.command("list")
+def apikey_list(as_json: JsonOpt = False) -> None:
+    """API keys (ids, scopes, status; never the keys themselves)."""
+    from activities.api_keys import list_api_keys
+
+    keys = asyncio.run(_with_conn(_database_url(), list_api_keys))
+    rows = [{"key_id": k.key_id, "name": k.name, "scopes": sorted(s.value for s in k.scopes),
+             "created_at": k.created_at.isoformat(),
+             "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None} for k in keys]
+    if as_json:
+        _emit_json({"keys": rows})
+        return
+    table = Table(title="API keys", title_justify="left")
+    for col in ("key id", "name", "scopes", "created", "revoked"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["key_id"], r["name"], ", ".join(r["scopes"]), r["created_at"],
+                      r["revoked_at"] or "")
+    out.print(table)
+
+
+@apikey_app.command("revoke")
+def apikey_revoke(key_id: Annotated[str, typer.Argument(help="Key id (not the key)")]) -> None:
+    """Revoke a key: requests with it get 401 from now on."""
+    from activities.api_keys import revoke_api_key
+
+    done = asyncio.run(_with_conn(_database_url(), lambda conn: revoke_api_key(conn, key_id)))
+    if not done:
+        err.print(f"[red]error:[/] no active key {key_id!r}")
+        raise typer.Exit(EXIT_NOT_FOUND)
+    err.print(f"key {key_id} revoked")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ops command groups to the ``billow`` app."""
+    app.add_typer(catalog_app, name="catalog")
+    app.add_typer(contract_app, name="contract")
+    app.add_typer(usage_app, name="usage")
+    app.add_typer(invoice_app, name="invoice")
+    app.add_typer(apikey_app, name="apikey")
+    app.info.epilog = EXIT_CODES
