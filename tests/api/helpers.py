@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +15,6 @@ from typer.testing import CliRunner
 
 from api.app import AppDeps
 
-ACME = Path(__file__).resolve().parents[3] / "shared" / "scenarios" / "acme"
 WEBHOOK_SECRET = "whsec-test-0123456789abcdef"
 TEMPORAL_UI = "http://localhost:8233"
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from tests.api.helpers import ACME, ApiServer, counts, fields, problem
+from tests.api.helpers import ApiServer, counts, fields, problem
+from tests.support.paths import ACME
 
 TABLES = ("customers", "contracts", "usage_events", "catalog_versions", "amendments",
           "payments", "invoices", "webhook_deliveries")

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from tests.api.helpers import ACME, ApiServer, counts, run_cli
+from tests.api.helpers import ApiServer, counts, run_cli
+from tests.support.paths import ACME
 
 
 async def _cli_with_db(database_url: str | None, args: list[str]) -> tuple[int, str, str]:

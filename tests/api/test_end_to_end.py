@@ -19,7 +19,8 @@ from typing import Any
 from sqlalchemy import text
 
 from models.periods import add_months
-from tests.api.helpers import ACME, TEMPORAL_UI, ApiServer, counts, fields, problem, run_cli
+from tests.api.helpers import TEMPORAL_UI, ApiServer, counts, fields, problem, run_cli
+from tests.support.paths import ACME
 
 
 def _months_back(n: int) -> list[date]:

@@ -13,7 +13,8 @@ import yaml
 from temporalio.client import WorkflowExecutionStatus
 
 from api.webhooks import sign
-from tests.api.helpers import ACME, WEBHOOK_SECRET, ApiServer, counts, fields, problem
+from tests.api.helpers import WEBHOOK_SECRET, ApiServer, counts, fields, problem
+from tests.support.paths import ACME
 
 TABLES = ("contracts", "customers", "webhook_deliveries")
 

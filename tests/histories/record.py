@@ -25,12 +25,12 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.db import make_engine
 from activities.payments import SimulatedCardGateway
+from tests.support.paths import ACME
 from tests.support.scenario import ContractRun, at, contract_doc, event
 from worker.simulate import fresh_database
 from worker.temporal_envs import start_time_skipping
 
 HERE = Path(__file__).parent
-ACME = HERE.parents[2] / "shared" / "scenarios" / "acme"
 
 Scenario = Callable[[WorkflowEnvironment, AsyncEngine], Awaitable[ContractRun]]
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,11 +31,10 @@ from models.revenue import (
 )
 from models.timeline import PayAction, load_timeline_file
 from models.usage import parse_usage_jsonl
+from tests.support.paths import ACME
 
-ACME = Path("/work/shared/scenarios/acme")
 DECIMAL_FIELDS = {"quantity", "unit_price", "amount", "subtotal", "credits_applied", "total"}
 
-pytestmark = pytest.mark.skipif(not ACME.is_dir(), reason="acme scenario not available")
 
 
 def _bill() -> tuple[ContractTerms, list[InvoiceDocument], CreditSummary, RevenueSummary]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,8 +26,7 @@ from models.contract import (
 from models.errors import BillowValidationError
 from models.timeline import AmendAction, PayAction, parse_timeline_text
 from models.usage import parse_usage_jsonl
-
-ACME = Path("/work/shared/scenarios/acme")
+from tests.support.paths import ACME
 
 
 def _problems(fn: Any, *args: Any) -> list[tuple[str, str]]:

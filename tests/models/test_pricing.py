@@ -22,6 +22,7 @@ from models.pricing import (
     volume_amount,
     volume_line_amount,
 )
+from tests.support.paths import ACME
 
 D = Decimal
 
@@ -283,13 +284,12 @@ def test_explicit_override_with_tiers_shows_no_unit_price() -> None:
 
 
 def test_resolve_for_terms_acme() -> None:
-    from pathlib import Path
 
     from models.catalog import load_catalog_file
     from models.contract import load_contract_file, resolve_terms
     from models.pricing import resolve_for_terms
 
-    acme = Path("/work/shared/scenarios/acme")
+    acme = ACME
     terms = resolve_terms(
         load_contract_file(acme / "contract.yaml"), load_catalog_file(acme / "catalog.yaml")
     )

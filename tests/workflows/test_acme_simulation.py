@@ -7,16 +7,15 @@ import os
 import subprocess
 import sys
 from datetime import date
-from pathlib import Path
 
 from models.catalog import load_catalog_file
 from models.contract import load_contract_file
 from models.timeline import load_timeline_file
 from models.usage import parse_usage_jsonl
 from tests.support.compare import differences
+from tests.support.paths import ACME
 from worker.simulate import SimulationInput, run_simulation
 
-ACME = Path(__file__).resolve().parents[3] / "shared" / "scenarios" / "acme"
 EXPECTED = json.loads((ACME / "expected.json").read_text())
 
 

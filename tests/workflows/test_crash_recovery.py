@@ -16,7 +16,6 @@ import inspect
 import json
 import typing
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
@@ -28,10 +27,10 @@ from temporalio.worker import Worker
 from activities.payments import SimulatedCardGateway
 from models.usage import parse_usage_jsonl
 from tests.support.compare import differences
+from tests.support.paths import ACME
 from tests.support.scenario import TASK_QUEUE, ContractRun, at
 from worker.main import WORKFLOWS, activities_for
 
-ACME = Path(__file__).resolve().parents[3] / "shared" / "scenarios" / "acme"
 EXPECTED = json.loads((ACME / "expected.json").read_text())
 
 
