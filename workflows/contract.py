@@ -40,7 +40,7 @@ from temporalio.exceptions import ApplicationError
 with workflow.unsafe.imports_passed_through():
     # Pure code, imported outside the sandbox so zoneinfo works for the
     # calendar functions (see ../shared/notes/temporal.md).
-    from models.amendments import Amendment, GrantCreditsAmendment
+    from models.amendments import Amendment, ExtendTermAmendment, GrantCreditsAmendment
     from models.contract import COMMITMENT_GRANT_ID, Contract, ContractTerms, to_instant
     from models.errors import BillowValidationError
     from models.operations import (
@@ -162,6 +162,7 @@ class ContractWorkflow:
         self._periods_this_run = 0
         self._sa_sent: dict[str, object] = {}
         self._sleeping_until: datetime | None = None
+        self._renewed = False  # an extend_term applied in this run
 
     # --- main loop -------------------------------------------------------
     @workflow.run
@@ -194,6 +195,10 @@ class ContractWorkflow:
         summary: CreditSummary | None = None
         while True:
             await self._apply_due_amendments()
+            # A renewal starts a new run: the renewed term's history starts
+            # empty. (Added after v1 histories were recorded: patched.)
+            if self._renewed and workflow.patched("continue-as-new-at-renewal"):
+                await self._continue_as_new()
             if not st.term_closed:
                 period = st.open_period
                 if period is None:
@@ -251,6 +256,10 @@ class ContractWorkflow:
         suggested = workflow.info().is_continue_as_new_suggested()
         if self._periods_this_run < PERIODS_PER_RUN and not suggested:
             return
+        await self._continue_as_new()
+
+    async def _continue_as_new(self) -> None:
+        """Start a fresh run carrying the state, once in-flight handlers finish."""
         await workflow.wait_condition(workflow.all_handlers_finished)
         st = self.state
         workflow.continue_as_new(
@@ -521,6 +530,8 @@ class ContractWorkflow:
             )
         else:
             apply_terms_amendment(st, amendment, effective)
+            if isinstance(amendment, ExtendTermAmendment):
+                self._renewed = True
 
     # --- handlers ------------------------------------------------------------
     @workflow.update(name="amend")

@@ -61,3 +61,22 @@ async def test_duplicate_amendment_after_continue_as_new_changes_nothing(
     assert state.applied_amendment_ids == ["crm-amend-1"]
     assert [o.discount_percent for o in state.terms.rate_overrides] == [10]
     assert recorded == 1
+
+
+async def test_a_renewal_continues_as_new_and_bills_the_extra_months(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    async with ContractRun(ts_env, db, contract_doc(term_months=2)) as run:
+        await run.advance_to(at("2027-02-10"))
+        result = await run.amend({"id": "renew", "kind": "extend_term", "term_months": 2})
+        await run.advance_to(at("2027-05-02"))
+        assert run.handle is not None
+        latest = await ts_env.client.get_workflow_handle(run.handle.id).fetch_history()
+        started = latest.events[0].workflow_execution_started_event_attributes
+        invoices = await run.invoices()
+        state = await run.state()
+    assert result.status == "applied"
+    assert started.continued_execution_run_id, "the renewal started a new run"
+    assert [i["key"] for i in invoices] == [f"usage:2027-0{m}-01" for m in range(1, 5)]
+    assert state.terms.term_end.isoformat() == "2027-05-01"
+    assert state.status == "ended"
