@@ -3,12 +3,15 @@ summaries. Used by ``billow simulate``, the API and tests."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from activities.ledger_store import load_credit_state, load_journal
+from models.contract import ContractTerms
 from models.credits import CreditSummary
 from models.money import plain
 from models.revenue import RevenueSummary, summarize
@@ -68,3 +71,51 @@ async def credit_summary(conn: AsyncConnection, contract_id: str) -> CreditSumma
 
 async def revenue_summary(conn: AsyncConnection, contract_id: str, currency: str) -> RevenueSummary:
     return summarize(await load_journal(conn, contract_id), currency)
+
+
+class UnbilledUsage(BaseModel):
+    """Usage of an ended contract that arrived after its final invoice (SPEC.md 3)."""
+
+    events: int
+    first_event_at: datetime | None
+    last_event_at: datetime | None
+
+
+async def unbilled_usage(conn: AsyncConnection, contract_id: str) -> UnbilledUsage:
+    """Events inside an ended term that no invoice will ever bill.
+
+    Every usage invoice bills the events below its watermark; once the final
+    invoice is issued, events of the term at or above the last watermark have
+    no invoice left to land on. They are recorded, never dropped, and shown
+    to ops here. A running contract has none: its next invoice bills them as
+    late usage.
+    """
+    row = (
+        await conn.execute(
+            text(
+                """
+                SELECT c.customer_id, c.status, c.terms,
+                       (SELECT max(usage_watermark) FROM invoices i
+                        WHERE i.contract_id = c.id AND i.number IS NOT NULL) AS watermark
+                FROM contracts c WHERE c.id = :cid
+                """
+            ),
+            {"cid": contract_id},
+        )
+    ).one_or_none()
+    if row is None or row.status not in ("ended", "terminated") or row.watermark is None:
+        return UnbilledUsage(events=0, first_event_at=None, last_event_at=None)
+    terms = ContractTerms.model_validate(row.terms)
+    found = (
+        await conn.execute(
+            text(
+                """
+                SELECT count(*) AS n, min(ts) AS first, max(ts) AS last FROM usage_events
+                WHERE customer_id = :cust AND ts >= :start AND ts < :end AND txid >= :wm
+                """
+            ),
+            {"cust": row.customer_id, "start": terms.term_start_at, "end": terms.term_end_at,
+             "wm": row.watermark},
+        )
+    ).one()
+    return UnbilledUsage(events=found.n, first_event_at=found.first, last_event_at=found.last)

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from activities.ledger_reports import credit_summary
+from activities.ledger_reports import credit_summary, unbilled_usage
 from api.schemas import ContractState, ContractSummary, InvoiceSummary
 from models.contract import ContractTerms
 from models.operations import ContractStatus, IssuedInvoice
@@ -111,6 +111,7 @@ async def contract_state_from_db(
         {"c": cid},
     )
     credits = await credit_summary(conn, cid)
+    unbilled = await unbilled_usage(conn, cid)
     return ContractState(
         contract_id=cid, customer_id=row.customer_id, plan=row.plan_key,
         status=ContractStatus(row.status), source="database", workflow_id=workflow_id,
@@ -119,6 +120,7 @@ async def contract_state_from_db(
         has_overdue_invoice=any(i.status == "overdue" for i in invoices),
         terms=ContractTerms.model_validate(row.terms), invoices=invoices,
         amendments=[a.amendment_id for a in amendments], pending_amendments=[],
+        unbilled_usage_events=unbilled.events,
     )
 
 

@@ -167,6 +167,10 @@ class ContractState(BaseModel):
     invoices: list[InvoiceSummary]
     amendments: list[str] = Field(description="Ids of the amendments applied or scheduled.")
     pending_amendments: list[str] = Field(description="Ids scheduled for a later instant.")
+    unbilled_usage_events: int = Field(
+        default=0,
+        description="Events inside an ended term that arrived after its final invoice: "
+                    "recorded, never billed (SPEC.md section 3).")
 
 
 class ContractSummary(BaseModel):

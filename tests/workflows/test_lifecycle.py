@@ -8,6 +8,7 @@ from decimal import Decimal
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.testing import WorkflowEnvironment
 
+from activities.ledger_reports import unbilled_usage
 from tests.support.scenario import PRO_CATALOG, ContractRun, at, contract_doc, event, lines_of
 
 
@@ -127,3 +128,19 @@ def _catalog_without(entry_model: str) -> dict[str, object]:
         e for e in meters[0]["rate_card"] if e["match"] != {"model": entry_model}
     ]
     return catalog
+
+
+async def test_usage_after_the_final_invoice_is_recorded_as_unbilled(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    async with ContractRun(ts_env, db, contract_doc(term_months=1)) as run:
+        await run.send_usage([event("on-time", "2027-01-10T00:00:00Z", "1000")])
+        await run.advance_to(at("2027-02-01", 3))
+        await run.send_usage([event("too-late", "2027-01-20T00:00:00Z", "500"),
+                              event("after-term", "2027-02-05T00:00:00Z", "500")])
+        async with db.connect() as conn:
+            unbilled = await unbilled_usage(conn, "c-1")
+        invoices = await run.invoices()
+    assert [i["total"] for i in invoices] == ["530.00"]
+    assert unbilled.events == 1  # inside the term; the February event is outside it
+    assert unbilled.first_event_at == at("2027-01-20")
