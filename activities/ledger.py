@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
@@ -32,13 +33,14 @@ from activities.ledger_store import (
 )
 from activities.usage_query import MeterSpec, aggregate_usage, read_watermark
 from models.contract import ContractTerms
-from models.credits import CreditState, CreditSummary
+from models.credits import CreditApplication, CreditState, CreditSummary
 from models.invoices import (
     CommitmentLine,
     FeeLine,
     InvoiceDocument,
     InvoiceKind,
     InvoicePeriod,
+    InvoiceStatus,
     LateUsageLine,
     TopUpLine,
     UsageLine,
@@ -61,7 +63,7 @@ from models.operations import (
     RegisterContractRequest,
     UpdateContractRequest,
 )
-from models.periods import Period
+from models.periods import Period, billing_periods
 from models.rating import UsageAggregate, UsagePart, fee_lines, rate_period, split_points
 from models.revenue import (
     breakage,
@@ -208,47 +210,20 @@ class LedgerActivities:
             if existing is not None and existing.number is not None:
                 state = await load_credit_state(conn, cid)
                 return ClosePeriodResult(invoice=existing, attention=None, credits=state.summary())
-            raw = await _asyncpg(conn)
-            watermark = await read_watermark(raw)
-            previous = await conn.scalar(
-                text(
-                    "SELECT max(usage_watermark) FROM invoices "
-                    "WHERE contract_id = :cid AND kind = 'usage' AND number IS NOT NULL"
-                ),
-                {"cid": cid},
+            computed = await compute_usage_invoice(
+                conn, terms, period, req.earlier_periods, req.issued_on
             )
-            rating = rate_period(terms, period, await _usage_parts(raw, terms, period, watermark))
-            late_lines = await _late_lines(
-                conn, raw, terms, req.earlier_periods, previous, watermark
-            )
-            unpriced = list(rating.unpriced)
-            if unpriced:
-                reason = "unpriced usage: " + "; ".join(
-                    f"{u.meter} {json.dumps(u.dimensions, sort_keys=True)} ({u.quantity})"
-                    for u in unpriced
-                )
-                held = await _hold(conn, cid, key, terms, period, reason)
-                state = await load_credit_state(conn, cid)
+            if computed.attention is not None:
+                held = await _hold(conn, cid, key, terms, period, computed.attention)
                 metrics.invoice_held()
-                return ClosePeriodResult(invoice=held, attention=reason, credits=state.summary())
-
-            usage_lines: list[Line] = [*rating.lines, *late_lines]
-            fees = fee_lines(terms, period)
-            state = await load_credit_state(conn, cid)
-            state, expired_before = state.expire(period.end - _JUST_BEFORE)
-            usage_amount = sum((ln.amount for ln in usage_lines), Decimal(0))
-            state, application = state.apply(usage_amount, period.end)
-            doc = build_invoice(
-                key=key,
-                kind=InvoiceKind.USAGE,
-                currency=terms.currency,
-                period=InvoicePeriod(start=period.start_date, end=period.end_date),
-                lines=[*usage_lines, *fees],
-                credits_applied=application.applied_total,
-                issued_on=req.issued_on,
-            )
+                return ClosePeriodResult(
+                    invoice=held, attention=computed.attention,
+                    credits=computed.credits_before.summary(),
+                )
+            assert computed.document is not None and computed.application is not None
+            doc, application, state = computed.document, computed.application, computed.state
             issued = await _store_finalized(
-                conn, cid, doc, req.issued_on, req.due_on, watermark=watermark
+                conn, cid, doc, req.issued_on, req.due_on, watermark=computed.watermark
             )
             for part in application.per_grant:
                 await insert_ledger_entry(
@@ -262,17 +237,21 @@ class LedgerActivities:
                 )
             journal = await load_journal(conn, cid)
             grants = {g.id: g for g in state.grants}
+            usage_amount = doc.usage_amount
+            fees = doc.subtotal - usage_amount
             entries = usage_invoiced(
                 key,
                 currency=terms.currency,
                 usage_billed=usage_amount - application.applied_total,
-                fees=sum((f.amount for f in fees), Decimal(0)),
+                fees=fees,
                 consumption=[(grants[p.grant_id], p.amount) for p in application.per_grant],
                 recognized_so_far=recognized_by_grant(journal),
             )
             await post_journal(conn, cid, entries, req.issued_on, key)
-            if expired_before:
+            if computed.expired_before:
                 await _write_expiries_and_breakage(conn, cid, state, req.issued_on)
+            if req.next_period is not None:
+                await open_draft(conn, terms, req.next_period)
         metrics.invoice_finalized(issued)
         return ClosePeriodResult(invoice=issued, attention=None, credits=state.summary())
 
@@ -357,6 +336,88 @@ async def register_contract_rows(conn: AsyncConnection, req: RegisterContractReq
             "doc": req.contract.model_dump_json(),
             "terms": t.model_dump_json(),
         },
+    )
+    periods = billing_periods(t.starts_on, t.term_end, t.billing_cycle, t.billing_anchor,
+                              t.timezone, cycle_anchor=t.cycle_anchor)
+    if periods:
+        await open_draft(conn, t, periods[0])
+
+
+@dataclass(frozen=True)
+class ComputedInvoice:
+    """A period's usage invoice as it would be finalized now (nothing written)."""
+
+    document: InvoiceDocument | None  # None when held for attention
+    attention: str | None
+    watermark: int
+    credits_before: CreditState
+    state: CreditState  # credits after this invoice drew them down
+    application: CreditApplication | None
+    expired_before: bool
+
+
+async def compute_usage_invoice(
+    conn: AsyncConnection, terms: ContractTerms, period: Period,
+    earlier_periods: Sequence[Period], issued_on: date | None,
+) -> ComputedInvoice:
+    """Rate the period (and late usage), price fees, apply credits: pure math on
+    what the database holds now. Finalizing stores it; a draft preview shows it."""
+    cid = terms.contract_id
+    raw = await _asyncpg(conn)
+    watermark = await read_watermark(raw)
+    previous = await conn.scalar(
+        text(
+            "SELECT max(usage_watermark) FROM invoices "
+            "WHERE contract_id = :cid AND kind = 'usage' AND number IS NOT NULL"
+        ),
+        {"cid": cid},
+    )
+    rating = rate_period(terms, period, await _usage_parts(raw, terms, period, watermark))
+    late_lines = await _late_lines(conn, raw, terms, earlier_periods, previous, watermark)
+    credits_before = await load_credit_state(conn, cid)
+    if rating.unpriced:
+        reason = "unpriced usage: " + "; ".join(
+            f"{u.meter} {json.dumps(u.dimensions, sort_keys=True)} ({u.quantity})"
+            for u in rating.unpriced
+        )
+        return ComputedInvoice(None, reason, watermark, credits_before, credits_before,
+                               None, False)
+    usage_lines: list[Line] = [*rating.lines, *late_lines]
+    state, expired = credits_before.expire(period.end - _JUST_BEFORE)
+    usage_amount = sum((ln.amount for ln in usage_lines), Decimal(0))
+    state, application = state.apply(usage_amount, period.end)
+    doc = build_invoice(
+        key=invoice_key_usage(period.start_date),
+        kind=InvoiceKind.USAGE,
+        currency=terms.currency,
+        period=InvoicePeriod(start=period.start_date, end=period.end_date),
+        lines=[*usage_lines, *fee_lines(terms, period)],
+        credits_applied=application.applied_total,
+        issued_on=issued_on,
+        status=InvoiceStatus.DRAFT,
+    )
+    return ComputedInvoice(doc, None, watermark, credits_before, state, application,
+                           bool(expired))
+
+
+async def open_draft(conn: AsyncConnection, terms: ContractTerms, period: Period) -> None:
+    """The draft invoice of a period that has just opened (idempotent).
+
+    A draft has no number and no lines of its own: until it is finalized its
+    content is whatever `compute_usage_invoice` says now (see the API's draft
+    preview), so it never goes stale.
+    """
+    await conn.execute(
+        text(
+            """
+            INSERT INTO invoices (contract_id, key, kind, status, currency, period_start,
+                period_end, subtotal, credits_applied, total, amount_paid)
+            VALUES (:cid, :key, 'usage', 'draft', :cur, :ps, :pe, 0, 0, 0, 0)
+            ON CONFLICT (contract_id, key) DO NOTHING
+            """
+        ),
+        {"cid": terms.contract_id, "key": invoice_key_usage(period.start_date),
+         "cur": terms.currency, "ps": period.start_date, "pe": period.end_date},
     )
 
 
@@ -550,7 +611,8 @@ async def _hold(
                     period_end, subtotal, credits_applied, total, amount_paid, attention_reason)
                 VALUES (:cid, :key, 'usage', 'needs_attention', :cur, :ps, :pe, 0, 0, 0, 0, :why)
                 ON CONFLICT (contract_id, key) DO UPDATE
-                    SET attention_reason = EXCLUDED.attention_reason
+                    SET attention_reason = EXCLUDED.attention_reason, status = EXCLUDED.status,
+                        period_end = EXCLUDED.period_end
                 WHERE invoices.number IS NULL
                 RETURNING *
                 """
@@ -591,6 +653,8 @@ async def _store_finalized(
                     :sub, :cred, :total, 0, :paid_on, :wm, now())
                 ON CONFLICT (contract_id, key) DO UPDATE SET
                     number = EXCLUDED.number, status = EXCLUDED.status,
+                    -- a draft opened before a termination shortened its period
+                    period_start = EXCLUDED.period_start, period_end = EXCLUDED.period_end,
                     issued_on = EXCLUDED.issued_on, due_on = EXCLUDED.due_on,
                     subtotal = EXCLUDED.subtotal, credits_applied = EXCLUDED.credits_applied,
                     total = EXCLUDED.total, paid_on = EXCLUDED.paid_on,

@@ -14,6 +14,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.api_keys import Scope
+from activities.ledger import compute_usage_invoice
 from api.deps import AppDeps, get_deps
 from api.problems import ProblemError, from_billow_error, not_found, problem_responses
 from api.queries import contract_row, contract_state_from_db, list_contracts, summary_from_issued
@@ -35,7 +36,9 @@ from api.workflow_calls import (
 from models.amendments import Amendment
 from models.contract import Contract
 from models.errors import BillowValidationError
+from models.invoices import InvoiceDocument
 from models.operations import ContractStatus
+from models.periods import billing_periods
 from worker.contract_service import ContractConflictError, start_contract, workflow_id
 from workflows.contract import AmendmentResult, ContractView
 
@@ -96,6 +99,14 @@ async def _forget_unstarted(deps: AppDeps, contract: Contract) -> None:
     """
     try:
         async with deps.engine.begin() as conn:
+            # Its first period's (empty) draft goes with it; nothing else may exist.
+            await conn.execute(
+                text("DELETE FROM invoices WHERE contract_id = :id AND status = 'draft' "
+                     "AND number IS NULL AND NOT EXISTS (SELECT 1 FROM credit_grants "
+                     "WHERE contract_id = :id) AND NOT EXISTS "
+                     "(SELECT 1 FROM invoices WHERE contract_id = :id AND status <> 'draft')"),
+                {"id": contract.id},
+            )
             await conn.execute(
                 text("DELETE FROM contracts WHERE id = :id AND NOT EXISTS "
                      "(SELECT 1 FROM invoices WHERE contract_id = :id) AND NOT EXISTS "
@@ -290,3 +301,37 @@ def update_problem(
         return ProblemError(422, slug, title, cause.message, reasons_from_message(cause.message))
     message = getattr(cause, "message", None) or str(exc)
     return ProblemError(422, "update-failed", title, message, reasons_from_message(message))
+
+
+@router.get(
+    "/{contract_id}/draft",
+    summary="The open period's draft invoice, rated now",
+    response_model=InvoiceDocument,
+    dependencies=_crm,
+    responses=problem_responses(401, 403, 404, 503),
+)
+async def get_draft(contract_id: str, deps: Deps) -> InvoiceDocument:
+    """What the open period's invoice would say if it were finalized now: usage so
+    far rated with the prices in force, late usage, fees, and the credits that
+    would pay it. Nothing is written; the draft gets a number only when the
+    period closes (after its usage grace window).
+
+    Scope: `crm` or `ops`.
+    """
+    state = await get_contract(contract_id, deps)
+    if state.next_boundary is None:
+        raise not_found("Draft", f"contract {contract_id!r} has no open period",
+                        "path.contract_id")
+    t = state.terms
+    periods = billing_periods(t.starts_on, t.term_end, t.billing_cycle, t.billing_anchor,
+                              t.timezone, cycle_anchor=t.cycle_anchor)
+    index = next((i for i, p in enumerate(periods) if p.end == state.next_boundary), None)
+    if index is None:
+        raise not_found("Draft", "the open period is not on the current schedule",
+                        "path.contract_id")
+    async with deps.engine.connect() as conn:
+        computed = await compute_usage_invoice(conn, t, periods[index], periods[:index], None)
+    if computed.document is None:
+        raise ProblemError(409, "needs-attention", "The draft cannot be priced",
+                           computed.attention or "", [("", computed.attention or "")])
+    return computed.document

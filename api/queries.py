@@ -61,6 +61,10 @@ async def invoice_summaries(
     if status is not None:
         where.append("status = :status")
         params["status"] = status
+    else:
+        # Drafts (the open period's invoice-to-be) only when asked for: their
+        # amounts are computed on read by the draft preview, not stored.
+        where.append("status <> 'draft'")
     sql = f"SELECT {_INVOICE_COLUMNS} FROM invoices"
     if where:
         sql += " WHERE " + " AND ".join(where)

@@ -156,6 +156,8 @@ class ClosePeriodRequest(BaseModel):
     issued_on: date
     due_on: date
     is_final: bool
+    # The period after this one, whose draft invoice opens now (None: last).
+    next_period: Period | None = None
 
 
 class ClosePeriodResult(BaseModel):

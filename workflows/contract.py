@@ -341,6 +341,7 @@ class ContractWorkflow:
                 issued_on=issued_on,
                 due_on=issued_on + timedelta(days=t.payment_terms_days),
                 is_final=len(st.periods) == 1,
+                next_period=st.periods[1] if len(st.periods) > 1 else None,
             ),
             ClosePeriodResult,
             summary=f"rate usage {period_label(period, t.billing_cycle.months)}",

@@ -124,6 +124,10 @@ async def test_contract_lifecycle_over_http(api: ApiServer, worker: None,
         assert state["source"] == "workflow" and state["status"] == "active"
         assert [i["number"] for i in state["invoices"] if i["number"]] == [n1, n2, n3]
         assert state["next_boundary"].startswith(add_months(current, 1).isoformat())
+        draft = (await crm.get(f"/v1/contracts/{cid}/draft")).json()
+        assert (draft["key"], draft["status"], draft["number"]) == (
+            f"usage:{current.isoformat()}", "draft", None)
+        assert draft["total"] == "500.03"  # the open period's one event so far, plus the fee
 
     # --- amend through the CLI ---------------------------------------------------------------
     amendment = tmp_path / "amend.yaml"

@@ -128,13 +128,17 @@ async def ledger(db: AsyncEngine) -> AsyncIterator[Ledger]:
     assert (unbalanced, negative) == (0, 0)
 
 
-async def count(engine: AsyncEngine, table: str) -> int:
+async def count(engine: AsyncEngine, table: str, where: str = "true") -> int:
     async with engine.connect() as conn:
-        return int(await conn.scalar(text(f"SELECT count(*) FROM {table}")) or 0)
+        return int(await conn.scalar(text(f"SELECT count(*) FROM {table} WHERE {where}")) or 0)
 
 
 async def test_register_twice_writes_one_customer_and_one_contract(ledger: Ledger) -> None:
+    """...and opens the first period's draft invoice (no number, no amounts yet)."""
     await ledger.register()
+    async with ledger.engine.connect() as conn:
+        draft = (await conn.execute(text("SELECT key, status, number FROM invoices"))).one()
+    assert tuple(draft) == ("usage:2027-01-01", "draft", None)
     assert (await count(ledger.engine, "customers"), await count(ledger.engine, "contracts")) == (
         1,
         1,
@@ -151,8 +155,9 @@ async def test_granting_twice_issues_one_commitment_invoice_and_one_grant(
     assert first.credits.granted == Decimal("1200.00")
     e = ledger.engine
     assert [
-        await count(e, t) for t in ("credit_grants", "credit_ledger", "invoices", "journal_entries")
-    ] == [1, 1, 1, 1]
+        await count(e, t) for t in ("credit_grants", "credit_ledger", "journal_entries")
+    ] == [1, 1, 1]
+    assert await count(e, "invoices", "status <> 'draft'") == 1
 
 
 async def test_closing_a_period_twice_bills_it_once(ledger: Ledger) -> None:
