@@ -154,17 +154,20 @@ class ContractState(BaseModel):
     # --- schedule --------------------------------------------------------
     def recompute_periods(self) -> None:
         """Periods from the open start to the term end, under the current terms."""
-        t = self.terms
         if self.open_period is not None:
             start_date = self.open_period.start_date
         elif self.invoiced_periods:
             start_date = self.invoiced_periods[-1].end_date
         else:
-            start_date = t.starts_on
+            start_date = self.terms.starts_on
+        self.periods = self.periods_from(start_date)
+
+    def periods_from(self, start_date: date) -> list[Period]:
+        """Periods from ``start_date`` to the term end under the current terms."""
+        t = self.terms
         if start_date >= t.term_end:
-            self.periods = []
-            return
-        self.periods = billing_periods(
+            return []
+        return billing_periods(
             t.starts_on,
             t.term_end,
             t.billing_cycle,
@@ -257,7 +260,14 @@ def apply_terms_amendment(state: ContractState, amendment: Amendment, effective:
         state.terms = t.model_copy(
             update={"billing_cycle": amendment.billing_cycle, "cycle_anchor": anchor}
         )
-        state.recompute_periods()
+        open_period = state.open_period
+        if open_period is not None and open_period.end == effective:
+            # The period ending at this boundary is not invoiced yet (its grace
+            # window is open) but was billed under the old cycle: keep it whole.
+            state.periods = [open_period]
+            state.periods += state.periods_from(open_period.end_date)
+        else:
+            state.recompute_periods()
     elif isinstance(amendment, ExtendTermAmendment):
         months = t.term_months + amendment.term_months
         state.terms = t.model_copy(

@@ -181,3 +181,24 @@ async def test_backdated_contract_catches_up_period_by_period(
     assert [i["issued_on"] for i in invoices] == [today.isoformat()] * 3
     assert [i["total"] for i in invoices] == ["530.00", "500.00", "500.00"]
     assert [i["number"] for i in invoices] == ["INV-000001", "INV-000002", "INV-000003"]
+
+
+async def test_billing_cycle_change_takes_effect_at_the_next_boundary(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    async with ContractRun(ts_env, db, contract_doc()) as run:
+        await run.advance_to(at("2027-02-10"))
+        result = await run.amend(
+            {"id": "quarterly", "kind": "change_billing_cycle", "billing_cycle": "quarterly"}
+        )
+        await run.advance_to(at("2028-01-01", 2))
+        invoices = await run.invoices()
+    assert (result.status, result.effective) == ("scheduled", at("2027-03-01"))
+    assert [(i["period"]["start"], i["period"]["end"], i["total"]) for i in invoices] == [
+        ("2027-01-01", "2027-02-01", "500.00"),
+        ("2027-02-01", "2027-03-01", "500.00"),  # the open period keeps its monthly terms
+        ("2027-03-01", "2027-06-01", "1500.00"),
+        ("2027-06-01", "2027-09-01", "1500.00"),
+        ("2027-09-01", "2027-12-01", "1500.00"),
+        ("2027-12-01", "2028-01-01", "510.99"),  # 1500 x 31/91 (to 2028-03-01, leap year)
+    ]
