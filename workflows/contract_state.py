@@ -228,6 +228,18 @@ def validate_amendment(state: ContractState, amendment: Amendment, now: datetime
             p.amendment.id == amendment.grant_id for p in state.pending_amendments
         ):
             raise BillowValidationError([("grant_id", "already used")])
+        if amendment.price is not None:
+            # The top-up invoice's key is its effective date (SPEC.md section 8).
+            key = f"top_up:{state.local_date(max(effective, state.open_start)).isoformat()}"
+            pending = [
+                f"top_up:{state.local_date(p.effective).isoformat()}"
+                for p in state.pending_amendments
+                if isinstance(p.amendment, GrantCreditsAmendment) and p.amendment.price is not None
+            ]
+            if state.invoice(key) is not None or key in pending:
+                raise BillowValidationError(
+                    [("effective", f"a top-up is already invoiced as {key}; one per day")]
+                )
 
 
 def effective_instant(state: ContractState, amendment: Amendment, now: datetime) -> datetime:

@@ -202,3 +202,19 @@ async def test_billing_cycle_change_takes_effect_at_the_next_boundary(
         ("2027-09-01", "2027-12-01", "1500.00"),
         ("2027-12-01", "2028-01-01", "510.99"),  # 1500 x 31/91 (to 2028-03-01, leap year)
     ]
+
+
+async def test_a_second_top_up_on_the_same_day_is_refused(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    async with ContractRun(ts_env, db, contract_doc(term_months=2)) as run:
+        await run.advance_to(at("2027-01-10", 9))
+        await run.amend({"id": "t1", "kind": "grant_credits", "credits": "100", "price": "90"})
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await run.amend({"id": "t2", "kind": "grant_credits", "credits": "50", "price": "45"})
+        # A promotional grant (no price, no invoice) the same day is fine.
+        promo = await run.amend({"id": "t3", "kind": "grant_credits", "credits": "10"})
+        state = await run.state()
+    assert "top_up:2027-01-10" in str(refused.value.cause)
+    assert promo.status == "applied"
+    assert state.credit_balance == Decimal("110")
