@@ -85,8 +85,12 @@ def api() -> None:
         webhook_secret=settings.webhook_secret,
         webhook_tolerance_seconds=settings.webhook_tolerance_seconds,
     )
+    from worker.logging_setup import configure_from_settings
+
+    # billow's logging (text or JSON) for uvicorn's loggers too, from the first line.
+    configure_from_settings()
     uvicorn.run(create_app(deps), host=settings.api_host, port=settings.api_port,
-                log_level="info", timeout_graceful_shutdown=10)
+                log_config=None, timeout_graceful_shutdown=10)
 
 
 @app.command()
