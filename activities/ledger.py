@@ -237,13 +237,11 @@ class LedgerActivities:
                 )
             journal = await load_journal(conn, cid)
             grants = {g.id: g for g in state.grants}
-            usage_amount = doc.usage_amount
-            fees = doc.subtotal - usage_amount
             entries = usage_invoiced(
                 key,
                 currency=terms.currency,
-                usage_billed=usage_amount - application.applied_total,
-                fees=fees,
+                usage_billed=doc.usage_billed,
+                fees=doc.fee_amount,
                 consumption=[(grants[p.grant_id], p.amount) for p in application.per_grant],
                 recognized_so_far=recognized_by_grant(journal),
             )

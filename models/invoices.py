@@ -139,6 +139,16 @@ class InvoiceDocument(BaseModel):
             Decimal(0),
         )
 
+    @property
+    def fee_amount(self) -> Decimal:
+        """Sum of the recurring-fee lines (never paid by credits)."""
+        return sum((ln.amount for ln in self.lines if isinstance(ln, FeeLine)), Decimal(0))
+
+    @property
+    def usage_billed(self) -> Decimal:
+        """Usage beyond what credits paid: billed revenue (SPEC.md section 5)."""
+        return self.usage_amount - self.credits_applied
+
     @model_validator(mode="after")
     def _sums(self) -> InvoiceDocument:
         problems: list[Problem] = []

@@ -96,6 +96,10 @@ class IssuedInvoice(BaseModel):
     amount_paid: Decimal = Decimal(0)
     paid_on: date | None = None
 
+    @property
+    def outstanding(self) -> Decimal:
+        return self.total - self.amount_paid
+
 
 class RegisterContractRequest(BaseModel):
     model_config = _FROZEN

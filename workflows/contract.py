@@ -418,7 +418,7 @@ class ContractWorkflow:
                 contract_id=st.terms.contract_id,
                 customer_id=st.terms.customer.id,
                 invoice_key=inv.key,
-                amount=inv.total - inv.amount_paid,
+                amount=inv.outstanding,
                 currency=inv.currency,
                 attempt=collection.charge_attempts,
                 on=st.local_date(workflow.now()),
@@ -633,7 +633,7 @@ class ContractWorkflow:
             return  # a resend: the ledger answers with what it recorded
         if inv.status in ("paid", "void"):
             raise _invalid("InvalidPayment", "invoice", f"{inv.key} is already {inv.status}")
-        outstanding = inv.total - inv.amount_paid
+        outstanding = inv.outstanding
         if payment.amount > outstanding:
             raise _invalid("InvalidPayment", "amount",
                            f"{payment.amount} exceeds the outstanding {outstanding}")
@@ -775,7 +775,7 @@ class ContractWorkflow:
         if open_invoices:
             lines.append("**Open invoices:**")
             lines += [
-                f"- {i.key} {i.number or ''} {i.status} {i.total - i.amount_paid} due {i.due_on}"
+                f"- {i.key} {i.number or ''} {i.status} {i.outstanding} due {i.due_on}"
                 for i in open_invoices
             ]
         return "\n".join(lines)

@@ -140,7 +140,7 @@ class ContractState(BaseModel):
 
     def outstanding(self, key: str) -> Decimal:
         inv = self.invoice(key)
-        return Decimal(0) if inv is None else inv.total - inv.amount_paid
+        return Decimal(0) if inv is None else inv.outstanding
 
     def next_amendment_at(self) -> datetime | None:
         return min((p.effective for p in self.pending_amendments), default=None)
