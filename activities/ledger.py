@@ -31,7 +31,12 @@ from activities.ledger_store import (
     next_invoice_number,
     post_journal,
 )
-from activities.usage_query import MeterSpec, aggregate_usage, read_watermark
+from activities.usage_query import (
+    MeterSpec,
+    aggregate_late_usage,
+    aggregate_usage,
+    read_watermark,
+)
 from models.contract import ContractTerms
 from models.credits import CreditApplication, CreditState, CreditSummary
 from models.invoices import (
@@ -560,22 +565,24 @@ async def _late_lines(
     additive = [m for m in terms.meters if str(m.aggregation) in ("sum", "count")]
     if not additive:
         return []
+    specs = [
+        MeterSpec.of(m, sorted({t for p in earlier for t in split_points(terms, p, m.key)}))
+        for m in additive
+    ]
+    # One statement for every earlier period; rows name the period they belong to.
+    rows = await aggregate_late_usage(
+        raw, customer_id=terms.customer.id, meters=specs,
+        periods=[p.start for p in earlier] + [earlier[-1].end],
+        previous_watermark=previous_watermark, watermark=watermark,
+    )
+    by_period: dict[int, list[Any]] = {}
+    for row in rows:
+        by_period.setdefault(row.period_index, []).append(row)
     lines: list[LateUsageLine] = []
-    for period in earlier:
-        specs = [MeterSpec.of(m, split_points(terms, period, m.key)) for m in additive]
-        rows = await aggregate_usage(
-            raw,
-            customer_id=terms.customer.id,
-            meters=specs,
-            start=period.start,
-            end=period.end,
-            watermark=watermark,
-            min_txid=previous_watermark,
-        )
-        if not rows:
-            continue
+    for index, period_rows in sorted(by_period.items()):
+        period = earlier[index]
         billed = await _billed_quantities(conn, terms.contract_id, period)
-        result = rate_period(terms, period, _parts(rows), late=True, already=billed)
+        result = rate_period(terms, period, _parts(period_rows), late=True, already=billed)
         lines += [ln for ln in result.lines if isinstance(ln, LateUsageLine)]
     return lines
 

@@ -154,9 +154,11 @@ async def test_granting_twice_issues_one_commitment_invoice_and_one_grant(
     assert first.invoice.number == "INV-000001"
     assert first.credits.granted == Decimal("1200.00")
     e = ledger.engine
-    assert [
-        await count(e, t) for t in ("credit_grants", "credit_ledger", "journal_entries")
-    ] == [1, 1, 1]
+    assert [await count(e, t) for t in ("credit_grants", "credit_ledger", "journal_entries")] == [
+        1,
+        1,
+        1,
+    ]
     assert await count(e, "invoices", "status <> 'draft'") == 1
 
 
@@ -256,3 +258,26 @@ async def test_payment_dunning_and_expiry_are_idempotent(ledger: Ledger) -> None
         )
         status = await conn.scalar(text("SELECT status FROM contracts"))
     assert (breakage, status) == (Decimal("1200.00"), "ended")
+
+
+async def test_late_events_of_several_periods_land_on_one_invoice_each_labelled(
+    ledger: Ledger,
+) -> None:
+    await run(ledger.acts.close_period, ledger.close_request(0))
+    await run(ledger.acts.close_period, ledger.close_request(1))
+    await ingest_all(
+        ledger.engine,
+        [
+            event("late-jan", "2027-01-31T23:59:59Z", "1000"),  # 30.00, January
+            event("late-feb", "2027-02-01T00:00:00Z", "2000"),  # 60.00, February (the boundary)
+        ],
+    )
+    mar = await run(ledger.acts.close_period, ledger.close_request(2))
+    async with ledger.engine.connect() as conn:
+        docs = {d["key"]: d for d in await invoice_documents(conn, ledger.terms.contract_id)}
+    late = [ln for ln in docs["usage:2027-03-01"]["lines"] if ln["kind"] == "late_usage"]
+    assert [(ln["period_start"], ln["quantity"], ln["amount"]) for ln in late] == [
+        ("2027-01-01", "1000", "30.00"),
+        ("2027-02-01", "2000", "60.00"),
+    ]
+    assert mar.invoice.total == Decimal("590.00")
