@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -144,3 +145,25 @@ async def test_usage_after_the_final_invoice_is_recorded_as_unbilled(
     assert [i["total"] for i in invoices] == ["530.00"]
     assert unbilled.events == 1  # inside the term; the February event is outside it
     assert unbilled.first_event_at == at("2027-01-20")
+
+
+async def test_local_midnight_boundaries_across_a_dst_change(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    """New York: March opens at 05:00Z (EST) and closes at 04:00Z (EDT)."""
+    doc = contract_doc(starts_on="2027-03-01", term_months=2, timezone="America/New_York")
+    async with ContractRun(ts_env, db, doc) as run:
+        await run.send_usage([
+            event("before", "2027-03-01T04:59:59Z", "1000"),  # Feb 28 local: before the term
+            event("march", "2027-04-01T03:30:00Z", "1000"),   # Mar 31 23:30 local: March
+            event("april", "2027-04-01T04:00:00Z", "2000"),   # Apr 1 00:00 local: April
+        ])
+        await run.advance_to(at("2027-04-01", 4))  # the boundary, before the grace window
+        state = await run.state()
+        await run.advance_to(at("2027-05-01", 6))
+        invoices = await run.invoices()
+    assert state.next_boundary == datetime(2027, 4, 1, 4, tzinfo=UTC)
+    assert [(i["key"], i["issued_on"], i["total"]) for i in invoices] == [
+        ("usage:2027-03-01", "2027-04-01", "530.00"),
+        ("usage:2027-04-01", "2027-05-01", "560.00"),
+    ]
