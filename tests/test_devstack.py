@@ -24,7 +24,7 @@ import httpx
 import psutil
 import pytest
 
-from worker.embedded import ensure_embedded_postgres
+from worker.embedded import ensure_embedded_postgres, running_url
 from worker.ports import port_is_free
 
 REPO = Path(__file__).resolve().parents[1]
@@ -393,3 +393,17 @@ def test_embedded_postgres_restarts_after_its_owner_was_killed(tmp_path: Path) -
         pg.stop()
     assert not pg.is_running()
     assert not _mentioning(tmp_path)
+
+
+def test_running_url_finds_a_running_stack_database_and_never_starts_one(
+    tmp_path: Path,
+) -> None:
+    """What `billow apikey create` uses when no database URL is configured."""
+    assert running_url(tmp_path) is None
+    pg = ensure_embedded_postgres(tmp_path)
+    try:
+        assert running_url(tmp_path) == pg.url
+    finally:
+        pg.stop()
+    assert running_url(tmp_path) is None
+    assert not pg.is_running()

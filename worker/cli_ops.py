@@ -537,17 +537,24 @@ def invoice_pay(
 # --- API keys -----------------------------------------------------------------------------
 
 apikey_app = typer.Typer(
-    help="API keys (written to the database directly; needs BILLOW_DATABASE_URL).",
+    help="API keys, written to the database directly (BILLOW_DATABASE_URL, or the "
+    "database of a running `billow up`).",
     no_args_is_help=True, epilog=EXIT_CODES)
 
 
 def _database_url() -> str:
+    """BILLOW_DATABASE_URL, else the embedded database of a running `billow up`."""
     settings = load_settings()
-    if not settings.database_url:
+    if settings.database_url:
+        return settings.database_url
+    from worker.embedded import running_url
+
+    url = running_url(settings.data_dir)
+    if url is None:
         err.print("[red]error:[/] no database configured: set BILLOW_DATABASE_URL "
-                  "(or DATABASE_URL)")
+                  "(or run `billow up` in this directory: its database is used)")
         raise typer.Exit(EXIT_INPUT)
-    return settings.database_url
+    return url
 
 
 async def _with_conn(url: str, action: Any) -> Any:

