@@ -187,6 +187,8 @@ class ContractWorkflow:
         while not st.term_opened:
             start = st.terms.term_start_at
             if workflow.now() >= start:
+                # Amendments due at the start come first (SPEC.md section 7).
+                await self._apply_due_amendments()
                 async with self._lock:
                     await self._open_term()
                 break

@@ -218,3 +218,19 @@ async def test_a_second_top_up_on_the_same_day_is_refused(
     assert "top_up:2027-01-10" in str(refused.value.cause)
     assert promo.status == "applied"
     assert state.credit_balance == Decimal("110")
+
+
+async def test_amendments_sent_before_the_term_starts_apply_from_its_first_instant(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    doc = contract_doc(term_months=1, commitment={"amount": "1000.00"})
+    async with ContractRun(ts_env, db, doc) as run:
+        await run.advance_to(at("2026-12-15"))  # the contract is still scheduled
+        scheduled = await run.state()
+        result = await run.amend({"id": "net10", "kind": "change_payment_terms",
+                                  "payment_terms_days": 10})
+        await run.advance_to(at("2027-01-02"))
+        commitment = await run.invoice("commitment:2027-01-01")
+    assert scheduled.status == "scheduled"
+    assert (result.status, result.effective) == ("scheduled", at("2027-01-01"))
+    assert commitment["due_on"] == "2027-01-11"  # net-10, not the plan's net-30
