@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from models.usage import parse_usage_jsonl
 from worker.settings import Settings
 from worker.simulate import SimulationInput, run_simulation
 
-out = Console()
+# Piped output gets a wide table instead of 80 truncated columns.
+out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 
