@@ -52,6 +52,7 @@ from models.invoices import (
     build_invoice,
     invoice_key_usage,
 )
+from models.money import round_money
 from models.operations import (
     ActivityName,
     ClosePeriodRequest,
@@ -167,12 +168,13 @@ class LedgerActivities:
     async def _issue_grant_invoice(self, conn: AsyncConnection, req: GrantRequest) -> IssuedInvoice:
         assert req.invoice_key and req.invoice_period and req.issued_on and req.due_on
         line: Line
+        price = round_money(req.price, req.currency)  # "1500" prints as 1500.00
         if req.invoice_kind == "commitment":
-            kind, line = InvoiceKind.COMMITMENT, CommitmentLine(amount=req.price)
-            entry = commitment_invoiced(req.invoice_key, req.price, req.grant_id)
+            kind, line = InvoiceKind.COMMITMENT, CommitmentLine(amount=price)
+            entry = commitment_invoiced(req.invoice_key, price, req.grant_id)
         else:
-            kind, line = InvoiceKind.TOP_UP, TopUpLine(amount=req.price)
-            entry = top_up_invoiced(req.invoice_key, req.price, req.grant_id)
+            kind, line = InvoiceKind.TOP_UP, TopUpLine(amount=price)
+            entry = top_up_invoiced(req.invoice_key, price, req.grant_id)
         doc = build_invoice(
             key=req.invoice_key,
             kind=kind,

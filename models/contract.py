@@ -42,6 +42,7 @@ from models.money import (
     Percent,
     PositiveDecimal,
     exact_div,
+    minor_units,
     round_money,
 )
 from models.periods import (
@@ -319,6 +320,15 @@ def resolve_terms(contract: Contract, catalog: Catalog) -> ContractTerms:
         )
     for i, ov in enumerate(contract.rate_overrides):
         problems.extend(_override_problems(ov, f"rate_overrides[{i}]", meters, plan.key))
+    # Amounts that are invoiced as they stand must be whole minor units.
+    money_fields = [(f"credit_grants[{i}].price", g.price)
+                    for i, g in enumerate(contract.credit_grants)]
+    if contract.commitment is not None:
+        money_fields.insert(0, ("commitment.amount", contract.commitment.amount))
+    for path, amount in money_fields:
+        if round_money(amount, plan.currency) != amount:
+            problems.append((path, f"more decimals than {plan.currency} has "
+                                   f"({minor_units(plan.currency)})"))
     if problems:
         raise BillowValidationError(problems)
     return ContractTerms(
