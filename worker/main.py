@@ -16,7 +16,12 @@ from temporalio.worker import Worker
 
 from activities.db import make_engine
 from activities.ledger import LedgerActivities
-from activities.payments import ManualGateway, PaymentActivities, PaymentGateway
+from activities.payments import (
+    ManualGateway,
+    PaymentActivities,
+    PaymentGateway,
+    SimulatedCardGateway,
+)
 from worker.logging_setup import configure_logging
 from worker.metrics import start_app_metrics_server
 from worker.settings import Settings
@@ -64,6 +69,13 @@ def build_worker(
     )
 
 
+def gateway_for(settings: Settings) -> PaymentGateway:
+    """The payment gateway the settings name (``BILLOW_PAYMENT_GATEWAY``)."""
+    if settings.payment_gateway == "simulated_card":
+        return SimulatedCardGateway()
+    return ManualGateway()
+
+
 async def run_worker(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT (graceful: in-flight activities get
     ``worker_graceful_shutdown_seconds``) or until the worker fails fatally
@@ -76,6 +88,7 @@ async def run_worker(settings: Settings) -> None:
         client,
         engine,
         settings.task_queue,
+        gateway_for(settings),
         graceful_shutdown=timedelta(seconds=settings.worker_graceful_shutdown_seconds),
     )
     stop = asyncio.Event()

@@ -86,6 +86,12 @@ class Settings(BaseSettings):
         default=30, ge=0,
         description="Worker: how long in-flight activities may finish after SIGTERM.",
     )
+    payment_gateway: Literal["manual", "simulated_card"] = Field(
+        default="manual",
+        description="Worker: how auto-pay charges. 'manual': no stored payment method, "
+                    "invoices are paid by transfer; 'simulated_card': always-accepting test "
+                    "card (demos). A real gateway implements activities.payments.PaymentGateway.",
+    )
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
     otel_enabled: bool = Field(

@@ -1,0 +1,45 @@
+"""Settings: environment names, precedence, and the choices they drive."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from activities.payments import ManualGateway, SimulatedCardGateway
+from worker.main import gateway_for
+from worker.settings import Settings
+
+
+def test_conventional_urls_are_honoured_and_prefixed_ones_win(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("BILLOW_DATABASE_URL", raising=False)
+    monkeypatch.delenv("BILLOW_TEMPORAL_ADDRESS", raising=False)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://plain/db")
+    monkeypatch.setenv("TEMPORAL_ADDRESS", "plain:7233")
+    assert (Settings().database_url, Settings().temporal_address) == (
+        "postgresql://plain/db",
+        "plain:7233",
+    )
+    monkeypatch.setenv("BILLOW_DATABASE_URL", "postgresql://billow/db")
+    assert Settings().database_url == "postgresql://billow/db"
+
+
+def test_unset_services_mean_the_embedded_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (
+        "DATABASE_URL",
+        "BILLOW_DATABASE_URL",
+        "TEMPORAL_ADDRESS",
+        "BILLOW_TEMPORAL_ADDRESS",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    assert (Settings().database_url, Settings().temporal_address) == (None, None)
+
+
+def test_the_payment_gateway_is_chosen_by_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert isinstance(gateway_for(Settings()), ManualGateway)
+    monkeypatch.setenv("BILLOW_PAYMENT_GATEWAY", "simulated_card")
+    assert isinstance(gateway_for(Settings()), SimulatedCardGateway)
+    monkeypatch.setenv("BILLOW_PAYMENT_GATEWAY", "stripe")
+    with pytest.raises(ValidationError, match="payment_gateway"):
+        Settings()
