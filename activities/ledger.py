@@ -251,6 +251,8 @@ class LedgerActivities:
                 fees=doc.fee_amount,
                 consumption=[(grants[p.grant_id], p.amount) for p in application.per_grant],
                 recognized_so_far=recognized_by_grant(journal),
+                exhausted={b.grant_id for b in state.balances
+                           if b.remaining == 0 and b.expired == 0},
             )
             await post_journal(conn, cid, entries, req.issued_on, key)
             if computed.expired_before:

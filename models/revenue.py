@@ -23,7 +23,7 @@ deferred revenue per grant never goes negative.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from decimal import Decimal
 from enum import StrEnum
 
@@ -174,18 +174,28 @@ def usage_invoiced(
     fees: Decimal,
     consumption: Sequence[tuple[CreditGrant, Decimal]],
     recognized_so_far: Mapping[str, Decimal],
+    exhausted: Collection[str] = (),
 ) -> list[JournalEntry]:
     """Entries for one usage invoice.
 
     ``consumption``: credits consumed per grant on this invoice;
     ``recognized_so_far``: per grant, revenue recognized before (see
-    `recognized_by_grant`), used for the never-over-recognize cap.
+    `recognized_by_grant`), used for the never-over-recognize cap;
+    ``exhausted``: grants this invoice used up entirely. Their last
+    recognition takes everything still deferred, so the cents that per-invoice
+    rounding left behind are recognized as usage, not stranded (a used-up
+    grant never expires, so breakage would never collect them).
     """
     out: list[JournalEntry] = []
     for grant, consumed in consumption:
         still_deferred = grant.price - recognized_so_far.get(grant.id, Decimal(0))
-        amount = min(
-            round_money(mul_div(consumed, grant.price, grant.credits), currency), still_deferred
+        amount = (
+            still_deferred
+            if grant.id in exhausted
+            else min(
+                round_money(mul_div(consumed, grant.price, grant.credits), currency),
+                still_deferred,
+            )
         )
         if amount > 0:
             out.append(

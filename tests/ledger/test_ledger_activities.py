@@ -281,3 +281,35 @@ async def test_late_events_of_several_periods_land_on_one_invoice_each_labelled(
         ("2027-02-01", "2000", "60.00"),
     ]
     assert mar.invoice.total == Decimal("590.00")
+
+
+async def test_a_grant_used_up_over_three_invoices_recognizes_exactly_its_price(
+    ledger: Ledger,
+) -> None:
+    grant = ledger.commitment_request().model_copy(
+        update={"credits": Decimal("30.00"), "price": Decimal("100.00")}
+    )
+    await run(ledger.acts.grant_credits, grant)
+    await ingest_all(
+        ledger.engine,
+        [
+            event(f"r{m}", f"2027-0{m}-10T00:00:00Z", "10000", meter="requests", region="us")
+            for m in (1, 2, 3)  # 10.00 of usage a month
+        ],
+    )
+    for index in range(3):
+        await run(ledger.acts.close_period, ledger.close_request(index))
+    async with ledger.engine.connect() as conn:
+        recognized = (
+            (
+                await conn.execute(
+                    text(
+                        "SELECT l.credit FROM journal_lines l "
+                        "JOIN journal_entries j ON j.id = l.entry_id WHERE j.kind = 'usage_from_credits' AND l.credit > 0 ORDER BY j.id"
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert recognized == [Decimal("33.33"), Decimal("33.33"), Decimal("33.34")]
