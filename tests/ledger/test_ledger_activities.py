@@ -305,7 +305,8 @@ async def test_a_grant_used_up_over_three_invoices_recognizes_exactly_its_price(
                 await conn.execute(
                     text(
                         "SELECT l.credit FROM journal_lines l "
-                        "JOIN journal_entries j ON j.id = l.entry_id WHERE j.kind = 'usage_from_credits' AND l.credit > 0 ORDER BY j.id"
+                        "JOIN journal_entries j ON j.id = l.entry_id "
+                        "WHERE j.kind = 'usage_from_credits' AND l.credit > 0 ORDER BY j.id"
                     )
                 )
             )
