@@ -28,6 +28,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.db import asyncpg_dsn, make_engine
 from activities.migrate import upgrade_async
+from worker.binaries import temporal_cli, temporal_test_server
 from worker.temporal_envs import start_dev_server, start_time_skipping
 
 TABLES_KEPT = {"alembic_version", "invoice_number_series"}
@@ -60,6 +61,19 @@ def _reap_orphaned_test_servers() -> None:
                 with contextlib.suppress(psutil.Error):
                     proc.kill()  # throwaway data: no need for a clean shutdown
         shutil.rmtree(root, ignore_errors=True)
+    # Temporal servers of a killed session are re-parented to init (ppid 1).
+    # Only test servers are touched: the time-skipping binary, and in-memory
+    # dev servers (`billow up` always passes --db-filename).
+    for proc in psutil.process_iter(["ppid", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if proc.info["ppid"] != 1 or not cmdline:
+            continue
+        test_server = cmdline[0] == temporal_test_server()
+        memory_dev_server = (cmdline[0] == temporal_cli() and "start-dev" in cmdline
+                             and "--db-filename" not in cmdline)
+        if test_server or memory_dev_server:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
 
 
 @pytest.fixture(scope="session")
