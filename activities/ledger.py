@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities import metrics
 from activities.ledger_store import (
@@ -70,7 +71,14 @@ from models.operations import (
     UpdateContractRequest,
 )
 from models.periods import Period, billing_periods
-from models.rating import UsageAggregate, UsagePart, fee_lines, rate_period, split_points
+from models.rating import (
+    UnpricedGroup,
+    UsageAggregate,
+    UsagePart,
+    fee_lines,
+    rate_period,
+    split_points,
+)
 from models.revenue import (
     breakage,
     commitment_invoiced,
@@ -380,12 +388,15 @@ async def compute_usage_invoice(
         {"cid": cid},
     )
     rating = rate_period(terms, period, await _usage_parts(raw, terms, period, watermark))
-    late_lines = await _late_lines(conn, raw, terms, earlier_periods, previous, watermark)
+    late_lines, late_unpriced = await _late_lines(
+        conn, raw, terms, earlier_periods, previous, watermark
+    )
     credits_before = await load_credit_state(conn, cid)
-    if rating.unpriced:
+    unpriced = [*rating.unpriced, *late_unpriced]
+    if unpriced:
         reason = "unpriced usage: " + "; ".join(
             f"{u.meter} {json.dumps(u.dimensions, sort_keys=True)} ({u.quantity})"
-            for u in rating.unpriced
+            for u in unpriced
         )
         return ComputedInvoice(None, reason, watermark, credits_before, credits_before,
                                None, False)
@@ -482,6 +493,15 @@ async def record_payment_in(conn: AsyncConnection, req: PaymentRequest) -> Payme
             paid_on=issued.paid_on,
             applied=False,
         )
+    outstanding = row.total - row.amount_paid
+    if row.status in ("paid", "void", "draft", "needs_attention") or req.amount > outstanding:
+        # The insert above is rolled back with the caller's transaction.
+        raise ApplicationError(
+            f"amount: {req.amount} exceeds what {req.invoice_key} still owes ({outstanding}, "
+            f"status {row.status})",
+            type="PaymentRejected",
+            non_retryable=True,
+        )
     paid = row.amount_paid + req.amount
     settled = paid >= row.total
     updated = (
@@ -558,17 +578,18 @@ async def _late_lines(
     earlier: Sequence[Period],
     previous_watermark: int | None,
     watermark: int,
-) -> list[LateUsageLine]:
+) -> tuple[list[LateUsageLine], list[UnpricedGroup]]:
     """Events that arrived after their period's invoice: rated at the prices in
-    force at their own time, billed once (watermarks never overlap)."""
+    force at their own time, billed once (watermarks never overlap). Late
+    usage without a price is returned too: it holds the invoice like any."""
     if not earlier or previous_watermark is None:
-        return []
+        return [], []
     # Only additive aggregations have a late delta that can be billed on its
     # own; max/unique_count/latest need the period re-rated (a credit note),
     # which billow does not issue yet.
     additive = [m for m in terms.meters if str(m.aggregation) in ("sum", "count")]
     if not additive:
-        return []
+        return [], []
     specs = [
         MeterSpec.of(m, sorted({t for p in earlier for t in split_points(terms, p, m.key)}))
         for m in additive
@@ -583,12 +604,14 @@ async def _late_lines(
     for row in rows:
         by_period.setdefault(row.period_index, []).append(row)
     lines: list[LateUsageLine] = []
+    unpriced: list[UnpricedGroup] = []
     for index, period_rows in sorted(by_period.items()):
         period = earlier[index]
         billed = await _billed_quantities(conn, terms.contract_id, period)
         result = rate_period(terms, period, _parts(period_rows), late=True, already=billed)
         lines += [ln for ln in result.lines if isinstance(ln, LateUsageLine)]
-    return lines
+        unpriced += result.unpriced
+    return lines, unpriced
 
 
 async def _billed_quantities(conn: AsyncConnection, cid: str, period: Period) -> dict[str, Decimal]:

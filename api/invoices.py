@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Query
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 from temporalio.client import WorkflowExecutionStatus, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.api_keys import Scope
@@ -176,11 +177,15 @@ async def _record_in_ledger(deps: AppDeps, row: Any, payment: PaymentIn) -> Paym
             text("SELECT terms->>'timezone' FROM contracts WHERE id = :id"),
             {"id": row.contract_id},
         )
-        return await record_payment_in(conn, PaymentRequest(
-            contract_id=row.contract_id, invoice_key=row.key,
-            payment_key=payment.payment_id or f"api:{uuid.uuid4().hex}",
-            amount=payment.amount, received_on=local_date(datetime.now(UTC), tz or "UTC"),
-        ))
+        try:
+            return await record_payment_in(conn, PaymentRequest(
+                contract_id=row.contract_id, invoice_key=row.key,
+                payment_key=payment.payment_id or f"api:{uuid.uuid4().hex}",
+                amount=payment.amount, received_on=local_date(datetime.now(UTC), tz or "UTC"),
+            ))
+        except ApplicationError as exc:  # more than the invoice still owes
+            raise ProblemError(422, "validation", "Invalid payment", str(exc),
+                               [("amount", str(exc))]) from exc
 
 
 def _out(number: str, contract_id: str, result: PaymentResult, via: str) -> PaymentOut:

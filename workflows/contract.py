@@ -35,7 +35,7 @@ from typing import TypeVar
 from pydantic import BaseModel, Field
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     # Pure code, imported outside the sandbox so zoneinfo works for the
@@ -123,6 +123,16 @@ class ContractView(BaseModel):
     invoices: list[IssuedInvoice]
     applied_amendment_ids: list[str]
     pending_amendments: list[str] = Field(default_factory=list)
+
+
+def _rejected(exc: BillowValidationError) -> ApplicationError:
+    """An invalid amendment: the caller gets every ``field: reason``."""
+    return ApplicationError(
+        str(exc),
+        [{"field": path, "reason": reason} for path, reason in exc.problems],
+        type="InvalidAmendment",
+        non_retryable=True,
+    )
 
 
 def _invalid(kind: str, field: str, reason: str) -> ApplicationError:
@@ -326,6 +336,8 @@ class ContractWorkflow:
 
     async def _grant(self, request: GrantRequest, summary: str) -> None:
         result = await self._call(ActivityName.GRANT_CREDITS, request, GrantResult, summary=summary)
+        if request.grant_id not in self.state.grant_ids:
+            self.state.grant_ids.append(request.grant_id)
         self.state.credit_balance = result.credits.balance
         if result.invoice is not None:
             await self._issued(result.invoice)
@@ -389,6 +401,11 @@ class ContractWorkflow:
         st.credit_balance = result.balance
         st.term_closed = True
         st.status = status
+        for pending in st.pending_amendments:
+            # Effective after a termination moved the end earlier: nothing left to amend.
+            workflow.logger.warning("amendment %s dropped: the term has ended",
+                                    pending.amendment.id)
+        st.pending_amendments = []
         await self._save_contract()
         return result
 
@@ -412,7 +429,8 @@ class ContractWorkflow:
     async def _charge(self, collection: CollectionState) -> None:
         st = self.state
         inv = st.invoice(collection.invoice_key)
-        assert inv is not None
+        if inv is None or inv.outstanding <= 0:
+            return  # settled meanwhile: nothing to charge
         collection.charge_attempts += 1
         result = await self._call(
             ActivityName.CHARGE_INVOICE,
@@ -461,16 +479,19 @@ class ContractWorkflow:
         st = self.state
         now = workflow.now()
         for collection in list(st.collections):
+            # Each step re-checks under the lock: a payment handler may have
+            # settled the invoice (and dropped its collection) while we waited.
             if collection.next_charge_at is not None and collection.next_charge_at <= now:
                 collection.next_charge_at = None
                 async with self._lock:
-                    await self._charge(collection)
-            if collection not in st.collections:
-                continue
+                    if collection in st.collections:
+                        await self._charge(collection)
             for at, step in collection.next_steps(st.terms.timezone):
                 if at > now:
                     break
                 async with self._lock:
+                    if collection not in st.collections:
+                        break
                     await self._run(
                         ActivityName.DUNNING_STEP,
                         DunningRequest(
@@ -488,7 +509,7 @@ class ContractWorkflow:
                         st.put_invoice(inv.model_copy(update={"status": "overdue"}))
             # After the last reminder nothing more is scheduled; the invoice
             # stays overdue in the ledger and in this state.
-            if collection.next_instant(st.terms.timezone) is None:
+            if collection in st.collections and collection.next_instant(st.terms.timezone) is None:
                 st.collections.remove(collection)
         self._publish()
 
@@ -545,10 +566,18 @@ class ContractWorkflow:
         st = self.state
         if amendment.id in st.applied_amendment_ids:
             return AmendmentResult(amendment_id=amendment.id, status="duplicate")
-        now = workflow.now()
-        effective = effective_instant(st, amendment, now)
-        st.applied_amendment_ids.append(amendment.id)
         async with self._lock:
+            # Decided under the lock: a boundary close or another handler may
+            # have changed the contract since the validator accepted this.
+            if amendment.id in st.applied_amendment_ids:
+                return AmendmentResult(amendment_id=amendment.id, status="duplicate")
+            now = workflow.now()
+            try:
+                validate_amendment(st, amendment, now)
+            except BillowValidationError as exc:
+                raise _rejected(exc) from exc
+            effective = effective_instant(st, amendment, now)
+            st.applied_amendment_ids.append(amendment.id)
             await self._run(
                 ActivityName.RECORD_AMENDMENT,
                 RecordAmendmentRequest(
@@ -574,22 +603,15 @@ class ContractWorkflow:
         try:
             validate_amendment(self.state, amendment, workflow.now())
         except BillowValidationError as exc:
-            raise ApplicationError(
-                str(exc),
-                [{"field": path, "reason": reason} for path, reason in exc.problems],
-                type="InvalidAmendment",
-                non_retryable=True,
-            ) from exc
+            raise _rejected(exc) from exc
 
     @workflow.signal(name="amend_signal")
     async def amend_signal(self, amendment: Amendment) -> None:
         """Fire-and-forget form: invalid amendments are logged and dropped."""
         try:
-            validate_amendment(self.state, amendment, workflow.now())
-        except BillowValidationError as exc:
+            await self._amend(amendment)
+        except ApplicationError as exc:
             workflow.logger.warning("amendment %s rejected: %s", amendment.id, exc)
-            return
-        await self._amend(amendment)
 
     @workflow.update(name="pay")
     async def pay(self, payment: PaymentInput) -> PaymentResult:
@@ -602,18 +624,27 @@ class ContractWorkflow:
         if key is None:  # unreachable: the signal form requires payment_id
             raise ApplicationError("payment_id: required", type="InvalidPayment")
         async with self._lock:
-            result = await self._call(
-                ActivityName.RECORD_PAYMENT,
-                PaymentRequest(
-                    contract_id=st.terms.contract_id,
-                    invoice_key=payment.invoice,
-                    payment_key=key,
-                    amount=payment.amount,
-                    received_on=st.local_date(workflow.now()),
-                ),
-                PaymentResult,
-                summary=f"record payment {payment.amount} for {payment.invoice}",
-            )
+            # Re-checked under the lock: payments accepted together must not
+            # add up to more than the invoice.
+            self._validate_pay(payment)
+            try:
+                result = await self._call(
+                    ActivityName.RECORD_PAYMENT,
+                    PaymentRequest(
+                        contract_id=st.terms.contract_id,
+                        invoice_key=payment.invoice,
+                        payment_key=key,
+                        amount=payment.amount,
+                        received_on=st.local_date(workflow.now()),
+                    ),
+                    PaymentResult,
+                    summary=f"record payment {payment.amount} for {payment.invoice}",
+                )
+            except ActivityError as exc:
+                # The ledger refused it (non-retryable): fail this update, not
+                # the workflow.
+                raise ApplicationError(str(exc.cause or exc), type="InvalidPayment",
+                                       non_retryable=True) from exc
         if key not in st.payment_keys:
             st.payment_keys.append(key)
         self._paid(result)
@@ -647,10 +678,9 @@ class ContractWorkflow:
             if payment.payment_id is None:
                 raise ApplicationError("payment_id: required when paying by signal")
             self._validate_pay(payment)
+            await self._pay(payment)
         except ApplicationError as exc:
             workflow.logger.warning("payment for %s rejected: %s", payment.invoice, exc)
-            return
-        await self._pay(payment)
 
     @workflow.query(name="state")
     def query_state(self) -> ContractView:

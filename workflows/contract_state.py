@@ -30,8 +30,9 @@ from models.amendments import (
     SetAutoPayAmendment,
     TerminateAmendment,
 )
-from models.contract import Contract, ContractTerms, add_rate_override
+from models.contract import Contract, ContractTerms, add_rate_override, to_instant
 from models.errors import BillowValidationError
+from models.money import round_money
 from models.operations import ContractStatus, DunningStep, IssuedInvoice
 from models.periods import (
     Period,
@@ -98,6 +99,8 @@ class ContractState(BaseModel):
     invoices: list[IssuedInvoice] = Field(default_factory=list)
     collections: list[CollectionState] = Field(default_factory=list)
     applied_amendment_ids: list[str] = Field(default_factory=list)
+    # Ids of the credit grants made so far (commitment, contract, amendments).
+    grant_ids: list[str] = Field(default_factory=list)
     # Payment keys recorded through this workflow: a resend is answered with
     # the recorded result instead of being refused as an overpayment.
     payment_keys: list[str] = Field(default_factory=list)
@@ -197,59 +200,81 @@ def initial_state(
 def validate_amendment(state: ContractState, amendment: Amendment, now: datetime) -> None:
     """Raise BillowValidationError if ``amendment`` cannot apply to this contract.
 
-    Checked before the update is accepted, so an invalid amendment changes
-    nothing and its caller gets the reason.
+    Checked when the update arrives (so an invalid amendment changes nothing
+    and its caller gets the reason) and again under the workflow's lock right
+    before it applies, since another handler or a boundary may have changed
+    the contract in between.
     """
     if amendment.id in state.applied_amendment_ids:
         return  # a resend: accepted and ignored
-    if state.term_closed:
-        raise BillowValidationError([("", f"contract {state.terms.contract_id} has ended")])
-    effective = amendment.effective or now
     t = state.terms
+    if state.term_closed:
+        raise BillowValidationError([("", f"contract {t.contract_id} has ended")])
+    effective = effective_instant(state, amendment, now)
+    if effective >= t.term_end_at and not isinstance(amendment, ExtendTermAmendment):
+        raise BillowValidationError(
+            [("effective", f"at or after the term end {t.term_end.isoformat()}")]
+        )
+    pending_kinds = {p.amendment.kind for p in state.pending_amendments}
     if isinstance(amendment, RateOverrideAmendment):
-        add_rate_override(t, amendment.override, max(effective, state.open_start))
+        add_rate_override(t, amendment.override, effective)
     elif isinstance(amendment, TerminateAmendment):
-        if effective >= t.term_end_at:
-            raise BillowValidationError(
-                [("effective", f"after the term end {t.term_end.isoformat()}")]
-            )
-        if state.terminated_at is not None:
+        if state.terminated_at is not None or "terminate" in pending_kinds:
             raise BillowValidationError([("kind", "contract is already terminated")])
     elif isinstance(amendment, ExtendTermAmendment):
-        if state.terminated_at is not None:
+        if state.terminated_at is not None or "terminate" in pending_kinds:
             raise BillowValidationError([("kind", "cannot extend a terminated contract")])
     elif isinstance(amendment, GrantCreditsAmendment):
-        if amendment.expires is not None:
-            from models.contract import to_instant
+        _validate_grant(state, amendment, effective)
 
-            if to_instant(amendment.expires, t.timezone) <= max(effective, state.open_start):
-                raise BillowValidationError([("expires", "must be after the grant's effective")])
-        if amendment.grant_id is not None and any(
-            p.amendment.id == amendment.grant_id for p in state.pending_amendments
-        ):
-            raise BillowValidationError([("grant_id", "already used")])
-        if amendment.price is not None:
-            # The top-up invoice's key is its effective date (SPEC.md section 8).
-            key = f"top_up:{state.local_date(max(effective, state.open_start)).isoformat()}"
-            pending = [
-                f"top_up:{state.local_date(p.effective).isoformat()}"
-                for p in state.pending_amendments
-                if isinstance(p.amendment, GrantCreditsAmendment) and p.amendment.price is not None
-            ]
-            if state.invoice(key) is not None or key in pending:
-                raise BillowValidationError(
-                    [("effective", f"a top-up is already invoiced as {key}; one per day")]
-                )
+
+def _validate_grant(state: ContractState, amendment: GrantCreditsAmendment,
+                    effective: datetime) -> None:
+    t = state.terms
+    problems: list[tuple[str, str]] = []
+    expires = to_instant(amendment.expires, t.timezone) if amendment.expires else t.term_end_at
+    if expires <= effective:
+        problems.append(("expires", "must be after the grant's effective instant"))
+    for field, amount in (("credits", amendment.credits), ("price", amendment.price)):
+        if amount is not None and round_money(amount, t.currency) != amount:
+            problems.append((field, f"more decimals than {t.currency} has"))
+    grant_id = amendment.grant_id or amendment.id
+    pending_ids = {
+        p.amendment.grant_id or p.amendment.id
+        for p in state.pending_amendments
+        if isinstance(p.amendment, GrantCreditsAmendment)
+    }
+    if grant_id in state.grant_ids or grant_id in pending_ids:
+        problems.append(("grant_id", f"a grant {grant_id!r} exists already"))
+    if amendment.price is not None:
+        # The top-up invoice's key is its effective date (SPEC.md section 8).
+        key = f"top_up:{state.local_date(effective).isoformat()}"
+        pending = [
+            f"top_up:{state.local_date(p.effective).isoformat()}"
+            for p in state.pending_amendments
+            if isinstance(p.amendment, GrantCreditsAmendment) and p.amendment.price is not None
+        ]
+        if state.invoice(key) is not None or key in pending:
+            problems.append(("effective", f"a top-up is already invoiced as {key}; one per day"))
+    if problems:
+        raise BillowValidationError(problems)
+
+
+# Kinds whose purpose can be to resolve a held invoice: without an explicit
+# effective they apply from the held period's start.
+_RESOLVING_KINDS = (RateOverrideAmendment, GrantCreditsAmendment)
 
 
 def effective_instant(state: ContractState, amendment: Amendment, now: datetime) -> datetime:
     """When an amendment takes effect (SPEC.md section 7).
 
-    Without an explicit ``effective`` an amendment takes effect now, except
-    while an invoice is held for attention: then it takes effect from the held
-    period's start, since resolving the hold is what it is for.
+    Without an explicit ``effective`` an amendment takes effect now, except a
+    price or credit amendment while an invoice is held for attention: that one
+    takes effect from the held period's start, since resolving the hold is
+    what it is for. Nothing takes effect inside an invoiced period.
     """
-    default = state.open_start if state.attention is not None else now
+    held = state.attention is not None and isinstance(amendment, _RESOLVING_KINDS)
+    default = state.open_start if held else now
     effective = max(amendment.effective or default, state.open_start)
     if isinstance(amendment, ChangeBillingCycleAmendment):
         # A new cycle starts at the next boundary.

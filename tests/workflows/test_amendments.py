@@ -234,3 +234,56 @@ async def test_amendments_sent_before_the_term_starts_apply_from_its_first_insta
     assert scheduled.status == "scheduled"
     assert (result.status, result.effective) == ("scheduled", at("2027-01-01"))
     assert commitment["due_on"] == "2027-01-11"  # net-10, not the plan's net-30
+
+
+async def test_amendments_that_cannot_take_effect_in_the_term_are_refused(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    doc = contract_doc(term_months=1, commitment={"amount": "1000.00"})
+    async with ContractRun(ts_env, db, doc) as run:
+        await run.advance_to(at("2027-01-10"))
+        with pytest.raises(WorkflowUpdateFailedError) as late_grant:
+            await run.amend({"id": "g1", "kind": "grant_credits", "credits": "100",
+                             "price": "90", "effective": "2027-02-15T00:00:00Z"})
+        with pytest.raises(WorkflowUpdateFailedError) as reused:
+            await run.amend({"id": "g2", "kind": "grant_credits", "grant_id": "commitment",
+                             "credits": "100", "price": "90"})
+        with pytest.raises(WorkflowUpdateFailedError) as sub_cent:
+            await run.amend({"id": "g3", "kind": "grant_credits", "credits": "100",
+                             "price": "90.005"})
+        await run.advance_to(at("2027-02-02"))
+        state = await run.state()
+    assert "effective: at or after the term end" in str(late_grant.value.cause)
+    assert "grant_id: a grant 'commitment' exists already" in str(reused.value.cause)
+    assert "price: more decimals than USD has" in str(sub_cent.value.cause)
+    assert state.status == "ended" and state.applied_amendment_ids == []
+
+
+async def test_terminating_a_held_contract_ends_it_now_not_at_the_held_period(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    async with ContractRun(ts_env, db, contract_doc(term_months=3)) as run:
+        await run.send_usage([event("e1", "2027-01-05T00:00:00Z", "1000", model="claude")])
+        await run.advance_to(at("2027-02-10", 9))
+        ended = await run.amend({"id": "bye", "kind": "terminate"})
+        await run.amend({"id": "price", "kind": "rate_override", "override": {
+            "meter": "tokens", "match": {"model": "claude"}, "unit_price": "0.01"}})
+        await run.advance_to(at("2027-02-11", 3))
+        invoices = await run.invoices()
+    assert ended.effective is not None and ended.effective.date().isoformat() == "2027-02-10"
+    assert [(i["period"]["start"], i["period"]["end"], i["total"]) for i in invoices] == [
+        ("2027-01-01", "2027-02-01", "510.00"),  # the held January, priced and billed
+        ("2027-02-01", "2027-02-11", "178.57"),  # 500 x 10/28 up to the termination
+    ]
+
+
+async def test_late_usage_without_a_price_holds_the_next_invoice(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    async with ContractRun(ts_env, db, contract_doc(term_months=3)) as run:
+        await run.advance_to(at("2027-02-01", 2))  # January is finalized
+        await run.send_usage([event("late", "2027-01-20T00:00:00Z", "5000", model="claude")])
+        await run.advance_to(at("2027-03-01", 2))
+        held = await run.state()
+    assert held.status == "needs_attention"
+    assert held.attention is not None and "claude" in held.attention
