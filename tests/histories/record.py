@@ -102,10 +102,21 @@ async def continue_as_new(env: WorkflowEnvironment, engine: AsyncEngine) -> Cont
     return run
 
 
+async def renewal(env: WorkflowEnvironment, engine: AsyncEngine) -> ContractRun:
+    """An extend_term: the renewal continues as new (behind workflow.patched)."""
+    run = ContractRun(env, engine, contract_doc(term_months=2))
+    async with run:
+        await run.advance_to(at("2027-02-10"))
+        await run.amend({"id": "renew", "kind": "extend_term", "term_months": 2})
+        await run.advance_to(at("2027-05-02"))
+    return run
+
+
 SCENARIOS: dict[str, Scenario] = {
     "acme": acme,
     "amendments": amendments,
     "continue_as_new": continue_as_new,
+    "renewal": renewal,
 }
 
 
