@@ -432,20 +432,27 @@ class ContractWorkflow:
         if inv is None or inv.outstanding <= 0:
             return  # settled meanwhile: nothing to charge
         collection.charge_attempts += 1
-        result = await self._call(
-            ActivityName.CHARGE_INVOICE,
-            ChargeRequest(
-                contract_id=st.terms.contract_id,
-                customer_id=st.terms.customer.id,
-                invoice_key=inv.key,
-                amount=inv.outstanding,
-                currency=inv.currency,
-                attempt=collection.charge_attempts,
-                on=st.local_date(workflow.now()),
-            ),
-            ChargeResult,
-            summary=f"charge {inv.key} (attempt {collection.charge_attempts})",
-        )
+        try:
+            result = await self._call(
+                ActivityName.CHARGE_INVOICE,
+                ChargeRequest(
+                    contract_id=st.terms.contract_id,
+                    customer_id=st.terms.customer.id,
+                    invoice_key=inv.key,
+                    amount=inv.outstanding,
+                    currency=inv.currency,
+                    attempt=collection.charge_attempts,
+                    on=st.local_date(workflow.now()),
+                ),
+                ChargeResult,
+                summary=f"charge {inv.key} (attempt {collection.charge_attempts})",
+            )
+        except ActivityError as exc:
+            # The ledger refused the charge's payment (non-retryable): stop
+            # auto-pay for this invoice and flag it; never wedge the contract.
+            workflow.logger.error("auto-pay for %s stopped: %s", inv.key, exc.cause or exc)
+            collection.next_charge_at = None
+            return
         if result.payment is not None:
             self._paid(result.payment)
             return
