@@ -43,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
     from models.amendments import Amendment, ExtendTermAmendment, GrantCreditsAmendment
     from models.contract import COMMITMENT_GRANT_ID, Contract, ContractTerms, to_instant
     from models.errors import BillowValidationError
+    from models.invoices import due_on
     from models.operations import (
         ActivityName,
         ChargeRequest,
@@ -308,7 +309,7 @@ class ContractWorkflow:
                     invoice_key=f"commitment:{t.starts_on.isoformat()}",
                     invoice_period=(t.starts_on, t.term_end),
                     issued_on=issued_on,
-                    due_on=issued_on + timedelta(days=t.payment_terms_days),
+                    due_on=due_on(issued_on, t.payment_terms_days),
                 ),
                 summary=f"issue commitment {c.amount} {t.currency}",
             )
@@ -353,7 +354,7 @@ class ContractWorkflow:
                 period=period,
                 earlier_periods=list(st.invoiced_periods),
                 issued_on=issued_on,
-                due_on=issued_on + timedelta(days=t.payment_terms_days),
+                due_on=due_on(issued_on, t.payment_terms_days),
                 is_final=len(st.periods) == 1,
                 next_period=st.periods[1] if len(st.periods) > 1 else None,
             ),
@@ -555,7 +556,7 @@ class ContractWorkflow:
                     invoice_key=f"top_up:{effective_on.isoformat()}" if priced else None,
                     invoice_period=(effective_on, st.local_date(expires)) if priced else None,
                     issued_on=effective_on if priced else None,
-                    due_on=effective_on + timedelta(days=t.payment_terms_days) if priced else None,
+                    due_on=due_on(effective_on, t.payment_terms_days) if priced else None,
                 ),
                 summary=f"grant {amendment.credits} credits ({amendment.id})",
             )
