@@ -22,7 +22,16 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, DateTime, Identity, Numeric, UniqueConstraint, text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Numeric,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -129,6 +138,56 @@ class UsageEvent(SQLModel, table=True):
         )
     )
     received_at: datetime = _now_column()
+
+
+class UsageCompaction(SQLModel, table=True):
+    """One run of the usage compactor (activities/usage_rollup.py).
+
+    After run k, every event with ``txid < upto_txid`` and ``ts <
+    folded_before`` is folded into exactly one rollup row of runs <= k.
+    """
+
+    __tablename__ = "usage_compactions"
+    __table_args__ = (UniqueConstraint("upto_txid", "folded_before"),)
+    id: int | None = Field(
+        default=None, sa_column=Column(BigInteger, Identity(always=False), primary_key=True)
+    )
+    from_txid: int = Field(sa_type=BigInteger)
+    upto_txid: int = Field(sa_type=BigInteger)
+    folded_from: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    folded_before: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    events: int = Field(sa_type=BigInteger)
+    rollup_rows: int = Field(sa_type=BigInteger)
+    created_at: datetime = _now_column()
+
+
+class UsageRollup(SQLModel, table=True):
+    """Events of one customer, UTC day, meter and exact dimensions, folded by one compaction.
+
+    Carries what every aggregation needs: sum, count and max of quantities,
+    the first instant (line order) and the latest event (``latest`` meters).
+    Rating adds rollups of whole days to the raw events of partial days.
+    """
+
+    __tablename__ = "usage_rollups"
+    customer_id: str = Field(primary_key=True)
+    day: datetime = Field(sa_column=Column(DateTime(timezone=True), primary_key=True))
+    meter: str = Field(primary_key=True)
+    compaction_id: int = Field(
+        sa_column=Column(
+            BigInteger, ForeignKey("usage_compactions.id"), primary_key=True, nullable=False
+        )
+    )
+    dimensions: dict[str, str] = Field(sa_column=Column(JSONB, primary_key=True, nullable=False))
+    quantity_sum: Decimal = _numeric()
+    event_count: int = Field(sa_type=BigInteger)
+    quantity_max: Decimal = _numeric()
+    first_ts: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    last_ts: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    last_event_id: str
+    last_quantity: Decimal = _numeric()
 
 
 class InvoiceNumberSeries(SQLModel, table=True):

@@ -52,7 +52,7 @@ import bisect
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, Final
 
@@ -162,6 +162,27 @@ class _Spec:
     bounds: list[datetime]  # lower bounds of this meter's parts
 
 
+def _spec_values(specs: Sequence[_Spec], first: int, k: int) -> tuple[str, list[Any]]:
+    """The ``spec`` CTE's VALUES rows (placeholders from ``$first``) and their parameters."""
+    params: list[Any] = []
+    rows: list[str] = []
+    width = 4 + k
+    for n, s in enumerate(specs):
+        base = first + n * width
+        cols = [
+            f"${base}::text",
+            f"${base + 1}::text",
+            f"${base + 2}::text",
+            f"${base + 3}::timestamptz[]",
+        ]
+        cols += [f"${base + 4 + j}::text" for j in range(k)]
+        rows.append("(" + ", ".join(cols) + ")")
+        gb = list(s.meter.group_by)
+        params += [s.meter.key, s.meter.aggregation, s.meter.unique_by, s.bounds]
+        params += gb + [None] * (k - len(gb))
+    return ", ".join(rows), params
+
+
 def _statement(specs: Sequence[_Spec], *, with_from: bool) -> tuple[str, list[Any]]:
     """The SQL text and its parameters after the fixed ones ($1..$4|$5).
 
@@ -179,23 +200,7 @@ def _statement(specs: Sequence[_Spec], *, with_from: bool) -> tuple[str, list[An
     """
     k = max((len(s.meter.group_by) for s in specs), default=0)
     aggs = {s.meter.aggregation for s in specs}
-    first = 6 if with_from else 5
-    params: list[Any] = []
-    rows: list[str] = []
-    width = 4 + k
-    for n, s in enumerate(specs):
-        base = first + n * width
-        cols = [
-            f"${base}::text",
-            f"${base + 1}::text",
-            f"${base + 2}::text",
-            f"${base + 3}::timestamptz[]",
-        ]
-        cols += [f"${base + 4 + j}::text" for j in range(k)]
-        rows.append("(" + ", ".join(cols) + ")")
-        gb = list(s.meter.group_by)
-        params += [s.meter.key, s.meter.aggregation, s.meter.unique_by, s.bounds]
-        params += gb + [None] * (k - len(gb))
+    values, params = _spec_values(specs, 6 if with_from else 5, k)
     g_cols = "".join(f", g{j + 1}" for j in range(k))
     d_exprs = "".join(f", e.dimensions ->> s.g{j + 1} AS d{j + 1}" for j in range(k))
     d_cols = "".join(f", d{j + 1}" for j in range(k))
@@ -239,7 +244,7 @@ def _statement(specs: Sequence[_Spec], *, with_from: bool) -> tuple[str, list[An
     txid_from = " AND e.txid >= $5" if with_from else ""
     sql = f"""
 WITH spec (meter, aggregation, unique_by, bounds{g_cols}) AS (
-  VALUES {", ".join(rows)}
+  VALUES {values}
 )
 SELECT meter, part{d_cols}, CASE min(aggregation) {" ".join(cases)} END AS quantity,
        min(first_ts) AS first_seen
@@ -257,6 +262,166 @@ GROUP BY meter, part{d_cols}
     return sql, params
 
 
+_DAY: Final = timedelta(days=1)
+
+# The newest compaction whose watermark the invoice's watermark covers: its
+# rollups (and those of earlier runs) hold only events below the watermark.
+_COMPACTION_SQL = """
+SELECT id, upto_txid, folded_before FROM usage_compactions
+WHERE upto_txid <= $1 ORDER BY id DESC LIMIT 1
+"""
+
+
+@dataclass(frozen=True)
+class _Compacted:
+    id: int
+    upto_txid: int
+    folded_before: datetime
+
+
+def _floor_day(t: datetime) -> datetime:
+    u = t.astimezone(UTC)
+    return datetime.combine(u.date(), time(), tzinfo=UTC)
+
+
+def _day_ranges(
+    start: datetime, end: datetime, cuts: Iterable[datetime], folded_before: datetime
+) -> tuple[list[tuple[datetime, datetime]], list[tuple[datetime, datetime]]]:
+    """Split ``[start, end)`` into rollup ranges and raw ranges.
+
+    A UTC day is read from rollups when it lies inside ``[start, end)``,
+    before ``folded_before``, and no cut (a part bound) falls strictly inside
+    it: all its events then belong to one part. Everything else (partial days
+    at the ends, days holding a cut, days not folded yet) is read raw.
+    """
+    first = _floor_day(start)
+    if first < start:
+        first += _DAY
+    last = min(_floor_day(end), folded_before)
+    rollup: list[tuple[datetime, datetime]] = []
+    if first < last:
+        split_days = sorted(
+            {_floor_day(t) for t in cuts if start < t < end and _floor_day(t) != t}
+        )
+        cur = first
+        for d in split_days:
+            if d < first or d >= last:
+                continue
+            if cur < d:
+                rollup.append((cur, d))
+            cur = d + _DAY
+        if cur < last:
+            rollup.append((cur, last))
+    raw: list[tuple[datetime, datetime]] = []
+    cur = start
+    for lo, hi in rollup:
+        if cur < lo:
+            raw.append((cur, lo))
+        cur = hi
+    if cur < end:
+        raw.append((cur, end))
+    return rollup, raw
+
+
+def _rollup_statement(specs: Sequence[_Spec]) -> tuple[str, list[Any]]:
+    """Like `_statement`, over rollups of whole days plus raw events elsewhere.
+
+    Fixed parameters: $1 customer, $2 start, $3 end, $4 watermark, $5 the
+    compaction id, $6 its watermark, $7/$8 rollup range bounds, $9/$10 raw
+    range bounds. Three sources, disjoint by construction:
+
+    - rollups of compactions <= $5 on the rollup days: every event with
+      ``txid < $6`` on those days (the compactor's invariant);
+    - raw events on the raw ranges, ``txid < $4``;
+    - raw events on the rollup days with ``$6 <= txid < $4`` (arrived after
+      the compaction; found through the ``(customer_id, txid)`` index).
+
+    Each source row carries sum, count and max of its quantities, its first
+    instant and its latest event, so the aggregation above is the same for
+    one event and for a day's rollup.
+    """
+    k = max((len(s.meter.group_by) for s in specs), default=0)
+    aggs = {s.meter.aggregation for s in specs}
+    values, params = _spec_values(specs, 11, k)
+    g_cols = "".join(f", g{j + 1}" for j in range(k))
+    d_exprs = "".join(f", x.dimensions ->> s.g{j + 1} AS d{j + 1}" for j in range(k))
+    d_cols = "".join(f", d{j + 1}" for j in range(k))
+    cases = []
+    if "sum" in aggs:
+        cases.append("WHEN 'sum' THEN sum(q_sum)")
+    if "count" in aggs:
+        cases.append("WHEN 'count' THEN sum(n)")
+    if "max" in aggs:
+        cases.append("WHEN 'max' THEN max(q_max)")
+    if "unique_count" in aggs:
+        cases.append("WHEN 'unique_count' THEN count(u)::numeric")
+    if "latest" in aggs:
+        # one sub-group per source row (u = its latest event's id)
+        cases.append(
+            "WHEN 'latest' THEN (array_agg(q_last ORDER BY last_ts DESC, u COLLATE \"C\" DESC))[1]"
+        )
+    part = "width_bucket(x.ts, s.bounds) - 1" if any(len(x.bounds) > 1 for x in specs) else "0"
+    if "latest" in aggs:
+        sub_key = (
+            "CASE s.aggregation WHEN 'latest' THEN x.last_id "
+            "ELSE x.dimensions ->> s.unique_by END"
+        )
+    elif "unique_count" in aggs:
+        sub_key = "x.dimensions ->> s.unique_by"
+    else:
+        sub_key = "NULL::text"
+    raw_cols = (
+        "e.meter, e.ts, e.dimensions, e.quantity AS q, 1::bigint AS n, e.quantity AS q_max, "
+        "e.ts AS first_ts, e.ts AS last_ts, e.event_id AS last_id, e.quantity AS q_last"
+    )
+    sql = f"""
+WITH spec (meter, aggregation, unique_by, bounds{g_cols}) AS (
+  VALUES {values}
+),
+rollup_days (lo, hi) AS (SELECT * FROM unnest($7::timestamptz[], $8::timestamptz[])),
+raw_days (lo, hi) AS (SELECT * FROM unnest($9::timestamptz[], $10::timestamptz[])),
+src AS (
+  SELECT r.meter, r.day AS ts, r.dimensions, r.quantity_sum AS q, r.event_count AS n,
+         r.quantity_max AS q_max, r.first_ts, r.last_ts, r.last_event_id AS last_id,
+         r.last_quantity AS q_last
+  FROM rollup_days d
+  JOIN usage_rollups r ON r.customer_id = $1 AND r.day >= d.lo AND r.day < d.hi
+  WHERE r.compaction_id <= $5
+  UNION ALL
+  SELECT {raw_cols}
+  FROM raw_days d
+  JOIN usage_events e ON e.customer_id = $1 AND e.ts >= d.lo AND e.ts < d.hi
+  WHERE e.txid < $4
+  UNION ALL
+  SELECT {raw_cols}
+  FROM usage_events e
+  WHERE e.customer_id = $1 AND e.txid >= $6 AND e.txid < $4 AND e.ts >= $2 AND e.ts < $3
+    AND EXISTS (SELECT 1 FROM rollup_days d WHERE e.ts >= d.lo AND e.ts < d.hi)
+)
+SELECT meter, part{d_cols}, CASE min(aggregation) {" ".join(cases)} END AS quantity,
+       min(first_ts) AS first_seen
+FROM (
+  SELECT s.meter, s.aggregation, {part} AS part{d_exprs},
+         {sub_key} AS u,
+         sum(x.q) FILTER (WHERE s.aggregation = 'sum') AS q_sum,
+         sum(x.n) AS n,
+         max(x.q_max) FILTER (WHERE s.aggregation = 'max') AS q_max,
+         max(x.q_last) FILTER (WHERE s.aggregation = 'latest') AS q_last,
+         min(x.first_ts) AS first_ts, max(x.last_ts) AS last_ts
+  FROM src x
+  JOIN spec s ON s.meter = x.meter
+  GROUP BY s.meter, s.aggregation, 3{"".join(f", {j + 4}" for j in range(k))}, u
+) AS sub
+GROUP BY meter, part{d_cols}
+"""
+    return sql, params
+
+
+async def _compacted(conn: asyncpg.Connection, watermark: int) -> _Compacted | None:
+    row = await conn.fetchrow(_COMPACTION_SQL, watermark)
+    return None if row is None else _Compacted(row[0], row[1], row[2])
+
+
 async def _run(
     conn: asyncpg.Connection,
     customer_id: str,
@@ -265,13 +430,30 @@ async def _run(
     end: datetime,
     watermark: int,
     txid_from: int | None,
+    rollups: bool = False,
 ) -> list[tuple[_Spec, int, dict[str, str], Decimal, datetime]]:
     if not specs:
         return []
-    sql, extra = _statement(specs, with_from=txid_from is not None)
     fixed: list[Any] = [customer_id, start, end, watermark]
-    if txid_from is not None:
-        fixed.append(txid_from)
+    compacted = await _compacted(conn, watermark) if rollups and txid_from is None else None
+    rollup_days: list[tuple[datetime, datetime]] = []
+    if compacted is not None:
+        cuts = [t for s in specs for t in s.bounds[1:]]
+        rollup_days, raw_days = _day_ranges(start, end, cuts, compacted.folded_before)
+    if compacted is not None and rollup_days:
+        sql, extra = _rollup_statement(specs)
+        fixed += [
+            compacted.id,
+            compacted.upto_txid,
+            [lo for lo, _ in rollup_days],
+            [hi for _, hi in rollup_days],
+            [lo for lo, _ in raw_days],
+            [hi for _, hi in raw_days],
+        ]
+    else:
+        sql, extra = _statement(specs, with_from=txid_from is not None)
+        if txid_from is not None:
+            fixed.append(txid_from)
     by_key = {s.meter.key: s for s in specs}
     out = []
     for r in await conn.fetch(sql, *fixed, *extra):
@@ -306,6 +488,7 @@ async def aggregate_usage(
     watermark: int,
     splits: Iterable[datetime] = (),
     min_txid: int | None = None,
+    rollups: bool = True,
 ) -> list[AggregateRow]:
     """Aggregates of ``customer_id``'s events in ``[start, end)`` with
     ``min_txid <= txid < watermark``, per meter, part and group.
@@ -313,11 +496,15 @@ async def aggregate_usage(
     Parts of a meter are ``[start, end)`` split at ``splits`` and the meter's
     own ``MeterSpec.splits``. Rows come in meter order (as given), then part,
     then ``first_seen``, then dimensions. Groups without events are absent.
+
+    With ``rollups`` (and no ``min_txid``), whole UTC days folded by the
+    compactor are read from ``usage_rollups``; the result is the same
+    either way (``rollups=False`` reads raw events only).
     """
     _check(meters, start, end)
     common = list(splits)
     specs = [_Spec(m, _bounds(start, end, common, m.splits)) for m in meters]
-    rows = await _run(conn, customer_id, specs, start, end, watermark, min_txid)
+    rows = await _run(conn, customer_id, specs, start, end, watermark, min_txid, rollups)
     out = []
     for spec, part, dims, qty, first_seen in rows:
         b = spec.bounds
