@@ -173,8 +173,8 @@ class UsageRollup(SQLModel, table=True):
 
     __tablename__ = "usage_rollups"
     customer_id: str = Field(primary_key=True)
-    day: datetime = Field(sa_column=Column(DateTime(timezone=True), primary_key=True))
     meter: str = Field(primary_key=True)
+    day: datetime = Field(sa_column=Column(DateTime(timezone=True), primary_key=True))
     compaction_id: int = Field(
         sa_column=Column(
             BigInteger, ForeignKey("usage_compactions.id"), primary_key=True, nullable=False

@@ -60,7 +60,7 @@ SELECT $1, customer_id, meter, date_trunc('day', ts, 'UTC'), dimensions, sum(qua
 FROM usage_events
 WHERE txid < $2 AND ts < $3 AND (txid >= $4 OR ts >= $5)
 GROUP BY customer_id, meter, date_trunc('day', ts, 'UTC'), dimensions
-ORDER BY customer_id, date_trunc('day', ts, 'UTC')
+ORDER BY customer_id, meter, date_trunc('day', ts, 'UTC')
 RETURNING event_count
 )
 SELECT count(*), coalesce(sum(event_count), 0) FROM folded

@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     rat.add_argument(
         "--concurrency", type=int, default=1, help="contracts rated at once (connections)"
     )
+    rat.add_argument(
+        "--raw", action="store_true", help="no compaction: rate from raw events only"
+    )
     for sp in (ing, rat):
         sp.add_argument(
             "--covering-index",
@@ -92,12 +95,21 @@ async def _main(args: argparse.Namespace) -> None:
                     repeat=args.repeat,
                     concurrency=args.concurrency,
                     covering=args.covering_index,
+                    raw=args.raw,
                 )
                 print(
                     f"events: {r.events:,} over one quarter, {r.contracts} contracts, "
                     f"concurrency {r.concurrency}, {r.aggregate_rows:,} aggregate rows, "
                     f"covering index: {'yes' if r.covering else 'no'}"
                 )
+                if r.compaction_s is not None:
+                    print(
+                        f"compaction (background): {r.compaction_s:6.2f}s"
+                        f"  {r.events / r.compaction_s:>9,.0f} events/s,"
+                        f" {r.rollup_rows:,} rollup rows"
+                    )
+                else:
+                    print("compaction: none (--raw), rating reads raw events")
                 print(f"bare GROUP BY:          best {min(r.bare_s):6.2f}s")
                 print(f"bare sum per contract:  best {min(r.bare_per_contract_s):6.2f}s")
                 print(

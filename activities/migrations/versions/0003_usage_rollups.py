@@ -42,8 +42,8 @@ def upgrade() -> None:
     op.create_table(
         "usage_rollups",
         sa.Column("customer_id", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-        sa.Column("day", sa.DateTime(timezone=True), nullable=False),
         sa.Column("meter", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+        sa.Column("day", sa.DateTime(timezone=True), nullable=False),
         sa.Column("compaction_id", sa.BigInteger(), nullable=False),
         sa.Column("dimensions", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
         sa.Column("quantity_sum", sa.Numeric(), nullable=False),
@@ -54,7 +54,8 @@ def upgrade() -> None:
         sa.Column("last_event_id", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("last_quantity", sa.Numeric(), nullable=False),
         sa.ForeignKeyConstraint(["compaction_id"], ["usage_compactions.id"]),
-        sa.PrimaryKeyConstraint("customer_id", "day", "meter", "compaction_id", "dimensions"),
+        # Rating reads one customer's meter over a range of days.
+        sa.PrimaryKeyConstraint("customer_id", "meter", "day", "compaction_id", "dimensions"),
     )
     # The events a compaction has not folded yet ("the tail": inserted after
     # the last compaction) are found per customer by inserting transaction;
