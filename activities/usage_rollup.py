@@ -36,10 +36,13 @@ from datetime import UTC, datetime, time, timedelta
 from typing import Final
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]  # no stubs shipped
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio import activity
 
 from activities.usage_query import read_watermark
+from models.operations import ActivityName, CompactUsageRequest, CompactUsageResult
 
-__all__ = ["Compaction", "compact_usage", "utc_midnight"]
+__all__ = ["Compaction", "UsageActivities", "compact_usage", "utc_midnight"]
 
 _LOCK_KEY: Final = 0x62696C6C6F77  # "billow": one compactor at a time, cluster-wide
 
@@ -140,3 +143,21 @@ async def _run(conn: asyncpg.Connection, before: datetime | None) -> Compaction:
             run_id, int(events), int(rows),
         )
     return Compaction(run_id, upto, before, int(events), int(rows))
+
+
+class UsageActivities:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @activity.defn(name=ActivityName.COMPACT_USAGE.value)
+    async def compact_usage(self, req: CompactUsageRequest) -> CompactUsageResult:
+        """One compaction run (idempotent: a retry folds only what is still unfolded)."""
+        async with self.engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            run = await compact_usage(raw.driver_connection, before=req.before)
+        return CompactUsageResult(
+            compaction_id=run.id,
+            folded_before=run.folded_before,
+            events=run.events,
+            rollup_rows=run.rollup_rows,
+        )

@@ -32,6 +32,8 @@ __all__ = [
     "ChargeResult",
     "ClosePeriodRequest",
     "ClosePeriodResult",
+    "CompactUsageRequest",
+    "CompactUsageResult",
     "ContractStatus",
     "CreditSummary",
     "DunningRequest",
@@ -60,6 +62,7 @@ class ActivityName(StrEnum):
     CHARGE_INVOICE = "charge_invoice"
     DUNNING_STEP = "dunning_step"
     EXPIRE_CREDITS = "expire_credits"
+    COMPACT_USAGE = "compact_usage"
 
 
 class ContractStatus(StrEnum):
@@ -229,3 +232,18 @@ class ExpireCreditsRequest(BaseModel):
     on: date
     status: ContractStatus
     terms: ContractTerms
+
+
+class CompactUsageRequest(BaseModel):
+    """Fold usage of UTC days before ``before`` (None: today's UTC midnight)."""
+
+    model_config = _FROZEN
+    before: AwareDatetime | None = None
+
+
+class CompactUsageResult(BaseModel):
+    model_config = _FROZEN
+    compaction_id: int | None  # None: nothing new to fold
+    folded_before: AwareDatetime
+    events: int
+    rollup_rows: int

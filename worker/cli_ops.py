@@ -635,6 +635,52 @@ def apikey_revoke(key_id: Annotated[str, typer.Argument(help="Key id (not the ke
     err.print(f"key {key_id} revoked")
 
 
+@usage_app.command("compact")
+def usage_compact(
+    before: Annotated[str | None, typer.Option(
+        help="Fold UTC days before this date (YYYY-MM-DD); default: today (UTC)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fold closed UTC days of usage into rollups now (the worker's schedule does this hourly).
+
+    Writes to the database directly (BILLOW_DATABASE_URL, or the database of a
+    running `billow up`). Rating reads rollups for whole days; folding never
+    changes an amount.
+    """
+    import datetime as dt
+
+    from activities.usage_rollup import compact_usage
+
+    cutoff: dt.datetime | None = None
+    if before is not None:
+        try:
+            cutoff = dt.datetime.combine(dt.date.fromisoformat(before), dt.time(), tzinfo=dt.UTC)
+        except ValueError:
+            err.print(f"[red]error:[/] --before: {before!r} is not a date (YYYY-MM-DD)")
+            raise typer.Exit(EXIT_INPUT) from None
+
+    async def run(conn: Any) -> Any:
+        raw = await conn.get_raw_connection()
+        return await compact_usage(raw.driver_connection, before=cutoff)
+
+    url = _database_url()
+    try:
+        done = asyncio.run(_with_conn(url, run))
+    except Exception as exc:
+        err.print(f"[red]error:[/] compaction failed: {exc}")
+        raise typer.Exit(EXIT_SERVER) from None
+    result = {"compaction_id": done.id, "folded_before": done.folded_before.isoformat(),
+              "events": done.events, "rollup_rows": done.rollup_rows}
+    if as_json:
+        _emit_json(result)
+        return
+    if done.id is None:
+        err.print(f"nothing new to fold before {done.folded_before:%Y-%m-%d}")
+        return
+    out.print(_kv_table("Usage compaction", [(k.replace("_", " "), str(v))
+                                              for k, v in result.items()]))
+
+
 def register(app: typer.Typer) -> None:
     """Add the ops command groups to the ``billow`` app."""
     app.add_typer(catalog_app, name="catalog")

@@ -22,12 +22,15 @@ from activities.payments import (
     PaymentGateway,
     SimulatedCardGateway,
 )
+from activities.usage_rollup import UsageActivities
 from worker.logging_setup import configure_logging
 from worker.metrics import start_app_metrics_server
+from worker.schedules import ensure_compaction_schedule
 from worker.settings import Settings
 from worker.telemetry import worker_runtime
 from worker.temporal_client import connect
 from workflows.contract import ContractWorkflow
+from workflows.usage_compaction import UsageCompactionWorkflow
 
 log = logging.getLogger("billow.worker")
 
@@ -35,6 +38,7 @@ log = logging.getLogger("billow.worker")
 def activities_for(engine: AsyncEngine, gateway: PaymentGateway) -> Sequence[Any]:
     ledger = LedgerActivities(engine)
     payments = PaymentActivities(engine, gateway)
+    usage = UsageActivities(engine)
     return [
         ledger.register_contract,
         ledger.update_contract,
@@ -45,10 +49,11 @@ def activities_for(engine: AsyncEngine, gateway: PaymentGateway) -> Sequence[Any
         ledger.dunning_step,
         ledger.expire_credits,
         payments.charge_invoice,
+        usage.compact_usage,
     ]
 
 
-WORKFLOWS = [ContractWorkflow]
+WORKFLOWS = [ContractWorkflow, UsageCompactionWorkflow]
 
 
 def build_worker(
@@ -95,6 +100,10 @@ async def run_worker(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if settings.usage_compaction_minutes:
+        await ensure_compaction_schedule(
+            client, settings.task_queue, timedelta(minutes=settings.usage_compaction_minutes)
+        )
     log.info("worker polling task queue %r on %s", settings.task_queue, client.namespace)
     running = asyncio.create_task(worker.run())
     stopping = asyncio.create_task(stop.wait())

@@ -92,6 +92,11 @@ class Settings(BaseSettings):
                     "invoices are paid by transfer; 'simulated_card': always-accepting test "
                     "card (demos). A real gateway implements activities.payments.PaymentGateway.",
     )
+    usage_compaction_minutes: int = Field(
+        default=60, ge=0,
+        description="Worker: how often the Temporal Schedule 'billow-usage-compaction' folds "
+                    "closed UTC days of usage into rollups (0: the worker does not create it).",
+    )
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
     otel_enabled: bool = Field(

@@ -7,6 +7,8 @@ import json
 import uuid
 from pathlib import Path
 
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner
 
 from tests.api.helpers import ApiServer, counts, run_cli
@@ -134,3 +136,22 @@ async def test_exit_codes_and_batches(api: ApiServer, tmp_path: Path) -> None:
                                    env={"BILLOW_API_URL": "http://127.0.0.1:9",
                                         "BILLOW_API_KEY": "x"})
     assert down.exit_code == 1 and "cannot reach" in down.stderr
+
+
+async def test_usage_compact_folds_days_before_the_date(db: AsyncEngine, database_url: str) -> None:
+    async with db.begin() as conn:
+        await conn.execute(text(
+            "INSERT INTO usage_events (event_id, customer_id, meter, ts, quantity, dimensions) "
+            "VALUES ('e1', 'c', 'tokens', '2027-01-08T10:00Z', 2, '{}'), "
+            "('e2', 'c', 'tokens', '2027-01-09T23:59:59Z', 3, '{}'), "
+            "('e3', 'c', 'tokens', '2027-01-10T00:00Z', 4, '{}')"))
+    code, _, stderr = await _cli_with_db(database_url, ["usage", "compact", "--before", "10/01"])
+    assert code == 2 and "--before" in stderr
+    code, stdout, _ = await _cli_with_db(
+        database_url, ["usage", "compact", "--before", "2027-01-10", "--json"])
+    assert code == 0
+    assert json.loads(stdout) == {"compaction_id": 1, "folded_before": "2027-01-10T00:00:00+00:00",
+                                  "events": 2, "rollup_rows": 2}
+    again = ["usage", "compact", "--before", "2027-01-10"]
+    code, _, stderr = await _cli_with_db(database_url, again)
+    assert code == 0 and "nothing new to fold" in stderr
