@@ -18,7 +18,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from activities.ledger_reports import credit_summary, invoice_documents, revenue
 from activities.migrate import upgrade_async
 from activities.payments import SimulatedCardGateway
 from activities.usage_ingest import IngestReport, IngestResult, IngestStatus, ingest_usage
+from activities.usage_rollup import compact_usage, utc_midnight
 from models.catalog import Catalog
 from models.contract import Contract
 from models.periods import local_midnight_utc
@@ -57,12 +58,19 @@ class SimulationInput:
     until: date | None = None
     # Customers whose next N auto-pay charges the simulated card declines.
     card_declines: dict[str, int] = field(default_factory=dict)
+    # Fold the usage into daily rollups before the contract runs, as the
+    # nightly compactor would have: rating then reads rollups for whole days.
+    compact_usage: bool = False
 
 
 @dataclass
 class SimulationResult:
     output: dict[str, Any]
     ingest: IngestReport
+
+
+def _utc_day_after(day: date) -> datetime:
+    return datetime.combine(day + timedelta(days=1), time(), tzinfo=UTC)
 
 
 def default_until(contract: Contract, catalog: Catalog) -> date:
@@ -155,6 +163,10 @@ async def simulate_on(
             env.client, engine, sim.contract, TASK_QUEUE, catalog_version=version
         )
         ingest = await ingest_all(engine, sim.usage)
+        if sim.compact_usage:
+            async with engine.connect() as conn:
+                raw = (await conn.get_raw_connection()).driver_connection
+                await compact_usage(raw, before=utc_midnight(_utc_day_after(until)))
         handle = env.client.get_workflow_handle(started.workflow_id)
         for action in sim.timeline:
             await advance_to(env, action.at)

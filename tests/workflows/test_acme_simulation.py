@@ -73,3 +73,20 @@ async def test_acme_until_the_example_date_matches_every_field(server_url: str) 
     numbers = [inv["number"] for inv in result.output["invoices"]]
     assert numbers == [f"INV-{n:06d}" for n in range(1, 6)]
     assert (result.ingest.accepted, result.ingest.duplicate, result.ingest.rejected) == (15, 1, 1)
+
+
+async def test_acme_rated_from_rollups_comes_out_the_same(server_url: str) -> None:
+    """The nightly compactor folded every day first: the rollup path, to the cent."""
+    events, _ = parse_usage_jsonl((ACME / "usage.jsonl").read_text())
+    result = await run_simulation(
+        SimulationInput(
+            catalog=load_catalog_file(ACME / "catalog.yaml"),
+            contract=load_contract_file(ACME / "contract.yaml"),
+            usage=events,
+            timeline=load_timeline_file(ACME / "timeline.yaml"),
+            until=date(2028, 6, 30),
+            compact_usage=True,
+        ),
+        database_url=server_url,
+    )
+    assert differences(EXPECTED, result.output) == []
