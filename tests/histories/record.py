@@ -1,6 +1,6 @@
 """Record workflow histories for the replay tests.
 
-    python -m tests.histories.record
+    python -m tests.histories.record <version> [scenario ...]
 
 Runs a few contract lifecycles on a time-skipping server and a fresh
 database and saves each contract workflow's history (every run of it) as
@@ -17,22 +17,34 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Protocol
 
 import yaml
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from activities.db import make_engine
 from activities.payments import SimulatedCardGateway
+from models.operations import CompactUsageRequest
 from tests.support.paths import ACME
 from tests.support.scenario import ContractRun, at, contract_doc, event
+from worker.main import build_worker
 from worker.simulate import fresh_database
 from worker.temporal_envs import start_time_skipping
+from workflows.usage_compaction import UsageCompactionWorkflow
 
 HERE = Path(__file__).parent
 
-Scenario = Callable[[WorkflowEnvironment, AsyncEngine], Awaitable[ContractRun]]
+class Recorded(Protocol):
+    handle: WorkflowHandle[Any, Any] | None
+
+
+Scenario = Callable[[WorkflowEnvironment, AsyncEngine], Awaitable[Recorded]]
 
 
 async def acme(env: WorkflowEnvironment, engine: AsyncEngine) -> ContractRun:
@@ -112,11 +124,33 @@ async def renewal(env: WorkflowEnvironment, engine: AsyncEngine) -> ContractRun:
     return run
 
 
+@dataclass
+class _Compaction:
+    handle: WorkflowHandle[Any, Any] | None = None
+
+
+async def usage_compaction(env: WorkflowEnvironment, engine: AsyncEngine) -> _Compaction:
+    async with engine.begin() as conn:
+        await conn.execute(text(
+            "INSERT INTO usage_events (event_id, customer_id, meter, ts, quantity, dimensions) "
+            "VALUES ('e1', 'c', 'tokens', '2027-01-08T10:00Z', 2, '{}')"))
+    async with build_worker(env.client, engine, "record-compaction"):
+        handle = await env.client.start_workflow(
+            UsageCompactionWorkflow.run,
+            CompactUsageRequest(before=datetime(2027, 1, 9, tzinfo=UTC)),
+            id="billow-usage-compaction-run",
+            task_queue="record-compaction",
+        )
+        await handle.result()
+    return _Compaction(handle)
+
+
 SCENARIOS: dict[str, Scenario] = {
     "acme": acme,
     "amendments": amendments,
     "continue_as_new": continue_as_new,
     "renewal": renewal,
+    "usage_compaction": usage_compaction,
 }
 
 
@@ -146,10 +180,11 @@ async def record(name: str, scenario: Scenario, version: str) -> None:
     print(f"wrote {path}")
 
 
-async def main(version: str) -> None:
-    for name, scenario in SCENARIOS.items():
-        await record(name, scenario, version)
+async def main(version: str, names: list[str]) -> None:
+    """Record ``names`` (default: every scenario) as ``<name>.<version>.json``."""
+    for name in names or list(SCENARIOS):
+        await record(name, SCENARIOS[name], version)
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "v1"))
+    asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "v1", sys.argv[2:]))
