@@ -23,7 +23,9 @@ Names (``_total`` is added by the exposition):
 - ``billow_invoices_held_total``: usage invoices held for attention;
 - ``billow_credit_grants_total{currency}``: credit grants recorded;
 - ``billow_dunning_steps_total{step}``: dunning steps recorded;
-- ``billow_invoices_overdue_total``: invoices that went overdue.
+- ``billow_invoices_overdue_total``: invoices that went overdue;
+- ``billow_usage_ingest_races_total``: batches redone because a concurrent
+  batch stored one of their ids first (each is still stored once).
 """
 
 from __future__ import annotations
@@ -65,6 +67,10 @@ def _counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> _Counter:
 
 USAGE_EVENTS = _counter(
     "billow_usage_events", "Usage events by ingestion outcome.", ("status",)
+)
+USAGE_INGEST_RACES = _counter(
+    "billow_usage_ingest_races",
+    "Usage batches redone on the ON CONFLICT path after racing a concurrent batch.",
 )
 INVOICES_FINALIZED = _counter(
     "billow_invoices_finalized", "Invoices finalized (numbered).", ("kind", "currency")

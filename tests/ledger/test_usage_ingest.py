@@ -236,6 +236,42 @@ async def test_concurrent_batches_with_the_same_ids_store_each_once(
     assert len(ids) == 4500
 
 
+async def test_a_batch_that_loses_a_race_for_an_id_is_redone_and_stores_the_rest(
+    conn: asyncpg.Connection, database_url: str
+) -> None:
+    """The other batch's row is not committed when this batch looks for stored
+    ids; its plain INSERT then waits on it and fails when it commits."""
+    from prometheus_client import REGISTRY
+
+    def races() -> float:
+        return REGISTRY.get_sample_value("billow_usage_ingest_races_total") or 0.0
+
+    before = races()
+    other = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        tx = other.transaction()
+        await tx.start()
+        report = await ingest_usage(other, [ev("race-1", quantity="7")])
+        assert report.accepted == 1
+        losing = asyncio.create_task(
+            ingest_usage(conn, [ev(f"race-{i}", quantity="1") for i in range(3)])
+        )
+        await asyncio.sleep(0.3)
+        assert not losing.done()  # waiting on the other transaction's row
+        await tx.commit()
+        result = await losing
+    finally:
+        await other.close()
+    assert [(r.id, r.status) for r in result.results] == [
+        ("race-0", ACCEPTED), ("race-1", DUPLICATE), ("race-2", ACCEPTED)
+    ]
+    assert result.results[1].reason == "already stored"
+    rows = await stored(conn)
+    assert sorted(rows) == ["race-0", "race-1", "race-2"]
+    assert rows["race-1"]["quantity"] == Decimal(7)  # the winner's payload, once
+    assert races() == before + 1
+
+
 # --- aggregation ------------------------------------------------------------------------
 
 
