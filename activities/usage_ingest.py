@@ -49,7 +49,7 @@ Decisions:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -297,10 +297,15 @@ class _Batch:
         # event id -> index of its first valid occurrence in this batch
         self.first_index: dict[str, int] = {}
 
-    def classify(self, idx: list[int], known: dict[str, set[str]]) -> list[_Row]:
-        """Validate the events at ``idx``; return those to write."""
+    def validate(self, idx: list[int]) -> list[_Row | str]:
+        """The events at ``idx`` as rows, or why each is rejected (no database needed)."""
+        return _validate_many([self.events[i] for i in idx])
+
+    def classify(
+        self, idx: list[int], checked_all: list[_Row | str], known: dict[str, set[str]]
+    ) -> list[_Row]:
+        """Record the outcome of the validated events at ``idx``; return those to write."""
         rows: list[_Row] = []
-        checked_all = _validate_many([self.events[i] for i in idx])
         for i, checked in zip(idx, checked_all, strict=True):
             if isinstance(checked, str):
                 self.status[i], self.reasons[i] = IngestStatus.REJECTED, checked
@@ -350,31 +355,54 @@ def _document(rows: list[_Row]) -> str:
     return _ROWS.dump_json(rows).decode()
 
 
+_Lookups = tuple[dict[str, set[str]], set[str] | None]
+
+
+async def _lookups(
+    conn: asyncpg.Connection, batch: _Batch, *, stored_ids: bool
+) -> _Lookups:
+    """The customers' known meters and (``stored_ids``) the batch's ids already stored."""
+    known = await _load_known_meters(conn, batch.events)
+    if not stored_ids:
+        return known, None
+    rows = await conn.fetch(_STORED_SQL, [i for i in batch.ids if i])
+    return known, {r[0] for r in rows}
+
+
 async def _write_pipelined(
     conn: asyncpg.Connection,
     batch: _Batch,
     order: list[int],
-    known: dict[str, set[str]],
-    stored: set[str] | None,
+    lookups: asyncio.Future[_Lookups],
+    before_last_result: Callable[[set[str]], None] | None = None,
 ) -> set[str]:
     """Validate and write the batch in chunks; the ids this call stored.
 
-    ``stored``: ids found stored beforehand; their events are not sent and
-    the rest go in by plain INSERT. None: every event goes in by INSERT ...
-    ON CONFLICT DO NOTHING RETURNING, which tells what was stored.
+    ``lookups`` (in flight on ``conn`` while the first chunk is validated)
+    gives the known meters and, on the fast path, the ids found stored
+    beforehand: their events are not sent and the rest go in by plain
+    INSERT. Without them every event goes in by INSERT ... ON CONFLICT DO
+    NOTHING RETURNING, which tells what was stored.
 
     While the server inserts chunk k, this process validates chunk k+1, so
-    client and server CPU overlap. A connection runs one statement at a
-    time: at most one INSERT is in flight.
+    client and server CPU overlap. On the fast path ``before_last_result``
+    gets the ids this call will have stored if the last INSERT succeeds,
+    while that INSERT is still in flight. A connection runs one statement at a time: at
+    most one statement is in flight.
     """
     inserted: set[str] = set()
-    pending: asyncio.Future[Any] | None = None
+    pending: asyncio.Future[Any] | None = lookups
+    known: dict[str, set[str]] = {}
+    stored: set[str] | None = None
     sent: list[str] = []
     n = len(order)
 
     async def settle(pending: asyncio.Future[Any]) -> None:
+        nonlocal known, stored
         result = await pending
-        if stored is None:
+        if pending is lookups:
+            known, stored = result
+        elif stored is None:
             inserted.update(r[0] for r in result)
         else:
             inserted.update(sent)
@@ -382,17 +410,19 @@ async def _write_pipelined(
 
     try:
         for c in range(0, n, _CHUNK):
-            rows: list[_Row] = []
-            for s in range(c, min(c + _CHUNK, n), _SLICE):
-                # Yield between slices so the in-flight INSERT's task can
+            idx = order[c : min(c + _CHUNK, n)]
+            checked: list[_Row | str] = []
+            for s in range(0, len(idx), _SLICE):
+                # Yield between slices so the in-flight statement's task can
                 # push its request to the server.
                 await asyncio.sleep(0)
-                rows += batch.classify(order[s : min(s + _SLICE, c + _CHUNK, n)], known)
+                checked += batch.validate(idx[s : s + _SLICE])
+            if pending is not None:
+                await settle(pending)  # the lookups first, then the previous INSERT
+                pending = None
+            rows = batch.classify(idx, checked, known)
             if stored:
                 rows = [r for r in rows if r[0] not in stored]
-            if pending is not None:
-                await settle(pending)
-                pending = None
             if not rows:
                 continue
             if stored is None:
@@ -400,7 +430,13 @@ async def _write_pipelined(
             else:
                 sent.extend(r[0] for r in rows)
                 pending = asyncio.ensure_future(conn.execute(_PLAIN_INSERT_SQL, _document(rows)))
+        if pending is lookups:  # an empty batch
+            await settle(pending)
+            pending = None
         if pending is not None:
+            if before_last_result is not None and stored is not None:
+                await asyncio.sleep(0)  # let the INSERT's task send it first
+                before_last_result(inserted | set(sent))
             await settle(pending)
             pending = None
     finally:
@@ -430,18 +466,27 @@ async def ingest_usage(
     # global order and cannot deadlock on shared ids.
     order = sorted(range(n), key=lambda i: (ids[i] or "", i))
 
+    report: IngestReport | None = None
+
+    def report_early(inserted: set[str]) -> None:
+        # Built while the server runs the last INSERT; dropped if it fails.
+        nonlocal report
+        batch.settle(inserted)
+        report = batch.report()
+
     try:
         async with conn.transaction():
-            known = await _load_known_meters(conn, events)
-            stored = {r[0] for r in await conn.fetch(_STORED_SQL, [i for i in ids if i])}
-            inserted = await _write_pipelined(conn, batch, order, known, stored)
+            lookups = asyncio.ensure_future(_lookups(conn, batch, stored_ids=True))
+            inserted = await _write_pipelined(conn, batch, order, lookups, report_early)
     except asyncpg.UniqueViolationError:
         # A concurrent batch stored one of these ids after our look-up; the
         # savepoint (or transaction) rolled back: redo it the careful way.
         metrics.USAGE_INGEST_RACES.inc()
-        batch = _Batch(events)
+        batch, report = _Batch(events), None
         async with conn.transaction():
-            known = await _load_known_meters(conn, events)
-            inserted = await _write_pipelined(conn, batch, order, known, None)
-    batch.settle(inserted)
-    return metrics.usage_ingested(batch.report())
+            lookups = asyncio.ensure_future(_lookups(conn, batch, stored_ids=False))
+            inserted = await _write_pipelined(conn, batch, order, lookups)
+    if report is None:
+        batch.settle(inserted)
+        report = batch.report()
+    return metrics.usage_ingested(report)
