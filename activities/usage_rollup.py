@@ -24,8 +24,10 @@ one per run; an event that arrives after its day was folded waits for the
 next run.
 
 Rollups are derived data: raw events stay (deduplication by id is forever
-and they are the audit trail), and dropping every rollup and compaction row
-only makes rating slower, never different. Runs are serialized by an
+and they are the audit trail). To rebuild them, empty both tables together
+(``TRUNCATE usage_rollups, usage_compactions``): rating then reads raw
+events until the next run. Deleting rollups alone would drop usage from
+invoices, since a compaction row promises its days are folded. Runs are serialized by an
 advisory lock and each is one transaction: a crash folds nothing.
 """
 

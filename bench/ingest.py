@@ -6,7 +6,8 @@ validation, lookups or dedup: one COPY statement for all rows (the fastest
 way in), and one COPY per 10,000 rows, each in its own transaction (the same
 batching and commits as billow). billow's clock covers everything
 `ingest_usage` does from the raw dicts (pydantic validation, customer/meter
-lookup, dedup, the INSERT ... ON CONFLICT, the per-event report).
+lookup, the look-up of ids already stored, in-batch dedup, the INSERT, the
+per-event report).
 
 Each side runs ``repeat`` times, alternating; the table is truncated and
 checkpointed before every run and the best run of each side counts (this

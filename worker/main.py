@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
+from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 from activities.db import make_engine
@@ -101,9 +102,13 @@ async def run_worker(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     if settings.usage_compaction_minutes:
-        await ensure_compaction_schedule(
-            client, settings.task_queue, timedelta(minutes=settings.usage_compaction_minutes)
-        )
+        every = timedelta(minutes=settings.usage_compaction_minutes)
+        try:
+            await ensure_compaction_schedule(client, settings.task_queue, every)
+        except RPCError as exc:
+            # Contracts do not depend on it (rating reads raw events until a
+            # compaction has run): keep working, say why it is missing.
+            log.warning("usage compaction schedule not created: %s", exc)
     log.info("worker polling task queue %r on %s", settings.task_queue, client.namespace)
     running = asyncio.create_task(worker.run())
     stopping = asyncio.create_task(stop.wait())

@@ -1,0 +1,47 @@
+"""The benchmarks still run and still check their answers (tiny sizes; never timed).
+
+Speed is judged by `python -m bench` as ratios in one run (bench/RESULTS.md);
+these tests only keep the benchmark code working from a fresh clone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg  # type: ignore[import-untyped, unused-ignore]  # no stubs shipped
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from activities.db import asyncpg_dsn
+from bench.ingest import run_ingest
+from bench.rating import run_rating
+
+
+@pytest.fixture
+async def conn(db: AsyncEngine, database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    c = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["rollups", "raw"])
+async def test_rating_bench_agrees_with_the_bare_group_by(
+    conn: asyncpg.Connection, database_url: str, raw: bool
+) -> None:
+    # run_rating raises if billow's sum meters differ from the bare GROUP BY's
+    figures = await run_rating(
+        conn, asyncpg_dsn(database_url), events=4000, contracts=12, seed=7, repeat=1,
+        concurrency=2, raw=raw, log=False,
+    )
+    assert figures.aggregate_rows > 12 * 5
+    assert (figures.compaction_s is None) == raw
+    assert figures.rollup_rows == 0 if raw else figures.rollup_rows > 0
+    assert figures.ratio > 0
+
+
+async def test_ingest_bench_stores_every_event(conn: asyncpg.Connection) -> None:
+    figures = await run_ingest(conn, events=3000, customers=10, seed=7, repeat=1, log=False)
+    assert figures.ratio > 0
+    assert await conn.fetchval("SELECT count(*) FROM usage_events") == 3000
