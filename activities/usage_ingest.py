@@ -29,14 +29,22 @@ Decisions:
   check claims its id, so a rejected event followed by its corrected resend
   in the same batch stores the resend. An event that is both invalid and a
   repeat is reported ``rejected``.
-- Set-based writes, never row by row through the ORM: one lookup of the
-  batch's customers and their meters, then ``INSERT ... SELECT FROM
-  jsonb_array_elements(...) ON CONFLICT (event_id) DO NOTHING RETURNING
-  event_id`` per chunk of 1,000 events, all in one transaction (a savepoint
-  if the caller already opened one). ``RETURNING`` tells accepted from
-  already stored; the primary key makes dedup exact under concurrency.
+- Set-based writes, never row by row through the ORM, all in one
+  transaction (a savepoint if the caller already opened one): one lookup
+  of the batch's customers and their meters, one of its ids already
+  stored, then a plain ``INSERT ... SELECT FROM jsonb_array_elements(...)``
+  of the rest per chunk of 1,000 events.
+- The primary key makes dedup exact under concurrency: if another batch
+  stores one of the ids after the lookup, the INSERT fails with a unique
+  violation, the savepoint rolls back, and the batch is redone with ``INSERT
+  ... ON CONFLICT (event_id) DO NOTHING RETURNING event_id`` (``RETURNING``
+  tells accepted from already stored). Speculative insertion costs more than
+  the lookup, so it is kept for the race.
+- Validation runs in pydantic-core for the common shape of an event
+  (`_PlainEvent`, a strict subset of `UsageEvent`); a slice holding
+  anything else is decided by `UsageEvent` itself, event by event.
 - The chunks are pipelined: while the server inserts chunk k this process
-  validates chunk k+1 (pydantic costs about as much CPU as the INSERT).
+  validates chunk k+1, and the report is built while the last INSERT runs.
 - Rows are written in ``event_id`` order: two concurrent batches that share
   ids then take the primary key's locks in the same order and cannot
   deadlock.

@@ -38,12 +38,17 @@ Late aggregates cover the late events only. That is the billable delta for
 must compare against the period as billed (re-aggregate the period with
 ``aggregate_usage(watermark=new)``) - this module does not decide billing.
 
-Plans: the statement filters ``customer_id = $1 AND ts >= $2 AND ts < $3``,
-which the ``(customer_id, ts)`` b-tree serves; ``txid``, ``dimensions`` and
-``event_id`` come from the heap, one page visit per event when customers'
-events are interleaved (see bench/RESULTS.md for what a covering index buys).
-The pass over the events is a hash aggregation; only ``latest`` meters'
-per-event sub-groups are sorted (see `_statement`).
+Rollups: once the usage compactor has folded days into ``usage_rollups``
+(activities/usage_rollup.py), `aggregate_usage` reads whole UTC days from
+them and raw events only for partial days, days with a split inside, days
+not folded yet and events that arrived after the compaction
+(`_rollup_statement`, `activities.rollup_days`). The result is the same.
+
+Plans: raw events are read through the ``(customer_id, ts)`` b-tree;
+``txid``, ``dimensions`` and ``event_id`` come from the heap, one page visit
+per event when customers' events are interleaved, which is what rollups
+avoid (bench/RESULTS.md). The pass over the rows is a hash aggregation; only
+``latest`` meters' per-event sub-groups are sorted (see `_statement`).
 """
 
 from __future__ import annotations
@@ -52,11 +57,13 @@ import bisect
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, time, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Final
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]  # no stubs shipped
+
+from activities.rollup_days import DayPlan, day_plan
 
 __all__ = [
     "AGGREGATIONS",
@@ -262,8 +269,6 @@ GROUP BY meter, part{d_cols}
     return sql, params
 
 
-_DAY: Final = timedelta(days=1)
-
 # The newest compaction whose watermark the invoice's watermark covers: its
 # rollups (and those of earlier runs) hold only events below the watermark.
 _COMPACTION_SQL = """
@@ -279,67 +284,12 @@ class _Compacted:
     folded_before: datetime
 
 
-def _floor_day(t: datetime) -> datetime:
-    u = t.astimezone(UTC)
-    return datetime.combine(u.date(), time(), tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class _DayPlan:
-    """Where each instant of ``[start, end)`` is read from.
-
-    Rollups: the UTC days in ``[lo, hi)`` except ``skipped`` (days a cut
-    falls strictly inside). Raw events: everything else, as ``raw`` ranges.
-    """
-
-    lo: datetime
-    hi: datetime
-    skipped: list[datetime]
-    raw: list[tuple[datetime, datetime]]
-
-
-def _day_plan(
-    start: datetime, end: datetime, cuts: Iterable[datetime], folded_before: datetime
-) -> _DayPlan | None:
-    """Which days of ``[start, end)`` can be read from rollups (None: none can).
-
-    A UTC day is read from rollups when it lies inside ``[start, end)``,
-    before ``folded_before``, and no cut (a part bound) falls strictly inside
-    it: all its events then belong to one part. Everything else (partial days
-    at the ends, days holding a cut, days not folded yet) is read raw.
-    """
-    lo = _floor_day(start)
-    if lo < start:
-        lo += _DAY
-    hi = min(_floor_day(end), folded_before)
-    if lo >= hi:
-        return None
-    skipped = sorted(
-        {d for t in cuts if start < t < end and (d := _floor_day(t)) != t and lo <= d < hi}
-    )
-    if len(skipped) == (hi - lo) // _DAY:
-        return None
-    # the complement of the rollup days within [start, end)
-    raw = [(start, lo), (hi, end), *((d, d + _DAY) for d in skipped)]
-    return _DayPlan(lo, hi, skipped, _merge(raw))
-
-
-def _merge(ranges: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
-    out: list[tuple[datetime, datetime]] = []
-    for a, b in sorted(r for r in ranges if r[0] < r[1]):
-        if out and a <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], b))
-        else:
-            out.append((a, b))
-    return out
-
-
 def _rollup_statement(specs: Sequence[_Spec]) -> tuple[str, list[Any]]:
     """Like `_statement`, over rollups of whole days plus raw events elsewhere.
 
     Fixed parameters: $1 customer, $2 start, $3 end, $4 watermark, $5 the
     compaction id, $6 its watermark, $7/$8 the rollup days' bounds, $9 the
-    days skipped among them, $10/$11 raw range bounds (a `_DayPlan`). Three
+    days skipped among them, $10/$11 raw range bounds (a `DayPlan`). Three
     sources, disjoint by construction:
 
     - rollups of compactions <= $5 on the rollup days: every event with
@@ -472,10 +422,10 @@ async def _run(
         return []
     fixed: list[Any] = [customer_id, start, end, watermark]
     compacted = await _compacted(conn, watermark) if rollups and txid_from is None else None
-    plan: _DayPlan | None = None
+    plan: DayPlan | None = None
     if compacted is not None:
         cuts = [t for s in specs for t in s.bounds[1:]]
-        plan = _day_plan(start, end, cuts, compacted.folded_before)
+        plan = day_plan(start, end, cuts, compacted.folded_before)
     if compacted is not None and plan is not None:
         sql, extra = _rollup_statement(specs)
         if conn.is_in_transaction():

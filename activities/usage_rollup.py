@@ -34,13 +34,14 @@ advisory lock and each is one transaction: a crash folds nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]  # no stubs shipped
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio import activity
 
+from activities.rollup_days import floor_day as utc_midnight
 from activities.usage_query import read_watermark
 from models.operations import ActivityName, CompactUsageRequest, CompactUsageResult
 
@@ -81,12 +82,6 @@ class Compaction:
     folded_before: datetime
     events: int
     rollup_rows: int
-
-
-def utc_midnight(t: datetime) -> datetime:
-    """The UTC midnight at or before ``t``."""
-    u = t.astimezone(UTC)
-    return datetime.combine(u.date(), time(), tzinfo=UTC)
 
 
 async def compact_usage(
