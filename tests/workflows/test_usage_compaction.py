@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from datetime import timedelta
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.usage_rollup import utc_midnight
@@ -35,6 +37,10 @@ async def test_the_schedule_folds_closed_days_through_the_worker(
              "t": today + timedelta(seconds=1)},
         )
     task_queue = f"compaction-{uuid.uuid4().hex[:8]}"
+    # The dev server is shared by the session: a worker process started by
+    # another test may have created the schedule already.
+    with contextlib.suppress(RPCError):
+        await client.get_schedule_handle(COMPACTION_SCHEDULE_ID).delete()
     async with build_worker(client, db, task_queue):
         assert await ensure_compaction_schedule(client, task_queue, timedelta(hours=1))
         handle = client.get_schedule_handle(COMPACTION_SCHEDULE_ID)
