@@ -75,6 +75,7 @@ from models.rating import (
     UnpricedGroup,
     UsageAggregate,
     UsagePart,
+    billed_counter,
     fee_lines,
     rate_period,
     split_points,
@@ -607,28 +608,41 @@ async def _late_lines(
     unpriced: list[UnpricedGroup] = []
     for index, period_rows in sorted(by_period.items()):
         period = earlier[index]
-        billed = await _billed_quantities(conn, terms.contract_id, period)
+        billed = await _billed_quantities(conn, terms, period)
         result = rate_period(terms, period, _parts(period_rows), late=True, already=billed)
         lines += [ln for ln in result.lines if isinstance(ln, LateUsageLine)]
         unpriced += result.unpriced
     return lines, unpriced
 
 
-async def _billed_quantities(conn: AsyncConnection, cid: str, period: Period) -> dict[str, Decimal]:
+async def _billed_quantities(
+    conn: AsyncConnection, terms: ContractTerms, period: Period
+) -> dict[str, Decimal]:
+    """What finalized invoices billed for ``period``, per tier counter
+    (`models.rating.billed_counter`: per meter, or per group)."""
     rows = await conn.execute(
         text(
             """
-            SELECT l.meter, sum(l.quantity) AS q
+            SELECT l.meter, l.dimensions, sum(l.quantity) AS q
             FROM invoice_lines l JOIN invoices i ON i.id = l.invoice_id
             WHERE i.contract_id = :cid AND i.number IS NOT NULL AND l.meter IS NOT NULL
               AND ((l.kind = 'usage' AND i.key = :key)
                    OR (l.kind = 'late_usage' AND l.line_period_start = :start))
-            GROUP BY l.meter
+            GROUP BY l.meter, l.dimensions
             """
         ),
-        {"cid": cid, "key": invoice_key_usage(period.start_date), "start": period.start_date},
+        {"cid": terms.contract_id, "key": invoice_key_usage(period.start_date),
+         "start": period.start_date},
     )
-    return {r.meter: r.q for r in rows}
+    meters = {m.key: m for m in terms.meters}
+    billed: dict[str, Decimal] = {}
+    for r in rows:
+        meter = meters.get(r.meter)
+        if meter is None:  # a meter the plan no longer has: nothing to continue
+            continue
+        key = billed_counter(meter, r.dimensions or {})
+        billed[key] = billed.get(key, Decimal(0)) + r.q
+    return billed
 
 
 async def _hold(

@@ -52,6 +52,7 @@ __all__ = [
     "UsageAggregate",
     "UsagePart",
     "aggregate",
+    "billed_counter",
     "fee_lines",
     "rate_events",
     "rate_period",
@@ -218,6 +219,15 @@ def _counter_key(meter: Meter, agg: UsageAggregate) -> str:
     return ""
 
 
+def billed_counter(meter: Meter, dimensions: Mapping[str, str]) -> str:
+    """The key of `rate_period`'s ``already`` under which a billed line of
+    ``meter`` with ``dimensions`` counts: the meter (one shared tier counter)
+    or, with ``tiers_per_group``, the meter and the group."""
+    if meter.tiers_per_group:
+        return f"{meter.key} {sorted(dimensions.items())!r}"
+    return meter.key
+
+
 def rate_period(
     terms: ContractTerms,
     period: Period,
@@ -230,9 +240,10 @@ def rate_period(
 
     ``parts`` must not straddle a price change of a meter they hold
     aggregates for (use `usage_windows`). With ``late=True`` the lines are
-    ``late_usage`` lines naming ``period``; ``already`` then gives, per meter,
-    the quantity already billed for that period so shared tier counters
-    continue where the finalized invoice left them.
+    ``late_usage`` lines naming ``period``; ``already`` then gives the
+    quantity already billed for that period per tier counter (keys from
+    `billed_counter`: per meter, or per group with ``tiers_per_group``), so
+    tier counters continue where the finalized invoices left them.
     """
     lines: list[UsageLine | LateUsageLine] = []
     unpriced: list[UnpricedGroup] = []
@@ -254,14 +265,19 @@ def rate_period(
                 price = resolve_price(meter, terms.rate_overrides, a.dimensions, part.start)
                 items.append(_Item(part.start, part.end, a, price))
 
-        # quantity billed before (late usage): continues the shared counter only
-        start = Decimal(0) if meter.tiers_per_group else base.get(meter.key, Decimal(0))
+        # quantity billed before (late usage): each tier counter continues
+        starts = {
+            _counter_key(meter, it.agg): base.get(
+                billed_counter(meter, it.agg.dimensions), Decimal(0)
+            )
+            for it in items
+        }
         counters: dict[str, Decimal] = {}
         totals: dict[str, Decimal] = {}
         for it in items:
             if it.price is not None:
                 k = _counter_key(meter, it.agg)
-                totals[k] = totals.get(k, start) + it.agg.quantity
+                totals[k] = totals.get(k, starts[k]) + it.agg.quantity
         flat_charged: set[tuple[str, str]] = set()
         split = any((it.start, it.end) != (period.start, period.end) for it in items)
 
@@ -279,7 +295,7 @@ def rate_period(
                 )
                 continue
             k = _counter_key(meter, it.agg)
-            done = counters.get(k, start)
+            done = counters.get(k, starts[k])
             p = it.price.price
             if isinstance(p, UnitPrice):
                 exact = unit_amount(q, p.unit_price)

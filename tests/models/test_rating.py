@@ -20,6 +20,7 @@ from models.rating import (
     UsageAggregate,
     UsagePart,
     aggregate,
+    billed_counter,
     fee_lines,
     rate_events,
     rate_period,
@@ -301,6 +302,27 @@ def test_late_usage_lines_name_their_period() -> None:
     assert (ln.period_start, ln.period_end) == (date(2027, 1, 1), date(2027, 2, 1))
     # the counter continues at 95: 5 x 1 + 5 x 0.5; tier 1's flat fee was billed already
     assert ln.amount == D("7.50")
+
+
+def test_late_usage_continues_each_groups_counter_with_tiers_per_group() -> None:
+    terms = terms_for(catalog_with([_meter(rate_card=[GRAD], tiers_per_group=True)]))
+    meter = terms.meters[0]
+    late = [
+        UsageAggregate(meter="m", dimensions={"g": g}, quantity=D(10), first_seen=START)
+        for g in ("a", "b")
+    ]
+    res = rate_period(
+        terms,
+        _period(),
+        [UsagePart(start=START, end=END, aggregates=late)],
+        late=True,
+        # the finalized invoice billed 95 for group a, nothing for group b
+        already={billed_counter(meter, {"g": "a"}): D(95)},
+    )
+    amounts = {ln.dimensions["g"]: ln.amount for ln in res.lines}
+    # a: the counter continues at 95 (5 x 1 + 5 x 0.5); b: a fresh counter,
+    # with tier 1's flat fee (10 + 10 x 1)
+    assert amounts == {"a": D("7.50"), "b": D(20)}
 
 
 @settings(max_examples=100, deadline=None)
