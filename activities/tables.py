@@ -28,6 +28,7 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Identity,
+    Index,
     Numeric,
     UniqueConstraint,
     text,
@@ -172,15 +173,20 @@ class UsageRollup(SQLModel, table=True):
     """
 
     __tablename__ = "usage_rollups"
-    customer_id: str = Field(primary_key=True)
-    meter: str = Field(primary_key=True)
-    day: datetime = Field(sa_column=Column(DateTime(timezone=True), primary_key=True))
-    compaction_id: int = Field(
-        sa_column=Column(
-            BigInteger, ForeignKey("usage_compactions.id"), primary_key=True, nullable=False
-        )
+    __table_args__ = (
+        Index("ix_usage_rollups_customer_meter_day", "customer_id", "meter", "day",
+              "compaction_id"),
     )
-    dimensions: dict[str, str] = Field(sa_column=Column(JSONB, primary_key=True, nullable=False))
+    id: int | None = Field(
+        default=None, sa_column=Column(BigInteger, Identity(always=False), primary_key=True)
+    )
+    customer_id: str
+    meter: str
+    day: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    compaction_id: int = Field(
+        sa_column=Column(BigInteger, ForeignKey("usage_compactions.id"), nullable=False)
+    )
+    dimensions: dict[str, str] = _jsonb()
     quantity_sum: Decimal = _numeric()
     event_count: int = Field(sa_type=BigInteger)
     quantity_max: Decimal = _numeric()

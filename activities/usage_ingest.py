@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Final, NotRequired
@@ -243,13 +243,15 @@ def _validate_many(raws: list[object]) -> list[_Row | str]:
                     e["id"],
                     e["customer"],
                     e["meter"],
-                    e["timestamp"],
+                    # as `UsageEvent` does; an instant outside years 1-9999 in
+                    # UTC overflows, and `UsageEvent` words the rejection
+                    e["timestamp"].astimezone(UTC),
                     e.get("quantity", 1),
                     e.get("dimensions", {}),
                 )
                 for e in _PLAIN.validate_python(raws)
             ]
-        except ValidationError:
+        except (ValidationError, OverflowError):
             pass
     return [_validate_one(r) for r in raws]
 

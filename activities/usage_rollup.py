@@ -89,13 +89,19 @@ async def compact_usage(
 ) -> Compaction:
     """Fold every event of a UTC day before ``before`` (default: today's
     UTC midnight, by the database clock) not yet folded, in one transaction.
-    A run that would fold nothing is not recorded (``id`` None).
+    A run that would fold nothing is not recorded (``id`` None). A ``before``
+    in the future folds days still open: correct, but later events of those
+    days land in rows of later runs (less compact).
 
     ``before`` must be a UTC midnight; a value earlier than the last run's is
     raised to it (compaction never goes back).
     """
     if before is not None and (before.tzinfo is None or utc_midnight(before) != before):
         raise ValueError(f"before: {before!r} must be a UTC midnight with an offset")
+    # The run reads the last compaction after taking the lock: an older
+    # snapshot would miss a run that committed meanwhile and fold it again.
+    if await conn.fetchval("SHOW transaction_isolation") != "read committed":
+        raise ValueError("compact_usage needs a READ COMMITTED connection or transaction")
     try:
         return await _run(conn, before)
     except _NothingFolded as nothing:

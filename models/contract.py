@@ -76,7 +76,14 @@ __all__ = [
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
 COMMITMENT_GRANT_ID = "commitment"
 
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(lambda d: d.astimezone(UTC))]
+def _to_utc(d: datetime) -> datetime:
+    try:
+        return d.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{d.isoformat()} is out of range once converted to UTC") from None
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
 """An instant with an explicit offset, normalized to UTC; naive values are errors."""
 
 

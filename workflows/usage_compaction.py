@@ -33,6 +33,13 @@ class UsageCompactionWorkflow:
             result_type=CompactUsageResult,
             # A day's usage of a large installation takes minutes to fold.
             start_to_close_timeout=timedelta(hours=1),
-            retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=5)),
+            # A few tries, then the run fails and shows in the UI; the next
+            # scheduled run starts afresh (a run that keeps failing would
+            # otherwise hold the schedule, which skips overlapping runs).
+            retry_policy=RetryPolicy(
+                maximum_interval=timedelta(minutes=5),
+                maximum_attempts=3,
+                non_retryable_error_types=["ValueError"],
+            ),
         )
         return result

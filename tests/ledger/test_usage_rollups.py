@@ -207,3 +207,25 @@ async def test_before_must_be_a_utc_midnight(conn: asyncpg.Connection) -> None:
     with pytest.raises(ValueError, match="before"):
         await compact_usage(conn, before=datetime(2027, 1, 2))
     assert await conn.fetchval("SELECT count(*) FROM usage_compactions") == 0
+
+
+async def test_events_with_large_dimensions_fold_and_rate_the_same(
+    conn: asyncpg.Connection,
+) -> None:
+    big = "x" * 3000  # larger than a b-tree entry may be
+    events = [
+        {"id": f"big-{i}", "customer": "acme", "meter": "tokens",
+         "timestamp": f"2027-01-0{2 + i}T10:00:00Z", "quantity": "5",
+         "dimensions": {"model": big}}
+        for i in range(3)
+    ]
+    assert (await ingest_usage(conn, events)).accepted == 3
+    run = await compact_usage(conn, before=datetime(2027, 1, 20, tzinfo=UTC))
+    assert run.events == 3
+    assert await _rate(conn, rollups=True) == await _rate(conn, rollups=False)
+
+
+async def test_compaction_refuses_an_older_snapshot(conn: asyncpg.Connection) -> None:
+    async with conn.transaction(isolation="repeatable_read"):
+        with pytest.raises(ValueError, match="READ COMMITTED"):
+            await compact_usage(conn, before=datetime(2027, 1, 2, tzinfo=UTC))

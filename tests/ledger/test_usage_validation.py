@@ -26,7 +26,8 @@ _quantities = st.one_of(
 _timestamps = st.one_of(
     st.sampled_from(["2027-01-01T00:00:00Z", "2027-01-01T02:00:00+02:00", "2027-02-30T00:00:00Z",
                      "2027-01-01T00:00:00", "2027-01-01", "2027-01-01 10:00:00+00:00", "yesterday",
-                     "2027-01-01T00:00:00.123456789Z"]),
+                     "2027-01-01T00:00:00.123456789Z", "9999-12-31T23:00:00-02:00",
+                     "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59Z"]),
     st.datetimes(timezones=st.just(UTC)).map(datetime.isoformat),
     st.integers(min_value=0, max_value=2**33),
 )
@@ -86,3 +87,12 @@ def test_a_slice_with_one_odd_event_is_decided_event_by_event() -> None:
     rows = _validate_many([good, odd, bad])
     assert rows[0][4] == Decimal("2.50") and rows[1][4] == Decimal(3)
     assert isinstance(rows[2], str) and "quantity" in rows[2]
+
+
+def test_instants_outside_the_utc_calendar_are_rejected_by_either_path() -> None:
+    good = {"id": "a", "customer": "c", "meter": "m", "timestamp": "2027-01-01T00:00:00Z"}
+    for ts in ("9999-12-31T23:00:00-02:00", "0001-01-01T00:00:00+01:00"):
+        odd = {**good, "quantity": " 1"}  # forces the slow path for the whole slice
+        for batch in ([{**good, "timestamp": ts}], [{**good, "timestamp": ts}, odd]):
+            verdict = _validate_many(batch)[0]
+            assert isinstance(verdict, str) and "timestamp" in verdict and "range" in verdict

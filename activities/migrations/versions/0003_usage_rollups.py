@@ -41,6 +41,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "usage_rollups",
+        sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
         sa.Column("customer_id", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("meter", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("day", sa.DateTime(timezone=True), nullable=False),
@@ -54,8 +55,15 @@ def upgrade() -> None:
         sa.Column("last_event_id", sqlmodel.sql.sqltypes.AutoString(), nullable=False),
         sa.Column("last_quantity", sa.Numeric(), nullable=False),
         sa.ForeignKeyConstraint(["compaction_id"], ["usage_compactions.id"]),
-        # Rating reads one customer's meter over a range of days.
-        sa.PrimaryKeyConstraint("customer_id", "meter", "day", "compaction_id", "dimensions"),
+        # A surrogate key: dimensions are unbounded (a b-tree entry holds at
+        # most 2,704 bytes), and rows are unique by construction (GROUP BY).
+        sa.PrimaryKeyConstraint("id"),
+    )
+    # Rating reads one customer's meter over a range of days.
+    op.create_index(
+        "ix_usage_rollups_customer_meter_day",
+        "usage_rollups",
+        ["customer_id", "meter", "day", "compaction_id"],
     )
     # The events a compaction has not folded yet ("the tail": inserted after
     # the last compaction) are found per customer by inserting transaction;
