@@ -22,6 +22,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import metrics
+from activities.late_usage import non_additive_late_rows
 from activities.ledger_store import (
     find_invoice,
     insert_ledger_entry,
@@ -582,28 +583,33 @@ async def _late_lines(
 ) -> tuple[list[LateUsageLine], list[UnpricedGroup]]:
     """Events that arrived after their period's invoice: rated at the prices in
     force at their own time, billed once (watermarks never overlap). Late
-    usage without a price is returned too: it holds the invoice like any."""
+    usage without a price is returned too: it holds the invoice like any.
+    For max/unique_count/latest meters the late quantity is the rise of the
+    period's figure over what was billed (`activities.late_usage`)."""
     if not earlier or previous_watermark is None:
         return [], []
-    # Only additive aggregations have a late delta that can be billed on its
-    # own; max/unique_count/latest need the period re-rated (a credit note),
-    # which billow does not issue yet.
+    # Additive meters: the late events' own aggregate is the delta. The
+    # others (max, unique_count, latest) re-rate the period (late_usage.py).
     additive = [m for m in terms.meters if str(m.aggregation) in ("sum", "count")]
-    if not additive:
-        return [], []
-    specs = [
-        MeterSpec.of(m, sorted({t for p in earlier for t in split_points(terms, p, m.key)}))
-        for m in additive
-    ]
-    # One statement for every earlier period; rows name the period they belong to.
-    rows = await aggregate_late_usage(
-        raw, customer_id=terms.customer.id, meters=specs,
-        periods=[p.start for p in earlier] + [earlier[-1].end],
-        previous_watermark=previous_watermark, watermark=watermark,
-    )
     by_period: dict[int, list[Any]] = {}
-    for row in rows:
-        by_period.setdefault(row.period_index, []).append(row)
+    if additive:
+        specs = [
+            MeterSpec.of(m, sorted({t for p in earlier for t in split_points(terms, p, m.key)}))
+            for m in additive
+        ]
+        # One statement for every earlier period; rows name the period they belong to.
+        rows = await aggregate_late_usage(
+            raw, customer_id=terms.customer.id, meters=specs,
+            periods=[p.start for p in earlier] + [earlier[-1].end],
+            previous_watermark=previous_watermark, watermark=watermark,
+        )
+        for row in rows:
+            by_period.setdefault(row.period_index, []).append(row)
+    others = await non_additive_late_rows(
+        conn, raw, terms, earlier, previous_watermark, watermark
+    )
+    for index, extra in others.items():
+        by_period.setdefault(index, []).extend(extra)
     lines: list[LateUsageLine] = []
     unpriced: list[UnpricedGroup] = []
     for index, period_rows in sorted(by_period.items()):

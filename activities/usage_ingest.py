@@ -236,24 +236,30 @@ def _validate_many(raws: list[object]) -> list[_Row | str]:
     holding an event outside `_PlainEvent` is validated again, event by
     event, by `UsageEvent`.
     """
-    if all(type(r) is dict for r in raws):
-        try:
-            return [
-                (
-                    e["id"],
-                    e["customer"],
-                    e["meter"],
-                    # as `UsageEvent` does; an instant outside years 1-9999 in
-                    # UTC overflows, and `UsageEvent` words the rejection
-                    e["timestamp"].astimezone(UTC),
-                    e.get("quantity", 1),
-                    e.get("dimensions", {}),
-                )
-                for e in _PLAIN.validate_python(raws)
-            ]
-        except (ValidationError, OverflowError):
-            pass
-    return [_validate_one(r) for r in raws]
+    rows = _plain_rows(raws)
+    return list(rows) if rows is not None else [_validate_one(r) for r in raws]
+
+
+def _plain_rows(raws: list[object]) -> list[_Row] | None:
+    """The slice as rows if every event has the common shape, else None."""
+    if not all(type(r) is dict for r in raws):
+        return None
+    try:
+        return [
+            (
+                e["id"],
+                e["customer"],
+                e["meter"],
+                # as `UsageEvent` does; an instant outside years 1-9999 in
+                # UTC overflows, and `UsageEvent` words the rejection
+                e["timestamp"].astimezone(UTC),
+                e.get("quantity", 1),
+                e.get("dimensions", {}),
+            )
+            for e in _PLAIN.validate_python(raws)
+        ]
+    except (ValidationError, OverflowError):
+        return None
 
 
 def _validate_one(raw: object) -> _Row | str:

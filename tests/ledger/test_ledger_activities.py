@@ -53,13 +53,15 @@ class Ledger:
         engine: AsyncEngine,
         contract_id: str = "c-1",
         customer: str = "cust-1",
+        catalog: dict[str, Any] | None = None,
         **overrides: Any,
     ) -> None:
         self.engine = engine
         self.acts = LedgerActivities(engine)
+        self.catalog = load_catalog(catalog or PRO_CATALOG)
         doc = contract_doc(id=contract_id, customer={"id": customer, "name": customer}, **overrides)
         self.contract = load_contract(doc)
-        self.terms = resolve_terms(self.contract, load_catalog(PRO_CATALOG))
+        self.terms = resolve_terms(self.contract, self.catalog)
         self.periods = billing_periods(
             self.terms.starts_on,
             self.terms.term_end,
@@ -70,7 +72,7 @@ class Ledger:
 
     async def register(self) -> None:
         async with self.engine.begin() as conn:
-            version, _ = await apply_catalog(conn, load_catalog(PRO_CATALOG))
+            version, _ = await apply_catalog(conn, self.catalog)
         await run(
             self.acts.register_contract,
             RegisterContractRequest(

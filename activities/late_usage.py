@@ -1,0 +1,128 @@
+"""Late usage of non-additive meters (max, unique_count, latest): re-rate the period.
+
+A late event of a ``sum`` or ``count`` meter adds its own quantity to its
+period, so its aggregate alone is the billable delta. For ``max``,
+``unique_count`` and ``latest`` it is not: a late event can raise the
+period's maximum, add a user already counted, or become the latest value.
+The period's figure is computed again (all events below the new watermark)
+and compared with what finalized invoices billed for it, per part and group.
+
+Invariants:
+
+- a positive difference is returned as the period's late quantity, billed
+  once as a ``late_usage`` line naming the period; the next comparison for
+  the period includes that line, so nothing is billed twice;
+- a negative difference (a ``latest`` value that went down) is not billed:
+  lowering a finalized amount needs a credit note, which billow does not
+  issue. It is logged for ops;
+- only periods that received a late event of such a meter are recomputed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from activities.usage_query import AggregateRow, MeterSpec, aggregate_late_usage, aggregate_usage
+from models.contract import ContractTerms
+from models.invoices import invoice_key_usage
+from models.periods import Period
+from models.rating import split_points
+
+__all__ = ["NON_ADDITIVE", "non_additive_late_rows"]
+
+NON_ADDITIVE = frozenset({"max", "unique_count", "latest"})
+
+log = logging.getLogger("billow.ledger")
+
+_GroupKey = tuple[str, datetime, tuple[tuple[str, str], ...]]
+
+
+def _key(meter: str, part_start: datetime, dims: dict[str, str]) -> _GroupKey:
+    return meter, part_start, tuple(sorted(dims.items()))
+
+
+async def _billed_by_group(
+    conn: AsyncConnection, cid: str, period: Period, meters: list[str]
+) -> dict[_GroupKey, Decimal]:
+    """What finalized invoices billed for ``period``, per meter, part and group."""
+    rows = await conn.execute(
+        text(
+            """
+            SELECT l.meter, l.dimensions, l.document ->> 'part_start' AS part_start,
+                   sum(l.quantity) AS q
+            FROM invoice_lines l JOIN invoices i ON i.id = l.invoice_id
+            WHERE i.contract_id = :cid AND i.number IS NOT NULL AND l.meter = ANY(:meters)
+              AND ((l.kind = 'usage' AND i.key = :key)
+                   OR (l.kind = 'late_usage' AND l.line_period_start = :start))
+            GROUP BY 1, 2, 3
+            """
+        ),
+        {"cid": cid, "meters": meters, "key": invoice_key_usage(period.start_date),
+         "start": period.start_date},
+    )
+    billed: dict[_GroupKey, Decimal] = {}
+    for r in rows:
+        # a line of an unsplit period names no part: its part starts with the period
+        part_start = datetime.fromisoformat(r.part_start) if r.part_start else period.start
+        billed[_key(r.meter, part_start, r.dimensions or {})] = r.q
+    return billed
+
+
+async def non_additive_late_rows(
+    conn: AsyncConnection,
+    raw: Any,
+    terms: ContractTerms,
+    earlier: Sequence[Period],
+    previous_watermark: int,
+    watermark: int,
+) -> dict[int, list[AggregateRow]]:
+    """Per index into ``earlier``: the quantities still to bill for its
+    non-additive meters, as aggregate rows (quantity = the positive delta)."""
+    meters = [m for m in terms.meters if str(m.aggregation) in NON_ADDITIVE]
+    if not meters or not earlier:
+        return {}
+    specs = [
+        MeterSpec.of(m, sorted({t for p in earlier for t in split_points(terms, p, m.key)}))
+        for m in meters
+    ]
+    late = await aggregate_late_usage(
+        raw, customer_id=terms.customer.id, meters=specs,
+        periods=[p.start for p in earlier] + [earlier[-1].end],
+        previous_watermark=previous_watermark, watermark=watermark,
+    )
+    out: dict[int, list[AggregateRow]] = {}
+    for index in sorted({r.period_index for r in late}):
+        period = earlier[index]
+        now = await aggregate_usage(
+            raw,
+            customer_id=terms.customer.id,
+            meters=[MeterSpec.of(m, split_points(terms, period, m.key)) for m in meters],
+            start=period.start,
+            end=period.end,
+            watermark=watermark,
+        )
+        billed = await _billed_by_group(
+            conn, terms.contract_id, period, [m.key for m in meters]
+        )
+        rows = []
+        for r in now:
+            delta = r.quantity - billed.get(_key(r.meter, r.part_start, r.dimensions), Decimal(0))
+            if delta > 0:
+                rows.append(dataclasses.replace(r, quantity=delta))
+            elif delta < 0:
+                log.warning(
+                    "contract %s: late usage lowers %s %s for %s by %s; not credited "
+                    "(credit notes are not issued)",
+                    terms.contract_id, r.meter, r.dimensions, period.start_date, -delta,
+                )
+        if rows:
+            out[index] = rows
+    return out
