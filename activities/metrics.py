@@ -25,7 +25,10 @@ Names (``_total`` is added by the exposition):
 - ``billow_dunning_steps_total{step}``: dunning steps recorded;
 - ``billow_invoices_overdue_total``: invoices that went overdue;
 - ``billow_usage_ingest_races_total``: batches redone because a concurrent
-  batch stored one of their ids first (each is still stored once).
+  batch stored one of their ids first (each is still stored once);
+- ``billow_usage_events_folded_total``: events the compactor folded into
+  rollups (compare with accepted events: a gap that keeps growing means
+  compaction is paused or failing).
 """
 
 from __future__ import annotations
@@ -72,6 +75,9 @@ USAGE_INGEST_RACES = _counter(
     "billow_usage_ingest_races",
     "Usage batches redone on the ON CONFLICT path after racing a concurrent batch.",
 )
+USAGE_FOLDED = _counter(
+    "billow_usage_events_folded", "Usage events folded into daily rollups by the compactor."
+)
 INVOICES_FINALIZED = _counter(
     "billow_invoices_finalized", "Invoices finalized (numbered).", ("kind", "currency")
 )
@@ -105,6 +111,12 @@ class _IngestCounts(Protocol):
 
 
 _Report = TypeVar("_Report", bound=_IngestCounts)
+
+
+def usage_folded(events: int) -> None:
+    """Count the events one compaction run folded."""
+    if events:
+        _guarded("usage_folded", lambda: USAGE_FOLDED.inc(events))
 
 
 def usage_ingested(report: _Report) -> _Report:

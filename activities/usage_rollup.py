@@ -41,6 +41,7 @@ import asyncpg  # type: ignore[import-untyped, unused-ignore]  # no stubs shippe
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio import activity
 
+from activities import metrics
 from activities.rollup_days import floor_day as utc_midnight
 from activities.usage_query import read_watermark
 from models.operations import ActivityName, CompactUsageRequest, CompactUsageResult
@@ -158,6 +159,7 @@ class UsageActivities:
         async with self.engine.connect() as conn:
             raw = await conn.get_raw_connection()
             run = await compact_usage(raw.driver_connection, before=req.before)
+        metrics.usage_folded(run.events)
         return CompactUsageResult(
             compaction_id=run.id,
             folded_before=run.folded_before,

@@ -22,6 +22,12 @@ from workflows.usage_compaction import COMPACTION_SCHEDULE_ID
 async def test_the_schedule_folds_closed_days_through_the_worker(
     dev_temporal_env: WorkflowEnvironment, db: AsyncEngine
 ) -> None:
+    from prometheus_client import REGISTRY
+
+    def folded_total() -> float:
+        return REGISTRY.get_sample_value("billow_usage_events_folded_total") or 0.0
+
+    folded_before = folded_total()
     client = dev_temporal_env.client
     async with db.begin() as conn:
         now = await conn.scalar(text("SELECT now()"))
@@ -61,3 +67,8 @@ async def test_the_schedule_folds_closed_days_through_the_worker(
         finally:
             await handle.delete()
     assert [tuple(r) for r in folded or []] == [(12, 2, "b")]  # today's event waits
+    for _ in range(50):  # the activity counts after its transaction commits
+        if folded_total() == folded_before + 2:
+            break
+        await asyncio.sleep(0.1)
+    assert folded_total() == folded_before + 2
