@@ -420,6 +420,12 @@ async def _run(
 ) -> list[tuple[_Spec, int, dict[str, str], Decimal, datetime]]:
     if not specs:
         return []
+    if rollups and txid_from is None and not conn.is_in_transaction():
+        # The compaction read first and the rollups read next must see one
+        # state: inside a transaction, its lock on usage_compactions keeps a
+        # rebuild (TRUNCATE) out until both are done.
+        async with conn.transaction():
+            return await _run(conn, customer_id, specs, start, end, watermark, None, rollups)
     fixed: list[Any] = [customer_id, start, end, watermark]
     compacted = await _compacted(conn, watermark) if rollups and txid_from is None else None
     plan: DayPlan | None = None
@@ -428,11 +434,10 @@ async def _run(
         plan = day_plan(start, end, cuts, compacted.folded_before)
     if compacted is not None and plan is not None:
         sql, extra = _rollup_statement(specs)
-        if conn.is_in_transaction():
-            # A generic plan (what a cached prepared statement turns into after
-            # five runs) cannot see how few rollup days or raw ranges there
-            # are; planning each call costs 0.5 ms and saves more (bench).
-            await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        # A generic plan (what a cached prepared statement turns into after
+        # five runs) cannot see how few rollup days or raw ranges there are;
+        # planning each call costs 0.5 ms and saves more (bench/RESULTS.md).
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
         fixed += [
             compacted.id,
             compacted.upto_txid,

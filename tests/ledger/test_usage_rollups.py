@@ -111,6 +111,12 @@ async def test_rating_from_rollups_equals_rating_from_raw_events(
     expected = _as_set(_reference(events, "acme", METERS, START, END, [SPLIT]))
     assert await _rate(conn, rollups=False) == expected
     assert await _rate(conn, rollups=True) == expected
+    # outside a transaction too (it opens its own)
+    alone = await aggregate_usage(
+        conn, customer_id="acme", meters=METERS, start=START, end=END,
+        watermark=await read_watermark(conn), splits=[SPLIT],
+    )
+    assert _as_set(alone) == expected and not conn.is_in_transaction()
 
     # And the rollups are what was read: change one and the rating moves.
     await conn.execute(
