@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]  # no stubs shipped
 import pytest
@@ -235,3 +235,83 @@ async def test_compaction_refuses_an_older_snapshot(conn: asyncpg.Connection) ->
     async with conn.transaction(isolation="repeatable_read"):
         with pytest.raises(ValueError, match="READ COMMITTED"):
             await compact_usage(conn, before=datetime(2027, 1, 2, tzinfo=UTC))
+
+
+_ID_CHARS = ["a", "b", "B", "é", "z", "Z", "ä", "€", "0", "~"]  # byte order != collation order
+
+
+def _fuzz_events(rng: random.Random, n: int, wave: int) -> list[dict[str, object]]:
+    on = [JAN + timedelta(days=d) for d in range(20)] + [JAN + timedelta(days=5, hours=7)]
+    out: list[dict[str, object]] = []
+    for i in range(n):
+        meter = rng.choice(METERS_V1)
+        ts = rng.choice(on) if rng.random() < 0.4 else (
+            JAN + timedelta(seconds=rng.randrange(20 * 86400)))
+        dims = {k: rng.choice("ab") for k in ("model", "region", "tier", "cluster")
+                if rng.random() < 0.7}
+        if rng.random() < 0.8:
+            dims["user"] = f"u{rng.randrange(5)}"
+        offset = timezone(timedelta(hours=rng.choice([-5, 0, 3])))
+        out.append({
+            "id": "".join(rng.choice(_ID_CHARS) for _ in range(3)) + f"-{wave}-{i}",
+            "customer": "acme", "meter": meter.key, "timestamp": ts.astimezone(offset).isoformat(),
+            "quantity": str(rng.randrange(0, 1000) / (10 ** rng.randrange(0, 3))),
+            "dimensions": dims,
+        })
+    return out
+
+
+@pytest.mark.parametrize("seed", range(3))
+async def test_random_windows_rate_the_same_from_rollups_and_raw_events(
+    conn: asyncpg.Connection, database_url: str, seed: int
+) -> None:
+    """Waves of events, compactions at random days, a transaction holding the
+    watermark back now and then; then random windows (any offset, splits
+    inside days and on midnights) at random past watermarks."""
+    rng = random.Random(seed)
+    other = await asyncpg.connect(asyncpg_dsn(database_url))
+    holder = None
+    watermarks = []
+    try:
+        for wave in range(6):
+            if holder is None and rng.random() < 0.5:
+                holder = other.transaction()
+                await holder.start()
+                await other.execute("SELECT pg_current_xact_id()")
+            assert (await ingest_usage(conn, _fuzz_events(rng, 300, wave))).rejected == 0
+            watermarks.append(await read_watermark(conn))
+            if rng.random() < 0.7:
+                await compact_usage(conn, before=JAN + timedelta(days=rng.randrange(1, 22)))
+            if holder is not None and rng.random() < 0.5:
+                await holder.commit()
+                holder = None
+            watermarks.append(await read_watermark(conn))
+        if holder is not None:
+            await holder.commit()
+        watermarks.append(await read_watermark(conn))
+        for _ in range(25):
+            tz = timezone(timedelta(hours=rng.choice([-8, 0, 5, 13])))
+            start = (JAN + timedelta(hours=rng.randrange(0, 24 * 8))).astimezone(tz)
+            end = start + timedelta(hours=rng.randrange(1, 24 * 14))
+            splits = [start + timedelta(hours=rng.randrange(0, 24 * 14))
+                      for _ in range(rng.randrange(0, 3))]
+            if rng.random() < 0.5:
+                splits.append(JAN + timedelta(days=rng.randrange(0, 20)))
+            meters = [
+                MeterSpec(m.key, m.aggregation, m.group_by, m.unique_by, splits=tuple(
+                    JAN + timedelta(days=rng.randrange(0, 20), hours=rng.choice([0, 0, 11]))
+                    for _ in range(rng.randrange(0, 2))))
+                for m in METERS_V1
+            ]
+            watermark = rng.choice(watermarks)
+            results = []
+            for rollups in (True, False):
+                async with conn.transaction():
+                    rows = await aggregate_usage(
+                        conn, customer_id="acme", meters=meters, start=start, end=end,
+                        watermark=watermark, splits=splits, rollups=rollups)
+                results.append(_as_set(rows))
+            assert results[0] == results[1], (start, end, splits, watermark)
+        assert await conn.fetchval("SELECT count(*) FROM usage_compactions") > 0
+    finally:
+        await other.close()
