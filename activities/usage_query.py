@@ -190,6 +190,47 @@ def _spec_values(specs: Sequence[_Spec], first: int, k: int) -> tuple[str, list[
     return ", ".join(rows), params
 
 
+def _outer_cases(aggs: set[str], *, latest_value: str, latest_ts: str) -> str:
+    """The outer level's figure per aggregation, over the inner sub-groups."""
+    cases = []
+    if "sum" in aggs:
+        cases.append("WHEN 'sum' THEN sum(q_sum)")
+    if "count" in aggs:
+        cases.append("WHEN 'count' THEN sum(n)")
+    if "max" in aggs:
+        cases.append("WHEN 'max' THEN max(q_max)")
+    if "unique_count" in aggs:
+        # one sub-group per distinct value; events without the dimension
+        # (u NULL) make the group exist but are not counted
+        cases.append("WHEN 'unique_count' THEN count(u)::numeric")
+    if "latest" in aggs:
+        # one sub-group per candidate (u = its event id); byte order breaks ties
+        cases.append(
+            f"WHEN 'latest' THEN (array_agg({latest_value} "
+            f'ORDER BY {latest_ts} DESC, u COLLATE "C" DESC))[1]'
+        )
+    return " ".join(cases)
+
+
+def _row_exprs(
+    specs: Sequence[_Spec], k: int, aggs: set[str], *, ts: str, dims: str, event_id: str
+) -> tuple[str, str, str]:
+    """Per-row expressions of the inner level: the part index, the group's
+    dimension columns ``d1..dk`` and the sub-key ``u``. Per-row work costs:
+    only what some meter of the call needs is emitted."""
+    part = f"width_bucket({ts}, s.bounds) - 1" if any(len(x.bounds) > 1 for x in specs) else "0"
+    d_exprs = "".join(f", {dims} ->> s.g{j + 1} AS d{j + 1}" for j in range(k))
+    if "latest" in aggs:
+        sub_key = (
+            f"CASE s.aggregation WHEN 'latest' THEN {event_id} ELSE {dims} ->> s.unique_by END"
+        )
+    elif "unique_count" in aggs:
+        sub_key = f"{dims} ->> s.unique_by"
+    else:
+        sub_key = "NULL::text"
+    return part, d_exprs, sub_key
+
+
 def _statement(specs: Sequence[_Spec], *, with_from: bool) -> tuple[str, list[Any]]:
     """The SQL text and its parameters after the fixed ones ($1..$4|$5).
 
@@ -209,24 +250,8 @@ def _statement(specs: Sequence[_Spec], *, with_from: bool) -> tuple[str, list[An
     aggs = {s.meter.aggregation for s in specs}
     values, params = _spec_values(specs, 6 if with_from else 5, k)
     g_cols = "".join(f", g{j + 1}" for j in range(k))
-    d_exprs = "".join(f", e.dimensions ->> s.g{j + 1} AS d{j + 1}" for j in range(k))
     d_cols = "".join(f", d{j + 1}" for j in range(k))
-    cases = []
-    if "sum" in aggs:
-        cases.append("WHEN 'sum' THEN sum(q_sum)")
-    if "count" in aggs:
-        cases.append("WHEN 'count' THEN sum(n)")
-    if "max" in aggs:
-        cases.append("WHEN 'max' THEN max(q_max)")
-    if "unique_count" in aggs:
-        # one sub-group per distinct value; events without the dimension
-        # (u NULL) make the group exist but are not counted
-        cases.append("WHEN 'unique_count' THEN count(u)::numeric")
-    if "latest" in aggs:
-        # one sub-group per event (u = event_id); byte order breaks ties
-        cases.append(
-            "WHEN 'latest' THEN (array_agg(q_sum ORDER BY first_ts DESC, u COLLATE \"C\" DESC))[1]"
-        )
+    cases = _outer_cases(aggs, latest_value="q_sum", latest_ts="first_ts")
     # Only the per-event work some meter needs; FILTER skips it for the others.
     inner_aggs = []
     if aggs & {"sum", "latest"}:
@@ -237,23 +262,15 @@ def _statement(specs: Sequence[_Spec], *, with_from: bool) -> tuple[str, list[An
         inner_aggs.append("count(*)::numeric AS n, ")
     if "max" in aggs:
         inner_aggs.append("max(e.quantity) FILTER (WHERE s.aggregation = 'max') AS q_max, ")
-    # Per-event expressions cost: skip the ones no meter of this call needs.
-    part = "width_bucket(e.ts, s.bounds) - 1" if any(len(x.bounds) > 1 for x in specs) else "0"
-    if "latest" in aggs:
-        sub_key = (
-            "CASE s.aggregation WHEN 'latest' THEN e.event_id::text "
-            "ELSE e.dimensions ->> s.unique_by END"
-        )
-    elif "unique_count" in aggs:
-        sub_key = "e.dimensions ->> s.unique_by"
-    else:
-        sub_key = "NULL::text"
+    part, d_exprs, sub_key = _row_exprs(
+        specs, k, aggs, ts="e.ts", dims="e.dimensions", event_id="e.event_id::text"
+    )
     txid_from = " AND e.txid >= $5" if with_from else ""
     sql = f"""
 WITH spec (meter, aggregation, unique_by, bounds{g_cols}) AS (
   VALUES {values}
 )
-SELECT meter, part{d_cols}, CASE min(aggregation) {" ".join(cases)} END AS quantity,
+SELECT meter, part{d_cols}, CASE min(aggregation) {cases} END AS quantity,
        min(first_ts) AS first_seen
 FROM (
   SELECT s.meter, s.aggregation, {part} AS part{d_exprs},
@@ -306,38 +323,14 @@ def _rollup_statement(specs: Sequence[_Spec]) -> tuple[str, list[Any]]:
     aggs = {s.meter.aggregation for s in specs}
     values, params = _spec_values(specs, 12, k)
     g_cols = "".join(f", g{j + 1}" for j in range(k))
-    d_exprs = "".join(f", x.dimensions ->> s.g{j + 1} AS d{j + 1}" for j in range(k))
     d_cols = "".join(f", d{j + 1}" for j in range(k))
-    cases = []
-    if "sum" in aggs:
-        cases.append("WHEN 'sum' THEN sum(q_sum)")
-    if "count" in aggs:
-        cases.append("WHEN 'count' THEN sum(n)")
-    if "max" in aggs:
-        cases.append("WHEN 'max' THEN max(q_max)")
-    if "unique_count" in aggs:
-        cases.append("WHEN 'unique_count' THEN count(u)::numeric")
-    if "latest" in aggs:
-        # one sub-group per source row (u = its latest event's id)
-        cases.append(
-            "WHEN 'latest' THEN (array_agg(q_last ORDER BY last_ts DESC, u COLLATE \"C\" DESC))[1]"
-        )
-    part = "width_bucket(x.ts, s.bounds) - 1" if any(len(x.bounds) > 1 for x in specs) else "0"
-    if "latest" in aggs:
-        sub_key = (
-            "CASE s.aggregation WHEN 'latest' THEN x.last_id "
-            "ELSE x.dimensions ->> s.unique_by END"
-        )
-    elif "unique_count" in aggs:
-        sub_key = "x.dimensions ->> s.unique_by"
-    else:
-        sub_key = "NULL::text"
+    # one sub-group per source row (u = its latest event's id)
+    cases = _outer_cases(aggs, latest_value="q_last", latest_ts="last_ts")
+
     def branch(ts: str, dims: str, last_id: str, cols: str, source: str) -> str:
         # Joining the meter specs inside each branch, against a real table's
         # column, keeps the planner's row estimates (and so its plan) sane.
-        p = part.replace("x.ts", ts)
-        d = d_exprs.replace("x.dimensions", dims)
-        u = sub_key.replace("x.last_id", last_id).replace("x.dimensions", dims)
+        p, d, u = _row_exprs(specs, k, aggs, ts=ts, dims=dims, event_id=last_id)
         return (
             f"SELECT s.meter, s.aggregation, {p} AS part{d}, {u} AS u, {cols}\n"
             f"  {source.replace('JOIN_SPEC', 'JOIN spec s ON s.meter = ')}"
@@ -380,7 +373,7 @@ def _rollup_statement(specs: Sequence[_Spec]) -> tuple[str, list[Any]]:
 WITH spec (meter, aggregation, unique_by, bounds{g_cols}) AS (
   VALUES {values}
 )
-SELECT meter, part{d_cols}, CASE min(aggregation) {" ".join(cases)} END AS quantity,
+SELECT meter, part{d_cols}, CASE min(aggregation) {cases} END AS quantity,
        min(first_ts) AS first_seen
 FROM (
   SELECT meter, aggregation, part{d_cols}, u,
