@@ -30,13 +30,20 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from activities.usage_query import AggregateRow, MeterSpec, aggregate_late_usage, aggregate_usage
+from activities.usage_query import (
+    AggregateRow,
+    LateAggregateRow,
+    MeterSpec,
+    aggregate_late_usage,
+    aggregate_usage,
+)
+from models.catalog import Meter
 from models.contract import ContractTerms
 from models.invoices import invoice_key_usage
 from models.periods import Period
 from models.rating import split_points
 
-__all__ = ["NON_ADDITIVE", "non_additive_late_rows"]
+__all__ = ["NON_ADDITIVE", "billed_usage", "late_rows", "non_additive_late_rows"]
 
 NON_ADDITIVE = frozenset({"max", "unique_count", "latest"})
 
@@ -49,27 +56,57 @@ def _key(meter: str, part_start: datetime, dims: dict[str, str]) -> _GroupKey:
     return meter, part_start, tuple(sorted(dims.items()))
 
 
-async def _billed_by_group(
-    conn: AsyncConnection, cid: str, period: Period, meters: list[str]
-) -> dict[_GroupKey, Decimal]:
-    """What finalized invoices billed for ``period``, per meter, part and group."""
+async def billed_usage(conn: AsyncConnection, cid: str, period: Period) -> list[Any]:
+    """What finalized invoices billed for ``period`` (its usage invoice and
+    late_usage lines naming it): rows of meter, dimensions, part_start (ISO
+    text, None for an unsplit period) and quantity ``q``."""
     rows = await conn.execute(
         text(
             """
             SELECT l.meter, l.dimensions, l.document ->> 'part_start' AS part_start,
                    sum(l.quantity) AS q
             FROM invoice_lines l JOIN invoices i ON i.id = l.invoice_id
-            WHERE i.contract_id = :cid AND i.number IS NOT NULL AND l.meter = ANY(:meters)
+            WHERE i.contract_id = :cid AND i.number IS NOT NULL AND l.meter IS NOT NULL
               AND ((l.kind = 'usage' AND i.key = :key)
                    OR (l.kind = 'late_usage' AND l.line_period_start = :start))
             GROUP BY 1, 2, 3
             """
         ),
-        {"cid": cid, "meters": meters, "key": invoice_key_usage(period.start_date),
-         "start": period.start_date},
+        {"cid": cid, "key": invoice_key_usage(period.start_date), "start": period.start_date},
     )
+    return list(rows)
+
+
+async def late_rows(
+    raw: Any,
+    terms: ContractTerms,
+    meters: Sequence[Meter],
+    earlier: Sequence[Period],
+    previous_watermark: int,
+    watermark: int,
+) -> list[LateAggregateRow]:
+    """Aggregates of the events of ``meters`` that arrived between the two
+    watermarks for the ``earlier`` periods; rows name their period."""
+    specs = [
+        MeterSpec.of(m, sorted({t for p in earlier for t in split_points(terms, p, m.key)}))
+        for m in meters
+    ]
+    # One statement for every earlier period.
+    return await aggregate_late_usage(
+        raw, customer_id=terms.customer.id, meters=specs,
+        periods=[p.start for p in earlier] + [earlier[-1].end],
+        previous_watermark=previous_watermark, watermark=watermark,
+    )
+
+
+async def _billed_by_group(
+    conn: AsyncConnection, cid: str, period: Period, meters: list[str]
+) -> dict[_GroupKey, Decimal]:
+    """What finalized invoices billed for ``period``, per meter, part and group."""
     billed: dict[_GroupKey, Decimal] = {}
-    for r in rows:
+    for r in await billed_usage(conn, cid, period):
+        if r.meter not in meters:
+            continue
         # a line of an unsplit period names no part: its part starts with the period
         part_start = datetime.fromisoformat(r.part_start) if r.part_start else period.start
         billed[_key(r.meter, part_start, r.dimensions or {})] = r.q
@@ -89,15 +126,7 @@ async def non_additive_late_rows(
     meters = [m for m in terms.meters if str(m.aggregation) in NON_ADDITIVE]
     if not meters or not earlier:
         return {}
-    specs = [
-        MeterSpec.of(m, sorted({t for p in earlier for t in split_points(terms, p, m.key)}))
-        for m in meters
-    ]
-    late = await aggregate_late_usage(
-        raw, customer_id=terms.customer.id, meters=specs,
-        periods=[p.start for p in earlier] + [earlier[-1].end],
-        previous_watermark=previous_watermark, watermark=watermark,
-    )
+    late = await late_rows(raw, terms, meters, earlier, previous_watermark, watermark)
     out: dict[int, list[AggregateRow]] = {}
     for index in sorted({r.period_index for r in late}):
         period = earlier[index]

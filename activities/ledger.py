@@ -22,7 +22,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import metrics
-from activities.late_usage import non_additive_late_rows
+from activities.late_usage import billed_usage, late_rows, non_additive_late_rows
 from activities.ledger_store import (
     find_invoice,
     insert_ledger_entry,
@@ -35,7 +35,6 @@ from activities.ledger_store import (
 )
 from activities.usage_query import (
     MeterSpec,
-    aggregate_late_usage,
     aggregate_usage,
     read_watermark,
 )
@@ -593,17 +592,7 @@ async def _late_lines(
     additive = [m for m in terms.meters if str(m.aggregation) in ("sum", "count")]
     by_period: dict[int, list[Any]] = {}
     if additive:
-        specs = [
-            MeterSpec.of(m, sorted({t for p in earlier for t in split_points(terms, p, m.key)}))
-            for m in additive
-        ]
-        # One statement for every earlier period; rows name the period they belong to.
-        rows = await aggregate_late_usage(
-            raw, customer_id=terms.customer.id, meters=specs,
-            periods=[p.start for p in earlier] + [earlier[-1].end],
-            previous_watermark=previous_watermark, watermark=watermark,
-        )
-        for row in rows:
+        for row in await late_rows(raw, terms, additive, earlier, previous_watermark, watermark):
             by_period.setdefault(row.period_index, []).append(row)
     others = await non_additive_late_rows(
         conn, raw, terms, earlier, previous_watermark, watermark
@@ -626,20 +615,7 @@ async def _billed_quantities(
 ) -> dict[str, Decimal]:
     """What finalized invoices billed for ``period``, per tier counter
     (`models.rating.billed_counter`: per meter, or per group)."""
-    rows = await conn.execute(
-        text(
-            """
-            SELECT l.meter, l.dimensions, sum(l.quantity) AS q
-            FROM invoice_lines l JOIN invoices i ON i.id = l.invoice_id
-            WHERE i.contract_id = :cid AND i.number IS NOT NULL AND l.meter IS NOT NULL
-              AND ((l.kind = 'usage' AND i.key = :key)
-                   OR (l.kind = 'late_usage' AND l.line_period_start = :start))
-            GROUP BY l.meter, l.dimensions
-            """
-        ),
-        {"cid": terms.contract_id, "key": invoice_key_usage(period.start_date),
-         "start": period.start_date},
-    )
+    rows = await billed_usage(conn, terms.contract_id, period)
     meters = {m.key: m for m in terms.meters}
     billed: dict[str, Decimal] = {}
     for r in rows:

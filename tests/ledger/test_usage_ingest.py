@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -18,7 +18,6 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]  # no stubs shipped
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from activities.db import asyncpg_dsn
 from activities.usage_ingest import MAX_BATCH, BatchTooLarge, IngestStatus, ingest_usage
@@ -29,56 +28,12 @@ from activities.usage_query import (
     aggregate_usage,
     read_watermark,
 )
+from tests.ledger.usage_fixtures import METERS_V1
 
 ACCEPTED, DUPLICATE, REJECTED = IngestStatus.ACCEPTED, IngestStatus.DUPLICATE, IngestStatus.REJECTED
 JAN = datetime(2027, 1, 1, tzinfo=UTC)
 FEB = datetime(2027, 2, 1, tzinfo=UTC)
 MAR = datetime(2027, 3, 1, tzinfo=UTC)
-
-# catalog version 1 (acme's contract) and version 2 (globex's contract)
-METERS_V1 = [
-    MeterSpec("tokens", "sum", ("model",)),
-    MeterSpec("requests", "count", ("region", "tier")),
-    MeterSpec("storage_gb", "max"),
-    MeterSpec("seats", "unique_count", (), "user"),
-    MeterSpec("nodes", "latest", ("cluster",)),
-]
-METERS_V2 = [MeterSpec("gpus", "sum", ("kind",))]
-
-
-async def _seed(conn: asyncpg.Connection) -> None:
-    await conn.execute(
-        "INSERT INTO customers (id, name) VALUES "
-        "('acme', 'Acme'), ('globex', 'Globex'), ('initech', 'Initech (no contract)')"
-    )
-    await conn.execute(
-        "INSERT INTO catalog_versions (version, digest, document) "
-        "VALUES (1, 'd1', '{}'), (2, 'd2', '{}')"
-    )
-    for version, meters in ((1, METERS_V1), (2, METERS_V2)):
-        await conn.executemany(
-            "INSERT INTO catalog_meters (version, key, aggregation, group_by, unique_by) "
-            "VALUES ($1, $2, $3, $4::jsonb, $5)",
-            [(version, m.key, m.aggregation, json.dumps(m.group_by), m.unique_by) for m in meters],
-        )
-    await conn.executemany(
-        "INSERT INTO contracts (id, customer_id, plan_key, catalog_version, currency, starts_on,"
-        " term_end, status, terms_digest, document, terms) VALUES"
-        " ($1, $2, 'pro', $3, 'USD', '2027-01-01', '2028-01-01', 'active', 'x', '{}', '{}')",
-        [("k-acme", "acme", 1), ("k-globex", "globex", 2)],
-    )
-
-
-@pytest.fixture
-async def conn(db: AsyncEngine, database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    """An asyncpg connection to the emptied test database, with the catalog seeded."""
-    c = await asyncpg.connect(asyncpg_dsn(database_url))
-    try:
-        await _seed(c)
-        yield c
-    finally:
-        await c.close()
-
 
 def ev(
     id: str,

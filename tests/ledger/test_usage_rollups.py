@@ -9,12 +9,11 @@ compactions newer than the invoice's watermark.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]  # no stubs shipped
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from activities.db import asyncpg_dsn
 from activities.usage_ingest import ingest_usage
@@ -23,14 +22,13 @@ from activities.usage_rollup import compact_usage, utc_midnight
 from tests.ledger.test_usage_ingest import (
     FEB,
     JAN,
-    METERS_V1,
     _as_set,
     _Ev,
     _random_events,
     _raw,
     _reference,
-    _seed,
 )
+from tests.ledger.usage_fixtures import METERS_V1
 
 # New York: the contract's periods start at 05:00Z, in the middle of a UTC day.
 START = JAN + timedelta(hours=5)
@@ -47,16 +45,6 @@ METERS = [
     )
     for m in METERS_V1
 ]
-
-
-@pytest.fixture
-async def conn(db: AsyncEngine, database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    c = await asyncpg.connect(asyncpg_dsn(database_url))
-    try:
-        await _seed(c)
-        yield c
-    finally:
-        await c.close()
 
 
 async def _ingest(conn: asyncpg.Connection, events: Sequence[_Ev]) -> None:
