@@ -2,7 +2,8 @@
 
 Invariants:
 - Every amendment has a non-empty idempotency ``id`` and an optional
-  ``effective`` instant (``None`` = when received). Naive instants are errors.
+  ``effective`` instant (``None`` = when received: ``received_at`` if billow
+  stamped it, else when the workflow handles it). Naive instants are errors.
 - ``effective`` before the open period's start takes effect from that start
   (finalized invoices never change); the workflow applies that clamp.
 - Validation here is shape-only; checks against the contract (meter in plan,
@@ -39,6 +40,11 @@ class _Base(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     id: Annotated[str, Field(min_length=1)]
     effective: UtcDatetime | None = None
+    # When billow received it (stamped by the API, and by `billow simulate` at
+    # the action's `at`): the default `effective`, so the instant does not
+    # depend on when the workflow gets to it. Not part of the amendment's
+    # content: a resend with another `received_at` is the same amendment.
+    received_at: UtcDatetime | None = None
 
 
 class RateOverrideAmendment(_Base):

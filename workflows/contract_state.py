@@ -268,13 +268,15 @@ _RESOLVING_KINDS = (RateOverrideAmendment, GrantCreditsAmendment)
 def effective_instant(state: ContractState, amendment: Amendment, now: datetime) -> datetime:
     """When an amendment takes effect (SPEC.md section 7).
 
-    Without an explicit ``effective`` an amendment takes effect now, except a
+    Without an explicit ``effective`` an amendment takes effect when billow
+    received it (``received_at``, else now), except a
     price or credit amendment while an invoice is held for attention: that one
     takes effect from the held period's start, since resolving the hold is
     what it is for. Nothing takes effect inside an invoiced period.
     """
     held = state.attention is not None and isinstance(amendment, _RESOLVING_KINDS)
-    default = state.open_start if held else now
+    received = now if amendment.received_at is None else min(amendment.received_at, now)
+    default = state.open_start if held else received
     effective = max(amendment.effective or default, state.open_start)
     if isinstance(amendment, ChangeBillingCycleAmendment):
         # A new cycle starts at the next boundary.
