@@ -1,8 +1,10 @@
-"""``python -m bench ingest|rating [--events N] [--contracts N] ...``
+"""``python -m bench ingest|rating [--events N] [--contracts N] ...`` and
+``python -m bench lifecycle-fuzz --examples N [--seed S]``
 
 Defaults are small (each command finishes in well under a minute). Full
-sizes: ``python -m bench ingest --events 1000000`` and
-``python -m bench rating --events 10000000 --contracts 1000``.
+sizes: ``python -m bench ingest --events 1000000``,
+``python -m bench rating --events 10000000 --contracts 1000`` and
+``python -m bench lifecycle-fuzz --examples 2000``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,17 @@ def _parser() -> argparse.ArgumentParser:
     rat.add_argument(
         "--raw", action="store_true", help="no compaction: rate from raw events only"
     )
+    fuzz = sub.add_parser(
+        "lifecycle-fuzz",
+        help="random contract lifecycles through the real workflow; invariants checked",
+    )
+    fuzz.add_argument("--examples", type=int, default=20)
+    fuzz.add_argument("--seed", type=int, default=20270101)
+    fuzz.add_argument(
+        "--shrink-classes", type=int, default=5,
+        help="failure classes to shrink (most frequent first; 0: none)",
+    )
+    fuzz.add_argument("--budget", type=float, default=120.0, help="wall seconds per example")
     for sp in (ing, rat):
         sp.add_argument(
             "--covering-index",
@@ -54,7 +67,12 @@ async def _main(args: argparse.Namespace) -> None:
             where = "embedded" if db.embedded else "BILLOW_DATABASE_URL"
             print(f"# billow bench {args.command} - {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC")
             print("  " + ", ".join(f"{k}={v}" for k, v in details.items()) + f", server={where}")
-            if args.command == "ingest":
+            if args.command == "lifecycle-fuzz":
+                from bench.lifecycle_fuzz import FuzzArgs, run_lifecycle_fuzz
+
+                fuzz_args = FuzzArgs(args.examples, args.seed, args.shrink_classes, args.budget)
+                await asyncio.to_thread(run_lifecycle_fuzz, db.url, fuzz_args)
+            elif args.command == "ingest":
                 f = await run_ingest(
                     conn,
                     events=args.events,

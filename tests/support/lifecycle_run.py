@@ -1,0 +1,466 @@
+"""Run one generated `Lifecycle` through the real workflow and activities.
+
+Each example gets an emptied database (every table truncated, the invoice
+number series reset, as the ``db`` fixture does) and a fresh time-skipping
+Temporal server (~0.1 s; time on a server only moves forward). The worker is
+billow's own (`worker.main.activities_for`, `WORKFLOWS`) plus one activity
+interceptor, and actions are delivered as ``billow simulate`` and the API
+deliver them: usage through `ingest_all`, amendments as the ``amend`` update
+with update id ``amend:<id>`` (or the ``amend_signal`` signal), payments as
+the ``pay`` update, each one second after its instant (`settle`: the
+time-skipping server 1.40 fails a workflow task that cancels a timer in the
+instant it started; see worker/simulate.py). Amendments carry
+``received_at`` = the action's ``at``, the default ``effective`` in a
+timeline (SPEC.md section 7).
+
+How "retried more than 3 times" is observed: ledger activities are local
+activities, whose retries leave no history events (one marker at the end),
+so history cannot tell. An activity inbound interceptor sees every attempt
+(`activity.info().attempt`) of every local and regular activity, keyed by
+(run id, activity id), with the exception each failed attempt raised. Four
+failed attempts with a retryable error mean a fifth is coming: that is the
+violation, and the example is stopped right there (waiting for "forever"
+would cost the whole wall budget). A watchdog also reads the history once a
+second and stops the example at the first ``WORKFLOW_TASK_FAILED``: a task
+that fails once fails again on every replay.
+
+Nothing here asserts: the run produces an `Outcome`, and
+`tests.support.lifecycle_checks` judges it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio import activity
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import (
+    ActivityInboundInterceptor,
+    ExecuteActivityInput,
+    Interceptor,
+    Worker,
+)
+
+from activities.catalog_store import apply_catalog
+from activities.payments import GatewayResult, SimulatedCardGateway
+from api.workflow_calls import reasons_from_message
+from models.amendments import parse_amendment
+from models.catalog import load_catalog
+from models.contract import load_contract
+from models.errors import BillowValidationError
+from models.periods import billing_periods, local_midnight_utc
+from tests.support.lifecycle_gen import Lifecycle
+from tests.support.lifecycle_ledger import LedgerSnapshot, read_ledger, truncate_all
+from worker.contract_service import start_contract
+from worker.main import WORKFLOWS, activities_for
+from worker.simulate import advance_to, ingest_all, settle
+from worker.temporal_envs import start_time_skipping
+from workflows.contract import ContractView, ContractWorkflow, PaymentInput
+
+TASK_QUEUE = "lifecycle-fuzz"
+FAILED_ATTEMPTS_LIMIT = 4  # 4 failed attempts = 3 retries done and a 4th coming
+UPDATE_WALL_S = 30.0
+MAX_PERIODS_AFTER_TIMELINE = 30  # a 100-year term is not run to its end
+
+
+@dataclass
+class Answer:
+    """What billow answered to one action."""
+
+    index: int
+    at: str
+    do: str
+    status: str  # ok | refused | error | skipped
+    result: Any = None
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (field, reason)
+    message: str | None = None
+    sent: Any = None  # what was actually sent (payments resolved against the state)
+
+
+@dataclass
+class ActivityRecord:
+    run_id: str
+    activity_id: str
+    activity_type: str
+    is_local: bool
+    attempts: int = 0
+    failures: list[str] = field(default_factory=list)
+    retryable_failures: int = 0
+
+
+@dataclass
+class HistoryRun:
+    run_id: str
+    events: list[tuple[str, str]]  # (event type, detail: failure message, timer id ...)
+
+
+@dataclass
+class Outcome:
+    lifecycle: Lifecycle
+    created: bool = False
+    creation: Answer | None = None
+    answers: list[Answer] = field(default_factory=list)
+    activities: list[ActivityRecord] = field(default_factory=list)
+    histories: list[HistoryRun] = field(default_factory=list)
+    status: str | None = None  # the latest run's WorkflowExecutionStatus name
+    view: dict[str, Any] | None = None
+    query_error: str | None = None
+    ledger: LedgerSnapshot | None = None
+    aborted: str | None = None  # why the example was stopped early
+    horizon: datetime | None = None
+    horizon_capped: bool = False
+    wall_s: float = 0.0
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.records: dict[tuple[str, str], ActivityRecord] = {}
+        self.stuck = asyncio.Event()
+        self.why: str | None = None
+
+    def attempt(self) -> ActivityRecord:
+        info = activity.info()
+        key = (info.workflow_run_id or "", info.activity_id)
+        rec = self.records.setdefault(key, ActivityRecord(
+            run_id=key[0], activity_id=info.activity_id, activity_type=info.activity_type,
+            is_local=info.is_local))
+        rec.attempts = max(rec.attempts, info.attempt)
+        return rec
+
+    def failed(self, rec: ActivityRecord, exc: BaseException) -> None:
+        rec.failures.append(f"{type(exc).__name__}: {exc}"[:400])
+        non_retryable = isinstance(exc, ApplicationError) and exc.non_retryable
+        if isinstance(exc, asyncio.CancelledError) or non_retryable:
+            return
+        rec.retryable_failures += 1
+        if rec.retryable_failures >= FAILED_ATTEMPTS_LIMIT and self.why is None:
+            self.why = (f"activity {rec.activity_type} failed {rec.retryable_failures} times "
+                        f"and is retried again: {rec.failures[-1]}")
+            self.stuck.set()
+
+
+class _CountAttempts(Interceptor):
+    def __init__(self, recorder: _Recorder) -> None:
+        self.recorder = recorder
+
+    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
+        return _AttemptsInbound(next, self.recorder)
+
+
+class _AttemptsInbound(ActivityInboundInterceptor):
+    def __init__(self, next: ActivityInboundInterceptor, recorder: _Recorder) -> None:
+        super().__init__(next)
+        self.recorder = recorder
+
+    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
+        rec = self.recorder.attempt()
+        try:
+            return await super().execute_activity(input)
+        except BaseException as exc:
+            self.recorder.failed(rec, exc)
+            raise
+
+
+@dataclass
+class FailingGateway:
+    """A card gateway that is down for its first ``failures`` calls (known case 9)."""
+
+    failures: int
+    inner: SimulatedCardGateway
+    name: str = "simulated_card"
+
+    async def charge(self, *, customer_id: str, amount: Decimal, currency: str,
+                     idempotency_key: str) -> GatewayResult:
+        if self.failures > 0:
+            self.failures -= 1
+            raise ConnectionError("gateway unreachable")
+        return await self.inner.charge(customer_id=customer_id, amount=amount,
+                                       currency=currency, idempotency_key=idempotency_key)
+
+
+# --- the run ---------------------------------------------------------------------
+
+
+async def run_lifecycle(engine: AsyncEngine, lc: Lifecycle, *,
+                        budget_s: float = 120.0) -> Outcome:
+    """Run ``lc`` on a fresh time-skipping server and emptied database."""
+    started = time.monotonic()
+    out = Outcome(lifecycle=lc)
+    await truncate_all(engine)
+    env = await start_time_skipping()
+    recorder = _Recorder()
+    customer = str(lc.contract.get("customer", {}).get("id", ""))
+    card = SimulatedCardGateway(declines={customer: lc.card_declines})
+    gateway = FailingGateway(lc.gateway_failures, card) if lc.gateway_failures else card
+    worker = Worker(
+        env.client, task_queue=TASK_QUEUE, workflows=WORKFLOWS,
+        activities=activities_for(engine, gateway), interceptors=[_CountAttempts(recorder)],
+        graceful_shutdown_timeout=timedelta(0),
+    )
+    handle: WorkflowHandle[Any, Any] | None = None
+    try:
+        async with worker:
+            driver = asyncio.create_task(_drive(env, engine, lc, out))
+            watchdog = asyncio.create_task(_watch(env, lc, out, recorder))
+            done, _ = await asyncio.wait({driver, watchdog}, timeout=budget_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if driver not in done:
+                out.aborted = (recorder.why or (watchdog.result() if watchdog in done else None)
+                               or f"no progress within the {budget_s:.0f} s wall budget")
+            for task in (driver, watchdog):
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+            if driver in done and driver.exception() is not None:
+                exc = driver.exception()
+                out.aborted = f"driver crashed: {type(exc).__name__}: {exc}"
+            if out.created:
+                handle = env.client.get_workflow_handle(f"contract:{lc.contract['id']}")
+                await _observe(env, handle, out)
+            out.activities = list(recorder.records.values())
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(env.shutdown(), 20)
+    out.ledger = await read_ledger(engine, lc.contract)
+    out.wall_s = time.monotonic() - started
+    return out
+
+
+async def _watch(env: WorkflowEnvironment, lc: Lifecycle, out: Outcome,
+                 recorder: _Recorder) -> str:
+    """Return (and so stop the example) at the first sign it can never finish."""
+    wf_id = f"contract:{lc.contract['id']}"
+    while True:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(recorder.stuck.wait(), 1.0)
+        if recorder.why is not None:
+            return recorder.why
+        if not out.created:
+            continue
+        with contextlib.suppress(Exception):
+            hist = await env.client.get_workflow_handle(wf_id).fetch_history()
+            for e in hist.events:
+                name = EventType.Name(e.event_type).removeprefix("EVENT_TYPE_")
+                if name in ("WORKFLOW_TASK_FAILED", "WORKFLOW_EXECUTION_FAILED"):
+                    return f"{name}: {_failure_detail(e)}"
+
+
+async def _drive(env: WorkflowEnvironment, engine: AsyncEngine, lc: Lifecycle,
+                 out: Outcome) -> None:
+    catalog = load_catalog(lc.catalog)
+    async with engine.begin() as conn:
+        version, _ = await apply_catalog(conn, catalog)
+    try:
+        contract = load_contract(lc.contract)
+        await start_contract(env.client, engine, contract, TASK_QUEUE, catalog_version=version)
+        out.created = True
+        out.creation = Answer(-1, "", "create", "ok")
+    except BillowValidationError as exc:
+        out.creation = Answer(-1, "", "create", "refused", problems=list(exc.problems),
+                              message=str(exc))
+        return
+    except Exception as exc:
+        out.creation = Answer(-1, "", "create", "error", message=f"{type(exc).__name__}: {exc}")
+        return
+    handle = env.client.get_workflow_handle(f"contract:{contract.id}")
+    for i, action in enumerate(lc.actions):
+        at = datetime.fromisoformat(action["at"].replace("Z", "+00:00"))
+        await advance_to(env, at)
+        out.answers.append(await _send(env, engine, handle, i, action))
+    # Run on to the end: term end + payment terms + 31 days, as `billow simulate`.
+    until, capped = await _horizon(env, handle, lc)
+    out.horizon, out.horizon_capped = until, capped
+    await advance_to(env, until)
+
+
+async def _send(env: WorkflowEnvironment, engine: AsyncEngine, handle: WorkflowHandle[Any, Any],
+                i: int, action: dict[str, Any]) -> Answer:
+    at, do = action["at"], action["do"]
+    if do == "usage":
+        try:
+            report = await ingest_all(engine, action["events"])
+        except Exception as exc:
+            return Answer(i, at, do, "error", message=f"{type(exc).__name__}: {exc}"[:500])
+        results = [r.model_dump(mode="json") for r in report.results]
+        rejected = [r for r in report.results if r.status == "rejected"]
+        return Answer(i, at, do, "refused" if rejected else "ok", result=results,
+                      problems=[pair for r in rejected
+                                for pair in reasons_from_message(r.reason or "")])
+    if await _status(handle) != WorkflowExecutionStatus.RUNNING:
+        return Answer(i, at, do, "skipped", message="the workflow has closed")
+    await settle(env, handle)
+    if do == "amend":
+        doc = dict(action["amendment"]) | {"received_at": at}
+        try:
+            amendment = parse_amendment(doc)
+        except BillowValidationError as exc:
+            return Answer(i, at, do, "refused", problems=list(exc.problems), message=str(exc))
+        if action.get("via") == "signal":
+            return await _call(i, at, do, doc,
+                               handle.signal(ContractWorkflow.amend_signal, amendment))
+        return await _call(i, at, do, doc, handle.execute_update(
+            ContractWorkflow.amend, amendment, id=f"amend:{amendment.id}"))
+    payment = await _resolve_payment(handle, action)
+    if isinstance(payment, Answer):
+        payment.index, payment.at = i, at
+        return payment
+    return await _call(i, at, do, payment.model_dump(mode="json"),
+                       handle.execute_update(ContractWorkflow.pay, payment))
+
+
+async def _call(i: int, at: str, do: str, sent: Any, call: Any) -> Answer:
+    try:
+        result = await asyncio.wait_for(call, UPDATE_WALL_S)
+    except WorkflowUpdateFailedError as exc:
+        cause = exc.cause
+        message = getattr(cause, "message", None) or str(exc)
+        return Answer(i, at, do, "refused", problems=_problems(cause, message),
+                      message=message, sent=sent)
+    except TimeoutError:
+        return Answer(i, at, do, "error", message=f"no answer within {UPDATE_WALL_S:.0f} s",
+                      sent=sent)
+    except Exception as exc:
+        return Answer(i, at, do, "error", message=f"{type(exc).__name__}: {exc}"[:500],
+                      sent=sent)
+    dumped = result.model_dump(mode="json") if hasattr(result, "model_dump") else result
+    return Answer(i, at, do, "ok", result=dumped, sent=sent)
+
+
+def _problems(cause: BaseException | None, message: str) -> list[tuple[str, str]]:
+    """``(field, reason)`` from the failure's details, else from its message (as the API)."""
+    if isinstance(cause, ApplicationError) and cause.details:
+        first = cause.details[0]
+        if isinstance(first, list) and all(isinstance(p, dict) for p in first):
+            return [(str(p.get("field", "")), str(p.get("reason", ""))) for p in first]
+    return reasons_from_message(message)
+
+
+async def _view(handle: WorkflowHandle[Any, Any]) -> ContractView:
+    view: ContractView = await asyncio.wait_for(
+        handle.query(ContractWorkflow.query_state), UPDATE_WALL_S)
+    return view
+
+
+async def _resolve_payment(handle: WorkflowHandle[Any, Any],
+                           action: dict[str, Any]) -> PaymentInput | Answer:
+    """Turn ``usage#2``/``half`` into an invoice key and an amount, from the state."""
+    try:
+        view = await _view(handle)
+    except Exception as exc:
+        return Answer(0, "", "pay", "error", message=f"state query: {type(exc).__name__}: {exc}")
+    ref = action["invoice"]
+    kind, _, nth = ref.partition("#")
+    candidates = [inv for inv in view.invoices if inv.kind == kind or ref == "latest"]
+    chosen = None
+    if kind == "unknown":
+        key = "usage:1999-01-01"
+    elif nth and int(nth) < len(candidates):
+        chosen = candidates[int(nth)]
+    elif not nth and candidates:
+        chosen = candidates[-1]
+    if chosen is None and kind != "unknown":
+        key = f"{kind}:{view.terms.starts_on.isoformat()}"
+    if chosen is not None:
+        key = chosen.key
+    outstanding = chosen.outstanding if chosen is not None else Decimal(100)
+    amounts = {"outstanding": outstanding, "half": (outstanding / 2).quantize(Decimal("0.01")),
+               "over": outstanding + 1}
+    try:
+        amount = amounts.get(action["amount"]) or Decimal(action["amount"])
+    except InvalidOperation:
+        amount = Decimal(1)
+    return PaymentInput(invoice=key, amount=amount, payment_id=action.get("payment_id"))
+
+
+async def _status(handle: WorkflowHandle[Any, Any]) -> WorkflowExecutionStatus | None:
+    try:
+        return (await asyncio.wait_for(handle.describe(), UPDATE_WALL_S)).status
+    except Exception:
+        return None
+
+
+async def _horizon(env: WorkflowEnvironment, handle: WorkflowHandle[Any, Any],
+                   lc: Lifecycle) -> tuple[datetime, bool]:
+    """Local end of term end + payment terms + 31 days, with the terms in force now."""
+    try:
+        t = (await _view(handle)).terms
+        starts_on, term_end, tz = t.starts_on, t.term_end, t.timezone
+        terms_days, cycle, anchor, cycle_anchor = (
+            t.payment_terms_days, t.billing_cycle, t.billing_anchor, t.cycle_anchor)
+    except Exception:
+        from models.contract import resolve_terms
+
+        r = resolve_terms(load_contract(lc.contract), load_catalog(lc.catalog))
+        starts_on, term_end, tz = r.starts_on, r.term_end, r.timezone
+        terms_days, cycle, anchor, cycle_anchor = (
+            r.payment_terms_days, r.billing_cycle, r.billing_anchor, r.cycle_anchor)
+    until = local_midnight_utc(term_end + timedelta(days=terms_days + 32), tz)
+    now = await env.get_current_time()
+    periods = billing_periods(starts_on, term_end, cycle, anchor, tz, cycle_anchor=cycle_anchor,
+                              from_date=max(starts_on, _local_today(now, tz)))
+    if len(periods) > MAX_PERIODS_AFTER_TIMELINE:
+        return periods[MAX_PERIODS_AFTER_TIMELINE].end + timedelta(days=3), True
+    return until - timedelta(microseconds=1), False
+
+
+def _local_today(now: datetime, tz: str) -> date:
+    from models.periods import local_date
+
+    return local_date(now, tz)
+
+
+# --- after the run -------------------------------------------------------------------
+
+
+def _failure_detail(e: Any) -> str:
+    for attr in ("workflow_task_failed_event_attributes",
+                 "workflow_execution_failed_event_attributes"):
+        if e.HasField(attr):
+            f = getattr(e, attr).failure
+            msg = f.message
+            if f.HasField("cause"):
+                msg += f" (cause: {f.cause.message})"
+            if f.stack_trace:
+                msg += " @ " + f.stack_trace.strip().splitlines()[-1].strip()[:200]
+            return msg[:600]
+    if e.HasField("timer_started_event_attributes"):
+        return e.timer_started_event_attributes.timer_id
+    if e.HasField("timer_fired_event_attributes"):
+        return e.timer_fired_event_attributes.timer_id
+    if e.HasField("timer_canceled_event_attributes"):
+        return e.timer_canceled_event_attributes.timer_id
+    return ""
+
+
+async def _observe(env: WorkflowEnvironment, handle: WorkflowHandle[Any, Any],
+                   out: Outcome) -> None:
+    """Histories of every run, the latest run's status, and the state query."""
+    run_id: str | None = None
+    with contextlib.suppress(Exception):
+        while True:
+            h = env.client.get_workflow_handle(handle.id, run_id=run_id)
+            hist = await asyncio.wait_for(h.fetch_history(), UPDATE_WALL_S)
+            events = [(EventType.Name(e.event_type).removeprefix("EVENT_TYPE_"),
+                       _failure_detail(e)) for e in hist.events]
+            out.histories.insert(0, HistoryRun(run_id=hist.run_id, events=events))
+            first = hist.events[0].workflow_execution_started_event_attributes
+            run_id = first.continued_execution_run_id or None
+            if run_id is None:
+                break
+    status = await _status(handle)
+    out.status = status.name if status is not None else None
+    try:
+        out.view = (await _view(handle)).model_dump(mode="json")
+    except Exception as exc:
+        out.query_error = f"{type(exc).__name__}: {exc}"[:500]
