@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
         help="failure classes to shrink (most frequent first; 0: none)",
     )
     fuzz.add_argument("--budget", type=float, default=120.0, help="wall seconds per example")
+    fuzz.add_argument("--log", help="append every example run to this file (JSON lines)")
     for sp in (ing, rat):
         sp.add_argument(
             "--covering-index",
@@ -70,7 +71,9 @@ async def _main(args: argparse.Namespace) -> None:
             if args.command == "lifecycle-fuzz":
                 from bench.lifecycle_fuzz import FuzzArgs, run_lifecycle_fuzz
 
-                fuzz_args = FuzzArgs(args.examples, args.seed, args.shrink_classes, args.budget)
+                fuzz_args = FuzzArgs(
+                    args.examples, args.seed, args.shrink_classes, args.budget, args.log
+                )
                 await asyncio.to_thread(run_lifecycle_fuzz, db.url, fuzz_args)
             elif args.command == "ingest":
                 f = await run_ingest(

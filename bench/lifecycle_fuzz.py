@@ -25,6 +25,7 @@ class FuzzArgs:
     seed: int
     shrink_classes: int
     budget_s: float
+    log: str | None = None
 
 
 def run_lifecycle_fuzz(database_url: str, args: FuzzArgs, out: TextIO = sys.stdout) -> int:
@@ -41,7 +42,8 @@ def run_lifecycle_fuzz(database_url: str, args: FuzzArgs, out: TextIO = sys.stdo
     )
 
     started = time.monotonic()
-    harness = Harness(database_url, budget_s=args.budget_s)
+    log = open(args.log, "a") if args.log else None  # noqa: SIM115 - closed below
+    harness = Harness(database_url, budget_s=args.budget_s, log=log)
     try:
         def progress(n: int, found: dict[str, list[str]]) -> None:
             mark = ", ".join(found) if found else "ok"
@@ -73,3 +75,5 @@ def run_lifecycle_fuzz(database_url: str, args: FuzzArgs, out: TextIO = sys.stdo
         return result.failing
     finally:
         harness.close()
+        if log is not None:
+            log.close()

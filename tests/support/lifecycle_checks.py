@@ -388,11 +388,18 @@ def _amendment_content(a: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in a.items() if k != "received_at"}
 
 
+def _event_content(ev: dict[str, Any]) -> tuple[Any, ...]:
+    ts = datetime.fromisoformat(ev["timestamp"].replace("Z", "+00:00"))
+    return (ev["customer"], ev["meter"], ts, _d(ev.get("quantity", "1")),
+            tuple(sorted((ev.get("dimensions") or {}).items())))
+
+
 def resends_consistent(o: Outcome) -> list[str]:
     """SPEC 7/10/3: the same id with other content is refused (or reported conflict)."""
     out = []
     amended: dict[str, dict[str, Any]] = {}
     paid: dict[str, tuple[str, Decimal]] = {}
+    stored: dict[str, tuple[Any, ...]] = {}
     for a in o.answers:
         act = o.lifecycle.actions[a.index]
         if a.do == "amend" and act.get("via") == "update" and a.status == "ok":
@@ -401,6 +408,15 @@ def resends_consistent(o: Outcome) -> list[str]:
             if first != doc:
                 out.append(f"amendment {doc['id'][:40]} resent with other content: answered "
                            f"{a.result.get('status') if isinstance(a.result, dict) else a.result}")
+        elif a.do == "usage" and isinstance(a.result, list):
+            for ev, res in zip(act["events"], a.result, strict=False):
+                mine = _event_content(ev)
+                first = stored.get(ev["id"])
+                if first is None and res["status"] == "accepted":
+                    stored[ev["id"]] = mine
+                elif first is not None and first != mine and res["status"] != "conflict":
+                    out.append(f"event {ev['id'][:30]} resent with other content: "
+                               f"{res['status']}, not conflict")
         elif a.do == "pay" and a.status == "ok" and isinstance(a.sent, dict):
             pid = a.sent.get("payment_id")
             if pid is None:

@@ -19,12 +19,13 @@ The bench runs in two passes:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
@@ -40,8 +41,10 @@ Found = dict[str, list[str]]
 class Harness:
     """Runs examples synchronously on a private event loop (thread)."""
 
-    def __init__(self, database_url: str, budget_s: float = 120.0) -> None:
+    def __init__(self, database_url: str, budget_s: float = 120.0,
+                 log: TextIO | None = None) -> None:
         self.budget_s = budget_s
+        self.log = log  # one JSON line per example run
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="lifecycle-fuzz",
                                        daemon=True)
@@ -56,7 +59,12 @@ class Harness:
         outcome = future.result(timeout=self.budget_s + 120)
         self.runs += 1
         found = violations(outcome)
-        self.memo[lc.fingerprint()] = (found, outcome_summary(outcome))
+        summary = outcome_summary(outcome)
+        self.memo[lc.fingerprint()] = (found, summary)
+        if self.log is not None:
+            self.log.write(json.dumps({"example": lc.to_json(), "violations": found,
+                                       "summary": summary}, default=str) + "\n")
+            self.log.flush()
         return outcome, found
 
     def found(self, lc: Lifecycle) -> Found:
@@ -183,10 +191,8 @@ def shrink_class(h: Harness, sig: str, examples: int, seed: int) -> tuple[Lifecy
             last.append((lc, found))
             raise Falsified(sig)
 
-    try:
+    with contextlib.suppress(Falsified):
         falsify()
-    except Falsified:
-        pass
     return last[-1] if last else None
 
 

@@ -390,6 +390,7 @@ def actions(draw: st.DrawFn, contract: dict[str, Any], currency: str) -> list[di
     out: list[dict[str, Any]] = []
     sent_amendments: list[dict[str, Any]] = []
     pay_ids: list[str] = []
+    sent_events: list[dict[str, Any]] = []
     n_events = 0
     for n in range(draw(st.integers(0, 8))):
         at = draw(instants(points))
@@ -418,8 +419,10 @@ def actions(draw: st.DrawFn, contract: dict[str, Any], currency: str) -> list[di
         else:
             batch = draw(events(n_events, points, customer))
             n_events += len(batch)
-            if n_events > 1 and draw(st.integers(0, 5)) == 0:  # resend an earlier event id
-                batch.append(dict(batch[0]) | {"quantity": "7"})
+            if sent_events and draw(st.integers(0, 4)) == 0:  # an earlier event id again
+                earlier = draw(st.sampled_from(sent_events))
+                batch.append(earlier if draw(st.booleans()) else earlier | {"quantity": "7"})
+            sent_events += batch
             out.append({"at": iso(at), "do": "usage", "events": batch})
     return sorted(out, key=lambda a: a["at"])
 
