@@ -23,7 +23,7 @@ from decimal import Decimal, localcontext
 from typing import Any
 
 from models.contract import ContractTerms
-from models.periods import local_midnight_utc
+from models.periods import local_midnight_utc, term_end_date
 from tests.support.lifecycle_run import Outcome
 
 Check = Callable[[Outcome], list[str]]
@@ -319,7 +319,7 @@ def events_billed_once(o: Outcome) -> list[str]:
 def periods_tile_term(o: Outcome) -> list[str]:
     """SPEC 2: the finalized usage invoices of an ended term tile it exactly."""
     terms = _terms(o)
-    if terms is None or o.ledger is None or o.ledger.contract["status"] not in ENDED:
+    if terms is None or o.ledger is None or (o.ledger.contract or {}).get("status") not in ENDED:
         return []
     spans = sorted((i["period_start"], i["period_end"]) for i in o.ledger.invoices
                    if i["kind"] == "usage" and i["number"] is not None)
@@ -410,11 +410,11 @@ def resends_consistent(o: Outcome) -> list[str]:
                            f"{a.result.get('status') if isinstance(a.result, dict) else a.result}")
         elif a.do == "usage" and isinstance(a.result, list):
             for ev, res in zip(act["events"], a.result, strict=False):
-                mine = _event_content(ev)
-                first = stored.get(ev["id"])
-                if first is None and res["status"] == "accepted":
-                    stored[ev["id"]] = mine
-                elif first is not None and first != mine and res["status"] != "conflict":
+                content = _event_content(ev)
+                stored_as = stored.get(ev["id"])
+                if stored_as is None and res["status"] == "accepted":
+                    stored[ev["id"]] = content
+                elif stored_as not in (None, content) and res["status"] != "conflict":
                     out.append(f"event {ev['id'][:30]} resent with other content: "
                                f"{res['status']}, not conflict")
         elif a.do == "pay" and a.status == "ok" and isinstance(a.sent, dict):
@@ -432,6 +432,37 @@ def _decimals(x: str) -> int:
     return -exp if isinstance(exp, int) and exp < 0 else 0
 
 
+def _grant_windows(c: dict[str, Any]) -> list[str]:
+    """SPEC 1: a grant's ``effective`` is before its ``expires``, both inside the term."""
+    tz = c.get("timezone", "UTC")
+    start = local_midnight_utc(date.fromisoformat(c["starts_on"]), tz)
+    end = local_midnight_utc(
+        term_end_date(date.fromisoformat(c["starts_on"]), min(c["term_months"], 1200)), tz)
+
+    def instant(v: str | None, default: datetime) -> datetime:
+        if v is None:
+            return default
+        if len(v) == 10:
+            return local_midnight_utc(date.fromisoformat(v), tz)
+        return datetime.fromisoformat(v.replace("Z", "+00:00"))
+
+    out = []
+    commitment = c.get("commitment") or {}
+    if commitment.get("expires_on"):
+        expires = instant(commitment["expires_on"], end)
+        if expires <= start:
+            out.append("commitment.expires_on on or before starts_on")
+        elif expires > end:
+            out.append("commitment.expires_on after the term end")
+    for g in c.get("credit_grants", []):
+        effective, expires = instant(g.get("effective"), start), instant(g.get("expires"), end)
+        if expires <= effective:
+            out.append(f"grant {g['id']} expires <= effective")
+        elif not start <= effective < end or expires > end:
+            out.append(f"grant {g['id']} outside the term")
+    return out
+
+
 def bounds_refused(o: Outcome) -> list[str]:
     """SPEC 6: out-of-bound input is refused when it is sent, never accepted."""
     c, out = o.lifecycle.contract, []
@@ -444,13 +475,9 @@ def bounds_refused(o: Outcome) -> list[str]:
         if c.get("payment_terms_days", 0) > 3650:
             why.append(f"payment_terms_days {c['payment_terms_days']}")
         commitment = c.get("commitment") or {}
-        if commitment.get("expires_on") and commitment["expires_on"] <= c["starts_on"]:
-            why.append("commitment.expires_on on or before starts_on")
         if commitment and _d(commitment["amount"]) >= BOUND:
             why.append("commitment.amount >= 10^18")
-        for g in c.get("credit_grants", []):
-            if g.get("expires") and g.get("effective") and g["expires"] <= g["effective"]:
-                why.append(f"grant {g['id']} expires <= effective")
+        why += _grant_windows(c)
         out += [f"contract accepted with {w}" for w in why]
     months = c["term_months"]
     for a in o.answers:

@@ -34,6 +34,7 @@ from activities.db import make_engine
 from tests.support.lifecycle_checks import violations
 from tests.support.lifecycle_gen import Lifecycle, lifecycles
 from tests.support.lifecycle_run import Outcome, run_lifecycle
+from worker.temporal_envs import quiet_runtime
 
 Found = dict[str, list[str]]
 
@@ -50,12 +51,14 @@ class Harness:
                                        daemon=True)
         self.thread.start()
         self.engine = make_engine(database_url)
+        self.runtime = quiet_runtime()
         self.memo: dict[str, tuple[Found, str]] = {}
         self.runs = 0
 
     def run(self, lc: Lifecycle) -> tuple[Outcome, Found]:
         future = asyncio.run_coroutine_threadsafe(
-            run_lifecycle(self.engine, lc, budget_s=self.budget_s), self.loop)
+            run_lifecycle(self.engine, lc, budget_s=self.budget_s, runtime=self.runtime),
+            self.loop)
         outcome = future.result(timeout=self.budget_s + 120)
         self.runs += 1
         found = violations(outcome)

@@ -43,8 +43,15 @@ from temporalio import activity
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.workflowservice.v1 import DescribeWorkflowExecutionRequest
-from temporalio.client import WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
+from temporalio.runtime import Runtime
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import (
     ActivityInboundInterceptor,
@@ -63,16 +70,20 @@ from models.errors import BillowValidationError
 from models.periods import billing_periods, local_midnight_utc
 from tests.support.lifecycle_gen import Lifecycle
 from tests.support.lifecycle_ledger import LedgerSnapshot, read_ledger, truncate_all
+from worker.binaries import temporal_test_server
 from worker.contract_service import start_contract
 from worker.main import WORKFLOWS, activities_for
 from worker.simulate import advance_to, ingest_all, settle
-from worker.temporal_envs import start_time_skipping
+from worker.temporal_envs import register_search_attributes, start_time_skipping
 from workflows.contract import ContractView, ContractWorkflow, PaymentInput
 
 TASK_QUEUE = "lifecycle-fuzz"
 FAILED_ATTEMPTS_LIMIT = 4  # 4 failed attempts = 3 retries done and a 4th coming
 UPDATE_WALL_S = 30.0
 MAX_PERIODS_AFTER_TIMELINE = 30  # a 100-year term is not run to its end
+# The time-skipping server times a workflow out 10 years after it started (a
+# real server has no default execution timeout): never skip that far.
+MAX_WORKFLOW_AGE = timedelta(days=9 * 365)
 
 
 @dataclass
@@ -121,6 +132,7 @@ class Outcome:
     aborted: str | None = None  # why the example was stopped early
     horizon: datetime | None = None
     horizon_capped: bool = False
+    started_at: datetime | None = None  # server time the contract was created
     wall_s: float = 0.0
 
 
@@ -193,13 +205,25 @@ class FailingGateway:
 # --- the run ---------------------------------------------------------------------
 
 
-async def run_lifecycle(engine: AsyncEngine, lc: Lifecycle, *,
-                        budget_s: float = 120.0) -> Outcome:
+async def time_skipping_env(runtime: Runtime | None) -> WorkflowEnvironment:
+    """`worker.temporal_envs.start_time_skipping`, on a given SDK runtime: one
+    runtime for a whole fuzz run instead of a new thread pool per example."""
+    if runtime is None:
+        return await start_time_skipping()
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=temporal_test_server(),
+        data_converter=pydantic_data_converter, runtime=runtime)
+    await register_search_attributes(env.client)
+    return env
+
+
+async def run_lifecycle(engine: AsyncEngine, lc: Lifecycle, *, budget_s: float = 120.0,
+                        runtime: Runtime | None = None) -> Outcome:
     """Run ``lc`` on a fresh time-skipping server and emptied database."""
     started = time.monotonic()
     out = Outcome(lifecycle=lc)
     await truncate_all(engine)
-    env = await start_time_skipping()
+    env = await time_skipping_env(runtime)
     recorder = _Recorder()
     customer = str(lc.contract.get("customer", {}).get("id", ""))
     card = SimulatedCardGateway(declines={customer: lc.card_declines})
@@ -267,6 +291,7 @@ async def _drive(env: WorkflowEnvironment, engine: AsyncEngine, lc: Lifecycle,
     catalog = load_catalog(lc.catalog)
     async with engine.begin() as conn:
         version, _ = await apply_catalog(conn, catalog)
+    out.started_at = await env.get_current_time()
     try:
         contract = load_contract(lc.contract)
         await start_contract(env.client, engine, contract, TASK_QUEUE, catalog_version=version)
@@ -282,10 +307,16 @@ async def _drive(env: WorkflowEnvironment, engine: AsyncEngine, lc: Lifecycle,
     handle = env.client.get_workflow_handle(f"contract:{contract.id}")
     for i, action in enumerate(lc.actions):
         at = datetime.fromisoformat(action["at"].replace("Z", "+00:00"))
+        if at > out.started_at + MAX_WORKFLOW_AGE:
+            out.answers.append(Answer(i, action["at"], action["do"], "skipped",
+                                      message="past the test server's 10-year limit"))
+            continue
         await advance_to(env, at)
         out.answers.append(await _send(env, engine, handle, i, action))
     # Run on to the end: term end + payment terms + 31 days, as `billow simulate`.
     until, capped = await _horizon(env, handle, lc)
+    if out.started_at is not None and until > out.started_at + MAX_WORKFLOW_AGE:
+        until, capped = out.started_at + MAX_WORKFLOW_AGE, True
     out.horizon, out.horizon_capped = until, capped
     await advance_to(env, until)
 
@@ -303,7 +334,7 @@ async def _send(env: WorkflowEnvironment, engine: AsyncEngine, handle: WorkflowH
         return Answer(i, at, do, "refused" if rejected else "ok", result=results,
                       problems=[pair for r in rejected
                                 for pair in reasons_from_message(r.reason or "")])
-    if await _status(handle) != WorkflowExecutionStatus.RUNNING:
+    if await _status(env.client, handle.id) != WorkflowExecutionStatus.RUNNING:
         return Answer(i, at, do, "skipped", message="the workflow has closed")
     await settle(env, handle)
     if do == "amend":
@@ -389,13 +420,12 @@ async def _resolve_payment(handle: WorkflowHandle[Any, Any],
     return PaymentInput(invoice=key, amount=amount, payment_id=action.get("payment_id"))
 
 
-async def _status(handle: WorkflowHandle[Any, Any]) -> WorkflowExecutionStatus | None:
+async def _status(client: Client, workflow_id: str) -> WorkflowExecutionStatus | None:
     """The latest run's status, read from the raw describe response: the SDK's
     ``describe()`` fails on the time-skipping server once a Datetime search
     attribute was unset (it decodes the server's null as an ISO string)."""
-    client = handle._client  # noqa: SLF001 - the handle's own client
     request = DescribeWorkflowExecutionRequest(
-        namespace=client.namespace, execution=WorkflowExecution(workflow_id=handle.id))
+        namespace=client.namespace, execution=WorkflowExecution(workflow_id=workflow_id))
     try:
         resp = await asyncio.wait_for(
             client.workflow_service.describe_workflow_execution(request), UPDATE_WALL_S)
@@ -448,13 +478,11 @@ def _failure_detail(e: Any) -> str:
                 msg += f" (cause: {f.cause.message})"
             if f.stack_trace:
                 msg += " @ " + f.stack_trace.strip().splitlines()[-1].strip()[:200]
-            return msg[:600]
-    if e.HasField("timer_started_event_attributes"):
-        return e.timer_started_event_attributes.timer_id
-    if e.HasField("timer_fired_event_attributes"):
-        return e.timer_fired_event_attributes.timer_id
-    if e.HasField("timer_canceled_event_attributes"):
-        return e.timer_canceled_event_attributes.timer_id
+            return str(msg[:600])
+    for attr in ("timer_started_event_attributes", "timer_fired_event_attributes",
+                 "timer_canceled_event_attributes"):
+        if e.HasField(attr):
+            return str(getattr(e, attr).timer_id)
     return ""
 
 
@@ -473,7 +501,7 @@ async def _observe(env: WorkflowEnvironment, handle: WorkflowHandle[Any, Any],
             run_id = first.continued_execution_run_id or None
             if run_id is None:
                 break
-    status = await _status(handle)
+    status = await _status(env.client, handle.id)
     out.status = status.name if status is not None else None
     try:
         out.view = (await _view(handle, wait_s)).model_dump(mode="json")
