@@ -22,6 +22,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import metrics
+from activities.errors import BusinessError, business_errors
 from activities.late_usage import billed_usage, late_rows, non_additive_late_rows
 from activities.ledger_store import (
     find_invoice,
@@ -101,16 +102,19 @@ class LedgerActivities:
 
     # --- contracts ---------------------------------------------------------
     @activity.defn(name=ActivityName.REGISTER_CONTRACT.value)
+    @business_errors
     async def register_contract(self, req: RegisterContractRequest) -> None:
         async with self.engine.begin() as conn:
             await register_contract_rows(conn, req)
 
     @activity.defn(name=ActivityName.UPDATE_CONTRACT.value)
+    @business_errors
     async def update_contract(self, req: UpdateContractRequest) -> None:
         async with self.engine.begin() as conn:
             await save_contract_row(conn, req)
 
     @activity.defn(name=ActivityName.RECORD_AMENDMENT.value)
+    @business_errors
     async def record_amendment(self, req: RecordAmendmentRequest) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(
@@ -132,6 +136,7 @@ class LedgerActivities:
 
     # --- credits -------------------------------------------------------------
     @activity.defn(name=ActivityName.GRANT_CREDITS.value)
+    @business_errors
     async def grant_credits(self, req: GrantRequest) -> GrantResult:
         async with self.engine.begin() as conn:
             await lock_contract(conn, req.contract_id)
@@ -155,7 +160,9 @@ class LedgerActivities:
                     "inv": req.invoice_key,
                 },
             )
-            if inserted is not None:
+            if inserted is None:
+                await _check_same_grant(conn, req)
+            else:
                 await insert_ledger_entry(
                     conn,
                     entry_key=f"grant:{req.contract_id}:{req.grant_id}",
@@ -199,6 +206,7 @@ class LedgerActivities:
         return issued
 
     @activity.defn(name=ActivityName.EXPIRE_CREDITS.value)
+    @business_errors
     async def expire_credits(self, req: ExpireCreditsRequest) -> CreditSummary:
         """Term end: every remaining credit expires; deferred revenue becomes breakage."""
         async with self.engine.begin() as conn:
@@ -216,6 +224,7 @@ class LedgerActivities:
 
     # --- usage invoices ---------------------------------------------------------
     @activity.defn(name=ActivityName.CLOSE_PERIOD.value)
+    @business_errors
     async def close_period(self, req: ClosePeriodRequest) -> ClosePeriodResult:
         terms, period = req.terms, req.period
         cid = terms.contract_id
@@ -273,12 +282,14 @@ class LedgerActivities:
 
     # --- collection ----------------------------------------------------------------
     @activity.defn(name=ActivityName.RECORD_PAYMENT.value)
+    @business_errors
     async def record_payment(self, req: PaymentRequest) -> PaymentResult:
         async with self.engine.begin() as conn:
             await lock_contract(conn, req.contract_id)
             return await record_payment_in(conn, req)
 
     @activity.defn(name=ActivityName.DUNNING_STEP.value)
+    @business_errors
     async def dunning_step(self, req: DunningRequest) -> None:
         async with self.engine.begin() as conn:
             await lock_contract(conn, req.contract_id)
@@ -316,6 +327,30 @@ class LedgerActivities:
                     req.contract_id,
                 )
         metrics.dunning_recorded(req.step, new=inserted is not None)
+
+
+async def _check_same_grant(conn: AsyncConnection, req: GrantRequest) -> None:
+    """A stored grant with this id must be this request's (a retry), never another
+    grant reusing the id: that would issue an invoice for credits it never gets."""
+    row = (
+        await conn.execute(
+            text(
+                "SELECT credits, price, priority, effective, expires, invoice_key "
+                "FROM credit_grants WHERE contract_id = :cid AND grant_id = :gid"
+            ),
+            {"cid": req.contract_id, "gid": req.grant_id},
+        )
+    ).one()
+    wanted = {
+        "credits": req.credits, "price": req.price, "priority": req.priority,
+        "effective": req.effective, "expires": req.expires, "invoice_key": req.invoice_key,
+    }
+    differing = [name for name, value in wanted.items() if getattr(row, name) != value]
+    if differing:
+        raise BusinessError(
+            f"grant_id: a grant {req.grant_id!r} exists with other {', '.join(differing)}",
+            type="GrantConflict",
+        )
 
 
 async def register_contract_rows(conn: AsyncConnection, req: RegisterContractRequest) -> None:
