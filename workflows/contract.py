@@ -163,9 +163,15 @@ def _conflict(exc: AmendmentConflict) -> ApplicationError:
     )
 
 
-def _refusal(exc: ActivityError) -> str:
+# How a failed activity reaches workflow code: a regular activity's failure as
+# ActivityError (the ApplicationError is its cause), a local activity's as the
+# ApplicationError itself.
+_ACTIVITY_FAILURES = (ActivityError, ApplicationError)
+
+
+def _refusal(exc: ActivityError | ApplicationError) -> str:
     """The reason a ledger activity gave for a business error."""
-    cause = exc.cause
+    cause = exc if isinstance(exc, ApplicationError) else exc.cause
     if isinstance(cause, ApplicationError):
         return f"{cause.type or 'error'}: {cause.message}"
     return str(cause or exc)
@@ -545,7 +551,7 @@ class ContractWorkflow:
                 ChargeResult,
                 summary=f"charge {inv.key} (attempt {collection.charge_attempts})",
             )
-        except ActivityError as exc:
+        except _ACTIVITY_FAILURES as exc:
             # The ledger refused the charge's payment (non-retryable): stop
             # auto-pay for this invoice and flag it; never wedge the contract.
             workflow.logger.error("auto-pay for %s stopped: %s", inv.key, exc.cause or exc)
@@ -836,11 +842,17 @@ class ContractWorkflow:
                     PaymentResult,
                     summary=f"record payment {payment.amount} for {payment.invoice}",
                 )
-            except ActivityError as exc:
+            except _ACTIVITY_FAILURES as exc:
                 # The ledger refused it (non-retryable): fail this update, not
-                # the workflow.
-                raise ApplicationError(str(exc.cause or exc), type="InvalidPayment",
-                                       non_retryable=True) from exc
+                # the workflow, with the ledger's reason and type.
+                cause = exc if isinstance(exc, ApplicationError) else exc.cause
+                kind = cause.type if isinstance(cause, ApplicationError) else None
+                raise ApplicationError(
+                    cause.message if isinstance(cause, ApplicationError) else str(exc),
+                    *(cause.details if isinstance(cause, ApplicationError) else ()),
+                    type=kind if kind and kind != "BusinessError" else "InvalidPayment",
+                    non_retryable=True,
+                ) from exc
         if key not in st.payment_keys:
             st.payment_keys.append(key)
         self._paid(result)
@@ -965,7 +977,7 @@ class ContractWorkflow:
         try:
             return await self._call(name, arg, result_type, summary=summary,
                                     activity_timeout=activity_timeout)
-        except ActivityError as exc:
+        except _ACTIVITY_FAILURES as exc:
             self._last_refusal = f"{summary}: {_refusal(exc)}"
             workflow.logger.error("ledger refused %s", self._last_refusal)
             if hold:
@@ -977,7 +989,7 @@ class ContractWorkflow:
         try:
             await self._run(name, arg, summary=summary)
             return True
-        except ActivityError as exc:
+        except _ACTIVITY_FAILURES as exc:
             self._last_refusal = f"{summary}: {_refusal(exc)}"
             workflow.logger.error("ledger refused %s", self._last_refusal)
             return False
