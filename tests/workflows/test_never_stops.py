@@ -248,3 +248,36 @@ async def test_a_failing_gateway_never_freezes_the_contract(
     assert len(CHARGE_RETRY_DAYS) == 3
     assert gateway.calls == 3 * 4 + 3 * 3
     assert state.status == "active"
+
+
+async def test_an_idle_contract_continues_as_new_when_its_history_grows(
+    db: AsyncEngine,
+) -> None:
+    """Case 11: the server's continue-as-new suggestion is honoured while the
+    contract sleeps between boundaries, not only after a period closes."""
+    from datetime import UTC, datetime
+
+    from models.amendments import parse_amendment
+    from worker.temporal_envs import start_dev_server
+    from workflows.contract import ContractWorkflow
+
+    env = await start_dev_server(
+        ["--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=20"]
+    )
+    try:
+        today = datetime.now(UTC).date().isoformat()
+        async with ContractRun(env, db, contract_doc(starts_on=today)) as run:
+            assert run.handle is not None
+            for i in range(12):
+                await run.handle.execute_update(ContractWorkflow.amend, parse_amendment(
+                    {"id": f"flip-{i}", "kind": "set_auto_pay", "auto_pay": i % 2 == 0}
+                ))
+            view = await run.handle.query(ContractWorkflow.query_state)
+            latest = await env.client.get_workflow_handle(run.handle.id).fetch_history()
+    finally:
+        await env.shutdown()
+    started = latest.events[0].workflow_execution_started_event_attributes
+    assert started.continued_execution_run_id, "the idle contract continued as new"
+    assert len(latest.events) < 40
+    assert view.applied_amendment_ids == [f"flip-{i}" for i in range(12)]
+    assert view.terms.auto_pay is False and view.status == "active"
