@@ -747,6 +747,8 @@ async def _store_finalized(
         )
     ).one()
     await conn.execute(text("DELETE FROM invoice_lines WHERE invoice_id = :id"), {"id": row.id})
+    if not doc.lines:  # a period with no usage and no fees: a zero invoice, no lines
+        return issued_from_row(row)
     await conn.execute(
         text(
             """

@@ -281,3 +281,24 @@ async def test_an_idle_contract_continues_as_new_when_its_history_grows(
     assert len(latest.events) < 40
     assert view.applied_amendment_ids == [f"flip-{i}" for i in range(12)]
     assert view.terms.auto_pay is False and view.status == "active"
+
+
+async def test_a_period_with_no_lines_is_invoiced_at_zero(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    """Found by the random-lifecycle test: a plan without fees and a period
+    without usage made an invoice with no lines, whose INSERT failed forever."""
+    import copy
+
+    from tests.support.scenario import PRO_CATALOG
+
+    catalog = copy.deepcopy(PRO_CATALOG)
+    catalog["plans"][0]["recurring_fees"] = []
+    async with ContractRun(ts_env, db, contract_doc(term_months=1), catalog=catalog) as run:
+        await asyncio.wait_for(run.advance_to(at("2027-02-01", 2)), 60)
+        invoices = await run.invoices()
+        state = await run.state()
+    assert [(i["key"], i["total"], i["status"], i["lines"]) for i in invoices] == [
+        ("usage:2027-01-01", "0.00", "paid", [])
+    ]
+    assert state.status == "ended"
