@@ -15,8 +15,8 @@ from temporalio.client import WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
-from workflows.contract_state import CHARGE_RETRY_DAYS
 from tests.support.scenario import ContractRun, at, contract_doc, event, event_type_counts
+from workflows.contract_state import CHARGE_RETRY_DAYS
 
 COMMITMENT = {"amount": "12000.00", "bonus_percent": "10"}
 
