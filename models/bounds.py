@@ -61,6 +61,7 @@ __all__ = [
     "GraceHours",
     "Id",
     "Instant",
+    "LocalDate",
     "PaymentTermsDays",
     "Priority",
     "TermMonths",
@@ -175,3 +176,14 @@ def check_instant(d: datetime) -> datetime:
 
 Instant = Annotated[AwareDatetime, AfterValidator(check_instant)]
 """An aware instant (naive values are errors) inside the accepted range, in UTC."""
+
+
+def _date_only(v: Any) -> Any:
+    # pydantic would read an int as a unix timestamp and a datetime as its date
+    if not isinstance(v, date | str) or isinstance(v, datetime) or len(str(v).strip()) != 10:
+        raise ValueError("must be a date like 2027-01-01")
+    return v
+
+
+LocalDate = Annotated[date, BeforeValidator(_date_only), AfterValidator(check_date)]
+"""A calendar date (``2027-01-01``) inside the accepted range; it means local midnight."""
