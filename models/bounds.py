@@ -13,8 +13,9 @@ Invariants:
   the contract's state and is checked by the workflow with this constant.
 - ``payment_terms_days`` <= `MAX_PAYMENT_TERMS_DAYS` (3650), on the plan, the
   contract and ``change_payment_terms``.
-- Ids (contract, customer, catalog keys, amendment, grant, payment, invoice
-  key) are 1 to `MAX_ID_LENGTH` (256) characters.
+- Ids (contract, customer, catalog keys, amendment, grant, payment) are 1 to
+  `MAX_ID_LENGTH` (256) characters; an invoice key at most
+  `MAX_INVOICE_KEY_LENGTH` (64).
 - Amounts, prices, quantities and percentages are below `MAX_MAGNITUDE`
   (10^18) in absolute value with at most `MAX_DECIMAL_PLACES` (12) decimals.
   Trailing zeros beyond 12 places are not decimals of the value: ``1.5000``
@@ -48,6 +49,7 @@ __all__ = [
     "LATEST_STARTS_ON",
     "MAX_DECIMAL_PLACES",
     "MAX_ID_LENGTH",
+    "MAX_INVOICE_KEY_LENGTH",
     "MAX_MAGNITUDE",
     "MAX_PAYMENT_TERMS_DAYS",
     "MAX_PRIORITY",
@@ -61,6 +63,7 @@ __all__ = [
     "GraceHours",
     "Id",
     "Instant",
+    "InvoiceKey",
     "LocalDate",
     "PaymentTermsDays",
     "Priority",
@@ -74,6 +77,9 @@ __all__ = [
 MAX_TERM_MONTHS = 1200
 MAX_PAYMENT_TERMS_DAYS = 3650
 MAX_ID_LENGTH = 256
+# An invoice key is ``<kind>:<date>`` (``commitment:2027-01-01``); short enough
+# that ids derived from it (``timeline:<key>:<instant>``) stay ids.
+MAX_INVOICE_KEY_LENGTH = 64
 MAX_MAGNITUDE = Decimal(10) ** 18  # exclusive
 MAX_DECIMAL_PLACES = 12
 MAX_USAGE_GRACE_HOURS = 8760
@@ -149,6 +155,7 @@ PaymentTermsDays = Annotated[WholeNumber, Field(ge=0, le=MAX_PAYMENT_TERMS_DAYS)
 Priority = Annotated[WholeNumber, Field(ge=MIN_PRIORITY, le=MAX_PRIORITY)]
 Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
 """An identifier or key: 1 to 256 characters."""
+InvoiceKey = Annotated[str, Field(min_length=1, max_length=MAX_INVOICE_KEY_LENGTH)]
 
 
 def check_date(d: date) -> date:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from models._loading import Format, parse_text, read_file, validate_with
 from models.amendments import Amendment
-from models.bounds import BoundedPositive, Id, Instant
+from models.bounds import BoundedPositive, Instant, InvoiceKey
 
 __all__ = [
     "AmendAction",
@@ -31,7 +31,7 @@ class PayAction(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     at: Instant
     action: Literal["pay"]
-    invoice: Id  # invoice key, e.g. usage:2027-01-01
+    invoice: InvoiceKey  # invoice key, e.g. usage:2027-01-01
     amount: BoundedPositive
 
 

@@ -18,6 +18,7 @@ import pytest
 from models.amendments import parse_amendment
 from models.bounds import (
     MAX_ID_LENGTH,
+    MAX_INVOICE_KEY_LENGTH,
     MAX_PAYMENT_TERMS_DAYS,
     MAX_TERM_MONTHS,
     MAX_USAGE_GRACE_HOURS,
@@ -351,8 +352,9 @@ def test_timeline_bounds() -> None:
     load_timeline(pay(MAX))
     assert [p for p, _ in _problems(load_timeline, pay(PAST))] == ["[0].amount"]
     assert [p for p, _ in _problems(load_timeline, pay(THIRTEEN))] == ["[0].amount"]
-    load_timeline(pay("1", LONG_ID))
-    assert [p for p, _ in _problems(load_timeline, pay("1", TOO_LONG_ID))] == ["[0].invoice"]
+    load_timeline(pay("1", "k" * MAX_INVOICE_KEY_LENGTH))
+    too_long = pay("1", "k" * (MAX_INVOICE_KEY_LENGTH + 1))
+    assert [p for p, _ in _problems(load_timeline, too_long)] == ["[0].invoice"]
     amend = [{"at": "2027-02-01T00:00:00Z", "action": "amend",
               "amendment": AMENDMENTS["change_payment_terms"]}]
     load_timeline(amend)
