@@ -41,6 +41,7 @@ from pydantic import (
 from models._loading import Format, parse_text, read_file, validate_model
 from models.bounds import (
     LATEST_STARTS_ON,
+    MAX_ID_LENGTH,
     MAX_MAGNITUDE,
     BoundedNonNegative,
     BoundedPercent,
@@ -75,6 +76,8 @@ from models.periods import (
 
 __all__ = [
     "COMMITMENT_GRANT_ID",
+    "CONTRACT_GRANT_AMENDMENT_PREFIX",
+    "MAX_CONTRACT_GRANT_ID_LENGTH",
     "BillingAnchor",
     "BillingCycle",
     "Commitment",
@@ -96,6 +99,11 @@ __all__ = [
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
 COMMITMENT_GRANT_ID = "commitment"
+# A priced grant written in the contract is made through a grant_credits
+# amendment with this id prefix (workflows.contract_state); that id is an
+# amendment id too, so the grant's own id leaves room for the prefix.
+CONTRACT_GRANT_AMENDMENT_PREFIX = "credit_grants:"
+MAX_CONTRACT_GRANT_ID_LENGTH = MAX_ID_LENGTH - len(CONTRACT_GRANT_AMENDMENT_PREFIX)
 
 def _to_utc(d: datetime) -> datetime:
     try:
@@ -232,7 +240,7 @@ class CreditGrantSpec(BaseModel):
     """A grant written in the contract (promotional unless ``price`` > 0)."""
 
     model_config = _FROZEN
-    id: Id
+    id: Annotated[str, Field(min_length=1, max_length=MAX_CONTRACT_GRANT_ID_LENGTH)]
     credits: BoundedPositive
     price: BoundedNonNegative = Decimal(0)
     priority: Priority = 0

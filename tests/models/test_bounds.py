@@ -24,7 +24,12 @@ from models.bounds import (
     MAX_USAGE_GRACE_HOURS,
 )
 from models.catalog import load_catalog
-from models.contract import load_contract, resolve_terms
+from models.contract import (
+    CONTRACT_GRANT_AMENDMENT_PREFIX,
+    MAX_CONTRACT_GRANT_ID_LENGTH,
+    load_contract,
+    resolve_terms,
+)
 from models.errors import BillowValidationError
 from models.periods import term_end_date
 from models.timeline import load_timeline
@@ -105,7 +110,8 @@ CONTRACT_CASES: list[tuple[str, Any, Any]] = [
     ("commitment.credits", TWELVE, THIRTEEN),
     ("commitment.priority", 2**31 - 1, 2**31),
     ("commitment.priority", -(2**31), -(2**31) - 1),
-    ("credit_grants[0].id", LONG_ID, TOO_LONG_ID),
+    # room for the "credit_grants:" prefix of the amendment that makes a priced grant
+    ("credit_grants[0].id", "g" * 242, "g" * 243),
     ("credit_grants[0].credits", MAX, PAST),
     ("credit_grants[0].credits", TWELVE, THIRTEEN),
     ("credit_grants[0].price", MAX, PAST),
@@ -132,6 +138,16 @@ CONTRACT_CASES: list[tuple[str, Any, Any]] = [
                          ids=[f"{f}={b!s:.20}" for f, _, b in CONTRACT_CASES])
 def test_contract_bounds(field: str, good: Any, bad: Any) -> None:
     _check(load_contract, CONTRACT, field, good, bad)
+
+
+def test_a_contract_grant_id_fits_in_the_amendment_that_makes_it() -> None:
+    # workflows.contract_state makes a priced contract grant as the grant_credits
+    # amendment "credit_grants:<id>": that amendment must itself be valid.
+    grant_id = "g" * MAX_CONTRACT_GRANT_ID_LENGTH
+    contract = load_contract(_set(CONTRACT, "credit_grants[0].id", grant_id))
+    g = contract.credit_grants[0]
+    parse_amendment({"id": f"{CONTRACT_GRANT_AMENDMENT_PREFIX}{g.id}", "kind": "grant_credits",
+                     "grant_id": g.id, "credits": str(g.credits), "price": "1"})
 
 
 def test_starts_on_far_future_is_refused_not_an_overflow() -> None:
