@@ -31,6 +31,7 @@ Invariants:
   (``datetime`` ends at year 9999, and the start of year 1 is out of range
   in any timezone east of UTC).
 - ``priority`` fits the ledger's 32-bit integer column.
+- Display names are at most `MAX_NAME_LENGTH` (1000) characters.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ __all__ = [
     "MAX_ID_LENGTH",
     "MAX_INVOICE_KEY_LENGTH",
     "MAX_MAGNITUDE",
+    "MAX_NAME_LENGTH",
     "MAX_PAYMENT_TERMS_DAYS",
     "MAX_PRIORITY",
     "MAX_TERM_MONTHS",
@@ -65,6 +67,7 @@ __all__ = [
     "Instant",
     "InvoiceKey",
     "LocalDate",
+    "Name",
     "PaymentTermsDays",
     "Priority",
     "TermMonths",
@@ -80,6 +83,10 @@ MAX_ID_LENGTH = 256
 # An invoice key is ``<kind>:<date>`` (``commitment:2027-01-01``); short enough
 # that ids derived from it (``timeline:<key>:<instant>``) stay ids.
 MAX_INVOICE_KEY_LENGTH = 64
+# Display names (customer, meter, plan, fee) are labels; the customer's is
+# carried twice in the contract workflow's state, whose payload Temporal
+# refuses near 2 MB, so a name of half a megabyte must not get in.
+MAX_NAME_LENGTH = 1000
 MAX_MAGNITUDE = Decimal(10) ** 18  # exclusive
 MAX_DECIMAL_PLACES = 12
 MAX_USAGE_GRACE_HOURS = 8760
@@ -156,6 +163,7 @@ Priority = Annotated[WholeNumber, Field(ge=MIN_PRIORITY, le=MAX_PRIORITY)]
 Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
 """An identifier or key: 1 to 256 characters."""
 InvoiceKey = Annotated[str, Field(min_length=1, max_length=MAX_INVOICE_KEY_LENGTH)]
+Name = Annotated[str, Field(max_length=MAX_NAME_LENGTH)]
 
 
 def check_date(d: date) -> date:

@@ -26,7 +26,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models._loading import Format, parse_text, read_file, validate_model
-from models.bounds import BoundedNonNegative, BoundedPositive, GraceHours, Id, PaymentTermsDays
+from models.bounds import (
+    BoundedNonNegative,
+    BoundedPositive,
+    GraceHours,
+    Id,
+    Name,
+    PaymentTermsDays,
+)
 from models.errors import BillowValidationError, Problem
 from models.money import CurrencyCode
 from models.periods import BillingCycle
@@ -176,7 +183,7 @@ def _compatible(a: dict[str, str], b: dict[str, str]) -> bool:
 class Meter(BaseModel):
     model_config = _FROZEN
     key: Key
-    name: str
+    name: Name
     aggregation: Aggregation
     group_by: list[str] = Field(default_factory=list)
     unique_by: str | None = None
@@ -229,14 +236,14 @@ def check_matches(
 class RecurringFee(BaseModel):
     model_config = _FROZEN
     key: Key
-    name: str
+    name: Name
     monthly_amount: BoundedNonNegative
 
 
 class Plan(BaseModel):
     model_config = _FROZEN
     key: Key
-    name: str
+    name: Name
     currency: CurrencyCode
     meters: list[str] = Field(default_factory=list)
     billing_cycle: BillingCycle = BillingCycle.MONTHLY

@@ -50,6 +50,7 @@ from models.bounds import (
     Id,
     Instant,
     LocalDate,
+    Name,
     PaymentTermsDays,
     Priority,
     TermMonths,
@@ -149,7 +150,7 @@ def to_instant(value: date | datetime, tz: str) -> datetime:
 class Customer(BaseModel):
     model_config = _FROZEN
     id: Id
-    name: str
+    name: Name
 
 
 class RateOverride(PriceFields):

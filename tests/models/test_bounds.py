@@ -19,6 +19,7 @@ from models.amendments import parse_amendment
 from models.bounds import (
     MAX_ID_LENGTH,
     MAX_INVOICE_KEY_LENGTH,
+    MAX_NAME_LENGTH,
     MAX_PAYMENT_TERMS_DAYS,
     MAX_TERM_MONTHS,
     MAX_USAGE_GRACE_HOURS,
@@ -98,6 +99,7 @@ CONTRACT: dict[str, Any] = {
 CONTRACT_CASES: list[tuple[str, Any, Any]] = [
     ("id", LONG_ID, TOO_LONG_ID),
     ("customer.id", LONG_ID, TOO_LONG_ID),
+    ("customer.name", "n" * MAX_NAME_LENGTH, "n" * (MAX_NAME_LENGTH + 1)),
     ("plan", LONG_ID, TOO_LONG_ID),
     ("term_months", MAX_TERM_MONTHS, MAX_TERM_MONTHS + 1),
     ("payment_terms_days", MAX_PAYMENT_TERMS_DAYS, MAX_PAYMENT_TERMS_DAYS + 1),
@@ -270,6 +272,9 @@ CATALOG: dict[str, Any] = {
 
 CATALOG_CASES: list[tuple[str, Any, Any]] = [
     ("plans[0].key", LONG_ID, TOO_LONG_ID),
+    ("plans[0].name", "n" * MAX_NAME_LENGTH, "n" * (MAX_NAME_LENGTH + 1)),
+    ("meters[0].name", "n" * MAX_NAME_LENGTH, "n" * (MAX_NAME_LENGTH + 1)),
+    ("plans[0].recurring_fees[0].name", "n" * MAX_NAME_LENGTH, "n" * (MAX_NAME_LENGTH + 1)),
     ("plans[0].recurring_fees[0].key", LONG_ID, TOO_LONG_ID),
     ("plans[0].recurring_fees[0].monthly_amount", MAX, PAST),
     ("plans[0].recurring_fees[0].monthly_amount", TWELVE, THIRTEEN),
