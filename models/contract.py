@@ -389,8 +389,12 @@ def resolve_terms(contract: Contract, catalog: Catalog) -> ContractTerms:
     for i, ov in enumerate(contract.rate_overrides):
         problems.extend(_override_problems(ov, f"rate_overrides[{i}]", meters, plan.key))
     # Amounts that are invoiced as they stand must be whole minor units.
-    money_fields = [(f"credit_grants[{i}].price", g.price)
-                    for i, g in enumerate(contract.credit_grants)]
+    # Grant credits too: they are a money balance, as for a grant_credits amendment.
+    money_fields = [
+        (f"credit_grants[{i}].{field}", amount)
+        for i, g in enumerate(contract.credit_grants)
+        for field, amount in (("credits", g.credits), ("price", g.price))
+    ]
     if contract.commitment is not None:
         money_fields.insert(0, ("commitment.amount", contract.commitment.amount))
     for path, amount in money_fields:

@@ -382,3 +382,13 @@ def test_timeline_bounds() -> None:
     bad = _set(amend[0], "amendment.payment_terms_days", 3_000_000)
     assert [p for p, _ in _problems(load_timeline, [bad])] == [
         "[0].amendment.payment_terms_days"]
+
+
+def test_contract_grant_credits_are_whole_minor_units() -> None:
+    # like a grant_credits amendment: a credit balance is money in the contract's currency
+    catalog = load_catalog(CATALOG)
+    base = {k: v for k, v in CONTRACT.items() if k != "rate_overrides"}
+    resolve_terms(load_contract(_set(base, "credit_grants[0].credits", "10.01")), catalog)
+    with pytest.raises(BillowValidationError) as info:
+        resolve_terms(load_contract(_set(base, "credit_grants[0].credits", "10.001")), catalog)
+    assert [p for p, _ in info.value.problems] == ["credit_grants[0].credits"]
