@@ -80,8 +80,16 @@ def _zone(tz: str) -> ZoneInfo:
     return ZoneInfo(tz)
 
 
+# Zone files that stand for the host's own setting, not a place: a contract
+# billed in one would change its boundaries with the machine it runs on.
+_HOST_ZONES = frozenset({"localtime", "posixrules"})
+
+
 def validate_timezone(tz: str) -> str:
     """Return ``tz`` if it is a known IANA zone name, else raise ValueError."""
+    if tz in _HOST_ZONES:
+        raise ValueError(f"{tz!r} is the host's zone, not a place: name an IANA zone "
+                         "like 'Europe/Paris'")
     try:
         _zone(tz)
     except (ZoneInfoNotFoundError, ValueError):

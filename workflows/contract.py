@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
     # Pure code, imported outside the sandbox so zoneinfo works for the
     # calendar functions (see ../shared/notes/temporal.md).
     from models.amendments import Amendment, ExtendTermAmendment, GrantCreditsAmendment
+    from models.bounds import BoundedPositive, Id, InvoiceKey
     from models.contract import COMMITMENT_GRANT_ID, Contract, ContractTerms, to_instant
     from models.errors import BillowValidationError
     from models.invoices import due_on
@@ -115,9 +116,9 @@ class ContractWorkflowInput(BaseModel):
 
 
 class PaymentInput(BaseModel):
-    invoice: str  # invoice key, e.g. usage:2027-01-01
-    amount: Decimal
-    payment_id: str | None = None  # idempotency key; defaults to the update id
+    invoice: InvoiceKey  # invoice key, e.g. usage:2027-01-01
+    amount: BoundedPositive
+    payment_id: Id | None = None  # idempotency key; defaults to the update id
 
 
 class AmendmentResult(BaseModel):
