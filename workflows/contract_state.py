@@ -31,8 +31,10 @@ from models.amendments import (
     SetAutoPayAmendment,
     TerminateAmendment,
 )
+from models.bounds import MAX_TERM_MONTHS
 from models.contract import (
     COMMITMENT_GRANT_ID,
+    CONTRACT_GRANT_AMENDMENT_PREFIX,
     Contract,
     ContractTerms,
     CreditGrantSpec,
@@ -51,9 +53,6 @@ from models.periods import (
     term_end_date,
     termination_end_date,
 )
-
-# SPEC.md section 6: a term, extensions included, is at most this long.
-MAX_TERM_MONTHS = 1200
 
 # Reminder schedule after the due date (SPEC.md section 6): days -> step.
 REMINDERS: tuple[tuple[int, DunningStep], ...] = (
@@ -260,8 +259,10 @@ def validate_amendment(state: ContractState, amendment: Amendment, now: datetime
     the contract in between. A resend of an id is accepted (and answered as
     the first time) only with the same content; otherwise AmendmentConflict.
     """
-    if amendment.id.startswith(CONTRACT_GRANT_PREFIX):
-        raise BillowValidationError([("id", f"{CONTRACT_GRANT_PREFIX!r} ids are reserved")])
+    if amendment.id.startswith(CONTRACT_GRANT_AMENDMENT_PREFIX):
+        raise BillowValidationError(
+            [("id", f"{CONTRACT_GRANT_AMENDMENT_PREFIX!r} ids are reserved")]
+        )
     if amendment.id in state.applied_amendment_ids:
         record = state.amendment_record(amendment.id)
         if record is not None and record.digest != amendment_digest(amendment):
@@ -330,10 +331,6 @@ def _main_field(amendment: Amendment) -> str:
     }.get(amendment.kind, "effective")
 
 
-# Ids of the amendments that stand for a contract's own priced grants.
-CONTRACT_GRANT_PREFIX = "credit_grants:"
-
-
 def contract_grant_amendment(grant: CreditGrantSpec, effective: datetime) -> GrantCreditsAmendment:
     """A priced grant written in the contract, as the grant amendment that makes it.
 
@@ -342,7 +339,7 @@ def contract_grant_amendment(grant: CreditGrantSpec, effective: datetime) -> Gra
     """
     return GrantCreditsAmendment(
         kind="grant_credits",
-        id=f"{CONTRACT_GRANT_PREFIX}{grant.id}",
+        id=f"{CONTRACT_GRANT_AMENDMENT_PREFIX}{grant.id}",
         grant_id=grant.id,
         credits=grant.credits,
         price=grant.price,
@@ -406,7 +403,7 @@ def _validate_grant(state: ContractState, amendment: GrantCreditsAmendment,
         for p in others
         if isinstance(p.amendment, GrantCreditsAmendment)
     }
-    own = amendment.id == f"{CONTRACT_GRANT_PREFIX}{grant_id}"  # the contract's own grant
+    own = amendment.id == f"{CONTRACT_GRANT_AMENDMENT_PREFIX}{grant_id}"  # the contract's own grant
     if not own and (grant_id in state.reserved_grant_ids or grant_id in pending_ids):
         problems.append(("grant_id", f"a grant {grant_id!r} exists already or is reserved"))
     if amendment.price is not None:
