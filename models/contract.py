@@ -70,6 +70,7 @@ from models.money import (
 from models.periods import (
     BillingAnchor,
     BillingCycle,
+    local_date,
     local_midnight_utc,
     term_end_date,
     validate_timezone,
@@ -307,6 +308,7 @@ class Contract(BaseModel):
                 problems.append(("commitment.expires_on",
                                  f"must be on or before the term end {end_date.isoformat()}"))
         start, end = to_instant(self.starts_on, self.timezone), to_instant(end_date, self.timezone)
+        top_up_days: set[date] = set()
         for i, g in enumerate(self.credit_grants):
             path = f"credit_grants[{i}]"
             effective = start if g.effective is None else to_instant(g.effective, self.timezone)
@@ -318,6 +320,13 @@ class Contract(BaseModel):
                 problems.append((f"{path}.expires", f"must be inside {term}, at most its end"))
             if len(problems) == before and expires <= effective:
                 problems.append((f"{path}.expires", "must be after effective"))
+            if g.price > 0:
+                # A priced grant's top-up invoice is keyed by its effective date.
+                day = local_date(effective, self.timezone)
+                if day in top_up_days:
+                    problems.append((f"{path}.effective", f"another priced grant takes effect on "
+                                     f"{day.isoformat()}: one top-up invoice per day"))
+                top_up_days.add(day)
         return problems
 
 
