@@ -8,7 +8,6 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Query, Response
-from sqlalchemy import text
 from temporalio.client import WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
@@ -28,6 +27,7 @@ from api.schemas import (
 )
 from api.security import require_scope
 from api.workflow_calls import (
+    RETRY_AFTER,
     reasons_from_message,
     temporal_client,
     temporal_errors,
@@ -39,7 +39,13 @@ from models.errors import BillowValidationError
 from models.invoices import InvoiceDocument
 from models.operations import ContractStatus
 from models.periods import billing_periods
-from worker.contract_service import ContractConflictError, start_contract, workflow_id
+from worker.contract_service import (
+    ContractConflictError,
+    ContractOverlapError,
+    ContractStartUncertainError,
+    start_contract,
+    workflow_id,
+)
 from workflows.contract import AmendmentResult, ContractView
 
 log = logging.getLogger("billow.api")
@@ -52,22 +58,33 @@ _crm = [Depends(require_scope(Scope.CRM))]
 async def create_contract(
     deps: AppDeps, contract: Contract, catalog_version: int | None
 ) -> tuple[ContractCreated, bool]:
-    """Start the contract's workflow (idempotent on its id). Shared with the webhook."""
+    """Start the contract's workflow (idempotent on its id). Shared with the webhook.
+
+    Never deletes anything on an ambiguous failure: `start_contract` keeps the
+    rows whenever the workflow may have started, and repeating the create is
+    safe (SPEC.md section 10).
+    """
     client = await temporal_client(deps)
-    async with deps.engine.connect() as conn:
-        existed = await conn.scalar(
-            text("SELECT 1 FROM contracts WHERE id = :id"), {"id": contract.id}
-        ) is not None
     try:
-        async with temporal_errors("create contract"):
-            started = await start_contract(client, deps.engine, contract, deps.task_queue,
-                                           catalog_version=catalog_version)
+        started = await start_contract(
+            client, deps.engine, contract, deps.task_queue, catalog_version=catalog_version,
+            rpc_timeout=timedelta(seconds=deps.workflow_timeout_seconds))
     except ContractConflictError as exc:
         raise ProblemError(
             409, "contract-conflict", "Contract exists with different terms",
             f"contract {contract.id!r} already exists with different terms; differing "
             f"fields: {', '.join(exc.differences) or '(none listed)'}",
             [(path, "differs from the existing contract") for path in exc.differences],
+        ) from exc
+    except ContractOverlapError as exc:
+        raise ProblemError(
+            409, "contract-overlap", "Overlapping contract",
+            f"{exc}; end or terminate {exc.other_id!r} before this term starts, or use "
+            "another customer",
+            [("customer.id", f"contract {exc.other_id!r} of this customer overlaps this "
+              "term on a shared meter"),
+             ("starts_on", f"overlaps the term of contract {exc.other_id!r}")],
+            extra={"conflicting_contract_id": exc.other_id},
         ) from exc
     except BillowValidationError as exc:
         raise from_billow_error(exc) from exc
@@ -77,51 +94,31 @@ async def create_contract(
                                [("query.catalog_version", str(exc))]) from exc
         raise ProblemError(409, "no-catalog", "No catalog", f"{exc}: PUT /v1/catalog first",
                            [("plan", str(exc))]) from exc
-    except Exception:
-        if not existed:
-            await _forget_unstarted(deps, contract)
-        raise
+    except ContractStartUncertainError as exc:
+        timed_out = isinstance(exc.cause, TimeoutError) or (
+            isinstance(exc.cause, RPCError) and exc.cause.status == RPCStatusCode.DEADLINE_EXCEEDED)
+        raise ProblemError(
+            504 if timed_out else 503, "outcome-unknown",
+            "Gateway Timeout" if timed_out else "Service Unavailable",
+            f"starting the workflow of contract {contract.id!r} did not complete "
+            f"({exc.cause.__class__.__name__}): the contract may have been created; retry "
+            "with the same body",
+            headers={"Retry-After": RETRY_AFTER},
+        ) from exc
+    except RPCError as exc:  # Temporal refused the start: nothing was created
+        raise ProblemError(
+            503, "unavailable", "Service Unavailable",
+            f"Temporal refused to start the workflow of contract {contract.id!r} "
+            f"({exc.status.name if exc.status else 'error'}: {exc.message}); the contract "
+            "was not created",
+            headers={"Retry-After": RETRY_AFTER},
+        ) from exc
     wf = started.workflow_id
     return ContractCreated(
         contract_id=contract.id, workflow_id=wf, run_id=started.run_id, created=started.created,
         catalog_version=started.catalog_version, temporal_ui_url=deps.workflow_url(wf),
         contract=contract,
     ), started.created
-
-
-async def _forget_unstarted(deps: AppDeps, contract: Contract) -> None:
-    """Undo the rows of a contract whose workflow could not be started.
-
-    ``start_contract`` registers the customer and contract before starting the
-    workflow; if the start fails, a new contract must not stay behind as a
-    half-created row. (Should the start have succeeded after all, the
-    workflow's first activity registers the rows again.)
-    """
-    try:
-        async with deps.engine.begin() as conn:
-            # Its first period's (empty) draft goes with it; nothing else may exist.
-            await conn.execute(
-                text("DELETE FROM invoices WHERE contract_id = :id AND status = 'draft' "
-                     "AND number IS NULL AND NOT EXISTS (SELECT 1 FROM credit_grants "
-                     "WHERE contract_id = :id) AND NOT EXISTS "
-                     "(SELECT 1 FROM invoices WHERE contract_id = :id AND status <> 'draft')"),
-                {"id": contract.id},
-            )
-            await conn.execute(
-                text("DELETE FROM contracts WHERE id = :id AND NOT EXISTS "
-                     "(SELECT 1 FROM invoices WHERE contract_id = :id) AND NOT EXISTS "
-                     "(SELECT 1 FROM credit_grants WHERE contract_id = :id) AND NOT EXISTS "
-                     "(SELECT 1 FROM amendments WHERE contract_id = :id)"),
-                {"id": contract.id},
-            )
-            await conn.execute(
-                text("DELETE FROM customers WHERE id = :c AND NOT EXISTS "
-                     "(SELECT 1 FROM contracts WHERE customer_id = :c) AND NOT EXISTS "
-                     "(SELECT 1 FROM usage_events WHERE customer_id = :c)"),
-                {"c": contract.customer.id},
-            )
-    except Exception:
-        log.exception("could not remove the rows of unstarted contract %s", contract.id)
 
 
 @router.post(
@@ -217,7 +214,7 @@ async def get_contract(contract_id: str, deps: Deps) -> ContractState:
     try:
         client = await temporal_client(deps)
         handle = client.get_workflow_handle(wf)
-        async with temporal_errors("read contract"):
+        async with temporal_errors("read contract", changes=False):
             if await workflow_status(handle) == WorkflowExecutionStatus.RUNNING:
                 view = await handle.query(
                     "state", result_type=ContractView,

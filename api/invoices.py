@@ -115,7 +115,7 @@ async def pay_invoice(number: str, payment: PaymentIn, deps: Deps) -> PaymentOut
     client = await temporal_client(deps)
     handle = client.get_workflow_handle(workflow_id(row.contract_id))
     result: PaymentResult | None = None
-    async with temporal_errors("pay invoice"):
+    async with temporal_errors("pay invoice", changes=False):
         running = await workflow_status(handle) == WorkflowExecutionStatus.RUNNING
     if running:
         # A fresh update id each time: the ledger's unique payment key, not Temporal's
