@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Query, Response
@@ -255,8 +255,18 @@ async def post_amendment(
     `errors` carry the workflow's reason, and nothing changes. The amendment `id` is an
     idempotency key: resending it changes nothing and returns the first answer.
 
+    Without `effective`, the amendment takes effect at the instant billow received it:
+    the API stamps `received_at` with its own clock on every request (a value sent by the
+    client is ignored), so a busy or catching-up workflow does not move the instant.
+
+    When the workflow does not answer within the API's deadline the answer is a **504**
+    (**503** while the contract's workflow is stalled) with `Retry-After`: the amendment
+    may still apply; resend it with the same `id` to learn its outcome.
+
     Scope: `crm` or `ops`.
     """
+    # Stamped first, before any I/O: the instant billow received it (SPEC.md section 7).
+    amendment = amendment.model_copy(update={"received_at": datetime.now(UTC)})
     async with deps.engine.connect() as conn:
         row = await contract_row(conn, contract_id)
     if row is None:
