@@ -18,11 +18,13 @@ from sqlalchemy import text
 
 from api import catalog, contracts, invoices, usage, webhooks
 from api.deps import AppDeps
+from api.idempotency import IdempotencyMiddleware
+from api.metrics_view import install_metrics_route
 from api.problems import PROBLEM_JSON, add_problem_schemas, install_problem_handlers
 from api.schemas import CrmWebhookPayload
 from api.security import ApiKeyMiddleware, BodyLimitMiddleware
 from worker.logging_setup import configure_from_settings
-from worker.metrics import install_http_metrics
+from worker.metrics import HttpMetricsMiddleware
 
 __all__ = ["AppDeps", "create_app"]
 
@@ -82,10 +84,15 @@ def create_app(deps: AppDeps) -> FastAPI:
     )
     app.state.deps = deps
     install_problem_handlers(app)
-    # Added last = outermost: the body limit runs first, then authentication.
-    app.add_middleware(ApiKeyMiddleware, deps=deps)
+    # Added last = outermost. Request metrics count every request; the API key
+    # is checked from the headers before any of the body is read (an
+    # unauthenticated client costs no memory or bandwidth); then the body
+    # limit buffers the body; then Idempotency-Key answers retries.
+    app.add_middleware(IdempotencyMiddleware, deps=deps)
     app.add_middleware(BodyLimitMiddleware, deps=deps)
-    install_http_metrics(app)  # outermost: counts every request; GET /metrics (worker/metrics.py)
+    app.add_middleware(ApiKeyMiddleware, deps=deps)
+    app.add_middleware(HttpMetricsMiddleware)
+    install_metrics_route(app, deps)
 
     for module in (contracts, usage, invoices, catalog, webhooks):
         app.include_router(module.router)

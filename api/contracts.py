@@ -15,6 +15,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.api_keys import Scope
 from activities.ledger import compute_usage_invoice
 from api.deps import AppDeps, get_deps
+from api.idempotency import IdempotencyKeyHeader
 from api.problems import ProblemError, from_billow_error, not_found, problem_responses
 from api.queries import contract_row, contract_state_from_db, list_contracts, summary_from_issued
 from api.schemas import (
@@ -139,6 +140,7 @@ async def post_contract(
     deps: Deps,
     catalog_version: Annotated[int | None, Query(
         ge=1, description="Catalog version to bill by (default: the latest).")] = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> ContractCreated:
     """Start the contract's workflow (`contract:<id>`) on the latest catalog version (or
     `catalog_version`).
@@ -249,6 +251,7 @@ async def post_amendment(
     contract_id: str,
     amendment: Annotated[Amendment, Body(openapi_examples=AMENDMENT_EXAMPLES)],
     deps: Deps,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> AmendmentAccepted:
     """Send an amendment (SPEC.md section 7) to the contract's workflow as the `amend`
     update. The workflow validates it first: an invalid amendment is a **422** whose
