@@ -277,7 +277,7 @@ async def post_amendment(
     client = await temporal_client(deps)
     handle = client.get_workflow_handle(workflow_id(contract_id))
     try:
-        async with temporal_errors("amend contract"), asyncio.timeout(
+        async with temporal_errors("amend contract", handle=handle), asyncio.timeout(
             deps.workflow_timeout_seconds
         ):
             result: AmendmentResult = await handle.execute_update(

@@ -132,7 +132,7 @@ async def pay_invoice(
         running = await workflow_status(handle) == WorkflowExecutionStatus.RUNNING
     if running:
         try:
-            async with temporal_errors("pay invoice"), asyncio.timeout(
+            async with temporal_errors("pay invoice", handle=handle), asyncio.timeout(
                 deps.workflow_timeout_seconds
             ):
                 result = await handle.execute_update(

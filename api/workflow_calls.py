@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -67,8 +68,24 @@ _TRANSIENT = frozenset({
 })
 
 
+async def _stalled(handle: WorkflowHandle[Any, Any]) -> int | None:
+    """The failed attempts of the workflow's current workflow task, if it is failing."""
+    try:
+        async with asyncio.timeout(2):
+            desc = await handle.describe()
+    except Exception:  # only a diagnosis: a timeout stays a timeout
+        return None
+    raw = desc.raw_description
+    if not raw.HasField("pending_workflow_task"):
+        return None
+    attempt = raw.pending_workflow_task.attempt
+    return attempt if attempt > 1 else None
+
+
 @asynccontextmanager
-async def temporal_errors(what: str, changes: bool = True) -> AsyncIterator[None]:
+async def temporal_errors(
+    what: str, changes: bool = True, handle: WorkflowHandle[Any, Any] | None = None,
+) -> AsyncIterator[None]:
     """Map Temporal transport failures and timeouts to 503 / 504 problems.
 
     ``changes``: the call may change the contract, so an unknown outcome says
@@ -78,11 +95,17 @@ async def temporal_errors(what: str, changes: bool = True) -> AsyncIterator[None
       ``DEADLINE_EXCEEDED``: 504;
     - ``FAILED_PRECONDITION`` (the workflow's task is failing or timing out,
       e.g. a stalled contract), unavailable, aborted, internal: 503.
-    Both carry ``Retry-After``.
+    Both carry ``Retry-After``. With ``handle``, a timeout is diagnosed: a
+    workflow whose workflow task keeps failing (a stalled contract) is a 503.
     """
     try:
         yield
     except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError) as exc:
+        attempts = None if handle is None else await _stalled(handle)
+        if attempts is not None:
+            raise outcome_unknown(
+                503, what, "the contract workflow is stalled (its workflow task has failed "
+                f"{attempts - 1} times and is being retried)", changes) from exc
         raise outcome_unknown(504, what, "the contract workflow did not answer in time",
                               changes) from exc
     except RPCError as exc:
