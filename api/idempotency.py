@@ -128,7 +128,7 @@ class IdempotencyMiddleware:
         deps = self.deps
         # The claim outlives the longest the request may take (it then expires:
         # this process may have died holding it).
-        lease = timedelta(seconds=deps.workflow_timeout_seconds + 60)
+        lease = timedelta(seconds=deps.workflow_timeout_seconds + 15)
         loop = asyncio.get_running_loop()
         give_up = loop.time() + deps.workflow_timeout_seconds
         while True:
