@@ -169,3 +169,40 @@ async def test_a_resent_payment_id_answers_as_the_first_time(
     assert retry.status_code == 200, retry.text
     assert retry.json()["applied"] is True
     assert await _paid(api, number) == (Decimal("100.00"), 1)
+
+
+async def test_a_claim_held_by_a_dead_request_expires(db: Any) -> None:
+    """An API process that died mid-request leaves its claim; once the lease is over a
+    retry takes over, and the dead request can no longer store its answer."""
+    from datetime import timedelta
+
+    from activities.idempotency import (
+        Claimed,
+        Completed,
+        InProgress,
+        Mismatch,
+        claim_key,
+        complete_key,
+        release_key,
+    )
+
+    async def claim(digest: str = "h1", lease: float = 0.5) -> Any:
+        async with db.begin() as conn:
+            return await claim_key(conn, "key-1", "POST /v1/x", "k", digest,
+                                   timedelta(seconds=lease))
+
+    first = await claim()
+    assert isinstance(first, Claimed)
+    assert isinstance(await claim(), InProgress)
+    assert isinstance(await claim("h2"), Mismatch)
+    await asyncio.sleep(0.6)
+    second = await claim(lease=30)
+    assert isinstance(second, Claimed) and second.token != first.token
+    async with db.begin() as conn:
+        assert await complete_key(conn, first, 200, "application/json", b"{}") is False
+        await release_key(conn, second)  # an unknown outcome: the next retry runs again
+    third = await claim(lease=30)
+    assert isinstance(third, Claimed)
+    async with db.begin() as conn:
+        assert await complete_key(conn, third, 201, "application/json", b'{"a":1}')
+    assert await claim() == Completed(201, "application/json", b'{"a":1}')
