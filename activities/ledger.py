@@ -22,6 +22,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import metrics
+from activities.contract_overlap import overlapping_contract
 from activities.errors import BusinessError, business_errors
 from activities.late_usage import billed_usage, late_rows, non_additive_late_rows
 from activities.ledger_store import (
@@ -69,6 +70,7 @@ from models.operations import (
     PaymentResult,
     RecordAmendmentRequest,
     RegisterContractRequest,
+    ReserveTermRequest,
     UpdateContractRequest,
 )
 from models.periods import Period, billing_periods
@@ -221,6 +223,27 @@ class LedgerActivities:
                 ),
             )
         return state.summary()
+
+    @activity.defn(name=ActivityName.RESERVE_TERM_EXTENSION.value)
+    @business_errors
+    async def reserve_term_extension(self, req: ReserveTermRequest) -> None:
+        """Refuse an extension into another contract's term on a shared meter;
+        otherwise write the new end under the customer's lock (idempotent)."""
+        async with self.engine.begin() as conn:
+            other = await overlapping_contract(
+                conn, req.customer_id, req.meters, req.start, req.end, exclude_id=req.contract_id
+            )
+            if other is not None:
+                raise BusinessError(
+                    f"term_months: the extended term overlaps contract {other!r} of customer "
+                    f"{req.customer_id!r} on a shared meter",
+                    type="ContractOverlap",
+                )
+            await conn.execute(
+                text("UPDATE contracts SET term_end = GREATEST(term_end, :end), "
+                     "updated_at = now() WHERE id = :id"),
+                {"end": req.term_end, "id": req.contract_id},
+            )
 
     # --- usage invoices ---------------------------------------------------------
     @activity.defn(name=ActivityName.CLOSE_PERIOD.value)

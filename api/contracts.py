@@ -48,6 +48,7 @@ from worker.contract_service import (
     workflow_id,
 )
 from workflows.contract import AmendmentResult, ContractView
+from workflows.contract_state import amendment_digest
 
 log = logging.getLogger("billow.api")
 
@@ -281,7 +282,11 @@ async def post_amendment(
             deps.workflow_timeout_seconds
         ):
             result: AmendmentResult = await handle.execute_update(
-                "amend", amendment, id=f"amend:{amendment.id}", result_type=AmendmentResult,
+                # Temporal answers a repeated update id from its cache without
+                # validating again: the id carries the content, so the same id with
+                # other content reaches the workflow and is refused as a conflict.
+                "amend", amendment, id=f"amend:{amendment.id}:{amendment_digest(amendment)[:16]}",
+                result_type=AmendmentResult,
             )
     except WorkflowUpdateFailedError as exc:
         raise update_problem(exc, "InvalidAmendment", "invalid-amendment",
@@ -302,11 +307,24 @@ def _ended(contract_id: str, status: str) -> ProblemError:
     )
 
 
+# Update failures that mean "this id was used before for something else".
+CONFLICT_TYPES = {
+    "AmendmentConflict": "amendment-conflict",
+    "PaymentConflict": "payment-conflict",
+    "ContractOverlap": "contract-overlap",
+}
+
+
 def update_problem(
     exc: WorkflowUpdateFailedError, expected_type: str, slug: str, title: str
 ) -> ProblemError:
     """A rejected or failed workflow update as a 422 naming the validator's fields."""
     cause = exc.cause
+    if isinstance(cause, ApplicationError) and cause.type in CONFLICT_TYPES:
+        # The id was used before for other content: changes nothing, and is not
+        # the request's shape at fault (SPEC.md sections 7 and 10).
+        return ProblemError(409, CONFLICT_TYPES[cause.type], "Conflict", cause.message,
+                            reasons_from_message(cause.message))
     if isinstance(cause, ApplicationError) and cause.type == expected_type:
         return ProblemError(422, slug, title, cause.message, reasons_from_message(cause.message))
     message = getattr(cause, "message", None) or str(exc)

@@ -63,9 +63,10 @@ with workflow.unsafe.imports_passed_through():
         PaymentResult,
         RecordAmendmentRequest,
         RegisterContractRequest,
+        ReserveTermRequest,
         UpdateContractRequest,
     )
-    from models.periods import Period, local_midnight_utc
+    from models.periods import Period, local_midnight_utc, term_end_date
     from workflows import search_attributes as sa
     from workflows.contract_state import (
         CHARGE_RETRY_DAYS,
@@ -754,6 +755,8 @@ class ContractWorkflow:
             except BillowValidationError as exc:
                 raise _rejected(exc) from exc
             effective = effective_instant(st, amendment, now)
+            if isinstance(amendment, ExtendTermAmendment):
+                await self._reserve_extension(amendment)
             recorded = await self._step_run(
                 ActivityName.RECORD_AMENDMENT,
                 RecordAmendmentRequest(
@@ -782,6 +785,33 @@ class ContractWorkflow:
         self._wakeup += 1
         self._publish()
         return AmendmentResult(amendment_id=amendment.id, status=status, effective=effective)
+
+    async def _reserve_extension(self, amendment: ExtendTermAmendment) -> None:
+        """An extension must not run into another contract of the customer that
+        bills a shared meter (SPEC.md section 1): checked and written in the
+        ledger under the customer's lock, or the update is refused."""
+        if not workflow.patched("extend-term-overlap-check"):
+            return
+        t = self.state.terms
+        end_date = term_end_date(t.starts_on, t.term_months + amendment.term_months)
+        try:
+            await self._run(
+                ActivityName.RESERVE_TERM_EXTENSION,
+                ReserveTermRequest(
+                    contract_id=t.contract_id, customer_id=t.customer.id,
+                    meters=[m.key for m in t.meters], start=t.term_start_at,
+                    end=local_midnight_utc(end_date, t.timezone), term_end=end_date,
+                ),
+                summary=f"reserve the extended term to {end_date}",
+            )
+        except _ACTIVITY_FAILURES as exc:
+            cause = exc if isinstance(exc, ApplicationError) else exc.cause
+            raise ApplicationError(
+                cause.message if isinstance(cause, ApplicationError) else str(exc),
+                type=(cause.type if isinstance(cause, ApplicationError) and cause.type
+                      else "AmendmentRefused"),
+                non_retryable=True,
+            ) from exc
 
     def _resend_answer(self, amendment: Amendment) -> AmendmentResult | None:
         """The first answer to an id already applied; a conflict if its content differs."""

@@ -304,3 +304,26 @@ async def test_a_period_with_no_lines_is_invoiced_at_zero(
         ("usage:2027-01-01", "0.00", "paid", [])
     ]
     assert state.status == "ended"
+
+
+async def test_an_extension_into_another_contract_on_a_shared_meter_is_refused(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    """Issue 12 case 1 (extend_term half): the extended term would bill the
+    same customer's usage twice, so it is refused naming the other contract."""
+    from models.contract import load_contract
+    from worker.contract_service import start_contract
+
+    async with ContractRun(ts_env, db, contract_doc()) as run:
+        follow_up = load_contract(contract_doc(id="c-2", starts_on="2028-01-01"))
+        await start_contract(ts_env.client, db, follow_up, "scenario",
+                             catalog_version=run.catalog_version)
+        await run.advance_to(at("2027-03-10"))
+        refused = await _refusal(run, {"id": "renew", "kind": "extend_term", "term_months": 1})
+        state = await run.state()
+        end = await run.scalar("SELECT term_end FROM contracts WHERE id = 'c-1'")
+        await _no_failed_tasks(run)
+    assert refused.type == "ContractOverlap" and "'c-2'" in refused.message
+    assert "term_months" in refused.message
+    assert state.terms.term_months == 12 and state.applied_amendment_ids == []
+    assert str(end) == "2028-01-01"
