@@ -29,6 +29,7 @@ from sqlalchemy import (
     ForeignKey,
     Identity,
     Index,
+    LargeBinary,
     Numeric,
     UniqueConstraint,
     text,
@@ -356,3 +357,35 @@ class WebhookDelivery(SQLModel, table=True):
     signed_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     contract_id: str | None = None
     received_at: datetime = _now_column()
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """The first outcome of a mutating API request sent with an ``Idempotency-Key``.
+
+    Scoped to the API key (``principal``) and the route (method and path): a
+    retry with the same key and request answers with the stored response; the
+    same key with another request is a conflict. While the first request runs,
+    ``claim_token`` holds it (until ``claimed_until``, after which a retry may
+    take over: the API process may have died). Only known outcomes are stored
+    (``status``); an unknown one (503/504) releases the claim and the retry
+    runs the request again, which the request's business ids make safe.
+    """
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("principal", "route", "key"),)
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
+    principal: str
+    route: str
+    key: str
+    request_hash: str
+    claim_token: str | None = None
+    claimed_until: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    status: int | None = None
+    content_type: str | None = None
+    response_body: bytes | None = Field(default=None, sa_type=LargeBinary)
+    created_at: datetime = _now_column()
+    completed_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
