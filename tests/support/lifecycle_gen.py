@@ -35,7 +35,13 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from models.periods import BillingAnchor, BillingCycle, billing_periods, term_end_date
+from models.periods import (
+    BillingAnchor,
+    BillingCycle,
+    billing_periods,
+    local_midnight_utc,
+    term_end_date,
+)
 
 # --- the catalog -------------------------------------------------------------
 
@@ -122,10 +128,21 @@ START_DATES = (
     date(2027, 12, 31), date(2027, 4, 30), date(2028, 1, 30), date(2027, 2, 28),
     date(2027, 11, 15), date(2028, 8, 31),
 )
-TERM_MONTHS = (1, 2, 3, 12, 6, 13, 24, 1200, 1201)
-PAYMENT_TERMS = (None, 0, 30, 45, 3650, 3651)
+# (valid, invalid) choices: a contract is drawn "bad" one time in four, and
+# only a bad one takes invalid values (each field then one time in three), so
+# most examples get past creation and live a whole term.
+TERM_MONTHS = ((1, 2, 3, 12, 6, 13, 24, 1200), (1201,))
+PAYMENT_TERMS = ((None, 0, 30, 45, 3650), (3651,))
 GRACE_HOURS = (None, "0", "2", "48", "0.5")
+ID_LENGTH = ((-1, -1, -1, 0), (1,))  # short, exactly 256 / 257 characters
 MAX_ID = 256
+
+
+def pick(draw: st.DrawFn, choices: tuple[tuple[Any, ...], tuple[Any, ...]], bad: bool) -> Any:
+    valid, invalid = choices
+    if bad and invalid and draw(st.integers(0, 2)) == 0:
+        return draw(st.sampled_from(invalid))
+    return draw(st.sampled_from(valid))
 
 
 def _id(prefix: str, n: int, long: int) -> str:
@@ -143,13 +160,12 @@ def money(currency: str, whole: int, cents: int = 0) -> str:
 
 
 @st.composite
-def commitments(draw: st.DrawFn, currency: str, starts_on: date,
-                term_end: date) -> dict[str, Any] | None:
+def commitments(draw: st.DrawFn, currency: str, starts_on: date, term_end: date,
+                bad: bool) -> dict[str, Any] | None:
     if not draw(st.booleans()):
         return None
-    amount = draw(st.sampled_from([money(currency, 1000), money(currency, 12000),
-                                   money(currency, 99, 99), "999999999999999999",
-                                   "1000000000000000000"]))
+    amount = pick(draw, ((money(currency, 1000), money(currency, 12000), money(currency, 99, 99),
+                          "999999999999999999"), ("1000000000000000000",)), bad)
     doc: dict[str, Any] = {"amount": amount}
     form = draw(st.sampled_from(["none", "bonus", "discount", "credits"]))
     if form == "bonus":
@@ -157,12 +173,13 @@ def commitments(draw: st.DrawFn, currency: str, starts_on: date,
     elif form == "discount":
         doc["discount_percent"] = draw(st.sampled_from(["20", "99.9", "12.5"]))
     elif form == "credits":
-        doc["credits"] = draw(st.sampled_from(["10", money(currency, 15000), "0.001"]))
-    expires = draw(st.sampled_from(["none", "none", "mid", "at_start", "before", "after_end"]))
+        doc["credits"] = pick(draw, (("10", money(currency, 15000)), ("0.001",)), bad)
+    # at_start / before / after_end: windows outside the term (known case 3)
+    expires = pick(draw, (("none", "none", "mid"), ("at_start", "before", "after_end")), bad)
     if expires == "mid":
         doc["expires_on"] = (starts_on + timedelta(days=20)).isoformat()
     elif expires == "at_start":
-        doc["expires_on"] = starts_on.isoformat()  # known case 3
+        doc["expires_on"] = starts_on.isoformat()
     elif expires == "before":
         doc["expires_on"] = (starts_on - timedelta(days=3)).isoformat()
     elif expires == "after_end":
@@ -173,17 +190,18 @@ def commitments(draw: st.DrawFn, currency: str, starts_on: date,
 
 
 @st.composite
-def contract_grants(draw: st.DrawFn, currency: str, starts_on: date) -> list[dict[str, Any]]:
+def contract_grants(draw: st.DrawFn, currency: str, starts_on: date,
+                    bad: bool) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for n in range(draw(st.integers(0, 2))):
         g: dict[str, Any] = {
-            "id": draw(st.sampled_from([f"g{n}", f"g{n}", "commitment", "g0"])),
-            "credits": draw(st.sampled_from([money(currency, 500), "0.5", "100000"])),
+            "id": pick(draw, ((f"g{n}",), ("commitment", "g0")), bad),
+            "credits": pick(draw, ((money(currency, 500), "100000"), ("0.005",)), bad),
         }
         price = draw(st.sampled_from([None, None, "0", money(currency, 400)]))  # known case 5
         if price is not None:
             g["price"] = price
-        window = draw(st.sampled_from(["term", "term", "later", "empty", "instant"]))
+        window = pick(draw, (("term", "term", "later", "instant"), ("empty",)), bad)
         if window == "later":
             g["effective"] = (starts_on + timedelta(days=45)).isoformat()
         elif window == "empty":  # expires <= effective: known case 3
@@ -197,19 +215,6 @@ def contract_grants(draw: st.DrawFn, currency: str, starts_on: date) -> list[dic
     return out
 
 
-@st.composite
-def rate_overrides(draw: st.DrawFn, term_start: datetime) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for _ in range(draw(st.integers(0, 2))):
-        ov = dict(draw(st.sampled_from(OVERRIDES)))
-        if draw(st.integers(0, 3)) == 0:
-            ov["effective"] = iso(term_start + timedelta(days=draw(st.sampled_from([0, 15, 40]))))
-        if draw(st.integers(0, 3)) == 0:
-            ov["until"] = iso(term_start + timedelta(days=draw(st.sampled_from([15, 59]))))
-        out.append(ov)
-    return out
-
-
 OVERRIDES: tuple[dict[str, Any], ...] = (
     {"meter": "tokens", "match": {"model": "claude"}, "unit_price": "0.01"},
     {"discount_percent": "10"},
@@ -218,7 +223,9 @@ OVERRIDES: tuple[dict[str, Any], ...] = (
     {"meter": "requests", "tiers": {"mode": "volume", "steps": [
         {"up_to": "1", "unit_price": "1"}, {"unit_price": "0.25", "flat_fee": "1"}]}},
     {"meter": "storage", "match": {"tier": "hot"}, "package": {"size": "10", "price": "1"}},
-    # invalid: unknown meter, dimension not in group_by, no price, discount >= 100
+)
+# unknown meter, dimension not in group_by, no price, discount over 100
+BAD_OVERRIDES: tuple[dict[str, Any], ...] = (
     {"meter": "nope", "unit_price": "1"},
     {"meter": "tokens", "match": {"region": "eu"}, "unit_price": "1"},
     {"meter": "tokens"},
@@ -227,15 +234,28 @@ OVERRIDES: tuple[dict[str, Any], ...] = (
 
 
 @st.composite
+def rate_overrides(draw: st.DrawFn, term_start: datetime, bad: bool) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for _ in range(draw(st.integers(0, 2))):
+        ov = dict(pick(draw, (OVERRIDES, BAD_OVERRIDES), bad))
+        if draw(st.integers(0, 3)) == 0:
+            ov["effective"] = iso(term_start + timedelta(days=draw(st.sampled_from([0, 15, 40]))))
+        if draw(st.integers(0, 3)) == 0:
+            ov["until"] = iso(term_start + timedelta(days=draw(st.sampled_from([15, 59]))))
+        out.append(ov)
+    return out
+
+
+@st.composite
 def contracts(draw: st.DrawFn, currency: str) -> dict[str, Any]:
+    bad = draw(st.integers(0, 3)) == 0
     starts_on = draw(st.one_of(
         st.sampled_from(START_DATES), st.dates(date(2027, 2, 1), date(2028, 12, 31))))
-    term_months = draw(st.sampled_from(TERM_MONTHS))
+    term_months = pick(draw, TERM_MONTHS, bad)
     tz = draw(st.sampled_from(TIMEZONES))
     doc: dict[str, Any] = {
-        "id": _id("c", 1, draw(st.sampled_from([-1, -1, -1, 0, 1]))),
-        "customer": {"id": _id("cust", 1, draw(st.sampled_from([-1, -1, -1, 0, 1]))),
-                     "name": "Fuzz customer"},
+        "id": _id("c", 1, pick(draw, ID_LENGTH, bad)),
+        "customer": {"id": _id("cust", 1, pick(draw, ID_LENGTH, bad)), "name": "Fuzz customer"},
         "plan": PLAN,
         "starts_on": starts_on.isoformat(),
         "term_months": term_months,
@@ -245,20 +265,18 @@ def contracts(draw: st.DrawFn, currency: str) -> dict[str, Any]:
         doc["billing_cycle"] = str(cycle)
     if draw(st.booleans()):
         doc["billing_anchor"] = str(draw(st.sampled_from(list(BillingAnchor))))
-    if (terms := draw(st.sampled_from(PAYMENT_TERMS))) is not None:
+    if (terms := pick(draw, PAYMENT_TERMS, bad)) is not None:
         doc["payment_terms_days"] = terms
     if (auto_pay := draw(st.sampled_from([None, None, True, False]))) is not None:
         doc["auto_pay"] = auto_pay
     if (grace := draw(st.sampled_from(GRACE_HOURS))) is not None:
         doc["usage_grace_hours"] = grace
     end = term_end_date(starts_on, min(term_months, 1200))
-    if (commitment := draw(commitments(currency, starts_on, end))) is not None:
+    if (commitment := draw(commitments(currency, starts_on, end, bad))) is not None:
         doc["commitment"] = commitment
-    if grants := draw(contract_grants(currency, starts_on)):
+    if grants := draw(contract_grants(currency, starts_on, bad)):
         doc["credit_grants"] = grants
-    from models.periods import local_midnight_utc
-
-    if overrides := draw(rate_overrides(local_midnight_utc(starts_on, tz))):
+    if overrides := draw(rate_overrides(local_midnight_utc(starts_on, tz), bad)):
         doc["rate_overrides"] = overrides
     return doc
 
@@ -269,18 +287,21 @@ def contracts(draw: st.DrawFn, currency: str) -> dict[str, Any]:
 # microsecond before (the last instant of a period), an hour and a day later
 # (after a 0/0.5/2 h grace window: the period is finalized).
 OFFSETS = (
-    timedelta(0), timedelta(seconds=1), timedelta(seconds=-1), timedelta(microseconds=-1),
+    timedelta(0), timedelta(seconds=1), timedelta(seconds=-2), timedelta(microseconds=-1),
     timedelta(hours=1), timedelta(hours=12), timedelta(days=1), timedelta(days=3),
     timedelta(days=-1), timedelta(days=-10),
 )
+# Usage timestamps also take the last second of a period. Actions do not:
+# they are delivered one second after their instant (see lifecycle_run), and
+# one landing exactly on a timer of the workflow trips the time-skipping
+# server's "invalid history builder state for action" (worker/simulate.py).
+EVENT_OFFSETS = (*OFFSETS, timedelta(seconds=-1))
 MAX_ANCHOR_PERIODS = 6
 
 
 def anchors(contract: dict[str, Any]) -> list[tuple[str, datetime]]:
     """Named instants of the contract as written: term start, the first
     boundaries, the term end."""
-    from models.periods import local_midnight_utc
-
     starts_on = date.fromisoformat(contract["starts_on"])
     tz = contract.get("timezone", "UTC")
     months = min(int(contract["term_months"]), 1200)
@@ -296,11 +317,12 @@ def anchors(contract: dict[str, Any]) -> list[tuple[str, datetime]]:
 
 
 @st.composite
-def instants(draw: st.DrawFn, points: list[tuple[str, datetime]]) -> datetime:
+def instants(draw: st.DrawFn, points: list[tuple[str, datetime]],
+             offsets: tuple[timedelta, ...] = OFFSETS) -> datetime:
     _, base = draw(st.sampled_from(points))
     if draw(st.integers(0, 4)) == 0:  # somewhere inside the following days
         return base + timedelta(minutes=draw(st.integers(0, 60 * 24 * 20)))
-    return base + draw(st.sampled_from(OFFSETS))
+    return base + draw(st.sampled_from(offsets))
 
 
 # --- actions -----------------------------------------------------------------
@@ -317,7 +339,7 @@ def amendments(draw: st.DrawFn, n: int, currency: str, points: list[tuple[str, d
     if draw(st.integers(0, 2)) == 0:
         a["effective"] = iso(draw(instants(points)))
     if kind == "rate_override":
-        a["override"] = dict(draw(st.sampled_from(OVERRIDES)))
+        a["override"] = dict(draw(st.sampled_from(OVERRIDES + BAD_OVERRIDES)))
     elif kind == "grant_credits":
         a["credits"] = draw(st.sampled_from([money(currency, 100), money(currency, 20000),
                                              "0.001", "0", "999999999999999999"]))
@@ -371,7 +393,7 @@ def events(draw: st.DrawFn, n0: int, points: list[tuple[str, datetime]],
             "id": _id("e", n, draw(st.sampled_from([-1] * 10 + [0, 1]))),
             "customer": customer,
             "meter": meter,
-            "timestamp": iso(draw(instants(points))),
+            "timestamp": iso(draw(instants(points, EVENT_OFFSETS))),
             "quantity": draw(st.sampled_from(QUANTITIES)),
             "dimensions": dims,
         })

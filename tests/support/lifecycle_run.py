@@ -6,8 +6,9 @@ Temporal server (~0.1 s; time on a server only moves forward). The worker is
 billow's own (`worker.main.activities_for`, `WORKFLOWS`) plus one activity
 interceptor, and actions are delivered as ``billow simulate`` and the API
 deliver them: usage through `ingest_all`, amendments as the ``amend`` update
-with update id ``amend:<id>`` (or the ``amend_signal`` signal), payments as
-the ``pay`` update, each one second after its instant (`settle`: the
+with the API's update id ``amend:<id>:<digest>`` (or the ``amend_signal``
+signal), payments as the ``pay`` update, each one second after its instant
+(`settle`: the
 time-skipping server 1.40 fails a workflow task that cancels a timer in the
 instant it started; see worker/simulate.py). Amendments carry
 ``received_at`` = the action's ``at``, the default ``effective`` in a
@@ -52,6 +53,7 @@ from temporalio.client import (
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.runtime import Runtime
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import (
     ActivityInboundInterceptor,
@@ -76,6 +78,7 @@ from worker.main import WORKFLOWS, activities_for
 from worker.simulate import advance_to, ingest_all, settle
 from worker.temporal_envs import register_search_attributes, start_time_skipping
 from workflows.contract import ContractView, ContractWorkflow, PaymentInput
+from workflows.contract_state import amendment_digest
 
 TASK_QUEUE = "lifecycle-fuzz"
 FAILED_ATTEMPTS_LIMIT = 4  # 4 failed attempts = 3 retries done and a 4th coming
@@ -346,8 +349,11 @@ async def _send(env: WorkflowEnvironment, engine: AsyncEngine, handle: WorkflowH
         if action.get("via") == "signal":
             return await _call(i, at, do, doc,
                                handle.signal(ContractWorkflow.amend_signal, amendment))
+        # The API's update id: the id and the content, so Temporal's update
+        # cache never answers a different amendment sent under the same id.
+        update_id = f"amend:{amendment.id}:{amendment_digest(amendment)[:16]}"
         return await _call(i, at, do, doc, handle.execute_update(
-            ContractWorkflow.amend, amendment, id=f"amend:{amendment.id}"))
+            ContractWorkflow.amend, amendment, id=update_id))
     payment = await _resolve_payment(handle, action)
     if isinstance(payment, Answer):
         payment.index, payment.at = i, at
@@ -367,6 +373,13 @@ async def _call(i: int, at: str, do: str, sent: Any, call: Any) -> Answer:
     except TimeoutError:
         return Answer(i, at, do, "error", message=f"no answer within {UPDATE_WALL_S:.0f} s",
                       sent=sent)
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            # The workflow closed while the update was on its way: what the API
+            # answers then (409 naming path.contract_id, api/contracts.py).
+            return Answer(i, at, do, "refused", message=exc.message, sent=sent,
+                          problems=[("path.contract_id", "the contract's workflow has closed")])
+        return Answer(i, at, do, "error", message=f"RPCError: {exc.message}"[:500], sent=sent)
     except Exception as exc:
         return Answer(i, at, do, "error", message=f"{type(exc).__name__}: {exc}"[:500],
                       sent=sent)
