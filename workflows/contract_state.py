@@ -284,7 +284,10 @@ def check_amendment(
     """
     t = state.terms
     if state.term_closed:
-        raise BillowValidationError([("", f"contract {t.contract_id} has ended")])
+        raise BillowValidationError([(
+            "effective", f"after the term end {t.term_end.isoformat()}: "
+            f"contract {t.contract_id} has ended"
+        )])
     if effective >= t.term_end_at and not isinstance(amendment, ExtendTermAmendment):
         raise BillowValidationError(
             [("effective", f"at or after the term end {t.term_end.isoformat()}")]

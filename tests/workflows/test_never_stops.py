@@ -327,3 +327,15 @@ async def test_an_extension_into_another_contract_on_a_shared_meter_is_refused(
     assert "term_months" in refused.message
     assert state.terms.term_months == 12 and state.applied_amendment_ids == []
     assert str(end) == "2028-01-01"
+
+
+async def test_an_amendment_after_the_term_ended_is_refused_naming_a_field(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    """Found by the random-lifecycle test: the workflow still runs to collect an
+    unpaid invoice, and its refusal of a late amendment named no field."""
+    async with ContractRun(ts_env, db, contract_doc(term_months=1)) as run:
+        await run.advance_to(at("2027-02-05"))
+        refused = await _refusal(run, {"id": "late", "kind": "set_auto_pay", "auto_pay": True})
+    assert refused.details and refused.details[0]["field"] == "effective"
+    assert "has ended" in refused.message
