@@ -337,5 +337,5 @@ async def test_an_amendment_after_the_term_ended_is_refused_naming_a_field(
     async with ContractRun(ts_env, db, contract_doc(term_months=1)) as run:
         await run.advance_to(at("2027-02-05"))
         refused = await _refusal(run, {"id": "late", "kind": "set_auto_pay", "auto_pay": True})
-    assert refused.details and refused.details[0]["field"] == "effective"
+    assert refused.details and refused.details[0][0]["field"] == "effective"
     assert "has ended" in refused.message
