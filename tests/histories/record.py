@@ -177,7 +177,7 @@ async def record(name: str, scenario: Scenario, version: str, out: Path) -> None
         try:
             run = await scenario(env, engine)
             assert run.handle is not None
-            runs = []
+            runs: list[dict[str, Any]] = []
             run_id: str | None = None
             while True:  # every run of the workflow id, oldest first
                 hist = await env.client.get_workflow_handle(
