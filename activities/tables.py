@@ -131,8 +131,9 @@ class UsageEvent(SQLModel, table=True):
     quantity: Decimal = _numeric()
     dimensions: dict[str, str] = _jsonb()
     # Inserting transaction id (xid8 as bigint). Rating includes events whose
-    # transaction precedes the snapshot's xmin, a watermark that is safe
-    # against commit reordering (see activities/rating.py).
+    # transaction precedes the usage watermark, which is safe against commit
+    # reordering (activities/usage_query.py `read_watermark`; the trigger of
+    # migration 0004_usage_ingest_lock marks every inserting transaction).
     txid: int = Field(
         sa_column=Column(
             BigInteger, nullable=False, server_default=text("(pg_current_xact_id()::text)::bigint")

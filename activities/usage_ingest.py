@@ -49,7 +49,11 @@ Decisions:
   ids then take the primary key's locks in the same order and cannot
   deadlock.
 - ``txid`` and ``received_at`` come from column defaults (the inserting
-  transaction id is what rating's watermark compares against).
+  transaction id is what rating's watermark compares against). The batch's
+  transaction is an *ingest transaction* (activities/usage_query.py): the
+  table's trigger takes the ingest lock before the first row, so it must
+  not have written anything else before (a caller's transaction is marked
+  before the savepoint, and refused if it has).
 - More than `MAX_BATCH` events is refused before anything is read or written
   (`BatchTooLarge`; the API maps it to 413).
 """
@@ -490,6 +494,12 @@ async def ingest_usage(
         batch.settle(inserted)
         report = batch.report()
 
+    if conn.is_in_transaction():
+        # Mark the caller's transaction as an ingest transaction (usage_query's
+        # watermark), outside the savepoint: rolling the savepoint back below
+        # would drop the mark while the transaction keeps its xid. On our own
+        # transaction the table's trigger marks it at the first INSERT.
+        await conn.execute("SELECT billow_begin_usage_ingest()")
     try:
         async with conn.transaction():
             lookups = asyncio.ensure_future(_lookups(conn, batch, stored_ids=True))
