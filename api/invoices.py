@@ -21,7 +21,13 @@ from activities.ledger_reports import invoice_documents
 from activities.ledger_store import lock_contract
 from api.contracts import update_problem
 from api.deps import AppDeps, get_deps
-from api.problems import ProblemError, not_found, problem_responses, validation_problem
+from api.problems import (
+    ProblemError,
+    not_found,
+    payment_conflict,
+    problem_responses,
+    validation_problem,
+)
 from api.queries import invoice_by_number, invoice_summaries, outstanding
 from api.schemas import InvoiceDetail, InvoiceList, PaymentIn, PaymentOut
 from api.security import require_scope
@@ -133,6 +139,8 @@ async def pay_invoice(number: str, payment: PaymentIn, deps: Deps) -> PaymentOut
                     id=update_id, result_type=PaymentResult,
                 )
         except WorkflowUpdateFailedError as exc:
+            if (conflict := payment_conflict(exc)) is not None:
+                raise conflict from exc
             problem = update_problem(exc, "InvalidPayment", "invalid-payment", "Invalid payment")
             if "already" in problem.detail:
                 problem.status, problem.slug = 409, "invoice-settled"
@@ -184,6 +192,8 @@ async def _record_in_ledger(deps: AppDeps, row: Any, payment: PaymentIn) -> Paym
                 amount=payment.amount, received_on=local_date(datetime.now(UTC), tz or "UTC"),
             ))
         except ApplicationError as exc:  # more than the invoice still owes
+            if (conflict := payment_conflict(exc)) is not None:
+                raise conflict from exc
             raise ProblemError(422, "validation", "Invalid payment", str(exc),
                                [("amount", str(exc))]) from exc
 
