@@ -90,7 +90,7 @@ from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
 from activities import metrics
 from models._loading import validate_model
 from models.errors import BillowValidationError
-from models.usage import UsageEvent
+from models.usage import MAX_TEXT, UsageEvent
 
 __all__ = [
     "MAX_BATCH",
@@ -188,7 +188,11 @@ FROM usage_events WHERE event_id = ANY($1::text[])
 _CHUNK: Final = 1_000
 _SLICE: Final = 250
 
-_NonEmpty = Annotated[StrictStr, StringConstraints(min_length=1)]
+# No NUL (PostgreSQL text cannot hold it); the Rust regex costs ~nothing.
+_NonEmpty = Annotated[
+    StrictStr, StringConstraints(min_length=1, max_length=MAX_TEXT, pattern=r"^[^\x00]*$")
+]
+_Text = Annotated[StrictStr, StringConstraints(max_length=MAX_TEXT, pattern=r"^[^\x00]*$")]
 
 
 class _PlainEvent(TypedDict):
@@ -208,11 +212,13 @@ class _PlainEvent(TypedDict):
     customer: _NonEmpty
     meter: _NonEmpty
     timestamp: AwareDatetime
+    # At most 18 integer digits and 12 decimals: below 10^18 (SPEC 6). Wider
+    # spellings of a valid quantity ("1.5000000000000") go to `UsageEvent`.
     quantity: NotRequired[
-        Annotated[StrictStr, StringConstraints(pattern=r"^[0-9]+(\.[0-9]+)?$")]
-        | Annotated[StrictInt, Field(ge=0)]
+        Annotated[StrictStr, StringConstraints(pattern=r"^[0-9]{1,18}(\.[0-9]{1,12})?$")]
+        | Annotated[StrictInt, Field(ge=0, lt=10**18)]
     ]
-    dimensions: NotRequired[dict[StrictStr, StrictStr]]
+    dimensions: NotRequired[dict[_Text, _Text]]
 
 
 _Row = tuple[str, str, str, datetime, str | int | Decimal, dict[str, str]]
@@ -224,11 +230,25 @@ _ROWS: Final = TypeAdapter(list[_Row])
 _RESULTS: Final = TypeAdapter(list[IngestResult])
 
 
+def _usable(value: object) -> bool:
+    """Whether ``value`` could be a valid id or name: what may be sent to the
+    server in a lookup, and echoed in the report (which must encode as UTF-8)."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_TEXT or "\x00" in value:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
+
+
 def _raw_id(raw: object) -> str | None:
     # dict first: isinstance against the Mapping ABC is slow at 10,000 a batch.
     if type(raw) is dict or isinstance(raw, Mapping):
         value = raw.get("id")
-        return value if isinstance(value, str) and value else None
+        return value if _usable(value) else None
     if isinstance(raw, UsageEvent):
         return raw.id
     return None
@@ -294,7 +314,7 @@ async def _load_known_meters(
     for raw in events:
         if type(raw) is dict or isinstance(raw, Mapping):
             customer = raw.get("customer")
-            if isinstance(customer, str):
+            if isinstance(customer, str) and _usable(customer):
                 names.add(customer)
         elif isinstance(raw, UsageEvent):
             names.add(raw.customer)
