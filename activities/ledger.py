@@ -22,7 +22,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import metrics
-from activities.late_usage import billed_usage, late_rows, non_additive_late_rows
+from activities.late_usage import billed_groups, late_rows, non_additive_late_rows
 from activities.ledger_store import (
     find_invoice,
     insert_ledger_entry,
@@ -75,7 +75,6 @@ from models.rating import (
     UnpricedGroup,
     UsageAggregate,
     UsagePart,
-    billed_counter,
     fee_lines,
     rate_period,
     split_points,
@@ -654,28 +653,11 @@ async def _late_lines(
     unpriced: list[UnpricedGroup] = []
     for index, period_rows in sorted(by_period.items()):
         period = earlier[index]
-        billed = await _billed_quantities(conn, terms, period)
-        result = rate_period(terms, period, _parts(period_rows), late=True, already=billed)
+        billed = await billed_groups(conn, terms, period)
+        result = rate_period(terms, period, _parts(period_rows), late=True, billed=billed)
         lines += [ln for ln in result.lines if isinstance(ln, LateUsageLine)]
         unpriced += result.unpriced
     return lines, unpriced
-
-
-async def _billed_quantities(
-    conn: AsyncConnection, terms: ContractTerms, period: Period
-) -> dict[str, Decimal]:
-    """What finalized invoices billed for ``period``, per tier counter
-    (`models.rating.billed_counter`: per meter, or per group)."""
-    rows = await billed_usage(conn, terms.contract_id, period)
-    meters = {m.key: m for m in terms.meters}
-    billed: dict[str, Decimal] = {}
-    for r in rows:
-        meter = meters.get(r.meter)
-        if meter is None:  # a meter the plan no longer has: nothing to continue
-            continue
-        key = billed_counter(meter, r.dimensions or {})
-        billed[key] = billed.get(key, Decimal(0)) + r.q
-    return billed
 
 
 async def _hold(
