@@ -56,6 +56,7 @@ from models.pricing import (
     volume_late_amounts,
     volume_line_amount,
 )
+from models.pricing.precision import exact, wide
 from models.pricing.resolve import ResolvedPrice, relevant_overrides
 from models.proration import prorate
 from models.usage import UsageEvent, dedupe_events
@@ -125,7 +126,8 @@ class RatingResult(BaseModel):
 
     @property
     def usage_total(self) -> Decimal:
-        return sum((ln.amount for ln in self.lines), Decimal(0))
+        with wide():
+            return sum((ln.amount for ln in self.lines), Decimal(0))
 
     def raise_if_unpriced(self) -> None:
         if self.unpriced:
@@ -255,6 +257,7 @@ def billed_counter(meter: Meter, dimensions: Mapping[str, str]) -> str:
     return meter.key
 
 
+@exact
 def rate_period(
     terms: ContractTerms,
     period: Period,
@@ -446,6 +449,7 @@ def rate_events(terms: ContractTerms, period: Period, events: Iterable[UsageEven
     return rate_period(terms, period, parts)
 
 
+@exact
 def fee_lines(terms: ContractTerms, period: Period) -> list[FeeLine]:
     """Recurring fees in arrears: ``monthly_amount x months`` of the full cycle
     period, prorated by days for a partial period (SPEC 2)."""

@@ -37,6 +37,7 @@ from models.catalog import (
 )
 from models.contract import ContractTerms, RateOverride
 from models.money import strip_zeros
+from models.pricing.precision import exact
 
 __all__ = [
     "ResolvedPrice",
@@ -54,6 +55,7 @@ class ResolvedPrice(BaseModel):
     source: str  # e.g. "rate_card[1]" or "rate_card[0] -50% (rate_overrides[0])"
 
 
+@exact
 def apply_discount(price: Price, percent: Decimal) -> Price:
     factor = 1 - percent / 100
 

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 
 from models.catalog import TierStep
+from models.pricing.precision import exact
 
 __all__ = [
     "volume_amount",
@@ -42,6 +43,7 @@ def volume_step(steps: Sequence[TierStep], total: Decimal) -> TierStep:
     raise ValueError("tiers have no open-ended last step")  # prevented by TieredPrice
 
 
+@exact
 def volume_line_amount(
     steps: Sequence[TierStep], quantity: Decimal, total: Decimal, include_flat_fee: bool
 ) -> Decimal:
@@ -57,6 +59,7 @@ def volume_amount(steps: Sequence[TierStep], quantity: Decimal) -> Decimal:
     return volume_line_amount(steps, quantity, quantity, include_flat_fee=True)
 
 
+@exact
 def volume_price(lines: Lines, total: Decimal) -> Decimal:
     """What ``lines`` cost together at the tier of ``total``: each line's
     quantity at its price's tier, plus each distinct price's flat fee once."""
@@ -73,6 +76,7 @@ def volume_price(lines: Lines, total: Decimal) -> Decimal:
     return amount
 
 
+@exact
 def volume_late_amounts(
     billed: Lines, billed_amount: Decimal, late: Lines, total: Decimal
 ) -> list[Decimal]:

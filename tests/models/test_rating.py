@@ -16,6 +16,7 @@ from models.contract import RateOverride, add_rate_override
 from models.errors import BusinessError
 from models.invoices import LateUsageLine
 from models.periods import Period, billing_periods
+from models.pricing.precision import wide
 from models.rating import (
     UsageAggregate,
     UsagePart,
@@ -508,3 +509,33 @@ def test_late_volume_usage_with_quantities_alone_assumes_one_price() -> None:
     res = rate_period(terms, _period(), [UsagePart(start=START, end=END, aggregates=[agg])],
                       late=True, already={"m": D(90)})
     assert [ln.amount for ln in res.lines] == [D("39.00")]
+
+
+NEAR = "999999999999999999.999999999999"  # the largest quantity billow accepts
+
+
+@pytest.mark.parametrize(
+    ("price", "quantities", "amounts"),
+    [
+        # the tier total of the two groups is exactly the boundary: the first tier
+        ({"tiers": {"mode": "volume", "steps": [{"up_to": NEAR, "unit_price": "1"},
+                                                 {"unit_price": "2"}]}},
+         ["0.000000000001", "999999999999999999.999999999998"],
+         ["0.00", "1000000000000000000.00"]),
+        # ~10^28 per line: every cent is kept
+        ({"unit_price": "10000000000.000000000001"}, [NEAR, "1"],
+         ["10000000000000000000000999999.99", "10000000000.00"]),
+        ({"unit_price": "0.000000000001"}, [NEAR, NEAR], ["1000000.00", "1000000.00"]),
+    ],
+)
+def test_lines_near_the_quantity_bound_are_priced_exactly(
+    price: dict[str, Any], quantities: list[str], amounts: list[str]
+) -> None:
+    terms = terms_for(catalog_with([_meter(rate_card=[price])]))
+    aggs = [UsageAggregate(meter="m", dimensions={"g": g}, quantity=D(q), first_seen=START)
+            for g, q in zip("ab", quantities, strict=True)]
+    res = rate_period(terms, _period(), [UsagePart(start=START, end=END, aggregates=aggs)])
+    assert [ln.amount for ln in res.lines] == [D(a) for a in amounts]
+    with wide():  # the test's own sum, exact
+        total = sum((D(a) for a in amounts), D(0))
+    assert res.usage_total == total
