@@ -283,3 +283,21 @@ async def test_a_watermark_read_again_in_one_transaction_sees_new_ingest_transac
 )
 def test_xids_are_widened_against_a_nearby_xid8(xid: int, reference: int, expected: int) -> None:
     assert widen_xid(xid, reference) == expected
+
+
+async def test_an_ingest_transaction_left_idle_is_ended_after_five_minutes(
+    ledger: Ledger, database_url: str
+) -> None:
+    """A stuck producer cannot hold every close back for good."""
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        async with conn.transaction():
+            await ingest_usage(conn, [event("x", "2027-01-02T00:00:00Z", "1")])
+            assert await conn.fetchval("SHOW idle_in_transaction_session_timeout") == "5min"
+        assert await conn.fetchval("SHOW idle_in_transaction_session_timeout") == "0"
+        await conn.execute("SET idle_in_transaction_session_timeout = '10s'")
+        async with conn.transaction():
+            await ingest_usage(conn, [event("y", "2027-01-02T00:00:00Z", "1")])
+            assert await conn.fetchval("SHOW idle_in_transaction_session_timeout") == "10s"
+    finally:
+        await conn.close()

@@ -11,7 +11,8 @@ exactly when it holds the shared transaction-level advisory lock
 ends. ``billow_begin_usage_ingest()`` takes it (once per transaction) and
 refuses a transaction that has already written something else; a statement
 trigger calls it before every INSERT or COPY into ``usage_events``, so no
-insert path can skip it.
+insert path can skip it. It also bounds how long the transaction may sit
+idle (5 minutes), so a stuck producer cannot hold invoices back for good.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ depends_on: str | Sequence[str] | None = None
 
 # activities.usage_query.INGEST_LOCK_KEY ("usage_in"); a migration keeps its own copy.
 _KEY = 0x75736167655F696E
+_IDLE_MS = 300_000
 
 
 def upgrade() -> None:
@@ -50,6 +52,14 @@ def upgrade() -> None:
             -- Local to the transaction (and to a subtransaction that rolls
             -- back, like the lock itself).
             PERFORM set_config('billow.usage_ingest', 'on', true);
+            -- An ingest transaction holds every close's watermark back while
+            -- it is open: one left idle (a stuck client) is ended after
+            -- {_IDLE_MS // 1000} s rather than holding invoices back for good.
+            IF current_setting('idle_in_transaction_session_timeout')::interval = '0'
+               OR current_setting('idle_in_transaction_session_timeout')::interval
+                  > interval '{_IDLE_MS} milliseconds' THEN
+                PERFORM set_config('idle_in_transaction_session_timeout', '{_IDLE_MS}', true);
+            END IF;
         END $$
         """
     )
