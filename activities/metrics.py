@@ -109,8 +109,6 @@ class _IngestCounts(Protocol):
     @property
     def duplicate(self) -> int: ...
     @property
-    def conflict(self) -> int: ...
-    @property
     def rejected(self) -> int: ...
 
 
@@ -128,7 +126,7 @@ def usage_ingested(report: _Report) -> _Report:
 
     def record() -> None:
         for status in ("accepted", "duplicate", "conflict", "rejected"):
-            n = getattr(report, status)
+            n = getattr(report, status, 0)  # a report without conflicts may omit them
             if n:
                 USAGE_EVENTS.labels(status).inc(n)
 
