@@ -22,6 +22,8 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import metrics
+from activities.contract_overlap import overlapping_contract
+from activities.errors import BusinessError, business_errors
 from activities.late_usage import billed_groups, late_rows, non_additive_late_rows
 from activities.ledger_store import (
     find_invoice,
@@ -68,6 +70,7 @@ from models.operations import (
     PaymentResult,
     RecordAmendmentRequest,
     RegisterContractRequest,
+    ReserveTermRequest,
     UpdateContractRequest,
 )
 from models.periods import Period, billing_periods
@@ -100,16 +103,19 @@ class LedgerActivities:
 
     # --- contracts ---------------------------------------------------------
     @activity.defn(name=ActivityName.REGISTER_CONTRACT.value)
+    @business_errors
     async def register_contract(self, req: RegisterContractRequest) -> None:
         async with self.engine.begin() as conn:
             await register_contract_rows(conn, req)
 
     @activity.defn(name=ActivityName.UPDATE_CONTRACT.value)
+    @business_errors
     async def update_contract(self, req: UpdateContractRequest) -> None:
         async with self.engine.begin() as conn:
             await save_contract_row(conn, req)
 
     @activity.defn(name=ActivityName.RECORD_AMENDMENT.value)
+    @business_errors
     async def record_amendment(self, req: RecordAmendmentRequest) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(
@@ -131,6 +137,7 @@ class LedgerActivities:
 
     # --- credits -------------------------------------------------------------
     @activity.defn(name=ActivityName.GRANT_CREDITS.value)
+    @business_errors
     async def grant_credits(self, req: GrantRequest) -> GrantResult:
         async with self.engine.begin() as conn:
             await lock_contract(conn, req.contract_id)
@@ -154,7 +161,9 @@ class LedgerActivities:
                     "inv": req.invoice_key,
                 },
             )
-            if inserted is not None:
+            if inserted is None:
+                await _check_same_grant(conn, req)
+            else:
                 await insert_ledger_entry(
                     conn,
                     entry_key=f"grant:{req.contract_id}:{req.grant_id}",
@@ -198,6 +207,7 @@ class LedgerActivities:
         return issued
 
     @activity.defn(name=ActivityName.EXPIRE_CREDITS.value)
+    @business_errors
     async def expire_credits(self, req: ExpireCreditsRequest) -> CreditSummary:
         """Term end: every remaining credit expires; deferred revenue becomes breakage."""
         async with self.engine.begin() as conn:
@@ -213,8 +223,30 @@ class LedgerActivities:
             )
         return state.summary()
 
+    @activity.defn(name=ActivityName.RESERVE_TERM_EXTENSION.value)
+    @business_errors
+    async def reserve_term_extension(self, req: ReserveTermRequest) -> None:
+        """Refuse an extension into another contract's term on a shared meter;
+        otherwise write the new end under the customer's lock (idempotent)."""
+        async with self.engine.begin() as conn:
+            other = await overlapping_contract(
+                conn, req.customer_id, req.meters, req.start, req.end, exclude_id=req.contract_id
+            )
+            if other is not None:
+                raise BusinessError(
+                    f"term_months: the extended term overlaps contract {other!r} of customer "
+                    f"{req.customer_id!r} on a shared meter",
+                    type="ContractOverlap",
+                )
+            await conn.execute(
+                text("UPDATE contracts SET term_end = GREATEST(term_end, :end), "
+                     "updated_at = now() WHERE id = :id"),
+                {"end": req.term_end, "id": req.contract_id},
+            )
+
     # --- usage invoices ---------------------------------------------------------
     @activity.defn(name=ActivityName.CLOSE_PERIOD.value)
+    @business_errors
     async def close_period(self, req: ClosePeriodRequest) -> ClosePeriodResult:
         terms, period = req.terms, req.period
         cid = terms.contract_id
@@ -272,12 +304,14 @@ class LedgerActivities:
 
     # --- collection ----------------------------------------------------------------
     @activity.defn(name=ActivityName.RECORD_PAYMENT.value)
+    @business_errors
     async def record_payment(self, req: PaymentRequest) -> PaymentResult:
         async with self.engine.begin() as conn:
             await lock_contract(conn, req.contract_id)
             return await record_payment_in(conn, req)
 
     @activity.defn(name=ActivityName.DUNNING_STEP.value)
+    @business_errors
     async def dunning_step(self, req: DunningRequest) -> None:
         async with self.engine.begin() as conn:
             await lock_contract(conn, req.contract_id)
@@ -315,6 +349,30 @@ class LedgerActivities:
                     req.contract_id,
                 )
         metrics.dunning_recorded(req.step, new=inserted is not None)
+
+
+async def _check_same_grant(conn: AsyncConnection, req: GrantRequest) -> None:
+    """A stored grant with this id must be this request's (a retry), never another
+    grant reusing the id: that would issue an invoice for credits it never gets."""
+    row = (
+        await conn.execute(
+            text(
+                "SELECT credits, price, priority, effective, expires, invoice_key "
+                "FROM credit_grants WHERE contract_id = :cid AND grant_id = :gid"
+            ),
+            {"cid": req.contract_id, "gid": req.grant_id},
+        )
+    ).one()
+    wanted = {
+        "credits": req.credits, "price": req.price, "priority": req.priority,
+        "effective": req.effective, "expires": req.expires, "invoice_key": req.invoice_key,
+    }
+    differing = [name for name, value in wanted.items() if getattr(row, name) != value]
+    if differing:
+        raise BusinessError(
+            f"grant_id: a grant {req.grant_id!r} exists with other {', '.join(differing)}",
+            type="GrantConflict",
+        )
 
 
 async def register_contract_rows(conn: AsyncConnection, req: RegisterContractRequest) -> None:
@@ -745,6 +803,8 @@ async def _store_finalized(
         )
     ).one()
     await conn.execute(text("DELETE FROM invoice_lines WHERE invoice_id = :id"), {"id": row.id})
+    if not doc.lines:  # a period with no usage and no fees: a zero invoice, no lines
+        return issued_from_row(row)
     await conn.execute(
         text(
             """

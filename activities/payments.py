@@ -17,6 +17,7 @@ from typing import Protocol
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio import activity
 
+from activities.errors import business_errors
 from activities.ledger import record_payment_in
 from activities.ledger_store import lock_contract
 from models.operations import ActivityName, ChargeRequest, ChargeResult, PaymentRequest
@@ -81,6 +82,7 @@ class PaymentActivities:
         self.gateway = gateway
 
     @activity.defn(name=ActivityName.CHARGE_INVOICE.value)
+    @business_errors
     async def charge_invoice(self, req: ChargeRequest) -> ChargeResult:
         key = f"charge:{req.contract_id}:{req.invoice_key}:{req.attempt}"
         result = await self.gateway.charge(

@@ -29,6 +29,7 @@ from sqlalchemy import (
     ForeignKey,
     Identity,
     Index,
+    LargeBinary,
     Numeric,
     UniqueConstraint,
     text,
@@ -133,7 +134,7 @@ class UsageEvent(SQLModel, table=True):
     # Inserting transaction id (xid8 as bigint). Rating includes events whose
     # transaction precedes the usage watermark, which is safe against commit
     # reordering (activities/usage_query.py `read_watermark`; the trigger of
-    # migration 0004_usage_ingest_lock marks every inserting transaction).
+    # migration 0005_usage_ingest_lock marks every inserting transaction).
     txid: int = Field(
         sa_column=Column(
             BigInteger, nullable=False, server_default=text("(pg_current_xact_id()::text)::bigint")
@@ -292,7 +293,7 @@ class Payment(SQLModel, table=True):
     method: str
     gateway_ref: str | None = None
     # The invoice as this payment left it: what a resend answers (NULL for
-    # payments recorded before migration 0004_payment_keys_per_contract).
+    # payments recorded before migration 0006_payment_keys_per_contract).
     result_status: str | None = None
     result_amount_paid: Decimal | None = _numeric(nullable=True)
     result_paid_on: date | None = None
@@ -367,3 +368,35 @@ class WebhookDelivery(SQLModel, table=True):
     signed_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     contract_id: str | None = None
     received_at: datetime = _now_column()
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """The first outcome of a mutating API request sent with an ``Idempotency-Key``.
+
+    Scoped to the API key (``principal``) and the route (method and path): a
+    retry with the same key and request answers with the stored response; the
+    same key with another request is a conflict. While the first request runs,
+    ``claim_token`` holds it (until ``claimed_until``, after which a retry may
+    take over: the API process may have died). Only known outcomes are stored
+    (``status``); an unknown one (503/504) releases the claim and the retry
+    runs the request again, which the request's business ids make safe.
+    """
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("principal", "route", "key"),)
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
+    principal: str
+    route: str
+    key: str
+    request_hash: str
+    claim_token: str | None = None
+    claimed_until: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    status: int | None = None
+    content_type: str | None = None
+    response_body: bytes | None = Field(default=None, sa_type=LargeBinary)
+    created_at: datetime = _now_column()
+    completed_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )

@@ -40,7 +40,7 @@ not delay on-time usage (SPEC 3). An *ingest transaction* takes the shared
 advisory lock `INGEST_LOCK_KEY` before it has an xid and holds it to its
 end: ``billow_begin_usage_ingest()`` refuses a transaction that has an xid
 already, and a statement trigger calls it before every INSERT or COPY into
-``usage_events`` (migration 0004_usage_ingest_lock), so no insert path can
+``usage_events`` (migration 0005_usage_ingest_lock), so no insert path can
 skip it. The close then reads, in this order, in separate statements of a
 READ COMMITTED transaction:
 
@@ -123,7 +123,7 @@ __all__ = [
 
 AGGREGATIONS: Final = frozenset({"sum", "count", "max", "unique_count", "latest"})
 
-INGEST_LOCK_KEY: Final = 0x75736167655F696E  # "usage_in"; migration 0004_usage_ingest_lock
+INGEST_LOCK_KEY: Final = 0x75736167655F696E  # "usage_in"; migration 0005_usage_ingest_lock
 
 # (a): the snapshot's xmax, and a fresh backend status cache for (b).
 _XMAX_SQL = """

@@ -9,6 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from activities.ledger_reports import credit_summary, unbilled_usage
+from activities.ledger_store import INVOICE_NUMBER_ORDER
 from api.schemas import ContractState, ContractSummary, InvoiceSummary
 from models.contract import ContractTerms
 from models.operations import ContractStatus, IssuedInvoice
@@ -68,7 +69,7 @@ async def invoice_summaries(
     sql = f"SELECT {_INVOICE_COLUMNS} FROM invoices"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY number NULLS LAST, id OFFSET :offset"
+    sql += f" ORDER BY {INVOICE_NUMBER_ORDER}, id OFFSET :offset"
     if limit is not None:
         sql += " LIMIT :limit"
         params["limit"] = limit

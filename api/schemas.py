@@ -3,18 +3,21 @@
 Inputs reuse the domain models of ``models`` (contracts, amendments,
 catalogs: the same shapes as the YAML files of SPEC.md section 8, as JSON);
 this module adds the API's envelopes. Decimals are strings in both
-directions; unknown fields are errors.
+directions; unknown fields are errors. Inputs are bounded like the models
+(`models.bounds`, SPEC.md section 6): ids up to 256 characters, amounts
+below 10^18 with at most 12 decimals.
 """
 
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from models.bounds import BoundedPositive, Id
 from models.contract import Contract, ContractTerms
-from models.money import DecimalStr, PositiveDecimal
+from models.money import DecimalStr
 from models.operations import ContractStatus
 
 _IN = ConfigDict(extra="forbid")
@@ -304,8 +307,8 @@ class InvoiceDetail(BaseModel):
 class PaymentIn(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {
         "amount": "1500.00", "payment_id": "wire-2027-05-20-acme"}})
-    amount: PositiveDecimal = Field(description="Amount received, in the invoice's currency.")
-    payment_id: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
+    amount: BoundedPositive = Field(description="Amount received, in the invoice's currency.")
+    payment_id: Id | None = Field(
         default=None,
         description="Idempotency key: sending the same payment_id again records nothing new "
                     "and returns the invoice as it stands.")
@@ -356,7 +359,7 @@ class CrmDeal(Contract):
     else the deal id.
     """
 
-    contract_id: Annotated[str, Field(min_length=1)] | None = None
+    contract_id: Id | None = None
 
     def to_contract(self) -> Contract:
         data = self.model_dump(exclude={"contract_id"}, exclude_unset=True)
@@ -373,7 +376,7 @@ class CrmWebhookPayload(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"example": WEBHOOK_EXAMPLE})
     event: str = Field(description="Event type; only `deal.closed_won` acts.")
-    id: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
+    id: Id | None = Field(
         default=None, description="Delivery id (also accepted as header X-Billow-Delivery).")
     occurred_at: AwareDatetime | None = None
     deal: CrmDeal

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Response
 from activities.api_keys import Scope
 from activities.usage_ingest import MAX_BATCH, BatchTooLarge, ingest_usage
 from api.deps import AppDeps, get_deps
+from api.idempotency import IdempotencyKeyHeader
 from api.problems import ProblemError, problem_responses
 from api.schemas import UsageBatch, UsageReport
 from api.security import require_scope
@@ -32,7 +33,9 @@ def _too_large(size: int) -> ProblemError:
     dependencies=[Depends(require_scope(Scope.USAGE))],
     responses=problem_responses(401, 403, 413, 422),
 )
-async def post_usage(batch: UsageBatch, deps: Deps) -> Response:
+async def post_usage(
+    batch: UsageBatch, deps: Deps, idempotency_key: IdempotencyKeyHeader = None
+) -> Response:
     """Store up to 10,000 events (body up to 5 MB) in one transaction and report each:
 
     - `accepted`: stored now;

@@ -6,9 +6,11 @@ Invariants:
   stamped it, else when the workflow handles it). Naive instants are errors.
 - ``effective`` before the open period's start takes effect from that start
   (finalized invoices never change); the workflow applies that clamp.
-- Validation here is shape-only; checks against the contract (meter in plan,
-  dimensions in group_by) happen when the amendment is applied
-  (e.g. `models.contract.add_rate_override`).
+- Validation here is shape and bounds (`models.bounds`, SPEC 6: ids,
+  amounts, ``payment_terms_days`` <= 3650, one ``extend_term`` <= 1200
+  months); checks against the contract (meter in plan, dimensions in
+  group_by, the term plus all extensions <= `MAX_TERM_MONTHS`) happen when
+  the amendment is applied (e.g. `models.contract.add_rate_override`).
 """
 
 from __future__ import annotations
@@ -18,8 +20,16 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from models._loading import validate_with
-from models.contract import DateOrInstant, RateOverride, UtcDatetime, WholeNumber
-from models.money import NonNegativeDecimal, PositiveDecimal
+from models.bounds import (
+    BoundedNonNegative,
+    BoundedPositive,
+    Id,
+    Instant,
+    PaymentTermsDays,
+    Priority,
+    TermMonths,
+)
+from models.contract import DateOrInstant, RateOverride
 from models.periods import BillingCycle
 
 __all__ = [
@@ -38,13 +48,13 @@ __all__ = [
 
 class _Base(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    id: Annotated[str, Field(min_length=1)]
-    effective: UtcDatetime | None = None
+    id: Id
+    effective: Instant | None = None
     # When billow received it (stamped by the API, and by `billow simulate` at
     # the action's `at`): the default `effective`, so the instant does not
     # depend on when the workflow gets to it. Not part of the amendment's
     # content: a resend with another `received_at` is the same amendment.
-    received_at: UtcDatetime | None = None
+    received_at: Instant | None = None
 
 
 class RateOverrideAmendment(_Base):
@@ -54,11 +64,11 @@ class RateOverrideAmendment(_Base):
 
 class GrantCreditsAmendment(_Base):
     kind: Literal["grant_credits"]
-    credits: PositiveDecimal
-    price: NonNegativeDecimal | None = None  # set -> a top_up invoice for it
-    priority: int = 0
+    credits: BoundedPositive
+    price: BoundedNonNegative | None = None  # set -> a top_up invoice for it
+    priority: Priority = 0
     expires: DateOrInstant | None = None  # None -> term end
-    grant_id: Annotated[str, Field(min_length=1)] | None = None  # None -> the amendment id
+    grant_id: Id | None = None  # None -> the amendment id
 
 
 class ChangeBillingCycleAmendment(_Base):
@@ -68,7 +78,7 @@ class ChangeBillingCycleAmendment(_Base):
 
 class ChangePaymentTermsAmendment(_Base):
     kind: Literal["change_payment_terms"]
-    payment_terms_days: Annotated[WholeNumber, Field(ge=0)]
+    payment_terms_days: PaymentTermsDays
 
 
 class SetAutoPayAmendment(_Base):
@@ -78,7 +88,7 @@ class SetAutoPayAmendment(_Base):
 
 class ExtendTermAmendment(_Base):
     kind: Literal["extend_term"]
-    term_months: Annotated[WholeNumber, Field(gt=0)]  # additional months
+    term_months: TermMonths  # additional months; the cumulative bound is the workflow's
 
 
 class TerminateAmendment(_Base):

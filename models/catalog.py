@@ -12,6 +12,8 @@ Invariants (checked at load time, each problem reported with its field path):
   same group (same number of keys and no conflicting value).
 - ``unique_by`` is set exactly when ``aggregation`` is ``unique_count``.
 - Plans only name known meters, once each; currencies are ISO 4217 codes.
+- Keys, prices, quantities, payment terms and grace are bounded
+  (`models.bounds`, SPEC 6).
 """
 
 from __future__ import annotations
@@ -21,11 +23,19 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models._loading import Format, parse_text, read_file, validate_model
+from models.bounds import (
+    BoundedNonNegative,
+    BoundedPositive,
+    GraceHours,
+    Id,
+    Name,
+    PaymentTermsDays,
+)
 from models.errors import BillowValidationError, Problem
-from models.money import CurrencyCode, NonNegativeDecimal, PositiveDecimal
+from models.money import CurrencyCode
 from models.periods import BillingCycle
 
 __all__ = [
@@ -50,7 +60,7 @@ __all__ = [
 ]
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
-Key = Annotated[str, Field(min_length=1)]
+Key = Id
 
 
 class Aggregation(StrEnum):
@@ -69,14 +79,14 @@ class TierMode(StrEnum):
 class UnitPrice(BaseModel):
     model_config = _FROZEN
     kind: Literal["unit"] = "unit"
-    unit_price: NonNegativeDecimal
+    unit_price: BoundedNonNegative
 
 
 class TierStep(BaseModel):
     model_config = _FROZEN
-    up_to: PositiveDecimal | None = None
-    unit_price: NonNegativeDecimal
-    flat_fee: NonNegativeDecimal = Decimal(0)
+    up_to: BoundedPositive | None = None
+    unit_price: BoundedNonNegative
+    flat_fee: BoundedNonNegative = Decimal(0)
 
 
 class TieredPrice(BaseModel):
@@ -114,8 +124,8 @@ class TieredPrice(BaseModel):
 class PackagePrice(BaseModel):
     model_config = _FROZEN
     kind: Literal["package"] = "package"
-    size: PositiveDecimal
-    price: NonNegativeDecimal
+    size: BoundedPositive
+    price: BoundedNonNegative
 
 
 Price = Annotated[UnitPrice | TieredPrice | PackagePrice, Field(discriminator="kind")]
@@ -126,7 +136,7 @@ class PriceFields(BaseModel):
     decide whether one is required)."""
 
     model_config = _FROZEN
-    unit_price: NonNegativeDecimal | None = None
+    unit_price: BoundedNonNegative | None = None
     tiers: TieredPrice | None = None
     package: PackagePrice | None = None
 
@@ -173,7 +183,7 @@ def _compatible(a: dict[str, str], b: dict[str, str]) -> bool:
 class Meter(BaseModel):
     model_config = _FROZEN
     key: Key
-    name: str
+    name: Name
     aggregation: Aggregation
     group_by: list[str] = Field(default_factory=list)
     unique_by: str | None = None
@@ -226,28 +236,21 @@ def check_matches(
 class RecurringFee(BaseModel):
     model_config = _FROZEN
     key: Key
-    name: str
-    monthly_amount: NonNegativeDecimal
+    name: Name
+    monthly_amount: BoundedNonNegative
 
 
 class Plan(BaseModel):
     model_config = _FROZEN
     key: Key
-    name: str
+    name: Name
     currency: CurrencyCode
     meters: list[str] = Field(default_factory=list)
     billing_cycle: BillingCycle = BillingCycle.MONTHLY
-    payment_terms_days: int = Field(default=30, ge=0)
+    payment_terms_days: PaymentTermsDays = 30
     auto_pay: bool = False
-    usage_grace_hours: NonNegativeDecimal = Decimal(1)
+    usage_grace_hours: GraceHours = Decimal(1)
     recurring_fees: list[RecurringFee] = Field(default_factory=list)
-
-    @field_validator("payment_terms_days", mode="before")
-    @classmethod
-    def _int_only(cls, v: Any) -> Any:
-        if isinstance(v, bool | float):
-            raise ValueError("must be a whole number of days")
-        return v
 
     @model_validator(mode="after")
     def _check(self) -> Plan:

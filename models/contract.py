@@ -13,6 +13,11 @@ Invariants:
   workflow can carry it and rate with nothing else.
 - Dates in contracts (``starts_on``, ``expires_on``, date-only grant windows)
   mean the local midnight starting that day in the contract's timezone.
+- Every value is bounded (`models.bounds`, SPEC 6) and every window lies in
+  the term (SPEC 1): a commitment expires after ``starts_on`` and at the
+  latest at the term end; a contract grant has
+  ``term start <= effective < expires <= term end``. Whatever is accepted
+  here can be granted and billed later.
 """
 
 from __future__ import annotations
@@ -34,20 +39,38 @@ from pydantic import (
 )
 
 from models._loading import Format, parse_text, read_file, validate_model
+from models.bounds import (
+    LATEST_STARTS_ON,
+    MAX_ID_LENGTH,
+    MAX_MAGNITUDE,
+    BoundedNonNegative,
+    BoundedPercent,
+    BoundedPositive,
+    GraceHours,
+    Id,
+    Instant,
+    LocalDate,
+    Name,
+    PaymentTermsDays,
+    Priority,
+    TermMonths,
+    WholeNumber,
+    check_date,
+    check_instant,
+)
 from models.catalog import Catalog, Meter, PriceFields, RecurringFee, check_matches
 from models.errors import BillowValidationError, Problem
 from models.money import (
     CurrencyCode,
-    NonNegativeDecimal,
-    Percent,
-    PositiveDecimal,
     exact_div,
     minor_units,
+    round_half_up,
     round_money,
 )
 from models.periods import (
     BillingAnchor,
     BillingCycle,
+    local_date,
     local_midnight_utc,
     term_end_date,
     validate_timezone,
@@ -55,6 +78,8 @@ from models.periods import (
 
 __all__ = [
     "COMMITMENT_GRANT_ID",
+    "CONTRACT_GRANT_AMENDMENT_PREFIX",
+    "MAX_CONTRACT_GRANT_ID_LENGTH",
     "BillingAnchor",
     "BillingCycle",
     "Commitment",
@@ -65,6 +90,7 @@ __all__ = [
     "DateOrInstant",
     "RateOverride",
     "UtcDatetime",
+    "WholeNumber",
     "add_rate_override",
     "load_contract",
     "load_contract_file",
@@ -75,6 +101,11 @@ __all__ = [
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
 COMMITMENT_GRANT_ID = "commitment"
+# A priced grant written in the contract is made through a grant_credits
+# amendment with this id prefix (workflows.contract_state); that id is an
+# amendment id too, so the grant's own id leaves room for the prefix.
+CONTRACT_GRANT_AMENDMENT_PREFIX = "credit_grants:"
+MAX_CONTRACT_GRANT_ID_LENGTH = MAX_ID_LENGTH - len(CONTRACT_GRANT_AMENDMENT_PREFIX)
 
 def _to_utc(d: datetime) -> datetime:
     try:
@@ -92,20 +123,22 @@ def _date_or_instant(v: Any) -> Any:
     if isinstance(v, str):
         s = v.strip()
         if len(s) == 10:
-            return date.fromisoformat(s)
+            return check_date(date.fromisoformat(s))
         dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
         if dt.tzinfo is None:
             raise ValueError("instant needs a UTC offset (e.g. 'Z' or '+01:00')")
-        return dt.astimezone(UTC)
+        return check_instant(dt)
     if isinstance(v, datetime):
         if v.tzinfo is None:
             raise ValueError("instant needs a UTC offset (e.g. 'Z' or '+01:00')")
-        return v.astimezone(UTC)
+        return check_instant(v)
+    if isinstance(v, date):
+        return check_date(v)
     return v
 
 
 DateOrInstant = Annotated[date | datetime, BeforeValidator(_date_or_instant)]
-"""A local date (meaning local midnight) or an aware instant."""
+"""A local date (meaning local midnight) or an aware instant, inside the accepted range."""
 
 
 def to_instant(value: date | datetime, tz: str) -> datetime:
@@ -117,16 +150,16 @@ def to_instant(value: date | datetime, tz: str) -> datetime:
 
 class Customer(BaseModel):
     model_config = _FROZEN
-    id: Annotated[str, Field(min_length=1)]
-    name: str
+    id: Id
+    name: Name
 
 
 class RateOverride(PriceFields):
-    meter: str | None = None
+    meter: Id | None = None
     match: dict[str, str] = Field(default_factory=dict)
-    discount_percent: Percent | None = None
-    effective: UtcDatetime | None = None
-    until: UtcDatetime | None = None
+    discount_percent: BoundedPercent | None = None
+    effective: Instant | None = None
+    until: Instant | None = None
 
     @model_validator(mode="after")
     def _form(self) -> RateOverride:
@@ -163,12 +196,12 @@ class RateOverride(PriceFields):
 
 class Commitment(BaseModel):
     model_config = _FROZEN
-    amount: PositiveDecimal
-    bonus_percent: NonNegativeDecimal | None = None
-    discount_percent: Percent | None = None
-    credits: PositiveDecimal | None = None
-    expires_on: date | None = None
-    priority: int = 0
+    amount: BoundedPositive
+    bonus_percent: BoundedNonNegative | None = None
+    discount_percent: BoundedPercent | None = None
+    credits: BoundedPositive | None = None
+    expires_on: LocalDate | None = None  # checked against the term by `Contract`
+    priority: Priority = 0
 
     @model_validator(mode="after")
     def _one_form(self) -> Commitment:
@@ -181,57 +214,57 @@ class Commitment(BaseModel):
             raise BillowValidationError([(given[1], f"not allowed together with {given[0]}")])
         if self.discount_percent is not None and self.discount_percent >= 100:
             raise BillowValidationError([("discount_percent", "must be less than 100")])
+        # The credits bought are an amount too: bounded like the amount (SPEC 6),
+        # with room for rounding to any minor unit.
+        if given and given[0] != "credits" and round_half_up(self._exact_credits(), 0) >= (
+            MAX_MAGNITUDE
+        ):
+            raise BillowValidationError(
+                [(given[0], "the credits it buys must be less than 10^18")]
+            )
         return self
+
+    def _exact_credits(self) -> Decimal:
+        if self.credits is not None:
+            return self.credits
+        if self.bonus_percent is not None:
+            return self.amount * (1 + self.bonus_percent / 100)
+        if self.discount_percent is not None:
+            return exact_div(self.amount, 1 - self.discount_percent / 100)
+        return self.amount
 
     def credits_for(self, currency: str) -> Decimal:
         """Credits the commitment buys (SPEC 1), rounded to the minor unit."""
-        if self.credits is not None:
-            exact = self.credits
-        elif self.bonus_percent is not None:
-            exact = self.amount * (1 + self.bonus_percent / 100)
-        elif self.discount_percent is not None:
-            exact = exact_div(self.amount, 1 - self.discount_percent / 100)
-        else:
-            exact = self.amount
-        return round_money(exact, currency)
+        return round_money(self._exact_credits(), currency)
 
 
 class CreditGrantSpec(BaseModel):
     """A grant written in the contract (promotional unless ``price`` > 0)."""
 
     model_config = _FROZEN
-    id: Annotated[str, Field(min_length=1)]
-    credits: PositiveDecimal
-    price: NonNegativeDecimal = Decimal(0)
-    priority: int = 0
-    effective: DateOrInstant | None = None
-    expires: DateOrInstant | None = None
+    id: Annotated[str, Field(min_length=1, max_length=MAX_CONTRACT_GRANT_ID_LENGTH)]
+    credits: BoundedPositive
+    price: BoundedNonNegative = Decimal(0)
+    priority: Priority = 0
+    effective: DateOrInstant | None = None  # None -> the term start
+    expires: DateOrInstant | None = None  # None -> the term end
 
 
 def _tz(v: str) -> str:
     return validate_timezone(v)
 
 
-def _no_bool_float(v: Any) -> Any:
-    if isinstance(v, bool | float):
-        raise ValueError("must be a whole number")
-    return v
-
-
-WholeNumber = Annotated[int, BeforeValidator(_no_bool_float)]
-
-
 class Contract(BaseModel):
     model_config = _FROZEN
-    id: Annotated[str, Field(min_length=1)]
+    id: Id
     customer: Customer
-    plan: str
-    starts_on: date
-    term_months: Annotated[WholeNumber, Field(gt=0)]
+    plan: Id
+    starts_on: LocalDate
+    term_months: TermMonths
     billing_cycle: BillingCycle | None = None
-    payment_terms_days: Annotated[WholeNumber, Field(ge=0)] | None = None
+    payment_terms_days: PaymentTermsDays | None = None
     auto_pay: bool | None = None
-    usage_grace_hours: NonNegativeDecimal | None = None
+    usage_grace_hours: GraceHours | None = None
     rate_overrides: list[RateOverride] = Field(default_factory=list)
     commitment: Commitment | None = None
     credit_grants: list[CreditGrantSpec] = Field(default_factory=list)
@@ -239,12 +272,12 @@ class Contract(BaseModel):
     billing_anchor: BillingAnchor = BillingAnchor.START
     currency: CurrencyCode | None = None
 
-    @field_validator("starts_on", mode="before")
+    @field_validator("starts_on")
     @classmethod
-    def _date_only(cls, v: Any) -> Any:
-        # pydantic would read an int as a unix timestamp and a datetime as its date
-        if not isinstance(v, date | str) or isinstance(v, datetime) or len(str(v).strip()) != 10:
-            raise ValueError("must be a date like 2027-01-01")
+    def _start_in_range(cls, v: date) -> date:
+        # The term (up to MAX_TERM_MONTHS) and every date after it must stay in range.
+        if v > LATEST_STARTS_ON:
+            raise ValueError(f"must be on or before {LATEST_STARTS_ON.isoformat()}")
         return v
 
     @model_validator(mode="after")
@@ -255,9 +288,46 @@ class Contract(BaseModel):
             if g.id in ids or g.id == COMMITMENT_GRANT_ID:
                 problems.append((f"credit_grants[{i}].id", f"duplicate or reserved id {g.id!r}"))
             ids.add(g.id)
+        problems.extend(self._window_problems())
         if problems:
             raise BillowValidationError(problems)
         return self
+
+    def _window_problems(self) -> list[Problem]:
+        """Commitment and grant windows inside the term (SPEC 1): a grant made with
+        ``expires <= effective`` or outside the term could never be recorded."""
+        problems: list[Problem] = []
+        end_date = term_end_date(self.starts_on, self.term_months)
+        term = f"the term [{self.starts_on.isoformat()}, {end_date.isoformat()})"
+        c = self.commitment
+        if c is not None and c.expires_on is not None:
+            if c.expires_on <= self.starts_on:
+                problems.append(("commitment.expires_on",
+                                 f"must be after starts_on {self.starts_on.isoformat()}"))
+            elif c.expires_on > end_date:
+                problems.append(("commitment.expires_on",
+                                 f"must be on or before the term end {end_date.isoformat()}"))
+        start, end = to_instant(self.starts_on, self.timezone), to_instant(end_date, self.timezone)
+        top_up_days: set[date] = set()
+        for i, g in enumerate(self.credit_grants):
+            path = f"credit_grants[{i}]"
+            effective = start if g.effective is None else to_instant(g.effective, self.timezone)
+            expires = end if g.expires is None else to_instant(g.expires, self.timezone)
+            before = len(problems)
+            if not start <= effective < end:
+                problems.append((f"{path}.effective", f"must be inside {term}"))
+            if not start < expires <= end:
+                problems.append((f"{path}.expires", f"must be inside {term}, at most its end"))
+            if len(problems) == before and expires <= effective:
+                problems.append((f"{path}.expires", "must be after effective"))
+            if g.price > 0:
+                # A priced grant's top-up invoice is keyed by its effective date.
+                day = local_date(effective, self.timezone)
+                if day in top_up_days:
+                    problems.append((f"{path}.effective", f"another priced grant takes effect on "
+                                     f"{day.isoformat()}: one top-up invoice per day"))
+                top_up_days.add(day)
+        return problems
 
 
 class ContractTerms(BaseModel):
@@ -328,8 +398,12 @@ def resolve_terms(contract: Contract, catalog: Catalog) -> ContractTerms:
     for i, ov in enumerate(contract.rate_overrides):
         problems.extend(_override_problems(ov, f"rate_overrides[{i}]", meters, plan.key))
     # Amounts that are invoiced as they stand must be whole minor units.
-    money_fields = [(f"credit_grants[{i}].price", g.price)
-                    for i, g in enumerate(contract.credit_grants)]
+    # Grant credits too: they are a money balance, as for a grant_credits amendment.
+    money_fields = [
+        (f"credit_grants[{i}].{field}", amount)
+        for i, g in enumerate(contract.credit_grants)
+        for field, amount in (("credits", g.credits), ("price", g.price))
+    ]
     if contract.commitment is not None:
         money_fields.insert(0, ("commitment.amount", contract.commitment.amount))
     for path, amount in money_fields:

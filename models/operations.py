@@ -46,6 +46,7 @@ __all__ = [
     "PaymentResult",
     "RecordAmendmentRequest",
     "RegisterContractRequest",
+    "ReserveTermRequest",
     "UpdateContractRequest",
 ]
 
@@ -62,6 +63,7 @@ class ActivityName(StrEnum):
     CHARGE_INVOICE = "charge_invoice"
     DUNNING_STEP = "dunning_step"
     EXPIRE_CREDITS = "expire_credits"
+    RESERVE_TERM_EXTENSION = "reserve_term_extension"
     COMPACT_USAGE = "compact_usage"
 
 
@@ -221,6 +223,19 @@ class DunningRequest(BaseModel):
     invoice_key: str
     step: DunningStep
     on: date
+
+
+class ReserveTermRequest(BaseModel):
+    """An ``extend_term``'s new end, checked against the customer's other
+    contracts (SPEC.md section 1) and written so a racing create sees it."""
+
+    model_config = _FROZEN
+    contract_id: str
+    customer_id: str
+    meters: list[str]
+    start: AwareDatetime
+    end: AwareDatetime
+    term_end: date
 
 
 class ExpireCreditsRequest(BaseModel):

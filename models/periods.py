@@ -80,8 +80,16 @@ def _zone(tz: str) -> ZoneInfo:
     return ZoneInfo(tz)
 
 
+# Zone files that stand for the host's own setting, not a place: a contract
+# billed in one would change its boundaries with the machine it runs on.
+_HOST_ZONES = frozenset({"localtime", "posixrules"})
+
+
 def validate_timezone(tz: str) -> str:
     """Return ``tz`` if it is a known IANA zone name, else raise ValueError."""
+    if tz in _HOST_ZONES:
+        raise ValueError(f"{tz!r} is the host's zone, not a place: name an IANA zone "
+                         "like 'Europe/Paris'")
     try:
         _zone(tz)
     except (ZoneInfoNotFoundError, ValueError):
@@ -136,43 +144,58 @@ def termination_end_date(effective: datetime, tz: str) -> date:
     return d + timedelta(days=1)
 
 
-def _grid_point(anchor: date, months: int, anchor_kind: BillingAnchor, k: int) -> date:
+def _grid_point(anchor: date, months: int, anchor_kind: BillingAnchor, k: int,
+                day: int | None = None) -> date:
     if anchor_kind is BillingAnchor.START:
-        return add_months(anchor, k * months)
+        # Each point from the anchor's month with the start's day of month,
+        # clamped per month, never chained (SPEC.md section 2).
+        point = add_months(anchor, k * months)
+        if day is None or day == point.day:
+            return point
+        last = _calendar.monthrange(point.year, point.month)[1]
+        return point.replace(day=min(day, last))
     y, m0 = divmod(k * months, 12)
     return date(y, m0 + 1, 1)
 
 
-def _grid_index_at_or_before(anchor: date, months: int, anchor_kind: BillingAnchor, d: date) -> int:
+def _grid_index_at_or_before(anchor: date, months: int, anchor_kind: BillingAnchor, d: date,
+                             day: int | None = None) -> int:
     """Largest k with grid point k <= d."""
     if anchor_kind is BillingAnchor.START:
         k = (_month_index(d) - _month_index(anchor)) // months
     else:
         k = _month_index(d) // months
     # clamping can push a point past d by a few days; step back if so, forward if possible
-    while _grid_point(anchor, months, anchor_kind, k) > d:
+    while _grid_point(anchor, months, anchor_kind, k, day) > d:
         k -= 1
-    while _grid_point(anchor, months, anchor_kind, k + 1) <= d:
+    while _grid_point(anchor, months, anchor_kind, k + 1, day) <= d:
         k += 1
     return k
 
 
 def full_period_containing(
-    anchor: date, cycle: BillingCycle, anchor_kind: BillingAnchor, d: date
+    anchor: date, cycle: BillingCycle, anchor_kind: BillingAnchor, d: date,
+    day: int | None = None,
 ) -> tuple[date, date]:
-    """The full cycle period ``[start, end)`` of the anchor grid that contains ``d``."""
-    k = _grid_index_at_or_before(anchor, cycle.months, anchor_kind, d)
+    """The full cycle period ``[start, end)`` of the anchor grid that contains ``d``.
+
+    ``day`` is the day of month start-anchored points fall on (clamped), when
+    it is not ``anchor``'s own: after a cycle change the grid counts months
+    from the change's boundary but keeps the start's day.
+    """
+    k = _grid_index_at_or_before(anchor, cycle.months, anchor_kind, d, day)
     return (
-        _grid_point(anchor, cycle.months, anchor_kind, k),
-        _grid_point(anchor, cycle.months, anchor_kind, k + 1),
+        _grid_point(anchor, cycle.months, anchor_kind, k, day),
+        _grid_point(anchor, cycle.months, anchor_kind, k + 1, day),
     )
 
 
 def next_boundary_date(
-    anchor: date, cycle: BillingCycle, anchor_kind: BillingAnchor, after: date
+    anchor: date, cycle: BillingCycle, anchor_kind: BillingAnchor, after: date,
+    day: int | None = None,
 ) -> date:
     """The first grid boundary strictly after ``after``."""
-    return full_period_containing(anchor, cycle, anchor_kind, after)[1]
+    return full_period_containing(anchor, cycle, anchor_kind, after, day)[1]
 
 
 def boundary_dates(
@@ -181,16 +204,17 @@ def boundary_dates(
     anchor_kind: BillingAnchor,
     from_date: date,
     until_date: date,
+    day: int | None = None,
 ) -> list[date]:
     """Boundaries tiling ``[from_date, until_date]``: ``from_date``, every grid
     boundary strictly between, then ``until_date``. Strictly increasing."""
     if until_date <= from_date:
         raise ValueError(f"until_date {until_date} must be after from_date {from_date}")
     out = [from_date]
-    nxt = next_boundary_date(anchor_date, cycle, anchor_kind, from_date)
+    nxt = next_boundary_date(anchor_date, cycle, anchor_kind, from_date, day)
     while nxt < until_date:
         out.append(nxt)
-        nxt = next_boundary_date(anchor_date, cycle, anchor_kind, nxt)
+        nxt = next_boundary_date(anchor_date, cycle, anchor_kind, nxt, day)
     out.append(until_date)
     return out
 
@@ -240,16 +264,19 @@ def billing_periods(
 ) -> list[Period]:
     """All periods from ``from_date`` (default ``starts_on``) to ``term_end``.
 
-    ``cycle_anchor`` is the date start-anchored boundaries count from:
+    ``cycle_anchor`` is the date start-anchored boundaries count months from:
     normally ``starts_on``; after a mid-term cycle change, the boundary at
-    which the new cycle took effect.
+    which the new cycle took effect. Boundaries keep ``starts_on``'s day of
+    month (clamped), so a Jan 31 start changed to quarterly at the Feb 28
+    boundary continues May 31, Aug 31, Nov 30.
     """
     anchor = cycle_anchor or starts_on
+    day = starts_on.day  # a cycle change keeps the start's day of month
     first = from_date or starts_on
-    dates = boundary_dates(anchor, cycle, anchor_kind, first, term_end)
+    dates = boundary_dates(anchor, cycle, anchor_kind, first, term_end, day)
     periods: list[Period] = []
     for s, e in itertools.pairwise(dates):
-        fs, fe = full_period_containing(anchor, cycle, anchor_kind, s)
+        fs, fe = full_period_containing(anchor, cycle, anchor_kind, s, day)
         periods.append(
             Period(
                 start=local_midnight_utc(s, timezone),

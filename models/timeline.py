@@ -15,8 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from models._loading import Format, parse_text, read_file, validate_with
 from models.amendments import Amendment
-from models.contract import UtcDatetime
-from models.money import PositiveDecimal
+from models.bounds import BoundedPositive, Instant, InvoiceKey
 
 __all__ = [
     "AmendAction",
@@ -30,15 +29,15 @@ __all__ = [
 
 class PayAction(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    at: UtcDatetime
+    at: Instant
     action: Literal["pay"]
-    invoice: Annotated[str, Field(min_length=1)]  # invoice key, e.g. usage:2027-01-01
-    amount: PositiveDecimal
+    invoice: InvoiceKey  # invoice key, e.g. usage:2027-01-01
+    amount: BoundedPositive
 
 
 class AmendAction(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    at: UtcDatetime
+    at: Instant
     action: Literal["amend"]
     amendment: Amendment
 

@@ -25,13 +25,12 @@ from typing import Annotated, Final
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from models._loading import validate_model
+from models.bounds import MAX_ID_LENGTH, check_magnitude
 from models.contract import UtcDatetime
 from models.errors import BillowValidationError
 from models.money import NonNegativeDecimal
 
 __all__ = [
-    "MAX_QUANTITY",
-    "MAX_QUANTITY_PLACES",
     "MAX_TEXT",
     "UsageEvent",
     "UsageLineError",
@@ -39,18 +38,7 @@ __all__ = [
     "parse_usage_jsonl",
 ]
 
-MAX_TEXT: Final = 256
-MAX_QUANTITY: Final = Decimal(10) ** 18  # exclusive
-MAX_QUANTITY_PLACES: Final = 12
-
-
-def _bounded_quantity(d: Decimal) -> Decimal:
-    if d >= MAX_QUANTITY:
-        raise ValueError("must be below 10^18")
-    exponent = d.normalize().as_tuple().exponent  # 1.50 has 1 place: trailing zeros are free
-    if isinstance(exponent, int) and -exponent > MAX_QUANTITY_PLACES:
-        raise ValueError(f"at most {MAX_QUANTITY_PLACES} decimal places")
-    return d
+MAX_TEXT: Final = MAX_ID_LENGTH  # ids, names and dimension keys and values
 
 
 def _no_nul(s: str) -> str:
@@ -61,7 +49,7 @@ def _no_nul(s: str) -> str:
 
 _Text = Annotated[str, Field(max_length=MAX_TEXT), AfterValidator(_no_nul)]
 _Name = Annotated[str, Field(min_length=1, max_length=MAX_TEXT), AfterValidator(_no_nul)]
-Quantity = Annotated[NonNegativeDecimal, AfterValidator(_bounded_quantity)]
+Quantity = Annotated[NonNegativeDecimal, AfterValidator(check_magnitude)]
 
 
 class UsageEvent(BaseModel):

@@ -49,6 +49,7 @@ def activities_for(engine: AsyncEngine, gateway: PaymentGateway) -> Sequence[Any
         ledger.record_payment,
         ledger.dunning_step,
         ledger.expire_credits,
+        ledger.reserve_term_extension,
         payments.charge_invoice,
         usage.compact_usage,
     ]

@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
     # Pure code, imported outside the sandbox so zoneinfo works for the
     # calendar functions (see ../shared/notes/temporal.md).
     from models.amendments import Amendment, ExtendTermAmendment, GrantCreditsAmendment
+    from models.bounds import BoundedPositive, Id, InvoiceKey
     from models.contract import COMMITMENT_GRANT_ID, Contract, ContractTerms, to_instant
     from models.errors import BillowValidationError
     from models.invoices import due_on
@@ -62,17 +63,25 @@ with workflow.unsafe.imports_passed_through():
         PaymentResult,
         RecordAmendmentRequest,
         RegisterContractRequest,
+        ReserveTermRequest,
         UpdateContractRequest,
     )
-    from models.periods import Period, local_midnight_utc
+    from models.periods import Period, local_midnight_utc, term_end_date
     from workflows import search_attributes as sa
     from workflows.contract_state import (
         CHARGE_RETRY_DAYS,
+        AmendmentConflict,
+        AmendmentRecord,
         CollectionState,
         ContractState,
+        DroppedAmendment,
         PendingAmendment,
+        amendment_digest,
         apply_terms_amendment,
+        check_amendment,
+        contract_grant_amendment,
         effective_instant,
+        grant_request,
         initial_state,
         validate_amendment,
     )
@@ -80,8 +89,18 @@ with workflow.unsafe.imports_passed_through():
 # Continue-as-new after this many closed periods in one run (history bound).
 PERIODS_PER_RUN = 12
 
+# Ledger steps: transient failures (the database restarting) retry until it
+# is back; business errors are non-retryable (activities/errors.py) and
+# become needs_attention here, so nothing retries forever.
 _ACTIVITY_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=5)
+)
+# The payment gateway is remote I/O run outside the contract lock: a few
+# attempts, then the charge counts as declined and the business retry
+# schedule (CHARGE_RETRY_DAYS) takes over.
+_CHARGE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2), maximum_interval=timedelta(seconds=30),
+    maximum_attempts=3,
 )
 _SHORT = timedelta(seconds=60)
 _REMOTE = frozenset({ActivityName.CHARGE_INVOICE})
@@ -98,9 +117,9 @@ class ContractWorkflowInput(BaseModel):
 
 
 class PaymentInput(BaseModel):
-    invoice: str  # invoice key, e.g. usage:2027-01-01
-    amount: Decimal
-    payment_id: str | None = None  # idempotency key; defaults to the update id
+    invoice: InvoiceKey  # invoice key, e.g. usage:2027-01-01
+    amount: BoundedPositive
+    payment_id: Id | None = None  # idempotency key; defaults to the update id
 
 
 class AmendmentResult(BaseModel):
@@ -124,6 +143,7 @@ class ContractView(BaseModel):
     invoices: list[IssuedInvoice]
     applied_amendment_ids: list[str]
     pending_amendments: list[str] = Field(default_factory=list)
+    dropped_amendments: list[DroppedAmendment] = Field(default_factory=list)
 
 
 def _rejected(exc: BillowValidationError) -> ApplicationError:
@@ -134,6 +154,29 @@ def _rejected(exc: BillowValidationError) -> ApplicationError:
         type="InvalidAmendment",
         non_retryable=True,
     )
+
+
+def _conflict(exc: AmendmentConflict) -> ApplicationError:
+    return ApplicationError(
+        str(exc),
+        [{"field": path, "reason": reason} for path, reason in exc.problems],
+        type="AmendmentConflict",
+        non_retryable=True,
+    )
+
+
+# How a failed activity reaches workflow code: a regular activity's failure as
+# ActivityError (the ApplicationError is its cause), a local activity's as the
+# ApplicationError itself.
+_ACTIVITY_FAILURES = (ActivityError, ApplicationError)
+
+
+def _refusal(exc: ActivityError | ApplicationError) -> str:
+    """The reason a ledger activity gave for a business error."""
+    cause = exc if isinstance(exc, ApplicationError) else exc.cause
+    if isinstance(cause, ApplicationError):
+        return f"{cause.type or 'error'}: {cause.message}"
+    return str(cause or exc)
 
 
 def _invalid(kind: str, field: str, reason: str) -> ApplicationError:
@@ -174,6 +217,7 @@ class ContractWorkflow:
         self._sa_sent: dict[str, object] = {}
         self._sleeping_until: datetime | None = None
         self._renewed = False  # an extend_term applied in this run
+        self._last_refusal: str | None = None  # reason of the last business error
 
     # --- main loop -------------------------------------------------------
     @workflow.run
@@ -181,8 +225,8 @@ class ContractWorkflow:
         st = self.state
         if st.created_at is None:
             st.created_at = workflow.info().start_time
-        if not st.registered:
-            await self._run(
+        while not st.registered:
+            registered = await self._step_run(
                 ActivityName.REGISTER_CONTRACT,
                 RegisterContractRequest(
                     contract=st.contract,
@@ -192,17 +236,34 @@ class ContractWorkflow:
                 ),
                 summary=f"register contract {st.terms.contract_id}",
             )
-            st.registered = True
+            if registered:
+                st.registered = True
+                break
+            await self._hold(self._last_refusal or "registration refused")
+            await self._wait_until(None, self._wake_summary())
+        self._resolved()
         self._publish()
 
         while not st.term_opened:
+            if self._ended_before_open():
+                # Terminated at or before its start: no commitment invoice, no
+                # grants, no periods (SPEC.md section 2).
+                st.term_opened = True
+                break
             start = st.terms.term_start_at
             if workflow.now() >= start:
                 # Amendments due at the start come first (SPEC.md section 7).
                 await self._apply_due_amendments()
+                if self._ended_before_open():
+                    continue
+                if self._held:
+                    await self._wait_until(self._next_wake(), self._wake_summary())
+                    continue
                 async with self._lock:
-                    await self._open_term()
-                break
+                    opened = await self._open_term()
+                if opened:
+                    break
+                continue
             await self._wait_until(start, f"sleep until term start {st.terms.starts_on}")
 
         summary: CreditSummary | None = None
@@ -214,11 +275,12 @@ class ContractWorkflow:
                 await self._continue_as_new()
             if not st.term_closed:
                 period = st.open_period
-                if period is None:
+                if period is None and not self._held:
                     async with self._lock:
                         summary = await self._close_term()
                     continue
-                if workflow.now() >= st.close_at(period) and not self._held:
+                if (period is not None and workflow.now() >= st.close_at(period)
+                        and not self._held):
                     async with self._lock:
                         await self._close_period(period)
                     await self._maybe_continue_as_new()
@@ -226,9 +288,19 @@ class ContractWorkflow:
             await self._run_due_collection()
             if st.term_closed and not st.collections and not st.pending_amendments:
                 break
+            # A long idle stretch (an annual contract with many updates) can
+            # grow one run's history too: the server's suggestion is honoured
+            # here too, not only after a close.
+            if (workflow.info().is_continue_as_new_suggested()
+                    and workflow.patched("continue-as-new-when-idle")):
+                await self._continue_as_new()
             await self._wait_until(self._next_wake(), self._wake_summary())
         await workflow.wait_condition(workflow.all_handlers_finished)
         return summary
+
+    def _ended_before_open(self) -> bool:
+        t = self.state.terms
+        return t.term_end <= t.starts_on and workflow.patched("end-before-open")
 
     def _next_wake(self) -> datetime | None:
         st = self.state
@@ -286,7 +358,8 @@ class ContractWorkflow:
         )
 
     # --- steps -------------------------------------------------------------
-    async def _open_term(self) -> None:
+    async def _open_term(self) -> bool:
+        """Issue the commitment and make the contract's grants; False if held."""
         st = self.state
         t = st.terms
         st.status = ContractStatus.ACTIVE
@@ -295,7 +368,7 @@ class ContractWorkflow:
             c = t.commitment
             issued_on = st.local_date(workflow.now())
             expires = to_instant(c.expires_on, t.timezone) if c.expires_on else end
-            await self._grant(
+            granted = await self._grant(
                 GrantRequest(
                     contract_id=t.contract_id,
                     grant_id=COMMITMENT_GRANT_ID,
@@ -313,15 +386,32 @@ class ContractWorkflow:
                 ),
                 summary=f"issue commitment {c.amount} {t.currency}",
             )
+            if not granted:
+                return False
         for g in t.credit_grants:
-            await self._grant(
-                GrantRequest(
+            effective = to_instant(g.effective, t.timezone) if g.effective else start
+            if g.price > 0 and workflow.patched("contract-grant-top-up"):
+                # A priced contract grant is a top-up bought with the contract:
+                # granted and invoiced when it takes effect (SPEC.md section 1).
+                amendment = contract_grant_amendment(g, effective)
+                if g.id in st.grant_ids or any(
+                    p.amendment.id == amendment.id for p in st.pending_amendments
+                ):
+                    continue  # made (or scheduled) by an earlier attempt to open
+                if effective > workflow.now():
+                    st.pending_amendments.append(
+                        PendingAmendment(amendment=amendment, effective=effective)
+                    )
+                    continue
+                request = grant_request(st, amendment, effective, workflow.now())
+            else:
+                request = GrantRequest(
                     contract_id=t.contract_id,
                     grant_id=g.id,
                     credits=g.credits,
                     price=g.price,
                     priority=g.priority,
-                    effective=to_instant(g.effective, t.timezone) if g.effective else start,
+                    effective=effective,
                     expires=to_instant(g.expires, t.timezone) if g.expires else end,
                     currency=t.currency,
                     invoice_kind=None,
@@ -329,25 +419,32 @@ class ContractWorkflow:
                     invoice_period=None,
                     issued_on=None,
                     due_on=None,
-                ),
-                summary=f"grant credits {g.id}",
-            )
+                )
+            if not await self._grant(request, summary=f"grant credits {g.id}"):
+                return False
         st.term_opened = True
+        self._resolved()
         await self._save_contract()
+        return True
 
-    async def _grant(self, request: GrantRequest, summary: str) -> None:
-        result = await self._call(ActivityName.GRANT_CREDITS, request, GrantResult, summary=summary)
+    async def _grant(self, request: GrantRequest, summary: str) -> bool:
+        """Make a grant (and issue its invoice); False if the ledger refused it."""
+        result = await self._step(ActivityName.GRANT_CREDITS, request, summary=summary,
+                                  result_type=GrantResult)
+        if result is None:
+            return False
         if request.grant_id not in self.state.grant_ids:
             self.state.grant_ids.append(request.grant_id)
         self.state.credit_balance = result.credits.balance
         if result.invoice is not None:
             await self._issued(result.invoice)
+        return True
 
     async def _close_period(self, period: Period) -> None:
         st = self.state
         t = st.terms
         issued_on = st.local_date(workflow.now())
-        result = await self._call(
+        result = await self._step(
             ActivityName.CLOSE_PERIOD,
             ClosePeriodRequest(
                 terms=t,
@@ -358,10 +455,12 @@ class ContractWorkflow:
                 is_final=len(st.periods) == 1,
                 next_period=st.periods[1] if len(st.periods) > 1 else None,
             ),
-            ClosePeriodResult,
+            result_type=ClosePeriodResult,
             summary=f"rate usage {period_label(period, t.billing_cycle.months)}",
             activity_timeout=_LONG,
         )
+        if result is None:
+            return  # held for attention by _step
         st.credit_balance = result.credits.balance
         if result.attention is not None:
             # A business error: hold the invoice, flag the contract, and wait
@@ -374,20 +473,18 @@ class ContractWorkflow:
             self._held_at = self._wakeup
             self._publish()
             return
-        st.attention = None
-        if st.status is ContractStatus.NEEDS_ATTENTION:
-            st.status = ContractStatus.ACTIVE
+        if self._resolved():
             await self._save_contract()
         st.periods = st.periods[1:]
         st.invoiced_periods.append(period)
         await self._issued(result.invoice)
 
-    async def _close_term(self) -> CreditSummary:
+    async def _close_term(self) -> CreditSummary | None:
         st = self.state
         t = st.terms
         now = workflow.now()
         status = ContractStatus.TERMINATED if st.terminated_at is not None else ContractStatus.ENDED
-        result = await self._call(
+        result = await self._step(
             ActivityName.EXPIRE_CREDITS,
             ExpireCreditsRequest(
                 contract_id=t.contract_id,
@@ -396,16 +493,18 @@ class ContractWorkflow:
                 status=status,
                 terms=t,
             ),
-            CreditSummary,
+            result_type=CreditSummary,
             summary="expire remaining credits (breakage)",
         )
+        if result is None:
+            return None  # held for attention by _step
+        self._resolved()
         st.credit_balance = result.balance
         st.term_closed = True
         st.status = status
         for pending in st.pending_amendments:
             # Effective after a termination moved the end earlier: nothing left to amend.
-            workflow.logger.warning("amendment %s dropped: the term has ended",
-                                    pending.amendment.id)
+            self._drop(pending.amendment, "the term ended before it took effect")
         st.pending_amendments = []
         await self._save_contract()
         return result
@@ -424,7 +523,13 @@ class ContractWorkflow:
         )
         st.collections.append(collection)
         if st.terms.auto_pay:
-            await self._charge(collection)
+            if workflow.patched("charge-outside-lock"):
+                # Charged by the main loop, outside the contract lock: the
+                # gateway is remote I/O and must not hold up amendments.
+                collection.next_charge_at = workflow.now()
+                self._wakeup += 1
+            else:
+                await self._charge(collection)
         self._publish()
 
     async def _charge(self, collection: CollectionState) -> None:
@@ -448,7 +553,7 @@ class ContractWorkflow:
                 ChargeResult,
                 summary=f"charge {inv.key} (attempt {collection.charge_attempts})",
             )
-        except ActivityError as exc:
+        except _ACTIVITY_FAILURES as exc:
             # The ledger refused the charge's payment (non-retryable): stop
             # auto-pay for this invoice and flag it; never wedge the contract.
             workflow.logger.error("auto-pay for %s stopped: %s", inv.key, exc.cause or exc)
@@ -464,6 +569,57 @@ class ContractWorkflow:
             )
         else:
             collection.next_charge_at = None  # give up: due-date rules take over
+
+    async def _charge_unlocked(self, collection: CollectionState) -> None:
+        """One auto-pay attempt: the gateway call runs outside the contract lock.
+
+        The attempt is counted and its request fixed under the lock; the
+        charge (bounded retries) runs without it, so amendments, payments and
+        boundaries go on meanwhile; its outcome is applied under the lock
+        again. A charge that cannot be made counts as a decline.
+        """
+        st = self.state
+        async with self._lock:
+            inv = st.invoice(collection.invoice_key)
+            if collection not in st.collections or inv is None or inv.outstanding <= 0:
+                return  # settled or dropped meanwhile: nothing to charge
+            collection.charge_attempts += 1
+            attempt = collection.charge_attempts
+            request = ChargeRequest(
+                contract_id=st.terms.contract_id,
+                customer_id=st.terms.customer.id,
+                invoice_key=inv.key,
+                amount=inv.outstanding,
+                currency=inv.currency,
+                attempt=attempt,
+                on=st.local_date(workflow.now()),
+            )
+        result: ChargeResult | None
+        try:
+            result = await workflow.execute_activity(
+                ActivityName.CHARGE_INVOICE.value,
+                request,
+                result_type=ChargeResult,
+                start_to_close_timeout=_SHORT,
+                retry_policy=_CHARGE_RETRY,
+                summary=f"charge {request.invoice_key} (attempt {attempt})",
+            )
+        except ActivityError as exc:
+            workflow.logger.warning("charge %s attempt %d failed, counted as declined: %s",
+                                    request.invoice_key, attempt, _refusal(exc))
+            result = None
+        async with self._lock:
+            if result is not None and result.payment is not None:
+                self._paid(result.payment)
+                return
+            if collection not in st.collections:
+                return
+            if attempt <= len(CHARGE_RETRY_DAYS):
+                collection.next_charge_at = workflow.now() + timedelta(
+                    days=CHARGE_RETRY_DAYS[attempt - 1]
+                )
+            else:
+                collection.next_charge_at = None  # give up: due-date rules take over
 
     def _paid(self, payment: PaymentResult) -> None:
         st = self.state
@@ -491,16 +647,19 @@ class ContractWorkflow:
             # settled the invoice (and dropped its collection) while we waited.
             if collection.next_charge_at is not None and collection.next_charge_at <= now:
                 collection.next_charge_at = None
-                async with self._lock:
-                    if collection in st.collections:
-                        await self._charge(collection)
+                if workflow.patched("charge-outside-lock"):
+                    await self._charge_unlocked(collection)
+                else:
+                    async with self._lock:
+                        if collection in st.collections:
+                            await self._charge(collection)
             for at, step in collection.next_steps(st.terms.timezone):
                 if at > now:
                     break
                 async with self._lock:
                     if collection not in st.collections:
                         break
-                    await self._run(
+                    await self._step_run(
                         ActivityName.DUNNING_STEP,
                         DunningRequest(
                             contract_id=st.terms.contract_id,
@@ -530,36 +689,45 @@ class ContractWorkflow:
         st.pending_amendments = [p for p in st.pending_amendments if p.effective > now]
         async with self._lock:
             for pending in sorted(due, key=lambda p: p.effective):
-                await self._apply_now(pending.amendment, pending.effective)
+                amendment = pending.amendment
+                if workflow.patched("revalidate-due-amendments"):
+                    # Validated again when it falls due: the contract may have
+                    # changed since (a terminate moved the term end before it).
+                    try:
+                        check_amendment(st, amendment, pending.effective, now)
+                    except BillowValidationError as exc:
+                        self._drop(amendment, str(exc))
+                        continue
+                try:
+                    await self._apply_now(amendment, pending.effective)
+                except ApplicationError as exc:
+                    self._drop(amendment, exc.message)
             await self._save_contract()
 
+    def _drop(self, amendment: Amendment, reason: str) -> None:
+        """A scheduled amendment that no longer applies: dropped, with the reason shown."""
+        workflow.logger.warning("amendment %s dropped: %s", amendment.id, reason)
+        self.state.dropped_amendments.append(
+            DroppedAmendment(id=amendment.id, kind=amendment.kind, reason=reason,
+                             at=workflow.now())
+        )
+
     async def _apply_now(self, amendment: Amendment, effective: datetime) -> None:
+        """Apply an amendment; ApplicationError if the ledger refused its grant."""
         st = self.state
         if isinstance(amendment, GrantCreditsAmendment):
-            t = st.terms
-            effective_on = st.local_date(effective)
-            expires = (
-                to_instant(amendment.expires, t.timezone) if amendment.expires else t.term_end_at
-            )
-            priced = amendment.price is not None
-            await self._grant(
-                GrantRequest(
-                    contract_id=t.contract_id,
-                    grant_id=amendment.grant_id or amendment.id,
-                    credits=amendment.credits,
-                    price=amendment.price or Decimal(0),
-                    priority=amendment.priority,
-                    effective=effective,
-                    expires=expires,
-                    currency=t.currency,
-                    invoice_kind="top_up" if priced else None,
-                    invoice_key=f"top_up:{effective_on.isoformat()}" if priced else None,
-                    invoice_period=(effective_on, st.local_date(expires)) if priced else None,
-                    issued_on=effective_on if priced else None,
-                    due_on=due_on(effective_on, t.payment_terms_days) if priced else None,
-                ),
-                summary=f"grant {amendment.credits} credits ({amendment.id})",
-            )
+            request = grant_request(st, amendment, effective, workflow.now())
+            summary = f"grant {amendment.credits} credits ({amendment.id})"
+            result = await self._step(ActivityName.GRANT_CREDITS, request, summary=summary,
+                                      result_type=GrantResult, hold=False)
+            if result is None:
+                raise ApplicationError(self._last_refusal or "the ledger refused the grant",
+                                       type="GrantRefused", non_retryable=True)
+            if request.grant_id not in st.grant_ids:
+                st.grant_ids.append(request.grant_id)
+            st.credit_balance = result.credits.balance
+            if result.invoice is not None:
+                await self._issued(result.invoice)
         else:
             apply_terms_amendment(st, amendment, effective)
             if isinstance(amendment, ExtendTermAmendment):
@@ -572,27 +740,33 @@ class ContractWorkflow:
 
     async def _amend(self, amendment: Amendment) -> AmendmentResult:
         st = self.state
-        if amendment.id in st.applied_amendment_ids:
-            return AmendmentResult(amendment_id=amendment.id, status="duplicate")
+        answer = self._resend_answer(amendment)
+        if answer is not None:
+            return answer
         async with self._lock:
             # Decided under the lock: a boundary close or another handler may
             # have changed the contract since the validator accepted this.
-            if amendment.id in st.applied_amendment_ids:
-                return AmendmentResult(amendment_id=amendment.id, status="duplicate")
+            answer = self._resend_answer(amendment)
+            if answer is not None:
+                return answer
             now = workflow.now()
             try:
                 validate_amendment(st, amendment, now)
             except BillowValidationError as exc:
                 raise _rejected(exc) from exc
             effective = effective_instant(st, amendment, now)
-            st.applied_amendment_ids.append(amendment.id)
-            await self._run(
+            if isinstance(amendment, ExtendTermAmendment):
+                await self._reserve_extension(amendment)
+            recorded = await self._step_run(
                 ActivityName.RECORD_AMENDMENT,
                 RecordAmendmentRequest(
                     contract_id=st.terms.contract_id, amendment=amendment, effective=effective
                 ),
                 summary=f"record amendment {amendment.id} ({amendment.kind})",
             )
+            if not recorded:
+                raise ApplicationError(self._last_refusal or "the ledger refused it",
+                                       type="AmendmentRefused", non_retryable=True)
             if effective > now:
                 st.pending_amendments.append(
                     PendingAmendment(amendment=amendment, effective=effective)
@@ -600,16 +774,66 @@ class ContractWorkflow:
                 status = "scheduled"
             else:
                 await self._apply_now(amendment, effective)
-                await self._save_contract()
                 status = "applied"
+            st.applied_amendment_ids.append(amendment.id)
+            st.amendment_records.append(AmendmentRecord(
+                id=amendment.id, digest=amendment_digest(amendment), status=status,
+                effective=effective,
+            ))
+            if status == "applied":
+                await self._save_contract()
         self._wakeup += 1
         self._publish()
         return AmendmentResult(amendment_id=amendment.id, status=status, effective=effective)
+
+    async def _reserve_extension(self, amendment: ExtendTermAmendment) -> None:
+        """An extension must not run into another contract of the customer that
+        bills a shared meter (SPEC.md section 1): checked and written in the
+        ledger under the customer's lock, or the update is refused."""
+        if not workflow.patched("extend-term-overlap-check"):
+            return
+        t = self.state.terms
+        end_date = term_end_date(t.starts_on, t.term_months + amendment.term_months)
+        try:
+            await self._run(
+                ActivityName.RESERVE_TERM_EXTENSION,
+                ReserveTermRequest(
+                    contract_id=t.contract_id, customer_id=t.customer.id,
+                    meters=[m.key for m in t.meters], start=t.term_start_at,
+                    end=local_midnight_utc(end_date, t.timezone), term_end=end_date,
+                ),
+                summary=f"reserve the extended term to {end_date}",
+            )
+        except _ACTIVITY_FAILURES as exc:
+            cause = exc if isinstance(exc, ApplicationError) else exc.cause
+            raise ApplicationError(
+                cause.message if isinstance(cause, ApplicationError) else str(exc),
+                type=(cause.type if isinstance(cause, ApplicationError) and cause.type
+                      else "AmendmentRefused"),
+                non_retryable=True,
+            ) from exc
+
+    def _resend_answer(self, amendment: Amendment) -> AmendmentResult | None:
+        """The first answer to an id already applied; a conflict if its content differs."""
+        st = self.state
+        if amendment.id not in st.applied_amendment_ids:
+            return None
+        record = st.amendment_record(amendment.id)
+        if record is None:  # applied by a run from before answers were kept
+            return AmendmentResult(amendment_id=amendment.id, status="duplicate")
+        if record.digest != amendment_digest(amendment):
+            raise _conflict(AmendmentConflict(
+                [("id", f"amendment {amendment.id!r} was sent before with other content")]
+            ))
+        return AmendmentResult(amendment_id=amendment.id, status=record.status,
+                               effective=record.effective)
 
     @amend.validator
     def _validate_amend(self, amendment: Amendment) -> None:
         try:
             validate_amendment(self.state, amendment, workflow.now())
+        except AmendmentConflict as exc:
+            raise _conflict(exc) from exc
         except BillowValidationError as exc:
             raise _rejected(exc) from exc
 
@@ -633,8 +857,9 @@ class ContractWorkflow:
             raise ApplicationError("payment_id: required", type="InvalidPayment")
         async with self._lock:
             # Re-checked under the lock: payments accepted together must not
-            # add up to more than the invoice.
-            self._validate_pay(payment)
+            # add up to more than the invoice, and an invoice the validator did
+            # not know yet (a close still finishing) is known now or unknown.
+            self._check_pay(payment, known_only=False)
             try:
                 result = await self._call(
                     ActivityName.RECORD_PAYMENT,
@@ -648,11 +873,17 @@ class ContractWorkflow:
                     PaymentResult,
                     summary=f"record payment {payment.amount} for {payment.invoice}",
                 )
-            except ActivityError as exc:
+            except _ACTIVITY_FAILURES as exc:
                 # The ledger refused it (non-retryable): fail this update, not
-                # the workflow.
-                raise ApplicationError(str(exc.cause or exc), type="InvalidPayment",
-                                       non_retryable=True) from exc
+                # the workflow, with the ledger's reason and type.
+                cause = exc if isinstance(exc, ApplicationError) else exc.cause
+                kind = cause.type if isinstance(cause, ApplicationError) else None
+                raise ApplicationError(
+                    cause.message if isinstance(cause, ApplicationError) else str(exc),
+                    *(cause.details if isinstance(cause, ApplicationError) else ()),
+                    type=kind if kind and kind != "BusinessError" else "InvalidPayment",
+                    non_retryable=True,
+                ) from exc
         if key not in st.payment_keys:
             st.payment_keys.append(key)
         self._paid(result)
@@ -665,11 +896,20 @@ class ContractWorkflow:
 
     @pay.validator
     def _validate_pay(self, payment: PaymentInput) -> None:
-        inv = self.state.invoice(payment.invoice)
-        if inv is None:
-            raise _invalid("InvalidPayment", "invoice", f"unknown invoice {payment.invoice!r}")
+        self._check_pay(payment, known_only=True)
+
+    def _check_pay(self, payment: PaymentInput, *, known_only: bool) -> None:
+        """Refuse what can never be paid. With ``known_only`` (the validator, which
+        may run before the step that issued the invoice has been replayed into
+        this state) an invoice not known yet is let through to the handler,
+        which decides under the lock."""
         if payment.amount <= 0:
             raise _invalid("InvalidPayment", "amount", "must be positive")
+        inv = self.state.invoice(payment.invoice)
+        if inv is None:
+            if known_only:
+                return
+            raise _invalid("InvalidPayment", "invoice", f"unknown invoice {payment.invoice!r}")
         if payment.payment_id is not None and payment.payment_id in self.state.payment_keys:
             return  # a resend: the ledger answers with what it recorded
         if inv.status in ("paid", "void"):
@@ -706,6 +946,7 @@ class ContractWorkflow:
             invoices=list(st.invoices),
             applied_amendment_ids=list(st.applied_amendment_ids),
             pending_amendments=[p.amendment.id for p in st.pending_amendments],
+            dropped_amendments=list(st.dropped_amendments),
         )
 
     # --- plumbing --------------------------------------------------------------
@@ -746,6 +987,68 @@ class ContractWorkflow:
             )
         assert isinstance(result, result_type)
         return result
+
+    async def _step(
+        self,
+        name: ActivityName,
+        arg: BaseModel,
+        *,
+        result_type: type[T],
+        summary: str,
+        activity_timeout: timedelta = _SHORT,
+        hold: bool = True,
+    ) -> T | None:
+        """A ledger step whose business error holds the contract instead of failing it.
+
+        Activities raise deterministic errors as non-retryable (see
+        activities/errors.py), so an ActivityError here is one: the contract
+        is flagged ``needs_attention`` (with ``hold``) and waits for an
+        amendment, which retries the step. Returns None in that case.
+        """
+        try:
+            return await self._call(name, arg, result_type, summary=summary,
+                                    activity_timeout=activity_timeout)
+        except _ACTIVITY_FAILURES as exc:
+            self._last_refusal = f"{summary}: {_refusal(exc)}"
+            workflow.logger.error("ledger refused %s", self._last_refusal)
+            if hold:
+                await self._hold(self._last_refusal)
+            return None
+
+    async def _step_run(self, name: ActivityName, arg: BaseModel, *, summary: str) -> bool:
+        """`_step` for activities without a result; never holds (False if refused)."""
+        try:
+            await self._run(name, arg, summary=summary)
+            return True
+        except _ACTIVITY_FAILURES as exc:
+            self._last_refusal = f"{summary}: {_refusal(exc)}"
+            workflow.logger.error("ledger refused %s", self._last_refusal)
+            return False
+
+    async def _hold(self, reason: str) -> None:
+        """Flag the contract needs_attention until something changes (an amendment)."""
+        st = self.state
+        self._held_at = self._wakeup
+        if st.attention != reason:
+            st.attention = reason
+            st.status = ContractStatus.NEEDS_ATTENTION
+            await self._step_run(
+                ActivityName.UPDATE_CONTRACT,
+                UpdateContractRequest(
+                    contract_id=st.terms.contract_id, status=st.status, terms=st.terms
+                ),
+                summary=f"save contract ({st.status.value})",
+            )
+        self._publish()
+
+    def _resolved(self) -> bool:
+        """Clear needs_attention after a step went through; True if the status changed."""
+        st = self.state
+        st.attention = None
+        if st.status is not ContractStatus.NEEDS_ATTENTION:
+            return False
+        st.status = ContractStatus.ACTIVE if st.term_opened else ContractStatus.SCHEDULED
+        return True
 
     async def _run(
         self,

@@ -15,6 +15,7 @@ Invariants:
 
 from __future__ import annotations
 
+import hashlib
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
@@ -30,10 +31,20 @@ from models.amendments import (
     SetAutoPayAmendment,
     TerminateAmendment,
 )
-from models.contract import Contract, ContractTerms, add_rate_override, to_instant
+from models.bounds import MAX_TERM_MONTHS
+from models.contract import (
+    COMMITMENT_GRANT_ID,
+    CONTRACT_GRANT_AMENDMENT_PREFIX,
+    Contract,
+    ContractTerms,
+    CreditGrantSpec,
+    add_rate_override,
+    to_instant,
+)
 from models.errors import BillowValidationError
+from models.invoices import due_on
 from models.money import round_money
-from models.operations import ContractStatus, DunningStep, IssuedInvoice
+from models.operations import ContractStatus, DunningStep, GrantRequest, IssuedInvoice
 from models.periods import (
     Period,
     billing_periods,
@@ -85,6 +96,24 @@ class PendingAmendment(BaseModel):
     effective: AwareDatetime
 
 
+class AmendmentRecord(BaseModel):
+    """What the contract answered to an amendment id, to answer a resend the same way."""
+
+    id: str
+    digest: str
+    status: str  # applied | scheduled
+    effective: AwareDatetime
+
+
+class DroppedAmendment(BaseModel):
+    """A scheduled amendment that no longer applied when it fell due (SPEC.md section 7)."""
+
+    id: str
+    kind: str
+    reason: str
+    at: AwareDatetime
+
+
 class ContractState(BaseModel):
     contract: Contract
     terms: ContractTerms
@@ -105,6 +134,9 @@ class ContractState(BaseModel):
     # the recorded result instead of being refused as an overpayment.
     payment_keys: list[str] = Field(default_factory=list)
     pending_amendments: list[PendingAmendment] = Field(default_factory=list)
+    # Answers given per amendment id (absent for ids applied by runs before it existed).
+    amendment_records: list[AmendmentRecord] = Field(default_factory=list)
+    dropped_amendments: list[DroppedAmendment] = Field(default_factory=list)
     credit_balance: Decimal = Decimal(0)
     attention: str | None = None
     terminated_at: AwareDatetime | None = None
@@ -144,6 +176,17 @@ class ContractState(BaseModel):
     def outstanding(self, key: str) -> Decimal:
         inv = self.invoice(key)
         return Decimal(0) if inv is None else inv.outstanding
+
+    def amendment_record(self, amendment_id: str) -> AmendmentRecord | None:
+        return next((r for r in self.amendment_records if r.id == amendment_id), None)
+
+    @property
+    def reserved_grant_ids(self) -> set[str]:
+        """Grant ids the contract itself makes (commitment, contract grants) or made."""
+        ids = {g.id for g in self.terms.credit_grants} | set(self.grant_ids)
+        if self.terms.commitment is not None:
+            ids.add(COMMITMENT_GRANT_ID)
+        return ids
 
     def next_amendment_at(self) -> datetime | None:
         return min((p.effective for p in self.pending_amendments), default=None)
@@ -197,61 +240,178 @@ def initial_state(
 # --- amendments ------------------------------------------------------------
 
 
+class AmendmentConflict(BillowValidationError):
+    """The amendment's id was used before for different content (SPEC.md section 7)."""
+
+
+def amendment_digest(amendment: Amendment) -> str:
+    """The amendment's content, without when billow received it."""
+    canonical = amendment.model_dump_json(exclude={"received_at"})
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def validate_amendment(state: ContractState, amendment: Amendment, now: datetime) -> None:
     """Raise BillowValidationError if ``amendment`` cannot apply to this contract.
 
     Checked when the update arrives (so an invalid amendment changes nothing
     and its caller gets the reason) and again under the workflow's lock right
     before it applies, since another handler or a boundary may have changed
-    the contract in between.
+    the contract in between. A resend of an id is accepted (and answered as
+    the first time) only with the same content; otherwise AmendmentConflict.
     """
+    if amendment.id.startswith(CONTRACT_GRANT_AMENDMENT_PREFIX):
+        raise BillowValidationError(
+            [("id", f"{CONTRACT_GRANT_AMENDMENT_PREFIX!r} ids are reserved")]
+        )
     if amendment.id in state.applied_amendment_ids:
+        record = state.amendment_record(amendment.id)
+        if record is not None and record.digest != amendment_digest(amendment):
+            raise AmendmentConflict(
+                [("id", f"amendment {amendment.id!r} was sent before with other content")]
+            )
         return  # a resend: accepted and ignored
+    check_amendment(state, amendment, effective_instant(state, amendment, now), now)
+
+
+def check_amendment(
+    state: ContractState, amendment: Amendment, effective: datetime, now: datetime
+) -> None:
+    """Whether ``amendment`` applies at ``effective`` to the contract as it is now.
+
+    Runs the apply path's own functions on a copy of the state, so whatever
+    passes here applies without raising. Used on arrival and again when a
+    scheduled amendment falls due (one that no longer applies is dropped).
+    """
     t = state.terms
     if state.term_closed:
         raise BillowValidationError([("", f"contract {t.contract_id} has ended")])
-    effective = effective_instant(state, amendment, now)
     if effective >= t.term_end_at and not isinstance(amendment, ExtendTermAmendment):
         raise BillowValidationError(
             [("effective", f"at or after the term end {t.term_end.isoformat()}")]
         )
-    pending_kinds = {p.amendment.kind for p in state.pending_amendments}
-    if isinstance(amendment, RateOverrideAmendment):
-        add_rate_override(t, amendment.override, effective)
-    elif isinstance(amendment, TerminateAmendment):
+    pending_kinds = {p.amendment.kind for p in state.pending_amendments
+                     if p.amendment.id != amendment.id}
+    if isinstance(amendment, TerminateAmendment):
         if state.terminated_at is not None or "terminate" in pending_kinds:
             raise BillowValidationError([("kind", "contract is already terminated")])
     elif isinstance(amendment, ExtendTermAmendment):
         if state.terminated_at is not None or "terminate" in pending_kinds:
             raise BillowValidationError([("kind", "cannot extend a terminated contract")])
-    elif isinstance(amendment, GrantCreditsAmendment):
+        if t.term_months + amendment.term_months > MAX_TERM_MONTHS:
+            raise BillowValidationError([(
+                "term_months",
+                f"the term would be {t.term_months + amendment.term_months} months; "
+                f"at most {MAX_TERM_MONTHS} including extensions",
+            )])
+    elif isinstance(amendment, ChangePaymentTermsAmendment):
+        try:
+            due_on(t.term_end, amendment.payment_terms_days)
+        except OverflowError:
+            raise BillowValidationError(
+                [("payment_terms_days", "due dates would be past the calendar's end")]
+            ) from None
+    if isinstance(amendment, GrantCreditsAmendment):
         _validate_grant(state, amendment, effective)
+        grant_request(state, amendment, effective, now)
+        return
+    try:
+        apply_terms_amendment(state.model_copy(), amendment, effective)
+    except BillowValidationError:
+        raise
+    except (ValueError, OverflowError, ArithmeticError) as exc:
+        raise BillowValidationError([(_main_field(amendment), str(exc))]) from exc
+
+
+def _main_field(amendment: Amendment) -> str:
+    return {
+        "extend_term": "term_months",
+        "change_payment_terms": "payment_terms_days",
+        "change_billing_cycle": "billing_cycle",
+        "rate_override": "override",
+    }.get(amendment.kind, "effective")
+
+
+def contract_grant_amendment(grant: CreditGrantSpec, effective: datetime) -> GrantCreditsAmendment:
+    """A priced grant written in the contract, as the grant amendment that makes it.
+
+    It goes the way a bought top-up goes (SPEC.md section 1): when it takes
+    effect it is granted and its ``top_up`` invoice issued.
+    """
+    return GrantCreditsAmendment(
+        kind="grant_credits",
+        id=f"{CONTRACT_GRANT_AMENDMENT_PREFIX}{grant.id}",
+        grant_id=grant.id,
+        credits=grant.credits,
+        price=grant.price,
+        priority=grant.priority,
+        expires=grant.expires,
+        effective=effective,
+    )
+
+
+def grant_request(
+    state: ContractState, amendment: GrantCreditsAmendment, effective: datetime, now: datetime
+) -> GrantRequest:
+    """The ledger request that makes ``amendment``'s grant (and its top-up invoice).
+
+    A top-up is keyed by its effective date and dated the day it is issued:
+    its effective date, or today if that is later (SPEC.md section 8) - a
+    back-dated grant, or one that resolves a held period, is never issued in
+    the past.
+    """
+    t = state.terms
+    expires = to_instant(amendment.expires, t.timezone) if amendment.expires else t.term_end_at
+    priced = amendment.price is not None
+    effective_on = state.local_date(effective)
+    issued_on = state.local_date(max(effective, now))
+    return GrantRequest(
+        contract_id=t.contract_id,
+        grant_id=amendment.grant_id or amendment.id,
+        credits=amendment.credits,
+        price=amendment.price or Decimal(0),
+        priority=amendment.priority,
+        effective=effective,
+        expires=expires,
+        currency=t.currency,
+        invoice_kind="top_up" if priced else None,
+        invoice_key=f"top_up:{effective_on.isoformat()}" if priced else None,
+        invoice_period=(effective_on, state.local_date(expires)) if priced else None,
+        issued_on=issued_on if priced else None,
+        due_on=due_on(issued_on, t.payment_terms_days) if priced else None,
+    )
 
 
 def _validate_grant(state: ContractState, amendment: GrantCreditsAmendment,
                     effective: datetime) -> None:
     t = state.terms
     problems: list[tuple[str, str]] = []
-    expires = to_instant(amendment.expires, t.timezone) if amendment.expires else t.term_end_at
+    try:
+        expires = to_instant(amendment.expires, t.timezone) if amendment.expires else t.term_end_at
+    except (ValueError, OverflowError) as exc:
+        raise BillowValidationError([("expires", str(exc))]) from exc
     if expires <= effective:
         problems.append(("expires", "must be after the grant's effective instant"))
+    elif expires > t.term_end_at:
+        problems.append(("expires", f"after the term end {t.term_end.isoformat()}"))
     for field, amount in (("credits", amendment.credits), ("price", amendment.price)):
         if amount is not None and round_money(amount, t.currency) != amount:
             problems.append((field, f"more decimals than {t.currency} has"))
     grant_id = amendment.grant_id or amendment.id
+    others = [p for p in state.pending_amendments if p.amendment.id != amendment.id]
     pending_ids = {
         p.amendment.grant_id or p.amendment.id
-        for p in state.pending_amendments
+        for p in others
         if isinstance(p.amendment, GrantCreditsAmendment)
     }
-    if grant_id in state.grant_ids or grant_id in pending_ids:
-        problems.append(("grant_id", f"a grant {grant_id!r} exists already"))
+    own = amendment.id == f"{CONTRACT_GRANT_AMENDMENT_PREFIX}{grant_id}"  # the contract's own grant
+    if not own and (grant_id in state.reserved_grant_ids or grant_id in pending_ids):
+        problems.append(("grant_id", f"a grant {grant_id!r} exists already or is reserved"))
     if amendment.price is not None:
         # The top-up invoice's key is its effective date (SPEC.md section 8).
         key = f"top_up:{state.local_date(effective).isoformat()}"
         pending = [
             f"top_up:{state.local_date(p.effective).isoformat()}"
-            for p in state.pending_amendments
+            for p in others
             if isinstance(p.amendment, GrantCreditsAmendment) and p.amendment.price is not None
         ]
         if state.invoice(key) is not None or key in pending:

@@ -129,6 +129,43 @@ async def test_malformed_json_is_422(api: ApiServer, method: str, path: str) -> 
         ("PUT", "/v1/catalog",
          {"meters": [], "plans": [{"key": "p", "name": "P", "currency": "USD",
                                    "meters": ["ghost"]}]}, ["plans[0].meters[0]"]),
+        # bounds (SPEC.md section 6) and windows inside the term (section 1)
+        ("POST", "/v1/contracts", {**CONTRACT, "term_months": 1201}, ["term_months"]),
+        ("POST", "/v1/contracts", {**CONTRACT, "payment_terms_days": 3_000_000},
+         ["payment_terms_days"]),
+        ("POST", "/v1/contracts", {**CONTRACT, "id": "x" * 257}, ["id"]),
+        ("POST", "/v1/contracts", {**CONTRACT, "starts_on": "9999-01-01"}, ["starts_on"]),
+        ("POST", "/v1/contracts", {**CONTRACT, "usage_grace_hours": "1E+20"},
+         ["usage_grace_hours"]),
+        ("POST", "/v1/contracts",
+         {**CONTRACT, "commitment": {"amount": "1000000000000000000"}}, ["commitment.amount"]),
+        ("POST", "/v1/contracts",
+         {**CONTRACT, "commitment": {"amount": "100.00", "expires_on": "2030-01-01"}},
+         ["commitment.expires_on"]),
+        ("POST", "/v1/contracts",
+         {**CONTRACT, "credit_grants": [{"id": "g", "credits": "10", "effective": "2030-03-01",
+                                         "expires": "2030-03-01"}]},
+         ["credit_grants[0].expires"]),
+        ("POST", "/v1/contracts",
+         {**CONTRACT, "credit_grants": [{"id": "g", "credits": "10",
+                                         "effective": "2029-12-31T23:59:59Z"}]},
+         ["credit_grants[0].effective"]),
+        ("POST", "/v1/contracts/bad-input-1/amendments",
+         {**AMENDMENT, "payment_terms_days": 3_000_000}, ["payment_terms_days"]),
+        ("POST", "/v1/contracts/bad-input-1/amendments",
+         {"id": "a-4", "kind": "extend_term", "term_months": 12_000}, ["term_months"]),
+        ("POST", "/v1/contracts/bad-input-1/amendments",
+         {"id": "a-5", "kind": "grant_credits", "credits": "0.0000000000001"}, ["credits"]),
+        ("POST", "/v1/contracts/bad-input-1/amendments",
+         {**AMENDMENT, "id": "a" * 257}, ["id"]),
+        ("POST", "/v1/invoices/INV-000001/payments", {"amount": "1000000000000000000"},
+         ["amount"]),
+        ("POST", "/v1/invoices/INV-000001/payments", {"amount": "1", "payment_id": "p" * 257},
+         ["payment_id"]),
+        ("PUT", "/v1/catalog",
+         {"meters": [], "plans": [{"key": "p", "name": "P", "currency": "USD",
+                                   "payment_terms_days": 3651}]},
+         ["plans[0].payment_terms_days"]),
         ("GET", "/v1/contracts?overdue=maybe", None, ["query.overdue"]),
         ("GET", "/v1/contracts?status=happy", None, ["query.status"]),
         ("GET", "/v1/contracts?limit=0", None, ["query.limit"]),
@@ -292,3 +329,42 @@ async def test_a_failed_workflow_start_leaves_no_contract_behind(api: ApiServer)
         assert r.headers["content-type"].startswith("application/problem+json")
     after = await counts(api.deps.engine, *TABLES)
     assert after == {**dict.fromkeys(TABLES, 0), "catalog_versions": 1}
+
+
+async def test_unbounded_payment_terms_are_refused_and_nothing_changes(
+    api: ApiServer, worker: None
+) -> None:
+    """Known case 3 of issue 11: a 3,000,000-day ``change_payment_terms`` was accepted and
+    raised OverflowError in workflow code at the next close. It is refused naming
+    ``payment_terms_days`` by the API and by the workflow's own update, and nothing changes."""
+    import yaml
+    from temporalio.client import WorkflowUpdateFailedError
+
+    from workflows.contract import AmendmentResult
+
+    contract = {**CONTRACT, "payment_terms_days": 45}
+    async with api.http("ops") as http:
+        catalog = yaml.safe_load((ACME / "catalog.yaml").read_text())
+        assert (await http.put("/v1/catalog", json=catalog)).status_code == 201
+        r = await http.post("/v1/contracts", json=contract)
+        assert r.status_code == 201, r.text
+        huge = {**AMENDMENT, "payment_terms_days": 3_000_000}
+        doc = problem(await http.post("/v1/contracts/bad-input-1/amendments", json=huge), 422)
+        assert fields(doc) == ["payment_terms_days"], doc
+        assert "3650" in doc["errors"][0]["reason"]
+        # A client that skips the API's validation gets the same refusal from the
+        # workflow: the update payload itself is bounded.
+        handle = api.client.get_workflow_handle("contract:bad-input-1")
+        with pytest.raises(WorkflowUpdateFailedError) as info:
+            await handle.execute_update("amend", huge, id="amend:raw",
+                                        result_type=AmendmentResult)
+        chain: list[str] = []
+        cause: BaseException | None = info.value.cause
+        while cause is not None:
+            chain.append(str(cause))
+            cause = cause.__cause__
+        assert any("payment_terms_days" in c and "3650" in c for c in chain), chain
+        state = (await http.get("/v1/contracts/bad-input-1")).json()
+    assert state["terms"]["payment_terms_days"] == 45
+    assert state["amendments"] == [] and state["pending_amendments"] == []
+    assert (await counts(api.deps.engine, "amendments"))["amendments"] == 0

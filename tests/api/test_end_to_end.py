@@ -168,6 +168,7 @@ async def test_contract_lifecycle_over_http(api: ApiServer, worker: None,
         assert paid.status_code == 200, paid.text
         assert paid.json() | {"status": "paid", "applied": True, "recorded_via": "workflow",
                               "amount_paid": "530.00"} == paid.json()
+        # a resend answers as the first time did (and records nothing: 3 payments below)
         replay = await ops.post(f"/v1/invoices/{n1}/payments",
                                 json={"amount": "530.00", "payment_id": f"{suffix}-wire-1"})
         assert replay.json() == paid.json()  # the first answer again

@@ -408,6 +408,13 @@ CONTRACT_CASES: list[tuple[str, dict[str, Any], str, str]] = [
         "credit_grants[0].id",
         "reserved",
     ),
+    (
+        "two priced grants taking effect the same day (one top-up invoice a day)",
+        {"credit_grants": [{"id": "a", "credits": "10", "price": "9"},
+                           {"id": "b", "credits": "20", "price": "18"}]},
+        "credit_grants[1].effective",
+        "one top-up invoice per day",
+    ),
     ("unknown field", {"colour": "red"}, "colour", "unknown field"),
     ("bad currency", {"currency": "usd"}, "currency", "unknown currency"),
 ]

@@ -209,6 +209,28 @@ def test_cycle_change_counts_from_new_anchor() -> None:
     assert ps[-1].end_date == date(2028, 1, 31)
 
 
+def test_cycle_change_at_a_clamped_boundary_keeps_the_start_day() -> None:
+    """Issue 11 case 10: a Jan 31 contract switched to quarterly at the Feb 28
+    boundary bills May 31, Aug 31, Nov 30 (never chained on the 28th)."""
+    ps = billing_periods(
+        date(2027, 1, 31),
+        date(2028, 1, 31),
+        Q,
+        START,
+        "UTC",
+        cycle_anchor=date(2027, 2, 28),
+        from_date=date(2027, 2, 28),
+    )
+    assert [(p.start_date, p.end_date) for p in ps] == [
+        (date(2027, 2, 28), date(2027, 5, 31)),
+        (date(2027, 5, 31), date(2027, 8, 31)),
+        (date(2027, 8, 31), date(2027, 11, 30)),
+        (date(2027, 11, 30), date(2028, 1, 31)),
+    ]
+    assert (ps[-1].full_start_date, ps[-1].full_end_date) == (date(2027, 11, 30),
+                                                               date(2028, 2, 29))
+
+
 def test_validate_timezone() -> None:
     assert validate_timezone("Europe/Paris") == "Europe/Paris"
     with pytest.raises(ValueError, match="unknown timezone"):

@@ -371,3 +371,25 @@ def test_a_discount_on_a_price_with_30_digits_is_exact() -> None:
     discounted = apply_discount(UnitPrice(unit_price=D(NEAR)), D("12.5"))
     assert isinstance(discounted, UnitPrice)
     assert discounted.unit_price == D("874999999999999999.999999999999125")
+
+
+@pytest.mark.parametrize(
+    ("price", "percent", "expected"),
+    [
+        ("0.0012", "33.333333333333", "0.000800000000000004"),  # 18 decimals
+        ("0.000000000001", "12.5", "0.000000000000875"),
+    ],
+)
+def test_a_discounted_price_keeps_every_decimal(price: str, percent: str, expected: str) -> None:
+    """Derived prices are not input: the 12-decimal bound on prices does not cut them."""
+    for form in (UnitPrice(unit_price=D(price)),
+                 TieredPrice(mode="volume", steps=steps((None, price, price))),
+                 PackagePrice(size=D(10), price=D(price))):
+        discounted = apply_discount(form, D(percent))
+        if isinstance(discounted, UnitPrice):
+            assert discounted.unit_price == D(expected)
+        elif isinstance(discounted, TieredPrice):
+            step = discounted.steps[0]
+            assert (step.unit_price, step.flat_fee) == (D(expected), D(expected))
+        else:
+            assert discounted.price == D(expected)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from models.periods import add_months
@@ -35,9 +38,11 @@ async def test_a_monthly_contract_year_stays_under_200_history_events(
     assert events < 200, events
 
 
-async def test_duplicate_amendment_after_continue_as_new_changes_nothing(
+async def test_amendment_resent_after_continue_as_new_answers_as_the_first_time(
     ts_env: WorkflowEnvironment, db: AsyncEngine
 ) -> None:
+    """Issue 11 case 13: the same id answers as the first time with the same
+    content, and is a conflict with other content, also in a later run."""
     discount = {
         "id": "crm-amend-1",
         "kind": "rate_override",
@@ -50,14 +55,19 @@ async def test_duplicate_amendment_after_continue_as_new_changes_nothing(
         assert run.handle is not None
         latest = await ts_env.client.get_workflow_handle(run.handle.id).fetch_history()
         started = latest.events[0].workflow_execution_started_event_attributes
-        resend = await run.amend(
-            {**discount, "override": {"meter": "tokens", "discount_percent": "90"}}
-        )
+        resend = await run.amend(discount)
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await run.amend(
+                {**discount, "override": {"meter": "tokens", "discount_percent": "90"}}
+            )
         state = await run.state()
         recorded = await run.scalar("SELECT count(*) FROM amendments")
     assert first.status == "applied"
     assert started.continued_execution_run_id, "the workflow continued as new"
-    assert resend.status == "duplicate"
+    assert (resend.status, resend.effective) == ("applied", first.effective)
+    cause = refused.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "AmendmentConflict"
+    assert "id" in str(cause)
     assert state.applied_amendment_ids == ["crm-amend-1"]
     assert [o.discount_percent for o in state.terms.rate_overrides] == [10]
     assert recorded == 1

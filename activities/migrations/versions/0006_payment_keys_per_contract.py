@@ -1,7 +1,7 @@
 """payment keys per contract, and each payment's first answer stored with it
 
-Revision ID: 0004_payment_keys_per_contract
-Revises: 0004_usage_ingest_lock
+Revision ID: 0006
+Revises: 0005
 Create Date: 2027-01-15 00:00:01
 
 A payment's id is scoped to its contract (SPEC 10): ``UNIQUE (contract_id,
@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0004_payment_keys_per_contract"
-down_revision: str | None = "0004_usage_ingest_lock"
+revision: str = "0006"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,7 +1,7 @@
 """usage ingest mark: transactions that insert usage events say so before their first write
 
-Revision ID: 0004_usage_ingest_lock
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 Create Date: 2027-01-15 00:00:00
 
 Rating's watermark (activities/usage_query.py `read_watermark`) is held back
@@ -21,8 +21,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0004_usage_ingest_lock"
-down_revision: str | None = "0003"
+revision: str = "0005"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
