@@ -22,7 +22,13 @@ from activities.ledger_store import lock_contract
 from api.contracts import update_problem
 from api.deps import AppDeps, get_deps
 from api.idempotency import IdempotencyKeyHeader
-from api.problems import ProblemError, not_found, problem_responses, validation_problem
+from api.problems import (
+    ProblemError,
+    not_found,
+    payment_conflict,
+    problem_responses,
+    validation_problem,
+)
 from api.queries import invoice_by_number, invoice_summaries, outstanding
 from api.schemas import InvoiceDetail, InvoiceList, PaymentIn, PaymentOut
 from api.security import require_scope
@@ -142,6 +148,8 @@ async def pay_invoice(
                     id=_update_id(row.key, payment), result_type=PaymentResult,
                 )
         except WorkflowUpdateFailedError as exc:
+            if (conflict := payment_conflict(exc)) is not None:
+                raise conflict from exc
             problem = update_problem(exc, "InvalidPayment", "invalid-payment", "Invalid payment")
             if "already" in problem.detail:
                 problem.status, problem.slug = 409, "invoice-settled"
@@ -194,8 +202,9 @@ async def _refuse_settled(conn: AsyncConnection, row: Any, payment_id: str | Non
     if row.status not in (InvoiceStatus.PAID, InvoiceStatus.VOID):
         return
     if payment_id is not None:
-        known = await conn.scalar(text("SELECT 1 FROM payments WHERE payment_key = :k"),
-                                  {"k": payment_id})
+        known = await conn.scalar(
+            text("SELECT 1 FROM payments WHERE contract_id = :c AND payment_key = :k"),
+            {"c": row.contract_id, "k": payment_id})
         if known is not None:
             return  # a resend: answered with the invoice as it stands
     raise ProblemError(409, "invoice-settled", "Invoice settled",
@@ -219,6 +228,8 @@ async def _record_in_ledger(deps: AppDeps, row: Any, payment: PaymentIn) -> Paym
                 amount=payment.amount, received_on=local_date(datetime.now(UTC), tz or "UTC"),
             ))
         except ApplicationError as exc:  # more than the invoice still owes
+            if (conflict := payment_conflict(exc)) is not None:
+                raise conflict from exc
             raise ProblemError(422, "validation", "Invalid payment", str(exc),
                                [("amount", str(exc))]) from exc
 

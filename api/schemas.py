@@ -239,13 +239,13 @@ class UsageBatch(BaseModel):
 class UsageResult(BaseModel):
     index: int = Field(description="Position of the event in the batch.")
     id: str | None
-    status: Literal["accepted", "duplicate", "rejected"]
+    status: Literal["accepted", "duplicate", "conflict", "rejected"]
     reason: str | None = None
 
 
 class UsageReport(BaseModel):
     model_config = ConfigDict(json_schema_extra={"example": {
-        "accepted": 1, "duplicate": 0, "rejected": 1,
+        "accepted": 1, "duplicate": 0, "conflict": 0, "rejected": 1,
         "results": [
             {"index": 0, "id": "evt-0001", "status": "accepted", "reason": None},
             {"index": 1, "id": "evt-0002", "status": "rejected",
@@ -254,6 +254,7 @@ class UsageReport(BaseModel):
     }})
     accepted: int
     duplicate: int
+    conflict: int = Field(description="Events whose id is stored with other content.")
     rejected: int
     results: list[UsageResult]
 

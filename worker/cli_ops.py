@@ -387,7 +387,8 @@ def usage_send(
     """Send a JSON Lines file of usage events in batches of up to 10,000.
 
     Every event is reported: accepted, duplicate (already stored: resending a file is
-    safe) or rejected with the reason. Exit code 2 if any event was rejected.
+    safe), conflict (its id is stored with other content) or rejected with the reason.
+    Exit code 2 if any event was rejected or in conflict.
     """
     from rich.progress import (
         BarColumn,
@@ -398,7 +399,7 @@ def usage_send(
     )
 
     total = _count_lines(file)
-    counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
+    counts = {"accepted": 0, "duplicate": 0, "conflict": 0, "rejected": 0}
     issues: list[dict[str, Any]] = []
     sent = 0
     try:
@@ -439,7 +440,7 @@ def usage_send(
             out.print(table)
             if len(issues) > 50:
                 out.print(f"... and {len(issues) - 50} more (use --json for all)")
-    if counts["rejected"]:
+    if counts["rejected"] or counts["conflict"]:
         raise typer.Exit(EXIT_INPUT)
 
 

@@ -133,6 +133,7 @@ async def ingest_all(
     return IngestReport(
         accepted=count[IngestStatus.ACCEPTED],
         duplicate=count[IngestStatus.DUPLICATE],
+        conflict=count[IngestStatus.CONFLICT],
         rejected=count[IngestStatus.REJECTED],
         results=results,
     )
