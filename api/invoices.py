@@ -113,10 +113,9 @@ async def pay_invoice(
 
     Retries are safe with an id: `payment_id`, which defaults to the `Idempotency-Key`
     header. Sending the same payment again (same id, invoice and amount) records nothing
-    and answers as the first time did (with `Idempotency-Key`: the stored first answer;
-    otherwise `applied: false` once the contract's workflow no longer holds the first
-    answer). A payment with neither id is recorded, but a retry of it would be recorded
-    again: always send one.
+    and answers as the first time did (the ledger keeps each payment's first answer).
+    The same id with another invoice or amount is a **409**. A payment with neither id
+    is recorded, but a retry of it would be recorded again: always send one.
 
     **504**/**503** with `Retry-After`: billow could not tell within its deadline whether
     the payment was recorded (or the contract's workflow has not caught up with this
@@ -180,10 +179,9 @@ def _update_id(invoice_key: str, payment: PaymentIn) -> str:
 
     With a payment id it is the payment's identity (id, invoice, amount): a retry
     of an update that is still running, or that Temporal still remembers, attaches
-    to it and gets the first answer, where a new update would answer "already
-    recorded" (`applied: false`) for a payment that the first one recorded. A
-    different invoice or amount under the same id is a different update (which
-    the ledger then judges). Without an id every send is its own payment.
+    to it and gets the first answer without running again. A different invoice or
+    amount under the same id is a different update, which the ledger refuses as a
+    conflict. Without an id every send is its own payment.
     """
     if payment.payment_id is None:
         return f"pay:{uuid.uuid4().hex}"

@@ -325,7 +325,8 @@ class PaymentOut(BaseModel):
     status: str
     amount_paid: DecimalStr
     paid_on: date | None
-    applied: bool = Field(description="False when this payment_id was already recorded.")
+    applied: bool = Field(description="Whether this payment was recorded; a resend of the "
+                          "same payment answers as the first time.")
     recorded_via: Literal["workflow", "ledger"] = Field(
         description="'workflow': the running contract's `pay` update; 'ledger': recorded "
                     "directly because the contract's workflow has closed.")

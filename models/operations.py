@@ -194,7 +194,7 @@ class PaymentResult(BaseModel):
     status: str
     amount_paid: Decimal
     paid_on: date | None
-    applied: bool  # False when the payment key was already recorded
+    applied: bool  # as the first recording answered (a resend gets the first answer)
 
 
 class ChargeRequest(BaseModel):

@@ -530,7 +530,7 @@ def invoice_pay(
     out.print(_kv_table(f"Payment on {result['invoice_number']}", [
         ("status", result["status"]), ("amount paid", result["amount_paid"]),
         ("paid on", result.get("paid_on") or "-"),
-        ("recorded", "yes" if result["applied"] else "no (payment id already recorded)"),
+        ("recorded", "yes" if result["applied"] else "no"),
         ("via", result["recorded_via"]),
     ]))
 

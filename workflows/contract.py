@@ -626,6 +626,8 @@ class ContractWorkflow:
         inv = st.invoice(payment.invoice_key)
         if inv is None:
             return
+        if payment.amount_paid < inv.amount_paid:
+            return  # the first answer to a resent payment: this state is newer
         st.put_invoice(
             inv.model_copy(
                 update={
