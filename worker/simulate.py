@@ -246,7 +246,7 @@ async def simulate_on(
                 await compact_usage(raw, before=utc_midnight(_utc_day_after(until)))
         handle = env.client.get_workflow_handle(started.workflow_id)
         first = local_date(await env.get_current_time(), tz)
-        progress.phase("simulating the term")
+        progress.phase(f"simulating {first} → {until}")
 
         def show(now: datetime) -> None:
             progress.simulated(local_date(now, tz), first, until)
