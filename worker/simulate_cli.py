@@ -36,9 +36,10 @@ from models.contract import Contract, load_contract_file, resolve_terms
 from models.errors import BillowValidationError, Problem
 from models.timeline import load_timeline_file
 from models.usage import parse_usage_jsonl
-from worker.binaries import MissingBinaryError
+from worker.binaries import MissingBinaryError, temporal_test_server
+from worker.main import exit_now
 from worker.settings import Settings
-from worker.simulate import SimulationInput, SimulationProgress, run_simulation
+from worker.simulate import SimulationInput, SimulationProgress, SimulationResult, run_simulation
 
 EXIT_FAILED = 1
 EXIT_INPUT = 2
@@ -193,11 +194,18 @@ def run_simulate_command(
     except InputError as exc:
         return _report_input_error(exc, as_json)
     try:
-        with ConsoleProgress(err) as progress:
-            result = asyncio.run(run_simulation(sim, settings.database_url, progress))
+        temporal_test_server()  # before starting anything
     except MissingBinaryError as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return EXIT_FAILED
+    with ConsoleProgress(err) as progress:
+        result = asyncio.run(run_simulation(sim, settings.database_url, progress))
+    # Like `billow worker`: the Temporal SDK's core threads must not meet the
+    # interpreter's finalization (worker/main.py `run_worker`).
+    exit_now(_print_result(result, as_json))
+
+
+def _print_result(result: SimulationResult, as_json: bool) -> int:
     for r in result.ingest.results:
         if r.status != "accepted":
             err.print(
