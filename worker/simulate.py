@@ -298,11 +298,13 @@ async def advance_to(
 ) -> None:
     """Skip time forward to ``at`` (no-op if already past).
 
-    With ``show``, in steps of at most `PROGRESS_STEP`, calling it after each.
+    With ``show``, in steps of `PROGRESS_STEP` (or a hundredth of the way,
+    if longer: a 100-year term stays quick), calling it after each.
     """
     now = await env.get_current_time()
+    chunk = max(PROGRESS_STEP, (at - now) / 100)
     while at > now:
-        step = at - now if show is None else min(at - now, PROGRESS_STEP)
+        step = at - now if show is None else min(at - now, chunk)
         await env.sleep(step)
         now += step
         if show is not None:
