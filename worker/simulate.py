@@ -57,6 +57,7 @@ from worker.contract_service import start_contract
 from worker.main import build_worker
 from worker.temporal_envs import start_time_skipping
 from workflows.contract import ContractWorkflow, PaymentInput
+from workflows.contract_state import amend_update_id
 
 TASK_QUEUE = "billow-simulate"
 BATCH = 10_000
@@ -355,7 +356,7 @@ async def send_action(handle: WorkflowHandle[Any, Any], action: TimelineAction) 
             # (`settle`): its default `effective` is `at` (SPEC.md section 7).
             amendment = action.amendment.model_copy(update={"received_at": action.at})
             _ = await handle.execute_update(
-                ContractWorkflow.amend, amendment, id=f"amend:{amendment.id}"
+                ContractWorkflow.amend, amendment, id=amend_update_id(amendment)
             )
     except WorkflowUpdateFailedError as exc:
         return update_problems(exc)

@@ -250,6 +250,17 @@ def amendment_digest(amendment: Amendment) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def amend_update_id(amendment: Amendment) -> str:
+    """The Temporal update id to send ``amendment`` under.
+
+    Temporal answers a repeated update id from its cache without running the
+    validator: the id carries the content, so a resend with the same content
+    gets the first answer and the same amendment id with other content reaches
+    the workflow, which refuses it as a conflict.
+    """
+    return f"amend:{amendment.id}:{amendment_digest(amendment)[:16]}"
+
+
 def validate_amendment(state: ContractState, amendment: Amendment, now: datetime) -> None:
     """Raise BillowValidationError if ``amendment`` cannot apply to this contract.
 
