@@ -146,6 +146,16 @@ def invoice_finalized(invoice: IssuedInvoice | None, *, new: bool = True) -> Non
     _guarded("invoice_finalized", record)
 
 
+UNAPPLIED_PAYMENTS = _counter(
+    "billow_unapplied_payments",
+    "Charges a gateway accepted that their invoice refused (paid meanwhile): kept for ops.",
+)
+
+
+def unapplied_payment() -> None:
+    _guarded("unapplied_payment", UNAPPLIED_PAYMENTS.inc)
+
+
 def invoice_held() -> None:
     _guarded("invoice_held", INVOICES_HELD.inc)
 

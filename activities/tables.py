@@ -300,6 +300,25 @@ class Payment(SQLModel, table=True):
     created_at: datetime = _now_column()
 
 
+class UnappliedPayment(SQLModel, table=True):
+    """Money a gateway took that its invoice refused (paid another way meanwhile)."""
+
+    __tablename__ = "unapplied_payments"
+    __table_args__ = (
+        UniqueConstraint("contract_id", "payment_key", name="uq_unapplied_payments_contract_key"),
+    )
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
+    contract_id: str = Field(foreign_key="contracts.id")
+    payment_key: str
+    invoice_key: str
+    amount: Decimal = _numeric()
+    received_on: date
+    method: str
+    gateway_ref: str | None = None
+    reason: str
+    created_at: datetime = _now_column()
+
+
 class JournalEntry(SQLModel, table=True):
     __tablename__ = "journal_entries"
     id: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))

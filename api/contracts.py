@@ -238,6 +238,8 @@ async def get_contract(contract_id: str, deps: Deps) -> ContractState:
         invoices=[summary_from_issued(view.contract_id, i) for i in view.invoices],
         amendments=list(view.applied_amendment_ids),
         pending_amendments=list(view.pending_amendments),
+        dropped_amendments=list(view.dropped_amendments),
+        unapplied_payments=list(view.unapplied_payments),
     )
 
 

@@ -19,6 +19,7 @@ from models.bounds import BoundedPositive, Id
 from models.contract import Contract, ContractTerms
 from models.money import DecimalStr
 from models.operations import ContractStatus
+from workflows.contract_state import DroppedAmendment, UnappliedPayment
 
 _IN = ConfigDict(extra="forbid")
 
@@ -170,6 +171,14 @@ class ContractState(BaseModel):
     invoices: list[InvoiceSummary]
     amendments: list[str] = Field(description="Ids of the amendments applied or scheduled.")
     pending_amendments: list[str] = Field(description="Ids scheduled for a later instant.")
+    dropped_amendments: list[DroppedAmendment] = Field(
+        default_factory=list,
+        description="Scheduled amendments that no longer applied when they fell due, with "
+                    "the reason (SPEC.md section 7).")
+    unapplied_payments: list[UnappliedPayment] = Field(
+        default_factory=list,
+        description="Money a gateway took after its invoice was paid another way: kept "
+                    "for ops to refund or apply.")
     unbilled_usage_events: int = Field(
         default=0,
         description="Events inside an ended term that arrived after its final invoice: "

@@ -258,6 +258,9 @@ def contract_show(
         ("needs attention", result.get("attention") or "no"),
         ("overdue invoice", "yes" if result["has_overdue_invoice"] else "no"),
         ("amendments", ", ".join(result["amendments"]) or "-"),
+        *[(f"dropped {d['id']}", d["reason"]) for d in result.get("dropped_amendments", [])],
+        *[(f"unapplied {u['invoice_key']}", f"{u['amount']} {result['currency']}: refund or "
+           "apply") for u in result.get("unapplied_payments", [])],
         ("source", result["source"]), ("Temporal UI", result["temporal_ui_url"]),
     ]))
     if result["invoices"]:

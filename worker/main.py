@@ -56,6 +56,8 @@ def activities_for(engine: AsyncEngine, gateway: PaymentGateway) -> Sequence[Any
         ledger.expire_credits,
         ledger.reserve_term_extension,
         payments.charge_invoice,
+        payments.charge_card,
+        payments.record_charge,
         usage.compact_usage,
     ]
 

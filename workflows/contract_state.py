@@ -114,6 +114,15 @@ class DroppedAmendment(BaseModel):
     at: AwareDatetime
 
 
+class UnappliedPayment(BaseModel):
+    """Money the gateway took that its invoice refused (paid another way meanwhile)."""
+
+    payment_key: str
+    invoice_key: str
+    amount: Decimal
+    reason: str
+
+
 class ContractState(BaseModel):
     contract: Contract
     terms: ContractTerms
@@ -137,6 +146,7 @@ class ContractState(BaseModel):
     # Answers given per amendment id (absent for ids applied by runs before it existed).
     amendment_records: list[AmendmentRecord] = Field(default_factory=list)
     dropped_amendments: list[DroppedAmendment] = Field(default_factory=list)
+    unapplied_payments: list[UnappliedPayment] = Field(default_factory=list)
     credit_balance: Decimal = Decimal(0)
     attention: str | None = None
     terminated_at: AwareDatetime | None = None
