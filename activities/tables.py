@@ -132,8 +132,9 @@ class UsageEvent(SQLModel, table=True):
     quantity: Decimal = _numeric()
     dimensions: dict[str, str] = _jsonb()
     # Inserting transaction id (xid8 as bigint). Rating includes events whose
-    # transaction precedes the snapshot's xmin, a watermark that is safe
-    # against commit reordering (see activities/rating.py).
+    # transaction precedes the usage watermark, which is safe against commit
+    # reordering (activities/usage_query.py `read_watermark`; the trigger of
+    # migration 0005_usage_ingest_lock marks every inserting transaction).
     txid: int = Field(
         sa_column=Column(
             BigInteger, nullable=False, server_default=text("(pg_current_xact_id()::text)::bigint")
@@ -277,15 +278,44 @@ class CreditLedgerEntry(SQLModel, table=True):
 
 
 class Payment(SQLModel, table=True):
+    """One payment; its id is unique within its contract (SPEC 10)."""
+
     __tablename__ = "payments"
+    __table_args__ = (
+        UniqueConstraint("contract_id", "payment_key", name="uq_payments_contract_payment_key"),
+    )
     id: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
-    payment_key: str = Field(unique=True)
+    payment_key: str
     contract_id: str = Field(foreign_key="contracts.id")
     invoice_id: int = Field(sa_type=BigInteger, foreign_key="invoices.id", index=True)
     amount: Decimal = _numeric()
     received_on: date
     method: str
     gateway_ref: str | None = None
+    # The invoice as this payment left it: what a resend answers (NULL for
+    # payments recorded before migration 0006_payment_keys_per_contract).
+    result_status: str | None = None
+    result_amount_paid: Decimal | None = _numeric(nullable=True)
+    result_paid_on: date | None = None
+    created_at: datetime = _now_column()
+
+
+class UnappliedPayment(SQLModel, table=True):
+    """Money a gateway took that its invoice refused (paid another way meanwhile)."""
+
+    __tablename__ = "unapplied_payments"
+    __table_args__ = (
+        UniqueConstraint("contract_id", "payment_key", name="uq_unapplied_payments_contract_key"),
+    )
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
+    contract_id: str = Field(foreign_key="contracts.id")
+    payment_key: str
+    invoice_key: str
+    amount: Decimal = _numeric()
+    received_on: date
+    method: str
+    gateway_ref: str | None = None
+    reason: str
     created_at: datetime = _now_column()
 
 

@@ -48,7 +48,7 @@ from worker.contract_service import (
     workflow_id,
 )
 from workflows.contract import AmendmentResult, ContractView
-from workflows.contract_state import amendment_digest
+from workflows.contract_state import amend_update_id
 
 log = logging.getLogger("billow.api")
 
@@ -238,6 +238,8 @@ async def get_contract(contract_id: str, deps: Deps) -> ContractState:
         invoices=[summary_from_issued(view.contract_id, i) for i in view.invoices],
         amendments=list(view.applied_amendment_ids),
         pending_amendments=list(view.pending_amendments),
+        dropped_amendments=list(view.dropped_amendments),
+        unapplied_payments=list(view.unapplied_payments),
     )
 
 
@@ -282,10 +284,7 @@ async def post_amendment(
             deps.workflow_timeout_seconds
         ):
             result: AmendmentResult = await handle.execute_update(
-                # Temporal answers a repeated update id from its cache without
-                # validating again: the id carries the content, so the same id with
-                # other content reaches the workflow and is refused as a conflict.
-                "amend", amendment, id=f"amend:{amendment.id}:{amendment_digest(amendment)[:16]}",
+                "amend", amendment, id=amend_update_id(amendment),
                 result_type=AmendmentResult,
             )
     except WorkflowUpdateFailedError as exc:

@@ -22,7 +22,13 @@ from activities.ledger_store import lock_contract
 from api.contracts import update_problem
 from api.deps import AppDeps, get_deps
 from api.idempotency import IdempotencyKeyHeader
-from api.problems import ProblemError, not_found, problem_responses, validation_problem
+from api.problems import (
+    ProblemError,
+    not_found,
+    payment_conflict,
+    problem_responses,
+    validation_problem,
+)
 from api.queries import invoice_by_number, invoice_summaries, outstanding
 from api.schemas import InvoiceDetail, InvoiceList, PaymentIn, PaymentOut
 from api.security import require_scope
@@ -107,10 +113,9 @@ async def pay_invoice(
 
     Retries are safe with an id: `payment_id`, which defaults to the `Idempotency-Key`
     header. Sending the same payment again (same id, invoice and amount) records nothing
-    and answers as the first time did (with `Idempotency-Key`: the stored first answer;
-    otherwise `applied: false` once the contract's workflow no longer holds the first
-    answer). A payment with neither id is recorded, but a retry of it would be recorded
-    again: always send one.
+    and answers as the first time did (the ledger keeps each payment's first answer).
+    The same id with another invoice or amount is a **409**. A payment with neither id
+    is recorded, but a retry of it would be recorded again: always send one.
 
     **504**/**503** with `Retry-After`: billow could not tell within its deadline whether
     the payment was recorded (or the contract's workflow has not caught up with this
@@ -142,6 +147,8 @@ async def pay_invoice(
                     id=_update_id(row.key, payment), result_type=PaymentResult,
                 )
         except WorkflowUpdateFailedError as exc:
+            if (conflict := payment_conflict(exc)) is not None:
+                raise conflict from exc
             problem = update_problem(exc, "InvalidPayment", "invalid-payment", "Invalid payment")
             if "already" in problem.detail:
                 problem.status, problem.slug = 409, "invoice-settled"
@@ -172,10 +179,9 @@ def _update_id(invoice_key: str, payment: PaymentIn) -> str:
 
     With a payment id it is the payment's identity (id, invoice, amount): a retry
     of an update that is still running, or that Temporal still remembers, attaches
-    to it and gets the first answer, where a new update would answer "already
-    recorded" (`applied: false`) for a payment that the first one recorded. A
-    different invoice or amount under the same id is a different update (which
-    the ledger then judges). Without an id every send is its own payment.
+    to it and gets the first answer without running again. A different invoice or
+    amount under the same id is a different update, which the ledger refuses as a
+    conflict. Without an id every send is its own payment.
     """
     if payment.payment_id is None:
         return f"pay:{uuid.uuid4().hex}"
@@ -194,8 +200,9 @@ async def _refuse_settled(conn: AsyncConnection, row: Any, payment_id: str | Non
     if row.status not in (InvoiceStatus.PAID, InvoiceStatus.VOID):
         return
     if payment_id is not None:
-        known = await conn.scalar(text("SELECT 1 FROM payments WHERE payment_key = :k"),
-                                  {"k": payment_id})
+        known = await conn.scalar(
+            text("SELECT 1 FROM payments WHERE contract_id = :c AND payment_key = :k"),
+            {"c": row.contract_id, "k": payment_id})
         if known is not None:
             return  # a resend: answered with the invoice as it stands
     raise ProblemError(409, "invoice-settled", "Invoice settled",
@@ -219,6 +226,8 @@ async def _record_in_ledger(deps: AppDeps, row: Any, payment: PaymentIn) -> Paym
                 amount=payment.amount, received_on=local_date(datetime.now(UTC), tz or "UTC"),
             ))
         except ApplicationError as exc:  # more than the invoice still owes
+            if (conflict := payment_conflict(exc)) is not None:
+                raise conflict from exc
             raise ProblemError(422, "validation", "Invalid payment", str(exc),
                                [("amount", str(exc))]) from exc
 

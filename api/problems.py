@@ -29,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from temporalio.exceptions import ApplicationError
 
 from models.amendments import Amendment
 from models.errors import BillowValidationError, join_path
@@ -132,6 +133,26 @@ def validation_problem(
 
 def from_billow_error(exc: BillowValidationError, prefix: str = "") -> ProblemError:
     return validation_problem([(join_path(prefix, p), r) for p, r in exc.problems])
+
+
+# The ledger's field names in a PaymentConflict, as the payment request names them.
+_PAYMENT_FIELDS = {"invoice": "path.number", "amount": "amount"}
+
+
+def payment_conflict(exc: BaseException | None) -> ProblemError | None:
+    """A 409 for a ledger ``PaymentConflict`` (a payment id sent again with
+    another invoice or amount) anywhere in ``exc``'s cause chain: the
+    workflow's ``pay`` update wraps the activity's failure."""
+    while exc is not None:
+        if isinstance(exc, ApplicationError) and exc.type == "PaymentConflict":
+            errors = []
+            for part in exc.message.split("; "):
+                field, _, reason = part.partition(": ")
+                errors.append((_PAYMENT_FIELDS.get(field, field), reason))
+            return ProblemError(409, "payment-conflict", "Payment id already used",
+                                exc.message, errors)
+        exc = exc.__cause__ or getattr(exc, "cause", None)
+    return None
 
 
 def not_found(what: str, detail: str, field: str = "") -> ProblemError:

@@ -40,7 +40,9 @@ async def post_usage(
 
     - `accepted`: stored now;
     - `duplicate`: its id was stored before (events are deduplicated by id for all time)
-      or appeared earlier in this batch — the first one wins, nothing is updated;
+      or appeared earlier in this batch, with the same content — a resend, stored once;
+    - `conflict`: its id was stored (or appeared earlier in this batch) with other
+      content; the reason names each differing field, nothing is stored or updated;
     - `rejected`: invalid (the reason names the field), unknown customer, or a meter the
       customer's contracts do not know.
 

@@ -47,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
     from models.invoices import due_on
     from models.operations import (
         ActivityName,
+        CardCharge,
         ChargeRequest,
         ChargeResult,
         ClosePeriodRequest,
@@ -76,6 +77,7 @@ with workflow.unsafe.imports_passed_through():
         ContractState,
         DroppedAmendment,
         PendingAmendment,
+        UnappliedPayment,
         amendment_digest,
         apply_terms_amendment,
         check_amendment,
@@ -144,6 +146,7 @@ class ContractView(BaseModel):
     applied_amendment_ids: list[str]
     pending_amendments: list[str] = Field(default_factory=list)
     dropped_amendments: list[DroppedAmendment] = Field(default_factory=list)
+    unapplied_payments: list[UnappliedPayment] = Field(default_factory=list)
 
 
 def _rejected(exc: BillowValidationError) -> ApplicationError:
@@ -594,12 +597,12 @@ class ContractWorkflow:
                 attempt=attempt,
                 on=st.local_date(workflow.now()),
             )
-        result: ChargeResult | None
+        charge: CardCharge | None
         try:
-            result = await workflow.execute_activity(
-                ActivityName.CHARGE_INVOICE.value,
+            charge = await workflow.execute_activity(
+                ActivityName.CHARGE_CARD.value,
                 request,
-                result_type=ChargeResult,
+                result_type=CardCharge,
                 start_to_close_timeout=_SHORT,
                 retry_policy=_CHARGE_RETRY,
                 summary=f"charge {request.invoice_key} (attempt {attempt})",
@@ -607,10 +610,36 @@ class ContractWorkflow:
         except ActivityError as exc:
             workflow.logger.warning("charge %s attempt %d failed, counted as declined: %s",
                                     request.invoice_key, attempt, _refusal(exc))
-            result = None
+            charge = None
         async with self._lock:
-            if result is not None and result.payment is not None:
-                self._paid(result.payment)
+            if charge is not None and charge.accepted:
+                # Money taken is always recorded: on the invoice, or (paid
+                # meanwhile) as an unapplied payment for ops; a ledger step
+                # that retries until the database takes it.
+                recorded = await self._call(
+                    ActivityName.RECORD_CHARGE,
+                    PaymentRequest(
+                        contract_id=request.contract_id,
+                        invoice_key=request.invoice_key,
+                        payment_key=request.idempotency_key,
+                        amount=request.amount,
+                        received_on=request.on,
+                        method=charge.method,
+                        gateway_ref=charge.reference,
+                    ),
+                    ChargeResult,
+                    summary=f"record charge {request.invoice_key} (attempt {attempt})",
+                )
+                if recorded.payment is not None:
+                    self._paid(recorded.payment)
+                elif recorded.unapplied:
+                    st.unapplied_payments.append(UnappliedPayment(
+                        payment_key=request.idempotency_key, invoice_key=request.invoice_key,
+                        amount=request.amount, reason=recorded.reason or "",
+                    ))
+                    self._publish()
+                if collection in st.collections:
+                    collection.next_charge_at = None  # charged: nothing to retry
                 return
             if collection not in st.collections:
                 return
@@ -626,6 +655,8 @@ class ContractWorkflow:
         inv = st.invoice(payment.invoice_key)
         if inv is None:
             return
+        if payment.amount_paid < inv.amount_paid:
+            return  # the first answer to a resent payment: this state is newer
         st.put_invoice(
             inv.model_copy(
                 update={
@@ -947,6 +978,7 @@ class ContractWorkflow:
             applied_amendment_ids=list(st.applied_amendment_ids),
             pending_amendments=[p.amendment.id for p in st.pending_amendments],
             dropped_amendments=list(st.dropped_amendments),
+            unapplied_payments=list(st.unapplied_payments),
         )
 
     # --- plumbing --------------------------------------------------------------
@@ -1115,6 +1147,11 @@ class ContractWorkflow:
             lines.append(f"**Next boundary:** {st.open_period.end_date.isoformat()}")
         if st.attention:
             lines.append(f"**Needs attention:** {st.attention}")
+        if st.unapplied_payments:
+            total = sum((u.amount for u in st.unapplied_payments), Decimal(0))
+            lines.append(f"**Unapplied payments:** {len(st.unapplied_payments)} ({total} "
+                         f"{st.terms.currency}) taken by the gateway after their invoice was "
+                         "paid: refund or apply")
         if open_invoices:
             lines.append("**Open invoices:**")
             lines += [

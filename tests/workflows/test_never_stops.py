@@ -327,3 +327,72 @@ async def test_an_extension_into_another_contract_on_a_shared_meter_is_refused(
     assert "term_months" in refused.message
     assert state.terms.term_months == 12 and state.applied_amendment_ids == []
     assert str(end) == "2028-01-01"
+
+
+async def test_an_amendment_after_the_term_ended_is_refused_naming_a_field(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    """Found by the random-lifecycle test: the workflow still runs to collect an
+    unpaid invoice, and its refusal of a late amendment named no field."""
+    async with ContractRun(ts_env, db, contract_doc(term_months=1)) as run:
+        await run.advance_to(at("2027-02-05"))
+        refused = await _refusal(run, {"id": "late", "kind": "set_auto_pay", "auto_pay": True})
+    assert refused.details and refused.details[0][0]["field"] == "effective"
+    assert "has ended" in refused.message
+
+
+class WireArrivesDuringTheCharge:
+    """A card gateway that accepts, while a wire for the same invoice lands in the
+    ledger in the meantime (the charge runs outside the contract's lock)."""
+
+    name = "simulated_card"
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.calls = 0
+
+    async def charge(self, *, customer_id: str, amount: Decimal, currency: str,
+                     idempotency_key: str) -> Any:
+        from activities.ledger import record_payment_in
+        from activities.payments import GatewayResult
+        from models.operations import PaymentRequest
+
+        self.calls += 1
+        invoice_key = idempotency_key.split(":", 2)[2].rsplit(":", 1)[0]
+        async with self.engine.begin() as conn:
+            await record_payment_in(conn, PaymentRequest(
+                contract_id="c-1", invoice_key=invoice_key, payment_key="wire-77",
+                amount=amount, received_on=at("2027-02-01").date()))
+        return GatewayResult(accepted=True, reference="card-ref-1")
+
+
+async def test_money_a_gateway_took_for_a_paid_invoice_is_recorded_and_flagged(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    """Issue 12 case 11: never only logged. Kept as an unapplied payment with
+    its journal entry, shown on the contract, and never charged again."""
+    gateway = WireArrivesDuringTheCharge(db)
+    async with ContractRun(ts_env, db, contract_doc(term_months=2, auto_pay=True),
+                           gateway=gateway) as run:
+        await run.advance_to(at("2027-02-12"))
+        state = await run.state()
+        jan = await run.invoice("usage:2027-01-01")
+        unapplied = await run.scalar(
+            "SELECT amount FROM unapplied_payments WHERE payment_key = "
+            "'charge:c-1:usage:2027-01-01:1'")
+        cash = await run.scalar(
+            "SELECT sum(l.debit - l.credit) FROM journal_lines l "
+            "WHERE l.account = 'cash'")
+        imbalance = await run.scalar(
+            "SELECT sum(debit) - sum(credit) FROM journal_lines")
+        async with db.connect() as conn:
+            payments = list((await conn.execute(text(
+                "SELECT payment_key FROM payments ORDER BY id"))).scalars())
+        await _no_failed_tasks(run)
+    assert (jan["status"], jan["total"], payments) == ("paid", "500.00", ["wire-77"])
+    assert unapplied == Decimal("500.00")
+    assert cash == Decimal("1000.00")  # the wire and the card: both are in the bank
+    assert imbalance == 0
+    assert [(u.invoice_key, u.amount) for u in state.unapplied_payments] == [
+        ("usage:2027-01-01", Decimal("500.00"))]
+    assert gateway.calls == 1
