@@ -414,7 +414,7 @@ def actions(draw: st.DrawFn, contract: dict[str, Any], currency: str) -> list[di
     pay_ids: list[str] = []
     sent_events: list[dict[str, Any]] = []
     n_events = 0
-    for n in range(draw(st.integers(0, 8))):
+    for n in range(draw(st.integers(0, 12))):
         at = draw(instants(points))
         what = draw(st.sampled_from(["amend", "amend", "amend", "pay", "usage", "usage",
                                      "resend"]))

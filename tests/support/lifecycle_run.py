@@ -34,11 +34,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio import activity
 from temporalio.api.common.v1 import WorkflowExecution
@@ -78,7 +80,7 @@ from worker.main import WORKFLOWS, activities_for
 from worker.simulate import advance_to, ingest_all, settle
 from worker.temporal_envs import register_search_attributes, start_time_skipping
 from workflows.contract import ContractView, ContractWorkflow, PaymentInput
-from workflows.contract_state import amendment_digest
+from workflows.contract_state import amend_update_id
 
 TASK_QUEUE = "lifecycle-fuzz"
 FAILED_ATTEMPTS_LIMIT = 4  # 4 failed attempts = 3 retries done and a 4th coming
@@ -351,15 +353,17 @@ async def _send(env: WorkflowEnvironment, engine: AsyncEngine, handle: WorkflowH
                                handle.signal(ContractWorkflow.amend_signal, amendment))
         # The API's update id: the id and the content, so Temporal's update
         # cache never answers a different amendment sent under the same id.
-        update_id = f"amend:{amendment.id}:{amendment_digest(amendment)[:16]}"
         return await _call(i, at, do, doc, handle.execute_update(
-            ContractWorkflow.amend, amendment, id=update_id))
+            ContractWorkflow.amend, amendment, id=amend_update_id(amendment)))
     payment = await _resolve_payment(handle, action)
     if isinstance(payment, Answer):
         payment.index, payment.at = i, at
         return payment
+    # The API's update id (api/invoices.py): a payment's identity, or a fresh one.
+    update_id = (f"pay:{uuid.uuid4().hex}" if payment.payment_id is None else
+                 f"pay:{payment.payment_id}:{payment.invoice}:{payment.amount.normalize():f}")
     return await _call(i, at, do, payment.model_dump(mode="json"),
-                       handle.execute_update(ContractWorkflow.pay, payment))
+                       handle.execute_update(ContractWorkflow.pay, payment, id=update_id))
 
 
 async def _call(i: int, at: str, do: str, sent: Any, call: Any) -> Answer:
@@ -430,7 +434,11 @@ async def _resolve_payment(handle: WorkflowHandle[Any, Any],
         amount = amounts.get(action["amount"]) or Decimal(action["amount"])
     except InvalidOperation:
         amount = Decimal(1)
-    return PaymentInput(invoice=key, amount=amount, payment_id=action.get("payment_id"))
+    try:
+        return PaymentInput(invoice=key, amount=amount, payment_id=action.get("payment_id"))
+    except ValidationError as exc:  # the API refuses the body (422) naming the field
+        return Answer(0, "", "pay", "refused", message=str(exc)[:300], problems=[
+            (".".join(str(x) for x in e["loc"]), e["msg"]) for e in exc.errors()])
 
 
 async def _status(client: Client, workflow_id: str) -> WorkflowExecutionStatus | None:
@@ -501,7 +509,28 @@ def _failure_detail(e: Any) -> str:
 
 async def _observe(env: WorkflowEnvironment, handle: WorkflowHandle[Any, Any],
                    out: Outcome, wait_s: float) -> None:
-    """Histories of every run, the latest run's status, and the state query."""
+    """The state query, histories of every run and the latest run's status.
+
+    The query goes first and the history is read again while its last task is
+    still in flight: the horizon can fall in the instant a timer fires, and a
+    history read mid-task shows the workflow between two timers."""
+    try:
+        out.view = (await _view(handle, wait_s)).model_dump(mode="json")
+    except Exception as exc:
+        out.query_error = f"{type(exc).__name__}: {exc}"[:500]
+    for _ in range(20):
+        out.histories = await _histories(env, handle, wait_s)
+        last = out.histories[-1].events[-1][0] if out.histories else ""
+        if out.aborted or last not in ("WORKFLOW_TASK_SCHEDULED", "WORKFLOW_TASK_STARTED"):
+            break
+        await asyncio.sleep(0.25)
+    status = await _status(env.client, handle.id)
+    out.status = status.name if status is not None else None
+
+
+async def _histories(env: WorkflowEnvironment, handle: WorkflowHandle[Any, Any],
+                     wait_s: float) -> list[HistoryRun]:
+    runs: list[HistoryRun] = []
     run_id: str | None = None
     with contextlib.suppress(Exception):
         while True:
@@ -509,14 +538,9 @@ async def _observe(env: WorkflowEnvironment, handle: WorkflowHandle[Any, Any],
             hist = await asyncio.wait_for(h.fetch_history(), wait_s)
             events = [(EventType.Name(e.event_type).removeprefix("EVENT_TYPE_"),
                        _failure_detail(e)) for e in hist.events]
-            out.histories.insert(0, HistoryRun(run_id=hist.run_id, events=events))
+            runs.insert(0, HistoryRun(run_id=hist.run_id, events=events))
             first = hist.events[0].workflow_execution_started_event_attributes
             run_id = first.continued_execution_run_id or None
             if run_id is None:
                 break
-    status = await _status(env.client, handle.id)
-    out.status = status.name if status is not None else None
-    try:
-        out.view = (await _view(handle, wait_s)).model_dump(mode="json")
-    except Exception as exc:
-        out.query_error = f"{type(exc).__name__}: {exc}"[:500]
+    return runs
