@@ -417,7 +417,8 @@ def resends_consistent(o: Outcome) -> list[str]:
                 elif stored_as not in (None, content) and res["status"] != "conflict":
                     out.append(f"event {ev['id'][:30]} resent with other content: "
                                f"{res['status']}, not conflict")
-        elif a.do == "pay" and a.status == "ok" and isinstance(a.sent, dict):
+        elif (a.do == "pay" and a.status == "ok" and isinstance(a.sent, dict)
+              and act.get("via", "update") == "update"):
             pid = a.sent.get("payment_id")
             if pid is None:
                 continue

@@ -95,6 +95,9 @@ class Lifecycle:
     actions: tuple[dict[str, Any], ...]  # sorted by "at"; each has "at" and "do"
     card_declines: int = 0  # auto-pay charges the simulated card declines first
     gateway_failures: int = 0  # calls to the card gateway that fail (it is down)
+    # No workflow cache: every workflow task replays the whole history, so
+    # any nondeterminism (a validator or query that changes state, say) fails.
+    replay: bool = False
     notes: tuple[str, ...] = field(default=())
 
     @property
@@ -104,7 +107,7 @@ class Lifecycle:
     def to_json(self) -> dict[str, Any]:
         return {
             "currency": self.currency, "fee": self.fee, "card_declines": self.card_declines,
-            "gateway_failures": self.gateway_failures,
+            "gateway_failures": self.gateway_failures, "replay": self.replay,
             "contract": self.contract, "actions": list(self.actions),
         }
 
@@ -417,7 +420,7 @@ def actions(draw: st.DrawFn, contract: dict[str, Any], currency: str) -> list[di
     for n in range(draw(st.integers(0, 12))):
         at = draw(instants(points))
         what = draw(st.sampled_from(["amend", "amend", "amend", "pay", "usage", "usage",
-                                     "resend"]))
+                                     "resend", "compact"]))
         if what == "resend" and sent_amendments:
             original = draw(st.sampled_from(sent_amendments))
             amendment = dict(original)
@@ -436,8 +439,12 @@ def actions(draw: st.DrawFn, contract: dict[str, Any], currency: str) -> list[di
             pid = draw(st.sampled_from([None, f"p{n}", *pay_ids]))
             if pid is not None:
                 pay_ids.append(pid)
+            via = "signal" if pid is not None and draw(st.integers(0, 5)) == 0 else "update"
             out.append({"at": iso(at), "do": "pay", "invoice": draw(st.sampled_from(PAY_REFS)),
-                        "amount": draw(st.sampled_from(PAY_AMOUNTS)), "payment_id": pid})
+                        "amount": draw(st.sampled_from(PAY_AMOUNTS)), "payment_id": pid,
+                        "via": via})
+        elif what == "compact":  # the nightly compactor folds the past UTC days
+            out.append({"at": iso(at), "do": "compact"})
         else:
             batch = draw(events(n_events, points, customer))
             n_events += len(batch)
@@ -460,4 +467,5 @@ def lifecycles(draw: st.DrawFn) -> Lifecycle:
     declines = draw(st.sampled_from([0, 0, 1, 5])) if auto_pay else 0
     down = draw(st.sampled_from([0, 0, 0, 2, 1000])) if auto_pay else 0  # known case 9
     return Lifecycle(currency=currency, fee=fee, contract=contract, actions=tuple(timeline),
-                     card_declines=declines, gateway_failures=down)
+                     card_declines=declines, gateway_failures=down,
+                     replay=draw(st.integers(0, 3)) == 0)

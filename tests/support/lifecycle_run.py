@@ -66,6 +66,7 @@ from temporalio.worker import (
 
 from activities.catalog_store import apply_catalog
 from activities.payments import GatewayResult, SimulatedCardGateway
+from activities.usage_rollup import compact_usage, utc_midnight
 from api.workflow_calls import reasons_from_message
 from models.amendments import parse_amendment
 from models.catalog import load_catalog
@@ -237,6 +238,7 @@ async def run_lifecycle(engine: AsyncEngine, lc: Lifecycle, *, budget_s: float =
         env.client, task_queue=TASK_QUEUE, workflows=WORKFLOWS,
         activities=activities_for(engine, gateway), interceptors=[_CountAttempts(recorder)],
         graceful_shutdown_timeout=timedelta(seconds=2),
+        max_cached_workflows=0 if lc.replay else 1000,  # 1000: the SDK's default
     )
     handle: WorkflowHandle[Any, Any] | None = None
     try:
@@ -339,6 +341,12 @@ async def _send(env: WorkflowEnvironment, engine: AsyncEngine, handle: WorkflowH
         return Answer(i, at, do, "refused" if rejected else "ok", result=results,
                       problems=[pair for r in rejected
                                 for pair in reasons_from_message(r.reason or "")])
+    if do == "compact":
+        instant = datetime.fromisoformat(at.replace("Z", "+00:00"))
+        async with engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            folded = await compact_usage(raw, before=utc_midnight(instant))
+        return Answer(i, at, do, "ok", result={"events": folded.events})
     if await _status(env.client, handle.id) != WorkflowExecutionStatus.RUNNING:
         return Answer(i, at, do, "skipped", message="the workflow has closed")
     await settle(env, handle)
@@ -359,6 +367,9 @@ async def _send(env: WorkflowEnvironment, engine: AsyncEngine, handle: WorkflowH
     if isinstance(payment, Answer):
         payment.index, payment.at = i, at
         return payment
+    if action.get("via") == "signal":
+        return await _call(i, at, do, payment.model_dump(mode="json"),
+                           handle.signal(ContractWorkflow.pay_signal, payment))
     # The API's update id (api/invoices.py): a payment's identity, or a fresh one.
     update_id = (f"pay:{uuid.uuid4().hex}" if payment.payment_id is None else
                  f"pay:{payment.payment_id}:{payment.invoice}:{payment.amount.normalize():f}")
