@@ -63,6 +63,9 @@ def run_lifecycle_fuzz(database_url: str, args: FuzzArgs, out: TextIO = sys.stdo
         print(f"failure classes ({len(ranked)}):", file=out)
         for rep in ranked:
             print(f"  [{rep.count}] {rep.signature}", file=out)
+        print("coverage (examples that exercised ...):", file=out)
+        for feature, count in sorted(harness.coverage.items()):
+            print(f"  {feature}: {count}", file=out)
         for rep in ranked[: args.shrink_classes]:
             shrunk = shrink_class(harness, rep.signature, args.examples, args.seed)
             print(f"\n== shrunk: {rep.signature}", file=out)

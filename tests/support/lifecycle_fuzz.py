@@ -33,7 +33,8 @@ from hypothesis import seed as hypothesis_seed
 from activities.db import make_engine
 from tests.support.lifecycle_checks import violations
 from tests.support.lifecycle_gen import Lifecycle, lifecycles
-from tests.support.lifecycle_run import Outcome, run_lifecycle
+from tests.support.lifecycle_outcome import Outcome
+from tests.support.lifecycle_run import run_lifecycle
 from worker.temporal_envs import quiet_runtime
 
 Found = dict[str, list[str]]
@@ -53,6 +54,7 @@ class Harness:
         self.engine = make_engine(database_url)
         self.runtime = quiet_runtime()
         self.memo: dict[str, tuple[Found, str]] = {}
+        self.coverage: dict[str, int] = {}
         self.runs = 0
 
     def run(self, lc: Lifecycle) -> tuple[Outcome, Found]:
@@ -63,6 +65,8 @@ class Harness:
         self.runs += 1
         found = violations(outcome)
         summary = outcome_summary(outcome)
+        for feature in features(outcome):
+            self.coverage[feature] = self.coverage.get(feature, 0) + 1
         self.memo[lc.fingerprint()] = (found, summary)
         if self.log is not None:
             self.log.write(json.dumps({"example": lc.to_json(), "violations": found,
@@ -79,6 +83,36 @@ class Harness:
         asyncio.run_coroutine_threadsafe(self.engine.dispose(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+
+def features(o: Outcome) -> set[str]:
+    """What a run exercised, for the bench's coverage table."""
+    out = {"created" if o.created else "refused at creation"}
+    for a in o.answers:
+        act = o.lifecycle.actions[a.index]
+        kind = act.get("amendment", {}).get("kind", "")
+        out.add(f"{a.do}{' ' + kind if kind else ''}: {a.status}")
+    if len(o.histories) > 1:
+        out.add("continued as new")
+    if o.horizon_capped:
+        out.add("horizon capped")
+    if o.view is not None:
+        if o.view.get("attention"):
+            out.add("held at the end")
+        if o.view.get("dropped_amendments"):
+            out.add("amendment dropped")
+    snap = o.ledger
+    if snap is not None and snap.contract is not None:
+        out.add(f"contract {snap.contract['status']}")
+        for inv in snap.invoices:
+            if inv["number"] is not None:
+                out.add(f"invoice {inv['kind']} {inv['status']}")
+        out |= {f"line {ln['kind']}" for ln in snap.lines}
+        out |= {f"journal {e['kind']}" for e in snap.journal}
+        out |= {f"payment {p['method']}" for p in snap.payments}
+        if snap.unbilled_events:
+            out.add("unbilled usage")
+    return out
 
 
 def signature(check: str, found: Found) -> str:

@@ -337,7 +337,7 @@ def amendments(draw: st.DrawFn, n: int, currency: str, points: list[tuple[str, d
     kind = draw(st.sampled_from([
         "rate_override", "grant_credits", "grant_credits", "change_billing_cycle",
         "change_payment_terms", "set_auto_pay", "extend_term", "terminate", "terminate"]))
-    a: dict[str, Any] = {"id": _id("a", n, draw(st.sampled_from([-1] * 8 + [0, 1]))),
+    a: dict[str, Any] = {"id": _id("a", n, draw(st.sampled_from([-1] * 18 + [0, 1]))),
                          "kind": kind}
     if draw(st.integers(0, 2)) == 0:
         a["effective"] = iso(draw(instants(points)))
@@ -369,7 +369,8 @@ def amendments(draw: st.DrawFn, n: int, currency: str, points: list[tuple[str, d
     return a
 
 
-PAY_REFS = ("usage#0", "usage#1", "usage#2", "commitment", "top_up#0", "latest", "unknown")
+PAY_REFS = ("usage#0", "usage#1", "usage#2", "commitment", "top_up#0", "latest", "latest",
+            "paid", "unknown")
 PAY_AMOUNTS = ("outstanding", "outstanding", "half", "over", "0", "-1", "0.001",
                "1000000000000000000")
 
@@ -393,7 +394,7 @@ def events(draw: st.DrawFn, n0: int, points: list[tuple[str, datetime]],
         if draw(st.integers(0, 6)) == 0:
             dims["extra"] = "ignored"
         out.append({
-            "id": _id("e", n, draw(st.sampled_from([-1] * 10 + [0, 1]))),
+            "id": _id("e", n, draw(st.sampled_from([-1] * 18 + [0, 1]))),
             "customer": customer,
             "meter": meter,
             "timestamp": iso(draw(instants(points, EVENT_OFFSETS))),

@@ -4,26 +4,23 @@ Each example gets an emptied database (every table truncated, the invoice
 number series reset, as the ``db`` fixture does) and a fresh time-skipping
 Temporal server (~0.1 s; time on a server only moves forward). The worker is
 billow's own (`worker.main.activities_for`, `WORKFLOWS`) plus one activity
-interceptor, and actions are delivered as ``billow simulate`` and the API
-deliver them: usage through `ingest_all`, amendments as the ``amend`` update
-with the API's update id ``amend:<id>:<digest>`` (or the ``amend_signal``
-signal), payments as the ``pay`` update, each one second after its instant
-(`settle`: the
-time-skipping server 1.40 fails a workflow task that cancels a timer in the
-instant it started; see worker/simulate.py). Amendments carry
+interceptor (`lifecycle_outcome.CountAttempts`). Actions are delivered as
+``billow simulate`` and the API deliver them: usage through `ingest_all`,
+amendments as the ``amend`` update with the API's update id (or the
+``amend_signal`` signal), payments as the ``pay`` update with the API's
+update id (or ``pay_signal``), each one second after its instant (`settle`:
+the time-skipping server 1.40 fails a workflow task that cancels a timer in
+the instant it started; see worker/simulate.py). Amendments carry
 ``received_at`` = the action's ``at``, the default ``effective`` in a
-timeline (SPEC.md section 7).
+timeline (SPEC.md section 7). ``compact`` runs the usage compactor.
 
-How "retried more than 3 times" is observed: ledger activities are local
-activities, whose retries leave no history events (one marker at the end),
-so history cannot tell. An activity inbound interceptor sees every attempt
-(`activity.info().attempt`) of every local and regular activity, keyed by
-(run id, activity id), with the exception each failed attempt raised. Four
-failed attempts with a retryable error mean a fifth is coming: that is the
-violation, and the example is stopped right there (waiting for "forever"
-would cost the whole wall budget). A watchdog also reads the history once a
-second and stops the example at the first ``WORKFLOW_TASK_FAILED``: a task
-that fails once fails again on every replay.
+How "retried more than 3 times" is observed: the interceptor sees every
+attempt of every local and regular activity with the exception it raised.
+Four failed attempts with a retryable error mean a fifth is coming: that is
+the violation, and the example is stopped right there (waiting for
+"forever" would cost the whole wall budget). A watchdog also reads the
+history once a second and stops the example at the first
+``WORKFLOW_TASK_FAILED``: a task that fails once fails again on every replay.
 
 Nothing here asserts: the run produces an `Outcome`, and
 `tests.support.lifecycle_checks` judges it.
@@ -35,14 +32,12 @@ import asyncio
 import contextlib
 import time
 import uuid
-from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
-from temporalio import activity
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.workflowservice.v1 import DescribeWorkflowExecutionRequest
@@ -58,14 +53,11 @@ from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import (
-    ActivityInboundInterceptor,
-    ExecuteActivityInput,
-    Interceptor,
     Worker,
 )
 
 from activities.catalog_store import apply_catalog
-from activities.payments import GatewayResult, SimulatedCardGateway
+from activities.payments import SimulatedCardGateway
 from activities.usage_rollup import compact_usage, utc_midnight
 from api.workflow_calls import reasons_from_message
 from models.amendments import parse_amendment
@@ -74,7 +66,15 @@ from models.contract import load_contract
 from models.errors import BillowValidationError
 from models.periods import billing_periods, local_midnight_utc
 from tests.support.lifecycle_gen import Lifecycle
-from tests.support.lifecycle_ledger import LedgerSnapshot, read_ledger, truncate_all
+from tests.support.lifecycle_ledger import read_ledger, truncate_all
+from tests.support.lifecycle_outcome import (
+    Answer,
+    CountAttempts,
+    FailingGateway,
+    HistoryRun,
+    Outcome,
+    Recorder,
+)
 from worker.binaries import temporal_test_server
 from worker.contract_service import start_contract
 from worker.main import WORKFLOWS, activities_for
@@ -84,131 +84,11 @@ from workflows.contract import ContractView, ContractWorkflow, PaymentInput
 from workflows.contract_state import amend_update_id
 
 TASK_QUEUE = "lifecycle-fuzz"
-FAILED_ATTEMPTS_LIMIT = 4  # 4 failed attempts = 3 retries done and a 4th coming
 UPDATE_WALL_S = 30.0
 MAX_PERIODS_AFTER_TIMELINE = 30  # a 100-year term is not run to its end
 # The time-skipping server times a workflow out 10 years after it started (a
 # real server has no default execution timeout): never skip that far.
 MAX_WORKFLOW_AGE = timedelta(days=9 * 365)
-
-
-@dataclass
-class Answer:
-    """What billow answered to one action."""
-
-    index: int
-    at: str
-    do: str
-    status: str  # ok | refused | error | skipped
-    result: Any = None
-    problems: list[tuple[str, str]] = field(default_factory=list)  # (field, reason)
-    message: str | None = None
-    sent: Any = None  # what was actually sent (payments resolved against the state)
-
-
-@dataclass
-class ActivityRecord:
-    run_id: str
-    activity_id: str
-    activity_type: str
-    is_local: bool
-    attempts: int = 0
-    failures: list[str] = field(default_factory=list)
-    retryable_failures: int = 0
-
-
-@dataclass
-class HistoryRun:
-    run_id: str
-    events: list[tuple[str, str]]  # (event type, detail: failure message, timer id ...)
-
-
-@dataclass
-class Outcome:
-    lifecycle: Lifecycle
-    created: bool = False
-    creation: Answer | None = None
-    answers: list[Answer] = field(default_factory=list)
-    activities: list[ActivityRecord] = field(default_factory=list)
-    histories: list[HistoryRun] = field(default_factory=list)
-    status: str | None = None  # the latest run's WorkflowExecutionStatus name
-    view: dict[str, Any] | None = None
-    query_error: str | None = None
-    ledger: LedgerSnapshot | None = None
-    aborted: str | None = None  # why the example was stopped early
-    horizon: datetime | None = None
-    horizon_capped: bool = False
-    started_at: datetime | None = None  # server time the contract was created
-    wall_s: float = 0.0
-
-
-class _Recorder:
-    def __init__(self) -> None:
-        self.records: dict[tuple[str, str], ActivityRecord] = {}
-        self.stuck = asyncio.Event()
-        self.why: str | None = None
-
-    def attempt(self) -> ActivityRecord:
-        info = activity.info()
-        key = (info.workflow_run_id or "", info.activity_id)
-        rec = self.records.setdefault(key, ActivityRecord(
-            run_id=key[0], activity_id=info.activity_id, activity_type=info.activity_type,
-            is_local=info.is_local))
-        rec.attempts = max(rec.attempts, info.attempt)
-        return rec
-
-    def failed(self, rec: ActivityRecord, exc: BaseException) -> None:
-        rec.failures.append(f"{type(exc).__name__}: {exc}"[:400])
-        non_retryable = isinstance(exc, ApplicationError) and exc.non_retryable
-        if isinstance(exc, asyncio.CancelledError) or non_retryable:
-            return
-        rec.retryable_failures += 1
-        if rec.retryable_failures >= FAILED_ATTEMPTS_LIMIT and self.why is None:
-            self.why = (f"activity {rec.activity_type} failed {rec.retryable_failures} times "
-                        f"and is retried again: {rec.failures[-1]}")
-            self.stuck.set()
-
-
-class _CountAttempts(Interceptor):
-    def __init__(self, recorder: _Recorder) -> None:
-        self.recorder = recorder
-
-    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
-        return _AttemptsInbound(next, self.recorder)
-
-
-class _AttemptsInbound(ActivityInboundInterceptor):
-    def __init__(self, next: ActivityInboundInterceptor, recorder: _Recorder) -> None:
-        super().__init__(next)
-        self.recorder = recorder
-
-    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
-        rec = self.recorder.attempt()
-        try:
-            return await super().execute_activity(input)
-        except BaseException as exc:
-            self.recorder.failed(rec, exc)
-            raise
-
-
-@dataclass
-class FailingGateway:
-    """A card gateway that is down for its first ``failures`` calls (known case 9)."""
-
-    failures: int
-    inner: SimulatedCardGateway
-    name: str = "simulated_card"
-
-    async def charge(self, *, customer_id: str, amount: Decimal, currency: str,
-                     idempotency_key: str) -> GatewayResult:
-        if self.failures > 0:
-            self.failures -= 1
-            raise ConnectionError("gateway unreachable")
-        return await self.inner.charge(customer_id=customer_id, amount=amount,
-                                       currency=currency, idempotency_key=idempotency_key)
-
-
-# --- the run ---------------------------------------------------------------------
 
 
 async def time_skipping_env(runtime: Runtime | None) -> WorkflowEnvironment:
@@ -230,13 +110,13 @@ async def run_lifecycle(engine: AsyncEngine, lc: Lifecycle, *, budget_s: float =
     out = Outcome(lifecycle=lc)
     await truncate_all(engine)
     env = await time_skipping_env(runtime)
-    recorder = _Recorder()
+    recorder = Recorder()
     customer = str(lc.contract.get("customer", {}).get("id", ""))
     card = SimulatedCardGateway(declines={customer: lc.card_declines})
     gateway = FailingGateway(lc.gateway_failures, card) if lc.gateway_failures else card
     worker = Worker(
         env.client, task_queue=TASK_QUEUE, workflows=WORKFLOWS,
-        activities=activities_for(engine, gateway), interceptors=[_CountAttempts(recorder)],
+        activities=activities_for(engine, gateway), interceptors=[CountAttempts(recorder)],
         graceful_shutdown_timeout=timedelta(seconds=2),
         max_cached_workflows=0 if lc.replay else 1000,  # 1000: the SDK's default
     )
@@ -275,7 +155,7 @@ async def run_lifecycle(engine: AsyncEngine, lc: Lifecycle, *, budget_s: float =
 
 
 async def _watch(env: WorkflowEnvironment, lc: Lifecycle, out: Outcome,
-                 recorder: _Recorder) -> str:
+                 recorder: Recorder) -> str:
     """Return (and so stop the example) at the first sign it can never finish."""
     wf_id = f"contract:{lc.contract['id']}"
     while True:
@@ -426,7 +306,12 @@ async def _resolve_payment(handle: WorkflowHandle[Any, Any],
         return Answer(0, "", "pay", "error", message=f"state query: {type(exc).__name__}: {exc}")
     ref = action["invoice"]
     kind, _, nth = ref.partition("#")
-    candidates = [inv for inv in view.invoices if inv.kind == kind or ref == "latest"]
+    # ``usage#1``: the second usage invoice still owing (else of all of them);
+    # ``paid``: one already paid (the refusal is the point).
+    of_kind = [inv for inv in view.invoices if inv.kind == kind or ref in ("latest", "paid")]
+    owing = [inv for inv in of_kind if inv.status in ("open", "overdue")]
+    settled = [inv for inv in of_kind if inv.status == "paid"]
+    candidates = settled if ref == "paid" else owing or of_kind
     chosen = None
     if kind == "unknown":
         key = "usage:1999-01-01"

@@ -26,7 +26,7 @@ from hypothesis import given
 from tests.support.lifecycle_checks import violations
 from tests.support.lifecycle_fuzz import Harness, describe, fuzz_settings, summary_of
 from tests.support.lifecycle_gen import Lifecycle, lifecycles
-from tests.support.lifecycle_run import ActivityRecord, Answer, Outcome
+from tests.support.lifecycle_outcome import ActivityRecord, Answer, Outcome
 
 CI_EXAMPLES = int(os.environ.get("BILLOW_FUZZ_EXAMPLES", "25"))
 SHRINK = os.environ.get("BILLOW_FUZZ_SHRINK") == "1"
@@ -93,6 +93,7 @@ MUTATIONS: dict[str, Callable[[Outcome], object]] = {
         number="INV-000009"),
     "events_billed_once": lambda o: _line(o, "late_usage").update(quantity=Decimal(11)),
     "journal_matches_invoices": lambda o: o.ledger.payments.clear(),  # type: ignore[union-attr]
+    "invoice_arithmetic": lambda o: _line(o, "fee").update(amount=Decimal("499.99")),
     "periods_tile_term": lambda o: o.ledger.invoices.pop(  # type: ignore[union-attr]
         next(i for i, inv in enumerate(o.ledger.invoices)  # type: ignore[union-attr]
              if inv["key"] == "usage:2027-03-01")),
