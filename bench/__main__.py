@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         "--shrink-classes", type=int, default=5,
         help="failure classes to shrink (most frequent first; 0: none)",
     )
-    fuzz.add_argument("--budget", type=float, default=120.0, help="wall seconds per example")
+    fuzz.add_argument("--budget", type=float, default=300.0, help="wall seconds per example")
     fuzz.add_argument("--log", help="append every example run to this file (JSON lines)")
     for sp in (ing, rat):
         sp.add_argument(

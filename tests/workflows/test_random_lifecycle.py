@@ -34,7 +34,7 @@ SHRINK = os.environ.get("BILLOW_FUZZ_SHRINK") == "1"
 
 @pytest.fixture(scope="module")
 def harness(database_url: str) -> Iterator[Harness]:
-    h = Harness(database_url, budget_s=90.0)
+    h = Harness(database_url, budget_s=180.0)
     yield h
     h.close()
 
