@@ -6,9 +6,10 @@ runs it on a fresh time-skipping server against the emptied test database
 (tests/support/lifecycle_run.py) and checks the run
 (tests/support/lifecycle_checks.py). The CI configuration is bounded and
 derandomized: the same examples on every run, a couple of minutes on two
-cores. ``BILLOW_FUZZ_EXAMPLES`` raises the count; ``BILLOW_FUZZ_SHRINK=1``
-shrinks a failure (minutes: every candidate is a whole run). The long run is
-``python -m bench lifecycle-fuzz --examples N``.
+cores, after the shrunk examples of earlier findings
+(tests/support/lifecycle_regressions.py). ``BILLOW_FUZZ_EXAMPLES`` sets the
+count; ``BILLOW_FUZZ_SHRINK=1`` shrinks a failure (minutes: every candidate is
+a whole run). The long run is ``python -m bench lifecycle-fuzz --examples N``.
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 
 from tests.support.lifecycle_checks import violations
 from tests.support.lifecycle_fuzz import Harness, describe, fuzz_settings, summary_of
 from tests.support.lifecycle_gen import Lifecycle, lifecycles
 from tests.support.lifecycle_outcome import ActivityRecord, Answer, Outcome
+from tests.support.lifecycle_regressions import REGRESSIONS
 
-CI_EXAMPLES = int(os.environ.get("BILLOW_FUZZ_EXAMPLES", "25"))
+CI_EXAMPLES = int(os.environ.get("BILLOW_FUZZ_EXAMPLES", "100"))
 SHRINK = os.environ.get("BILLOW_FUZZ_SHRINK") == "1"
 
 
@@ -123,10 +125,12 @@ def test_the_checks_catch_a_broken_run(harness: Harness) -> None:
 
 
 def test_random_lifecycles_keep_every_invariant(harness: Harness) -> None:
-    @fuzz_settings(CI_EXAMPLES, shrink=SHRINK, derandomize=True)
-    @given(lifecycles())
     def lifecycle_keeps_every_invariant(lc: Lifecycle) -> None:
         found = harness.found(lc)
         assert not found, describe(lc, found, summary_of(harness, lc))
 
-    lifecycle_keeps_every_invariant()
+    # The fuzz's earlier findings run first (hypothesis' explicit phase).
+    prop = given(lifecycles())(lifecycle_keeps_every_invariant)
+    for lc in REGRESSIONS.values():
+        prop = example(lc)(prop)
+    fuzz_settings(CI_EXAMPLES, shrink=SHRINK, derandomize=True)(prop)()
