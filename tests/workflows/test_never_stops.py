@@ -15,6 +15,7 @@ from temporalio.client import WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
+from tests.support.gateways import UnreachableGateway, WireArrivesDuringTheCharge
 from tests.support.scenario import ContractRun, at, contract_doc, event, event_type_counts
 from workflows.contract_state import CHARGE_RETRY_DAYS
 
@@ -211,20 +212,6 @@ async def test_amendments_that_would_overflow_later_are_refused_naming_the_field
     assert [i.key for i in state.invoices] == ["usage:2027-01-01"]
 
 
-class UnreachableGateway:
-    """A payment gateway whose every call fails (an outage on their side)."""
-
-    name = "unreachable"
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def charge(self, *, customer_id: str, amount: Decimal, currency: str,
-                     idempotency_key: str) -> Any:
-        self.calls += 1
-        raise ConnectionError("gateway unreachable")
-
-
 async def test_a_failing_gateway_never_freezes_the_contract(
     ts_env: WorkflowEnvironment, db: AsyncEngine
 ) -> None:
@@ -339,31 +326,6 @@ async def test_an_amendment_after_the_term_ended_is_refused_naming_a_field(
         refused = await _refusal(run, {"id": "late", "kind": "set_auto_pay", "auto_pay": True})
     assert refused.details and refused.details[0][0]["field"] == "effective"
     assert "has ended" in refused.message
-
-
-class WireArrivesDuringTheCharge:
-    """A card gateway that accepts, while a wire for the same invoice lands in the
-    ledger in the meantime (the charge runs outside the contract's lock)."""
-
-    name = "simulated_card"
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-        self.calls = 0
-
-    async def charge(self, *, customer_id: str, amount: Decimal, currency: str,
-                     idempotency_key: str) -> Any:
-        from activities.ledger import record_payment_in
-        from activities.payments import GatewayResult
-        from models.operations import PaymentRequest
-
-        self.calls += 1
-        invoice_key = idempotency_key.split(":", 2)[2].rsplit(":", 1)[0]
-        async with self.engine.begin() as conn:
-            await record_payment_in(conn, PaymentRequest(
-                contract_id="c-1", invoice_key=invoice_key, payment_key="wire-77",
-                amount=amount, received_on=at("2027-02-01").date()))
-        return GatewayResult(accepted=True, reference="card-ref-1")
 
 
 async def test_money_a_gateway_took_for_a_paid_invoice_is_recorded_and_flagged(
