@@ -358,3 +358,18 @@ async def test_money_a_gateway_took_for_a_paid_invoice_is_recorded_and_flagged(
     assert [(u.invoice_key, u.amount) for u in state.unapplied_payments] == [
         ("usage:2027-01-01", Decimal("500.00"))]
     assert gateway.calls == 1
+
+
+async def test_a_free_grant_by_amendment_is_applied(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    """Found by the random-lifecycle test: ``price: "0"`` is a promotional grant
+    (SPEC.md section 1), not a zero top-up whose journal entry cannot exist."""
+    async with ContractRun(ts_env, db, contract_doc(term_months=2)) as run:
+        await run.advance_to(at("2027-01-10"))
+        result = await run.amend({"id": "free", "kind": "grant_credits",
+                                  "credits": "100.00", "price": "0"})
+        state = await run.state()
+        top_ups = await run.scalar("SELECT count(*) FROM invoices WHERE kind = 'top_up'")
+    assert result.status == "applied" and state.credit_balance == 100
+    assert top_ups == 0
