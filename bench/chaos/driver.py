@@ -215,6 +215,8 @@ class Driver:
         self._to_create -= 1
         if self._to_create == 0:
             self.phase = "catch-up"
+        if plan.amend_early:
+            await self._term_opened(cid)
         for send in plan.amend_early:
             await self._amend(send, cid)
         await self._payments(plan)
@@ -222,6 +224,24 @@ class Driver:
             await self.board.wait(cid, plan.past_usage_keys)
             for send in plan.amend_late:
                 await self._amend(send, cid)
+
+    async def _term_opened(self, cid: str) -> None:
+        """Wait until the contract's workflow has opened its term.
+
+        An amendment that arrives before (a terminate, say) changes what the term's
+        opening issues: the commitment invoice's period and the grants' expiry are
+        the term as known then (SPEC.md sections 1 and 6). That is timing, not a
+        fault: the control and the fault run must send it at the same point.
+        Once the state says ``active`` the opening holds the contract's lock, and
+        every later update is applied after it.
+        """
+        while True:
+            answer = await self.client.get(f"/v1/contracts/{cid}")
+            if answer.ok and answer.body.get("status") != "scheduled":
+                return
+            if time.monotonic() > self.client.deadline:
+                raise TimeoutError(f"{cid}: its term never opened")
+            await asyncio.sleep(0.3)
 
     async def _amend(self, send: Send, cid: str) -> None:
         rec = await self.pair(send, "amend", cid)
