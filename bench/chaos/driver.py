@@ -55,6 +55,7 @@ class RunRecord:
     created_s: dict[str, float] = field(default_factory=dict)
     usage_done_s: dict[str, float] = field(default_factory=dict)
     workload_done_s: float | None = None
+    catchup_s: float | None = None  # when the first contract's grace window ended
     quiet_s: float | None = None
     not_quiet: list[str] = field(default_factory=list)  # why, when the deadline passed
     harness: list[str] = field(default_factory=list)  # timing problems of the harness itself
@@ -127,10 +128,28 @@ class Driver:
                              self.started)
         self.board = InvoiceBoard(self.client)
         self.record = RunRecord(stack.name)
-        self.phase = "starting"
+        self._step = "starting"
+        self.first_created: float | None = None  # monotonic, the first contract's creation
         self.workload_started = asyncio.Event()  # contracts are being created
         self._creating = asyncio.Semaphore(CREATE_CONCURRENCY)
         self._to_create = len(workload.contracts)
+
+    @property
+    def grace_s(self) -> float:
+        return float(self.workload.grace_hours) * 3600
+
+    @property
+    def catchup_at(self) -> float | None:
+        """When the first contract's past periods start closing (monotonic)."""
+        return None if self.first_created is None else self.first_created + self.grace_s
+
+    @property
+    def phase(self) -> str:
+        """What the workload is doing now (faults are labelled with it)."""
+        at = self.catchup_at
+        if self._step in ("create+usage", "amend+pay") and at is not None:
+            return f"{self._step}, {'catch-up' if time.monotonic() >= at else 'grace window'}"
+        return self._step
 
     def at(self) -> float:
         return round(time.monotonic() - self.started, 2)
@@ -171,15 +190,15 @@ class Driver:
     async def run(self, faults_done: Awaitable[Any] | None = None) -> RunRecord:
         self.board.start()
         try:
-            self.phase = "catalog"
+            self._step = "catalog"
             await self.pair(Send("apply catalog", "PUT", "/v1/catalog", self.workload.catalog,
                                  f"catalog-{self.workload.seed}", concurrent=True),
                             "catalog", "-")
-            self.phase = "create+usage"
+            self._step = "create+usage"
             self.workload_started.set()
             await asyncio.gather(*(self._contract(p) for p in self.workload.contracts))
             self.record.workload_done_s = self.at()
-            self.phase = "settling"
+            self._step = "settling"
             if faults_done is not None:
                 await faults_done
             await self._wait_quiet()
@@ -201,20 +220,23 @@ class Driver:
                                  f"create-{cid}", concurrent=plan.index % 3 == 0),
                             "create", cid)
             self.record.created_s[cid] = self.at()
+            if self.first_created is None:
+                self.first_created = time.monotonic()
+                self.record.catchup_s = round(self.at() + self.grace_s, 2)
             for n, batch in enumerate(plan.usage_batches):
                 await self.pair(Send(f"usage batch {n}", "POST", "/v1/usage",
                                      {"events": batch}, f"usage-{cid}-{n}",
                                      concurrent=n % 2 == 1), "usage", cid)
             self.record.usage_done_s[cid] = self.at()
         late = self.record.usage_done_s[cid] - self.record.created_s[cid]
-        grace = float(self.workload.grace_hours) * 3600
+        grace = self.grace_s
         if late > grace * 0.8:
             self.record.harness.append(
                 f"{cid}: usage finished {late:.1f} s after creation, grace is {grace:.0f} s: "
                 "its events may be late (a harness timing problem, not billow's)")
         self._to_create -= 1
         if self._to_create == 0:
-            self.phase = "catch-up"
+            self._step = "amend+pay"
         if plan.amend_early:
             await self._term_opened(cid)
         for send in plan.amend_early:

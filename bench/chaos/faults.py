@@ -1,7 +1,8 @@
 """When to kill what: the seeded fault schedule of the fault run.
 
-``total`` faults are spread over ``window_s`` (about the control run's time
-to quiescence, so they land while contracts are created and catch up):
+``total`` faults are spread over ``window_s`` (about how long the control
+took from its first period closing to quiescence, so they land while the
+contracts catch up):
 PostgreSQL and the Temporal server once each (somewhere in the middle of the
 sequence), the API about a quarter of the time (each time while requests are
 in flight: "during batches"), a worker the rest of the time (at random
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections import Counter
 
 from bench.chaos.driver import Driver
@@ -43,19 +45,34 @@ def counts(faults: list[Fault]) -> dict[str, int]:
 
 
 async def inject(stack: Stack, driver: Driver, total: int, window_s: float, seed: int) -> None:
-    """Kill and restart processes of ``stack`` while ``driver`` runs its workload."""
+    """Kill and restart processes of ``stack`` while ``driver`` runs its workload.
+
+    The first API kill comes while contracts are created and their usage sent;
+    the rest are spread over ``window_s`` from the moment the first contract's
+    grace window ends and its past periods start closing.
+    """
     rng = random.Random(seed * 7919 + 17)
     kinds = fault_sequence(total, rng)
     await driver.workload_started.wait()
-    mean_gap = max(window_s / max(total, 1), MIN_GAP_S)
+    if "api" in kinds:
+        kinds.remove("api")
+        await _kill_api(stack, driver)
+    at = driver.catchup_at
+    if at is not None:
+        await asyncio.sleep(max(0.0, at - time.monotonic()))
+    mean_gap = max(window_s / max(len(kinds), 1), MIN_GAP_S)
     for kind in kinds:
         await asyncio.sleep(max(MIN_GAP_S, rng.uniform(0.3, 1.7) * mean_gap))
         if kind == "worker":
             await stack.kill(rng.choice(stack.worker_names), driver.phase)
         elif kind == "api":
-            # "During batches": wait for requests on the wire, then kill.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(driver.client.busy.wait(), API_WAIT_S)
-            await stack.kill("api", driver.phase, inflight=driver.client.inflight)
+            await _kill_api(stack, driver)
         else:
             await stack.kill(kind, driver.phase)
+
+
+async def _kill_api(stack: Stack, driver: Driver) -> None:
+    """"During batches": wait for requests on the wire, then kill."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(driver.client.busy.wait(), API_WAIT_S)
+    await stack.kill("api", driver.phase, inflight=driver.client.inflight)

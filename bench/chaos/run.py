@@ -1,7 +1,7 @@
 """Both runs, the comparison, the checks, and the verdict.
 
 The control runs first (no faults) and sets the fault run's pace: its faults
-are spread over about the control's time to quiescence. Both use the same
+are spread over about as long as the control took to catch up. Both use the same
 workload (same seed, same day) on their own database and Temporal server.
 """
 
@@ -27,7 +27,7 @@ from bench.chaos.faults import counts, inject
 from bench.chaos.processes import Fault, Postgres, Stack, UnplannedExit
 from bench.chaos.workload import Workload, build_workload, grace_hours_for
 
-MIN_WINDOW_S = 20.0
+MIN_WINDOW_S = 15.0
 
 
 @dataclass
@@ -85,7 +85,8 @@ async def run_chaos(cfg: ChaosConfig, log: bool = True) -> Report:
         await asyncio.to_thread(pg.start, "billow_chaos")
         machine = await _machine(pg.url("billow_control"))
         control = await _run(cfg, workload, pg, "control", 0, 0.0, say)
-        window = max(control.record.quiet_s or MIN_WINDOW_S, MIN_WINDOW_S)
+        rec = control.record
+        window = max((rec.quiet_s or 0) - (rec.catchup_s or 0), MIN_WINDOW_S)
         chaos = await _run(cfg, workload, pg, "chaos", cfg.faults, window, say)
         snaps = []
         for name, result in (("billow_control", control), ("billow_chaos", chaos)):
