@@ -26,6 +26,9 @@ from typing import Any
 import httpx
 
 RETRY_AFTER_CAP_S = 2.0  # honour Retry-After, but no longer than this (keeps runs short)
+# A request still answered 503/504 (or not at all) after this long is given up
+# on, as a client would: recorded as a violation, and the run goes on.
+GIVE_UP_S = 90.0
 
 
 @dataclass
@@ -104,10 +107,16 @@ class Client:
             headers["Content-Type"] = "application/json"
         attempts = 0
         mutating = method != "GET"
+        give_up = min(time.monotonic() + GIVE_UP_S, self.deadline)
+        last: Answer | None = None
         while True:
             attempts += 1
-            if time.monotonic() > self.deadline:
-                raise TimeoutError(f"{label}: no answer before the run's deadline")
+            if time.monotonic() > give_up:
+                if last is None:
+                    raise TimeoutError(f"{label}: no answer in {GIVE_UP_S:.0f} s")
+                self.violation(f"still {last.status} after {GIVE_UP_S:.0f} s", label,
+                               str(last.body))
+                return last
             if mutating:
                 self.inflight += 1
                 self.inflight_kinds[kind] += 1
@@ -136,6 +145,7 @@ class Client:
                         self.busy.clear()
             status = resp.status_code
             self.tally.statuses[f"{kind} {status}"] += 1
+            last = Answer(status=status, body=_json(resp), attempts=attempts)
             if status >= 500:
                 retry_after = resp.headers.get("retry-after")
                 if status in (503, 504) and retry_after is not None:

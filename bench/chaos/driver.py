@@ -131,6 +131,7 @@ class Driver:
         self._step = "starting"
         self.first_created: float | None = None  # monotonic, the first contract's creation
         self.workload_started = asyncio.Event()  # contracts are being created
+        self.contract_created = asyncio.Event()  # the first contract exists
         self._creating = asyncio.Semaphore(CREATE_CONCURRENCY)
         self._to_create = len(workload.contracts)
 
@@ -223,6 +224,7 @@ class Driver:
             if self.first_created is None:
                 self.first_created = time.monotonic()
                 self.record.catchup_s = round(self.at() + self.grace_s, 2)
+                self.contract_created.set()
             for n, batch in enumerate(plan.usage_batches):
                 await self.pair(Send(f"usage batch {n}", "POST", "/v1/usage",
                                      {"events": batch}, f"usage-{cid}-{n}",

@@ -57,9 +57,10 @@ async def inject(stack: Stack, driver: Driver, total: int, window_s: float, seed
     if "api" in kinds:
         kinds.remove("api")
         await _kill_api(stack, driver)
+    await driver.contract_created.wait()
     at = driver.catchup_at
-    if at is not None:
-        await asyncio.sleep(max(0.0, at - time.monotonic()))
+    assert at is not None
+    await asyncio.sleep(max(0.0, at - time.monotonic()))
     mean_gap = max(window_s / max(len(kinds), 1), MIN_GAP_S)
     for kind in kinds:
         await asyncio.sleep(max(MIN_GAP_S, rng.uniform(0.3, 1.7) * mean_gap))

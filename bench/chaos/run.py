@@ -202,6 +202,7 @@ def _jsonable(r: Report) -> dict[str, Any]:
     def run(x: RunResult) -> dict[str, Any]:
         return {
             "quiet_s": x.record.quiet_s, "workload_done_s": x.record.workload_done_s,
+            "catchup_s": x.record.catchup_s,
             "not_quiet": x.record.not_quiet[:20], "harness": x.record.harness,
             "stuck": x.record.stuck,
             "faults": [asdict(f) for f in x.faults], "fault_counts": counts(x.faults),
