@@ -41,9 +41,9 @@ from models.catalog import Meter
 from models.contract import ContractTerms
 from models.invoices import invoice_key_usage
 from models.periods import Period
-from models.rating import split_points
+from models.rating import BilledUsage, split_points
 
-__all__ = ["NON_ADDITIVE", "billed_usage", "late_rows", "non_additive_late_rows"]
+__all__ = ["NON_ADDITIVE", "billed_groups", "billed_usage", "late_rows", "non_additive_late_rows"]
 
 NON_ADDITIVE = frozenset({"max", "unique_count", "latest"})
 
@@ -59,12 +59,12 @@ def _key(meter: str, part_start: datetime, dims: dict[str, str]) -> _GroupKey:
 async def billed_usage(conn: AsyncConnection, cid: str, period: Period) -> list[Any]:
     """What finalized invoices billed for ``period`` (its usage invoice and
     late_usage lines naming it): rows of meter, dimensions, part_start (ISO
-    text, None for an unsplit period) and quantity ``q``."""
+    text, None for an unsplit period), quantity ``q`` and ``amount``."""
     rows = await conn.execute(
         text(
             """
             SELECT l.meter, l.dimensions, l.document ->> 'part_start' AS part_start,
-                   sum(l.quantity) AS q
+                   sum(l.quantity) AS q, sum(l.amount) AS amount
             FROM invoice_lines l JOIN invoices i ON i.id = l.invoice_id
             WHERE i.contract_id = :cid AND i.number IS NOT NULL AND l.meter IS NOT NULL
               AND ((l.kind = 'usage' AND i.key = :key)
@@ -75,6 +75,24 @@ async def billed_usage(conn: AsyncConnection, cid: str, period: Period) -> list[
         {"cid": cid, "key": invoice_key_usage(period.start_date), "start": period.start_date},
     )
     return list(rows)
+
+
+async def billed_groups(
+    conn: AsyncConnection, terms: ContractTerms, period: Period
+) -> list[BilledUsage]:
+    """`billed_usage` as `models.rating.BilledUsage`, what late usage of the
+    period continues from (`rate_period(late=True, billed=...)`)."""
+    return [
+        BilledUsage(
+            meter=r.meter,
+            dimensions=r.dimensions or {},
+            # a line of an unsplit period names no part: its part starts with the period
+            part_start=datetime.fromisoformat(r.part_start) if r.part_start else period.start,
+            quantity=r.q,
+            amount=r.amount,
+        )
+        for r in await billed_usage(conn, terms.contract_id, period)
+    ]
 
 
 async def late_rows(

@@ -22,8 +22,9 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import metrics
+from activities.contract_overlap import overlapping_contract
 from activities.errors import BusinessError, business_errors
-from activities.late_usage import billed_usage, late_rows, non_additive_late_rows
+from activities.late_usage import billed_groups, late_rows, non_additive_late_rows
 from activities.ledger_store import (
     find_invoice,
     insert_ledger_entry,
@@ -69,6 +70,7 @@ from models.operations import (
     PaymentResult,
     RecordAmendmentRequest,
     RegisterContractRequest,
+    ReserveTermRequest,
     UpdateContractRequest,
 )
 from models.periods import Period, billing_periods
@@ -76,7 +78,6 @@ from models.rating import (
     UnpricedGroup,
     UsageAggregate,
     UsagePart,
-    billed_counter,
     fee_lines,
     rate_period,
     split_points,
@@ -221,6 +222,27 @@ class LedgerActivities:
                 ),
             )
         return state.summary()
+
+    @activity.defn(name=ActivityName.RESERVE_TERM_EXTENSION.value)
+    @business_errors
+    async def reserve_term_extension(self, req: ReserveTermRequest) -> None:
+        """Refuse an extension into another contract's term on a shared meter;
+        otherwise write the new end under the customer's lock (idempotent)."""
+        async with self.engine.begin() as conn:
+            other = await overlapping_contract(
+                conn, req.customer_id, req.meters, req.start, req.end, exclude_id=req.contract_id
+            )
+            if other is not None:
+                raise BusinessError(
+                    f"term_months: the extended term overlaps contract {other!r} of customer "
+                    f"{req.customer_id!r} on a shared meter",
+                    type="ContractOverlap",
+                )
+            await conn.execute(
+                text("UPDATE contracts SET term_end = GREATEST(term_end, :end), "
+                     "updated_at = now() WHERE id = :id"),
+                {"end": req.term_end, "id": req.contract_id},
+            )
 
     # --- usage invoices ---------------------------------------------------------
     @activity.defn(name=ActivityName.CLOSE_PERIOD.value)
@@ -492,7 +514,14 @@ async def save_contract_row(conn: AsyncConnection, req: UpdateContractRequest) -
 
 
 async def record_payment_in(conn: AsyncConnection, req: PaymentRequest) -> PaymentResult:
-    """Record a payment inside the caller's transaction (idempotent on its key)."""
+    """Record a payment inside the caller's transaction, idempotent on its id.
+
+    The id (``payment_key``) is scoped to the contract (SPEC 10). Sending it
+    again with the same invoice and amount records nothing and answers what
+    the first call answered (stored with the payment); with another invoice
+    or amount it is a conflict (`PaymentConflict`, non-retryable; the API's
+    409) naming the differing field, and nothing changes.
+    """
     row = (
         await conn.execute(
             text("SELECT * FROM invoices WHERE contract_id = :cid AND key = :key FOR UPDATE"),
@@ -507,7 +536,7 @@ async def record_payment_in(conn: AsyncConnection, req: PaymentRequest) -> Payme
             INSERT INTO payments (payment_key, contract_id, invoice_id, amount, received_on,
                 method, gateway_ref)
             VALUES (:key, :cid, :iid, :amount, :on, :method, :ref)
-            ON CONFLICT (payment_key) DO NOTHING RETURNING id
+            ON CONFLICT (contract_id, payment_key) DO NOTHING RETURNING id
             """
         ),
         {
@@ -521,14 +550,7 @@ async def record_payment_in(conn: AsyncConnection, req: PaymentRequest) -> Payme
         },
     )
     if inserted is None:
-        issued = issued_from_row(row)
-        return PaymentResult(
-            invoice_key=issued.key,
-            status=issued.status,
-            amount_paid=issued.amount_paid,
-            paid_on=issued.paid_on,
-            applied=False,
-        )
+        return await _payment_resent(conn, req)
     outstanding = row.total - row.amount_paid
     if row.status in ("paid", "void", "draft", "needs_attention") or req.amount > outstanding:
         # The insert above is rolled back with the caller's transaction.
@@ -553,6 +575,14 @@ async def record_payment_in(conn: AsyncConnection, req: PaymentRequest) -> Payme
             {"paid": paid, "settled": settled, "on": req.received_on, "id": row.id},
         )
     ).one()
+    await conn.execute(
+        text(
+            "UPDATE payments SET result_status = :status, result_amount_paid = :paid, "
+            "result_paid_on = :paid_on WHERE id = :id"
+        ),
+        {"status": updated.status, "paid": updated.amount_paid, "paid_on": updated.paid_on,
+         "id": inserted},
+    )
     await post_journal(
         conn,
         req.contract_id,
@@ -565,6 +595,49 @@ async def record_payment_in(conn: AsyncConnection, req: PaymentRequest) -> Payme
         status=updated.status,
         amount_paid=updated.amount_paid,
         paid_on=updated.paid_on,
+        applied=True,
+    )
+
+
+async def _payment_resent(conn: AsyncConnection, req: PaymentRequest) -> PaymentResult:
+    """The answer to a payment id this contract has recorded already: the first
+    call's answer if the content is the same, else a `PaymentConflict`."""
+    stored = (
+        await conn.execute(
+            text(
+                """
+                SELECT p.amount, p.result_status, p.result_amount_paid, p.result_paid_on,
+                       i.key AS invoice_key, i.status, i.amount_paid, i.paid_on
+                FROM payments p JOIN invoices i ON i.id = p.invoice_id
+                WHERE p.contract_id = :cid AND p.payment_key = :key
+                """
+            ),
+            {"cid": req.contract_id, "key": req.payment_key},
+        )
+    ).one()
+    differing = [
+        f"{field}: {theirs} (payment {req.payment_key!r} was recorded with {ours})"
+        for field, ours, theirs in (
+            ("invoice", stored.invoice_key, req.invoice_key),
+            ("amount", stored.amount, req.amount),
+        )
+        if ours != theirs  # Decimal compares by value: 100 == 100.00
+    ]
+    if differing:
+        raise ApplicationError(
+            "; ".join(differing),
+            {"fields": [d.split(":", 1)[0] for d in differing]},
+            type="PaymentConflict",
+            non_retryable=True,
+        )
+    if stored.result_status is None:  # recorded before results were stored
+        return PaymentResult(invoice_key=stored.invoice_key, status=stored.status,
+                             amount_paid=stored.amount_paid, paid_on=stored.paid_on, applied=True)
+    return PaymentResult(
+        invoice_key=stored.invoice_key,
+        status=stored.result_status,
+        amount_paid=stored.result_amount_paid,
+        paid_on=stored.result_paid_on,
         applied=True,
     )
 
@@ -638,28 +711,11 @@ async def _late_lines(
     unpriced: list[UnpricedGroup] = []
     for index, period_rows in sorted(by_period.items()):
         period = earlier[index]
-        billed = await _billed_quantities(conn, terms, period)
-        result = rate_period(terms, period, _parts(period_rows), late=True, already=billed)
+        billed = await billed_groups(conn, terms, period)
+        result = rate_period(terms, period, _parts(period_rows), late=True, billed=billed)
         lines += [ln for ln in result.lines if isinstance(ln, LateUsageLine)]
         unpriced += result.unpriced
     return lines, unpriced
-
-
-async def _billed_quantities(
-    conn: AsyncConnection, terms: ContractTerms, period: Period
-) -> dict[str, Decimal]:
-    """What finalized invoices billed for ``period``, per tier counter
-    (`models.rating.billed_counter`: per meter, or per group)."""
-    rows = await billed_usage(conn, terms.contract_id, period)
-    meters = {m.key: m for m in terms.meters}
-    billed: dict[str, Decimal] = {}
-    for r in rows:
-        meter = meters.get(r.meter)
-        if meter is None:  # a meter the plan no longer has: nothing to continue
-            continue
-        key = billed_counter(meter, r.dimensions or {})
-        billed[key] = billed.get(key, Decimal(0)) + r.q
-    return billed
 
 
 async def _hold(

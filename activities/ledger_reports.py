@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from activities.ledger_store import load_credit_state, load_journal
+from activities.ledger_store import INVOICE_NUMBER_ORDER, load_credit_state, load_journal
 from models.contract import ContractTerms
 from models.credits import CreditSummary
 from models.money import plain
@@ -28,7 +28,7 @@ async def invoice_documents(conn: AsyncConnection, contract_id: str) -> list[dic
         await conn.execute(
             text(
                 "SELECT * FROM invoices WHERE contract_id = :cid AND number IS NOT NULL "
-                "ORDER BY number"
+                f"ORDER BY {INVOICE_NUMBER_ORDER}"
             ),
             {"cid": contract_id},
         )

@@ -177,6 +177,13 @@ async def load_journal(conn: AsyncConnection, contract_id: str) -> list[JournalE
     return [JournalEntry.model_validate(e) for e in grouped.values()]
 
 
+# Invoice numbers in issue order: by their sequence, not as text ("INV-1000000"
+# sorts before "INV-999999" as text); the prefix only separates series.
+INVOICE_NUMBER_ORDER = (
+    "CAST(substring(number FROM '[0-9]+$') AS numeric) NULLS LAST, number NULLS LAST"
+)
+
+
 async def next_invoice_number(conn: AsyncConnection, series: str = "default") -> str:
     """Take the next number of a series inside the caller's transaction.
 

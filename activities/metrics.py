@@ -16,7 +16,9 @@ is told whether this call did the work (``new``) and counts only then.
 Names (``_total`` is added by the exposition):
 
 - ``billow_usage_events_total{status}``: usage events by ingestion outcome
-  (``accepted``, ``duplicate``, ``rejected``);
+  (``accepted``, ``duplicate``, ``conflict``, ``rejected``); ``conflict``
+  counts events sent with a stored id but other content (a producer reusing
+  ids: those events are not stored, so not billed);
 - ``billow_invoices_finalized_total{kind,currency}``: invoices given a number;
 - ``billow_billed_amount_total{kind,currency}``: their totals (after credits),
   in major currency units;
@@ -123,8 +125,8 @@ def usage_ingested(report: _Report) -> _Report:
     """Count one ingested batch by outcome; returns ``report`` unchanged."""
 
     def record() -> None:
-        for status in ("accepted", "duplicate", "rejected"):
-            n = getattr(report, status)
+        for status in ("accepted", "duplicate", "conflict", "rejected"):
+            n = getattr(report, status, 0)  # a report without conflicts may omit them
             if n:
                 USAGE_EVENTS.labels(status).inc(n)
 
@@ -142,6 +144,16 @@ def invoice_finalized(invoice: IssuedInvoice | None, *, new: bool = True) -> Non
         BILLED_AMOUNT.labels(invoice.kind, invoice.currency).inc(float(invoice.total))
 
     _guarded("invoice_finalized", record)
+
+
+UNAPPLIED_PAYMENTS = _counter(
+    "billow_unapplied_payments",
+    "Charges a gateway accepted that their invoice refused (paid meanwhile): kept for ops.",
+)
+
+
+def unapplied_payment() -> None:
+    _guarded("unapplied_payment", UNAPPLIED_PAYMENTS.inc)
 
 
 def invoice_held() -> None:

@@ -1,4 +1,4 @@
-"""Payment gateways and the auto-pay charge activity.
+"""Payment gateways and the auto-pay charge activities.
 
 A gateway charges a customer's payment method. Every charge carries an
 idempotency key (``charge:<contract>:<invoice key>:<attempt>``, the business
@@ -14,13 +14,23 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Protocol
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
+from activities import metrics
 from activities.errors import business_errors
 from activities.ledger import record_payment_in
-from activities.ledger_store import lock_contract
-from models.operations import ActivityName, ChargeRequest, ChargeResult, PaymentRequest
+from activities.ledger_store import lock_contract, post_journal
+from models.operations import (
+    ActivityName,
+    CardCharge,
+    ChargeRequest,
+    ChargeResult,
+    PaymentRequest,
+)
+from models.revenue import payment_received
 
 
 @dataclass(frozen=True)
@@ -76,15 +86,90 @@ class SimulatedCardGateway:
         return result
 
 
+async def _unapplied_exists(conn: AsyncConnection, req: PaymentRequest) -> bool:
+    found = await conn.scalar(
+        text("SELECT 1 FROM unapplied_payments WHERE contract_id = :cid AND payment_key = :key"),
+        {"cid": req.contract_id, "key": req.payment_key},
+    )
+    return found is not None
+
+
+async def record_unapplied(conn: AsyncConnection, req: PaymentRequest, reason: str) -> None:
+    """Money received that no invoice takes: kept, with its journal entry."""
+    inserted = await conn.scalar(
+        text(
+            """
+            INSERT INTO unapplied_payments (contract_id, payment_key, invoice_key, amount,
+                received_on, method, gateway_ref, reason)
+            VALUES (:cid, :key, :inv, :amount, :on, :method, :ref, :reason)
+            ON CONFLICT (contract_id, payment_key) DO NOTHING RETURNING id
+            """
+        ),
+        {"cid": req.contract_id, "key": req.payment_key, "inv": req.invoice_key,
+         "amount": req.amount, "on": req.received_on, "method": req.method,
+         "ref": req.gateway_ref, "reason": reason},
+    )
+    if inserted is not None:
+        # Cash in, receivable credited: the customer's credit balance.
+        await post_journal(conn, req.contract_id,
+                           [payment_received(f"unapplied:{req.payment_key}", req.amount)],
+                           req.received_on)
+
+
 class PaymentActivities:
     def __init__(self, engine: AsyncEngine, gateway: PaymentGateway) -> None:
         self.engine = engine
         self.gateway = gateway
 
+    @activity.defn(name=ActivityName.CHARGE_CARD.value)
+    async def charge_card(self, req: ChargeRequest) -> CardCharge:
+        """Ask the gateway for the money; records nothing (remote I/O only).
+
+        The contract workflow runs this outside its lock with a few attempts;
+        the gateway deduplicates on the key, so a retried attempt never
+        charges twice. What it took is recorded by `record_charge`, a ledger
+        step that retries until the database takes it.
+        """
+        result = await self.gateway.charge(
+            customer_id=req.customer_id,
+            amount=req.amount,
+            currency=req.currency,
+            idempotency_key=req.idempotency_key,
+        )
+        return CardCharge(accepted=result.accepted, reference=result.reference,
+                          reason=result.reason, method=self.gateway.name)
+
+    @activity.defn(name=ActivityName.RECORD_CHARGE.value)
+    @business_errors
+    async def record_charge(self, req: PaymentRequest) -> ChargeResult:
+        """Record money the gateway took: on its invoice, or, when the invoice no
+        longer takes it (paid another way meanwhile), as an unapplied payment."""
+        async with self.engine.begin() as conn:
+            await lock_contract(conn, req.contract_id)
+            if await _unapplied_exists(conn, req):
+                return ChargeResult(accepted=True, reason="recorded as unapplied",
+                                    payment=None, unapplied=True)
+            try:
+                async with conn.begin_nested():
+                    payment = await record_payment_in(conn, req)
+                return ChargeResult(accepted=True, reason=None, payment=payment)
+            except (ApplicationError, LookupError) as exc:
+                reason = exc.message if isinstance(exc, ApplicationError) else str(exc)
+            await record_unapplied(conn, req, reason)
+        activity.logger.error(
+            "charge %s of contract %s took %s but the invoice refused it (%s): recorded as "
+            "an unapplied payment for ops to refund or apply",
+            req.payment_key, req.contract_id, req.amount, reason,
+        )
+        metrics.unapplied_payment()
+        return ChargeResult(accepted=True, reason=reason, payment=None, unapplied=True)
+
     @activity.defn(name=ActivityName.CHARGE_INVOICE.value)
     @business_errors
     async def charge_invoice(self, req: ChargeRequest) -> ChargeResult:
-        key = f"charge:{req.contract_id}:{req.invoice_key}:{req.attempt}"
+        """Charge and record in one activity (workflows from before the charge
+        moved outside the contract lock still call it)."""
+        key = req.idempotency_key
         result = await self.gateway.charge(
             customer_id=req.customer_id,
             amount=req.amount,

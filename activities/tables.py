@@ -29,6 +29,7 @@ from sqlalchemy import (
     ForeignKey,
     Identity,
     Index,
+    LargeBinary,
     Numeric,
     UniqueConstraint,
     text,
@@ -131,8 +132,9 @@ class UsageEvent(SQLModel, table=True):
     quantity: Decimal = _numeric()
     dimensions: dict[str, str] = _jsonb()
     # Inserting transaction id (xid8 as bigint). Rating includes events whose
-    # transaction precedes the snapshot's xmin, a watermark that is safe
-    # against commit reordering (see activities/rating.py).
+    # transaction precedes the usage watermark, which is safe against commit
+    # reordering (activities/usage_query.py `read_watermark`; the trigger of
+    # migration 0005_usage_ingest_lock marks every inserting transaction).
     txid: int = Field(
         sa_column=Column(
             BigInteger, nullable=False, server_default=text("(pg_current_xact_id()::text)::bigint")
@@ -276,15 +278,44 @@ class CreditLedgerEntry(SQLModel, table=True):
 
 
 class Payment(SQLModel, table=True):
+    """One payment; its id is unique within its contract (SPEC 10)."""
+
     __tablename__ = "payments"
+    __table_args__ = (
+        UniqueConstraint("contract_id", "payment_key", name="uq_payments_contract_payment_key"),
+    )
     id: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
-    payment_key: str = Field(unique=True)
+    payment_key: str
     contract_id: str = Field(foreign_key="contracts.id")
     invoice_id: int = Field(sa_type=BigInteger, foreign_key="invoices.id", index=True)
     amount: Decimal = _numeric()
     received_on: date
     method: str
     gateway_ref: str | None = None
+    # The invoice as this payment left it: what a resend answers (NULL for
+    # payments recorded before migration 0006_payment_keys_per_contract).
+    result_status: str | None = None
+    result_amount_paid: Decimal | None = _numeric(nullable=True)
+    result_paid_on: date | None = None
+    created_at: datetime = _now_column()
+
+
+class UnappliedPayment(SQLModel, table=True):
+    """Money a gateway took that its invoice refused (paid another way meanwhile)."""
+
+    __tablename__ = "unapplied_payments"
+    __table_args__ = (
+        UniqueConstraint("contract_id", "payment_key", name="uq_unapplied_payments_contract_key"),
+    )
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
+    contract_id: str = Field(foreign_key="contracts.id")
+    payment_key: str
+    invoice_key: str
+    amount: Decimal = _numeric()
+    received_on: date
+    method: str
+    gateway_ref: str | None = None
+    reason: str
     created_at: datetime = _now_column()
 
 
@@ -356,3 +387,35 @@ class WebhookDelivery(SQLModel, table=True):
     signed_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     contract_id: str | None = None
     received_at: datetime = _now_column()
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """The first outcome of a mutating API request sent with an ``Idempotency-Key``.
+
+    Scoped to the API key (``principal``) and the route (method and path): a
+    retry with the same key and request answers with the stored response; the
+    same key with another request is a conflict. While the first request runs,
+    ``claim_token`` holds it (until ``claimed_until``, after which a retry may
+    take over: the API process may have died). Only known outcomes are stored
+    (``status``); an unknown one (503/504) releases the claim and the retry
+    runs the request again, which the request's business ids make safe.
+    """
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("principal", "route", "key"),)
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
+    principal: str
+    route: str
+    key: str
+    request_hash: str
+    claim_token: str | None = None
+    claimed_until: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    status: int | None = None
+    content_type: str | None = None
+    response_body: bytes | None = Field(default=None, sa_type=LargeBinary)
+    created_at: datetime = _now_column()
+    completed_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )

@@ -11,8 +11,13 @@ and returns one `IngestResult` per input event, in input order:
   contracts do not know;
 - ``duplicate`` when its id is already stored (sent before, in an earlier
   batch, or concurrently by another transaction), or appeared earlier in
-  this batch: the first occurrence wins and the stored row is never updated,
-  even if the resent payload differs;
+  this batch, with the same content: a resend, stored once;
+- ``conflict`` when its id is stored (or appeared earlier in this batch)
+  with other content: another customer, meter, instant, quantity (by value:
+  ``10`` and ``10.0`` are one quantity) or dimensions (SPEC 3). The reason
+  names each differing field (``quantity: stored 10, sent 12; ...``); the
+  stored row is never updated, and the event is counted in
+  ``billow_usage_events_total{status="conflict"}``;
 - ``accepted`` when it was stored by this call.
 
 Decisions:
@@ -49,7 +54,11 @@ Decisions:
   ids then take the primary key's locks in the same order and cannot
   deadlock.
 - ``txid`` and ``received_at`` come from column defaults (the inserting
-  transaction id is what rating's watermark compares against).
+  transaction id is what rating's watermark compares against). The batch's
+  transaction is an *ingest transaction* (activities/usage_query.py): the
+  table's trigger takes the ingest lock before the first row, so it must
+  not have written anything else before (a caller's transaction is marked
+  before the savepoint, and refused if it has).
 - More than `MAX_BATCH` events is refused before anything is read or written
   (`BatchTooLarge`; the API maps it to 413).
 """
@@ -57,6 +66,7 @@ Decisions:
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -80,7 +90,7 @@ from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
 from activities import metrics
 from models._loading import validate_model
 from models.errors import BillowValidationError
-from models.usage import UsageEvent
+from models.usage import MAX_TEXT, UsageEvent
 
 __all__ = [
     "MAX_BATCH",
@@ -113,6 +123,7 @@ class BatchTooLarge(ValueError):
 class IngestStatus(StrEnum):
     ACCEPTED = "accepted"
     DUPLICATE = "duplicate"
+    CONFLICT = "conflict"
     REJECTED = "rejected"
 
 
@@ -128,6 +139,7 @@ class IngestReport(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     accepted: int = 0
     duplicate: int = 0
+    conflict: int = 0
     rejected: int = 0
     results: list[IngestResult] = Field(default_factory=list)
 
@@ -165,14 +177,22 @@ RETURNING event_id
 _PLAIN_INSERT_SQL = _INSERT_SQL.replace(
     "ON CONFLICT (event_id) DO NOTHING\nRETURNING event_id\n", ""
 )
-_STORED_SQL = "SELECT event_id FROM usage_events WHERE event_id = ANY($1::text[])"
+# What an id already stored holds, to tell a resend from a conflict.
+_STORED_SQL = """
+SELECT event_id, customer_id, meter, ts, quantity, dimensions::text
+FROM usage_events WHERE event_id = ANY($1::text[])
+"""
 
 # Events per INSERT statement (see the pipeline in `ingest_usage`), and per
 # pydantic call while validating (the event loop runs between slices).
 _CHUNK: Final = 1_000
 _SLICE: Final = 250
 
-_NonEmpty = Annotated[StrictStr, StringConstraints(min_length=1)]
+# No NUL (PostgreSQL text cannot hold it); the Rust regex costs ~nothing.
+_NonEmpty = Annotated[
+    StrictStr, StringConstraints(min_length=1, max_length=MAX_TEXT, pattern=r"^[^\x00]*$")
+]
+_Text = Annotated[StrictStr, StringConstraints(max_length=MAX_TEXT, pattern=r"^[^\x00]*$")]
 
 
 class _PlainEvent(TypedDict):
@@ -192,11 +212,13 @@ class _PlainEvent(TypedDict):
     customer: _NonEmpty
     meter: _NonEmpty
     timestamp: AwareDatetime
+    # At most 18 integer digits and 12 decimals: below 10^18 (SPEC 6). Wider
+    # spellings of a valid quantity ("1.5000000000000") go to `UsageEvent`.
     quantity: NotRequired[
-        Annotated[StrictStr, StringConstraints(pattern=r"^[0-9]+(\.[0-9]+)?$")]
-        | Annotated[StrictInt, Field(ge=0)]
+        Annotated[StrictStr, StringConstraints(pattern=r"^[0-9]{1,18}(\.[0-9]{1,12})?$")]
+        | Annotated[StrictInt, Field(ge=0, lt=10**18)]
     ]
-    dimensions: NotRequired[dict[StrictStr, StrictStr]]
+    dimensions: NotRequired[dict[_Text, _Text]]
 
 
 _Row = tuple[str, str, str, datetime, str | int | Decimal, dict[str, str]]
@@ -208,11 +230,25 @@ _ROWS: Final = TypeAdapter(list[_Row])
 _RESULTS: Final = TypeAdapter(list[IngestResult])
 
 
+def _usable(value: object) -> bool:
+    """Whether ``value`` could be a valid id or name: what may be sent to the
+    server in a lookup, and echoed in the report (which must encode as UTF-8)."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_TEXT or "\x00" in value:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
+
+
 def _raw_id(raw: object) -> str | None:
     # dict first: isinstance against the Mapping ABC is slow at 10,000 a batch.
     if type(raw) is dict or isinstance(raw, Mapping):
         value = raw.get("id")
-        return value if isinstance(value, str) and value else None
+        return value if _usable(value) else None
     if isinstance(raw, UsageEvent):
         return raw.id
     return None
@@ -278,7 +314,7 @@ async def _load_known_meters(
     for raw in events:
         if type(raw) is dict or isinstance(raw, Mapping):
             customer = raw.get("customer")
-            if isinstance(customer, str):
+            if isinstance(customer, str) and _usable(customer):
                 names.add(customer)
         elif isinstance(raw, UsageEvent):
             names.add(raw.customer)
@@ -301,6 +337,40 @@ def _meter_rejection(customer: str, meter: str, meters: set[str] | None) -> str 
     return f"meter: unknown meter {meter!r} for customer {customer!r}"
 
 
+def _show(value: object) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _differences(sent: _Row, stored: _Row, where: str = "") -> str | None:
+    """``field: stored X, sent Y; ...`` for each field where ``sent`` differs
+    from ``stored`` (same id), or None for a resend. Instants and quantities
+    compare by value, dimensions key by key."""
+    out = []
+    names = ("id", "customer", "meter", "timestamp")
+    for n in (1, 2, 3):
+        if sent[n] != stored[n]:
+            out.append(f"{names[n]}: stored {_show(stored[n])}{where}, sent {_show(sent[n])}")
+    if Decimal(str(sent[4])) != Decimal(str(stored[4])):
+        out.append(f"quantity: stored {stored[4]}{where}, sent {sent[4]}")
+    if sent[5] != stored[5]:
+        for key in sorted(sent[5].keys() | stored[5].keys()):
+            theirs, ours = sent[5].get(key), stored[5].get(key)
+            if theirs != ours:
+                out.append(f"dimensions.{key}: stored {_show(ours)}{where}, sent {_show(theirs)}")
+    return "; ".join(out) or None
+
+
+def _stored_rows(records: Sequence[Any]) -> dict[str, _Row]:
+    return {
+        r[0]: (r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in records
+    }
+
+
 class _Batch:
     """Per-event outcome of one call, filled in as the batch is processed."""
 
@@ -310,8 +380,11 @@ class _Batch:
         self.status: list[IngestStatus | None] = [None] * n
         self.reasons: list[str | None] = [None] * n
         self.ids = [_raw_id(raw) for raw in events]
-        # event id -> index of its first valid occurrence in this batch
+        # event id -> index and row of its first valid occurrence in this batch
         self.first_index: dict[str, int] = {}
+        self.first_row: dict[str, _Row] = {}
+        # event id -> later occurrences with the first one's content
+        self.repeats: dict[str, list[int]] = {}
 
     def validate(self, idx: list[int]) -> list[_Row | str]:
         """The events at ``idx`` as rows, or why each is rejected (no database needed)."""
@@ -331,20 +404,36 @@ class _Batch:
             if why is not None:
                 self.status[i], self.reasons[i] = IngestStatus.REJECTED, why
             elif event_id in self.first_index:
-                self.status[i] = IngestStatus.DUPLICATE
-                self.reasons[i] = f"same id as event {self.first_index[event_id]} of this batch"
+                first = self.first_index[event_id]
+                diff = _differences(
+                    checked, self.first_row[event_id], f" by event {first} of this batch"
+                )
+                if diff is None:
+                    self.status[i] = IngestStatus.DUPLICATE
+                    self.reasons[i] = f"same id as event {first} of this batch"
+                    self.repeats.setdefault(event_id, []).append(i)
+                else:
+                    self.status[i], self.reasons[i] = IngestStatus.CONFLICT, diff
             else:
                 self.first_index[event_id] = i
+                self.first_row[event_id] = checked
                 rows.append(checked)
         return rows
 
-    def settle(self, inserted: set[str]) -> None:
-        """First occurrences: accepted if this call stored them, else stored before."""
+    def settle(self, inserted: set[str], stored: Mapping[str, _Row]) -> None:
+        """First occurrences: accepted if this call stored them, else a resend
+        or a conflict (with their repeats) by the ``stored`` content."""
         for event_id, i in self.first_index.items():
             if event_id in inserted:
                 self.status[i] = IngestStatus.ACCEPTED
-            else:
+                continue
+            before = stored.get(event_id)
+            diff = None if before is None else _differences(self.first_row[event_id], before)
+            if diff is None:
                 self.status[i], self.reasons[i] = IngestStatus.DUPLICATE, "already stored"
+                continue
+            for j in [i, *self.repeats.get(event_id, ())]:
+                self.status[j], self.reasons[j] = IngestStatus.CONFLICT, diff
 
     def report(self) -> IngestReport:
         counts = dict.fromkeys(IngestStatus, 0)
@@ -362,6 +451,7 @@ class _Batch:
         return IngestReport.model_construct(
             accepted=counts[IngestStatus.ACCEPTED],
             duplicate=counts[IngestStatus.DUPLICATE],
+            conflict=counts[IngestStatus.CONFLICT],
             rejected=counts[IngestStatus.REJECTED],
             results=results,
         )
@@ -371,18 +461,18 @@ def _document(rows: list[_Row]) -> str:
     return _ROWS.dump_json(rows).decode()
 
 
-_Lookups = tuple[dict[str, set[str]], set[str] | None]
+_Lookups = tuple[dict[str, set[str]], dict[str, _Row] | None]
 
 
 async def _lookups(
     conn: asyncpg.Connection, batch: _Batch, *, stored_ids: bool
 ) -> _Lookups:
-    """The customers' known meters and (``stored_ids``) the batch's ids already stored."""
+    """The customers' known meters and (``stored_ids``) the batch's ids already
+    stored, with their content."""
     known = await _load_known_meters(conn, batch.events)
     if not stored_ids:
         return known, None
-    rows = await conn.fetch(_STORED_SQL, [i for i in batch.ids if i])
-    return known, {r[0] for r in rows}
+    return known, _stored_rows(await conn.fetch(_STORED_SQL, [i for i in batch.ids if i]))
 
 
 async def _write_pipelined(
@@ -390,9 +480,10 @@ async def _write_pipelined(
     batch: _Batch,
     order: list[int],
     lookups: asyncio.Future[_Lookups],
-    before_last_result: Callable[[set[str]], None] | None = None,
-) -> set[str]:
-    """Validate and write the batch in chunks; the ids this call stored.
+    before_last_result: Callable[[set[str], dict[str, _Row]], None] | None = None,
+) -> tuple[set[str], dict[str, _Row]]:
+    """Validate and write the batch in chunks; the ids this call stored, and
+    the stored content of the batch's other ids.
 
     ``lookups`` (in flight on ``conn`` while the first chunk is validated)
     gives the known meters and, on the fast path, the ids found stored
@@ -409,7 +500,7 @@ async def _write_pipelined(
     inserted: set[str] = set()
     pending: asyncio.Future[Any] | None = lookups
     known: dict[str, set[str]] = {}
-    stored: set[str] | None = None
+    stored: dict[str, _Row] | None = None
     sent: list[str] = []
     n = len(order)
 
@@ -452,14 +543,19 @@ async def _write_pipelined(
         if pending is not None:
             if before_last_result is not None and stored is not None:
                 await asyncio.sleep(0)  # let the INSERT's task send it first
-                before_last_result(inserted | set(sent))
+                before_last_result(inserted | set(sent), stored)
             await settle(pending)
             pending = None
     finally:
         if pending is not None:
             # Never leave the transaction with a statement in flight.
             await asyncio.gather(pending, return_exceptions=True)
-    return inserted
+    if stored is None:
+        # ON CONFLICT path: what the ids this call did not store hold (rows
+        # committed by the batches it raced: a new statement sees them).
+        others = [i for i in batch.first_index if i not in inserted]
+        stored = _stored_rows(await conn.fetch(_STORED_SQL, others)) if others else {}
+    return inserted, stored
 
 
 async def ingest_usage(
@@ -484,16 +580,22 @@ async def ingest_usage(
 
     report: IngestReport | None = None
 
-    def report_early(inserted: set[str]) -> None:
+    def report_early(inserted: set[str], stored: dict[str, _Row]) -> None:
         # Built while the server runs the last INSERT; dropped if it fails.
         nonlocal report
-        batch.settle(inserted)
+        batch.settle(inserted, stored)
         report = batch.report()
 
+    if conn.is_in_transaction():
+        # Mark the caller's transaction as an ingest transaction (usage_query's
+        # watermark), outside the savepoint: rolling the savepoint back below
+        # would drop the mark while the transaction keeps its xid. On our own
+        # transaction the table's trigger marks it at the first INSERT.
+        await conn.execute("SELECT billow_begin_usage_ingest()")
     try:
         async with conn.transaction():
             lookups = asyncio.ensure_future(_lookups(conn, batch, stored_ids=True))
-            inserted = await _write_pipelined(conn, batch, order, lookups, report_early)
+            inserted, stored = await _write_pipelined(conn, batch, order, lookups, report_early)
     except asyncpg.UniqueViolationError:
         # A concurrent batch stored one of these ids after our look-up; the
         # savepoint (or transaction) rolled back: redo it the careful way.
@@ -501,8 +603,8 @@ async def ingest_usage(
         batch, report = _Batch(events), None
         async with conn.transaction():
             lookups = asyncio.ensure_future(_lookups(conn, batch, stored_ids=False))
-            inserted = await _write_pipelined(conn, batch, order, lookups)
+            inserted, stored = await _write_pipelined(conn, batch, order, lookups)
     if report is None:
-        batch.settle(inserted)
+        batch.settle(inserted, stored)
         report = batch.report()
     return metrics.usage_ingested(report)

@@ -23,15 +23,59 @@ Semantics (the same as the in-memory reference ``models.rating.aggregate``):
 - ``first_seen`` is the group's earliest timestamp (it orders invoice lines).
 
 Watermarks: an event is visible to rating when its inserting transaction id
-(``usage_events.txid``) is below the watermark, the ``xmin`` of a snapshot
-taken by `read_watermark`. Every transaction below ``xmin`` has finished, so
-no event can later appear below a watermark already used: an invoice's usage
-is exactly ``txid < watermark`` and late usage is exactly
-``previous_watermark <= txid < watermark``, each event counted once. Read the
-watermark and aggregate in one transaction (the aggregation's snapshot is
-then at least as new as the watermark's). ``xmin`` is cluster-wide: a
-transaction left open anywhere on the server holds the watermark back, which
-delays events into the next watermark but never loses or repeats one.
+(``usage_events.txid``, the top-level xid as xid8) is below the watermark
+that `read_watermark` returns. An invoice's usage is exactly ``txid <
+watermark`` and late usage is exactly ``previous_watermark <= txid <
+watermark``, so each event is counted once, provided two things hold for
+the watermark W and the aggregation that follows it:
+
+1. every event with ``txid < W`` that will ever be committed is committed
+   and visible to the aggregation's snapshot;
+2. W never decreases (a later close never reads a lower one).
+
+Only transactions that insert usage can break (1), so only they hold W
+back: a transaction left open anywhere else on the server (another
+database, the compactor, another contract's close, a stuck session) does
+not delay on-time usage (SPEC 3). An *ingest transaction* takes the shared
+advisory lock `INGEST_LOCK_KEY` before it has an xid and holds it to its
+end: ``billow_begin_usage_ingest()`` refuses a transaction that has an xid
+already, and a statement trigger calls it before every INSERT or COPY into
+``usage_events`` (migration 0005_usage_ingest_lock), so no insert path can
+skip it. The close then reads, in this order, in separate statements of a
+READ COMMITTED transaction:
+
+(a) ``X = pg_snapshot_xmax(pg_current_snapshot())``: every xid below X was
+    assigned before (a) (xmax is the latest completed xid + 1, and xids are
+    handed out in order);
+(b) the xids of the transactions holding the ingest lock in this database
+    now (``pg_locks``, never cached), each from its backend's
+    ``pg_stat_activity.backend_xid`` (read from the proc array, where
+    PostgreSQL publishes an xid the moment it assigns it; the backend
+    status cache is cleared by (a)) and from its own ``transactionid`` lock
+    (which PostgreSQL takes a moment *after* publishing the xid: not enough
+    alone). W = min(X, those xids, widened to xid8 against X).
+(c) the aggregation, whose statement snapshot is taken after (b).
+
+Why (1): take an ingest transaction T with xid ``t < W`` that commits. As
+``t < X``, t was assigned before (a), so T held the lock from before (a).
+If T were still running when (c)'s snapshot is taken, it would have been
+running throughout (b), holding the lock with its xid published, and W <= t.
+So T had ended before (c)'s snapshot, and PostgreSQL releases a
+transaction's locks only after its commit is visible to new snapshots
+(``CommitTransaction``: ``ProcArrayEndTransaction`` comes before the lock
+release). Aborted transactions leave no events. Nothing else inserts events.
+
+Why (2), i.e. no event appears below W later: an event that commits after
+(c) belongs to an ingest transaction still running at (c); by the argument
+above its xid is >= W. A later close reads X' >= X, and an ingest xid it
+finds in (b') either was assigned after (a) (so it is >= X >= W) or before
+(a), and then its transaction held the lock through (b) and bounded W.
+
+An ingest transaction that holds the lock but has not written yet does not
+hold W back: its xid, when it gets one, is >= X. Ingest transactions are
+short (one batch); one left open holds W back until it ends, which delays
+its own batch's events into the next watermark and never loses or repeats
+one.
 
 Late aggregates cover the late events only. That is the billable delta for
 ``sum`` and ``count``; for ``max``, ``unique_count`` and ``latest`` the caller
@@ -67,17 +111,43 @@ from activities.rollup_days import DayPlan, day_plan
 
 __all__ = [
     "AGGREGATIONS",
+    "INGEST_LOCK_KEY",
     "AggregateRow",
     "LateAggregateRow",
     "MeterSpec",
     "aggregate_late_usage",
     "aggregate_usage",
     "read_watermark",
+    "widen_xid",
 ]
 
 AGGREGATIONS: Final = frozenset({"sum", "count", "max", "unique_count", "latest"})
 
-_WATERMARK_SQL = "SELECT (pg_snapshot_xmin(pg_current_snapshot())::text)::bigint"
+INGEST_LOCK_KEY: Final = 0x75736167655F696E  # "usage_in"; migration 0005_usage_ingest_lock
+
+# (a): the snapshot's xmax, and a fresh backend status cache for (b).
+_XMAX_SQL = """
+SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint,
+       current_setting('transaction_isolation'),
+       pg_stat_clear_snapshot() IS NULL
+"""
+# (b): xids of the ingest lock's holders in this database. One read of the
+# lock table (MATERIALIZED: pg_locks is a function call per reference).
+_INGESTING_SQL = """
+WITH held AS MATERIALIZED (
+    SELECT locktype, database, classid, objid, objsubid, virtualtransaction, pid, mode,
+           transactionid
+    FROM pg_locks WHERE granted AND locktype IN ('advisory', 'transactionid')
+)
+SELECT a.backend_xid::text::bigint AS backend_xid, x.transactionid::text::bigint AS lock_xid
+FROM held l
+LEFT JOIN held x ON x.virtualtransaction = l.virtualtransaction
+    AND x.locktype = 'transactionid' AND x.mode = 'ExclusiveLock'
+LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.objsubid = 1
+  AND l.classid = $1::bigint::oid AND l.objid = $2::bigint::oid
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
 
 
 @dataclass(frozen=True)
@@ -145,11 +215,37 @@ class LateAggregateRow:
 
 
 async def read_watermark(conn: asyncpg.Connection) -> int:
-    """The oldest transaction id still running (or the next one): every event
-    with ``txid`` below it is committed or rolled back for good."""
-    value = await conn.fetchval(_WATERMARK_SQL)
-    assert isinstance(value, int)
-    return value
+    """The usage cut-off (xid8 as int): every event with ``txid`` below it is
+    committed and visible to the statements that follow, or never will be.
+
+    Steps (a) and (b) of the module docstring; the caller aggregates next, in
+    the same READ COMMITTED transaction or session (any other isolation keeps
+    an older snapshot for (c) and is refused).
+    """
+    row = await conn.fetchrow(_XMAX_SQL)
+    xmax, isolation = int(row[0]), row[1]
+    if isolation != "read committed":
+        raise ValueError(
+            f"read_watermark needs READ COMMITTED (this transaction is {isolation}): "
+            "the aggregation's snapshot must be newer than the watermark"
+        )
+    watermark = xmax
+    hi, lo = INGEST_LOCK_KEY >> 32, INGEST_LOCK_KEY & 0xFFFFFFFF
+    for backend_xid, lock_xid in await conn.fetch(_INGESTING_SQL, hi, lo):
+        for xid in (backend_xid, lock_xid):
+            if xid is not None:
+                watermark = min(watermark, widen_xid(xid, xmax))
+    return watermark
+
+
+def widen_xid(xid: int, reference: int) -> int:
+    """The xid8 of a running transaction's 32-bit ``xid``, given an xid8
+    ``reference`` less than 2^31 away from it (PostgreSQL keeps running xids
+    within 2^31 of the next one)."""
+    delta = (xid - reference) & 0xFFFFFFFF
+    if delta >= 1 << 31:
+        delta -= 1 << 32
+    return reference + delta
 
 
 def _require_aware(name: str, t: datetime) -> None:

@@ -16,12 +16,15 @@ compactions ``<= k``, and no other event is. Compaction ``k`` therefore folds
 
     txid < c_k AND ts < T_k AND NOT (txid < c_{k-1} AND ts < T_{k-1})
 
-with ``c`` and ``T`` never decreasing. ``c_k`` is the ``xmin`` of a snapshot
-(as for invoices): every transaction below it has ended, so no event can
-later appear below it. Only closed days are folded (``T`` defaults to today's
-UTC midnight), so a day's events land in one rollup row per group instead of
-one per run; an event that arrives after its day was folded waits for the
-next run.
+with ``c`` and ``T`` never decreasing. ``c_k`` is a watermark read as for
+invoices (`activities.usage_query.read_watermark`): every event below it is
+committed and visible to the fold that follows, and no event can later
+appear below it. Only open ingest transactions hold it back; the
+compactor's own transaction (which writes rollups, so has an xid) is not
+one, so a long run delays neither invoices nor the next run's watermark.
+Only closed days are folded (``T`` defaults to today's UTC midnight), so
+a day's events land in one rollup row per group instead of one per run; an
+event that arrives after its day was folded waits for the next run.
 
 Rollups are derived data: raw events stay (deduplication by id is forever
 and they are the audit trail). To rebuild them, empty both tables together

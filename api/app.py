@@ -18,11 +18,13 @@ from sqlalchemy import text
 
 from api import catalog, contracts, invoices, usage, webhooks
 from api.deps import AppDeps
+from api.idempotency import IdempotencyMiddleware
+from api.metrics_view import install_metrics_route
 from api.problems import PROBLEM_JSON, add_problem_schemas, install_problem_handlers
 from api.schemas import CrmWebhookPayload
 from api.security import ApiKeyMiddleware, BodyLimitMiddleware
 from worker.logging_setup import configure_from_settings
-from worker.metrics import install_http_metrics
+from worker.metrics import HttpMetricsMiddleware
 
 __all__ = ["AppDeps", "create_app"]
 
@@ -33,8 +35,17 @@ catalog. Every contract runs as the Temporal workflow `contract:<contract id>`.
 **Authentication.** `Authorization: Bearer <API key>` on every `/v1` path except the CRM
 webhook (signed instead). Keys are created with `billow apikey create --scope ...` and carry
 scopes: `crm` (contracts, amendments, reading invoices), `usage` (sending usage), `ops`
-(everything). No or an invalid key: **401**; a key outside its scope: **403**.
-`/healthz`, `/docs` and `/openapi.json` are open.
+(everything). No or an invalid key: **401**, answered from the headers before any of the
+body is read; a key outside its scope: **403**. `/healthz`, `/docs` and `/openapi.json`
+are open; `/metrics` shows operational series to anyone and everything with an `ops` key.
+
+**Retries are always safe.** Every mutating request accepts an `Idempotency-Key` header
+(up to 200 visible ASCII characters, scoped to your API key and the route): a retry with
+the same key and body answers with the first answer (`Idempotent-Replayed: true`); the
+same key with another body is a **409** and changes nothing. A payment's `payment_id`
+defaults to it. When billow cannot tell within its deadline whether a change took effect
+it answers **504** (or **503**) with `Retry-After` and says the change may still apply:
+retry with the same key or id. Such answers are not stored, so the retry finds out.
 
 **Errors** are `application/problem+json` (RFC 9457): `type`, `title`, `status`, `detail`,
 `instance` and `errors: [{field, reason}]` naming each offending field (`a.b[0].c`; query,
@@ -82,10 +93,15 @@ def create_app(deps: AppDeps) -> FastAPI:
     )
     app.state.deps = deps
     install_problem_handlers(app)
-    # Added last = outermost: the body limit runs first, then authentication.
-    app.add_middleware(ApiKeyMiddleware, deps=deps)
+    # Added last = outermost. Request metrics count every request; the API key
+    # is checked from the headers before any of the body is read (an
+    # unauthenticated client costs no memory or bandwidth); then the body
+    # limit buffers the body; then Idempotency-Key answers retries.
+    app.add_middleware(IdempotencyMiddleware, deps=deps)
     app.add_middleware(BodyLimitMiddleware, deps=deps)
-    install_http_metrics(app)  # outermost: counts every request; GET /metrics (worker/metrics.py)
+    app.add_middleware(ApiKeyMiddleware, deps=deps)
+    app.add_middleware(HttpMetricsMiddleware)
+    install_metrics_route(app, deps)
 
     for module in (contracts, usage, invoices, catalog, webhooks):
         app.include_router(module.router)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Body, Depends, Query, Response
 from activities.api_keys import Scope
 from activities.catalog_store import apply_catalog, load_catalog_version
 from api.deps import AppDeps, get_deps
+from api.idempotency import IdempotencyKeyHeader
 from api.problems import not_found, problem_responses
 from api.schemas import CATALOG_EXAMPLE, CatalogApplied, CatalogVersionOut
 from api.security import require_scope
@@ -34,6 +35,7 @@ async def put_catalog(
         "acme": {"summary": "The Pro plan of the SPEC.md example", "value": CATALOG_EXAMPLE}})],
     response: Response,
     deps: Deps,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> CatalogApplied:
     """Validate and store a catalog (meters, rate cards, plans; SPEC.md section 8).
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Query, Response
-from sqlalchemy import text
 from temporalio.client import WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
@@ -16,6 +15,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.api_keys import Scope
 from activities.ledger import compute_usage_invoice
 from api.deps import AppDeps, get_deps
+from api.idempotency import IdempotencyKeyHeader
 from api.problems import ProblemError, from_billow_error, not_found, problem_responses
 from api.queries import contract_row, contract_state_from_db, list_contracts, summary_from_issued
 from api.schemas import (
@@ -28,6 +28,7 @@ from api.schemas import (
 )
 from api.security import require_scope
 from api.workflow_calls import (
+    RETRY_AFTER,
     reasons_from_message,
     temporal_client,
     temporal_errors,
@@ -39,8 +40,15 @@ from models.errors import BillowValidationError
 from models.invoices import InvoiceDocument
 from models.operations import ContractStatus
 from models.periods import billing_periods
-from worker.contract_service import ContractConflictError, start_contract, workflow_id
+from worker.contract_service import (
+    ContractConflictError,
+    ContractOverlapError,
+    ContractStartUncertainError,
+    start_contract,
+    workflow_id,
+)
 from workflows.contract import AmendmentResult, ContractView
+from workflows.contract_state import amend_update_id
 
 log = logging.getLogger("billow.api")
 
@@ -52,22 +60,33 @@ _crm = [Depends(require_scope(Scope.CRM))]
 async def create_contract(
     deps: AppDeps, contract: Contract, catalog_version: int | None
 ) -> tuple[ContractCreated, bool]:
-    """Start the contract's workflow (idempotent on its id). Shared with the webhook."""
+    """Start the contract's workflow (idempotent on its id). Shared with the webhook.
+
+    Never deletes anything on an ambiguous failure: `start_contract` keeps the
+    rows whenever the workflow may have started, and repeating the create is
+    safe (SPEC.md section 10).
+    """
     client = await temporal_client(deps)
-    async with deps.engine.connect() as conn:
-        existed = await conn.scalar(
-            text("SELECT 1 FROM contracts WHERE id = :id"), {"id": contract.id}
-        ) is not None
     try:
-        async with temporal_errors("create contract"):
-            started = await start_contract(client, deps.engine, contract, deps.task_queue,
-                                           catalog_version=catalog_version)
+        started = await start_contract(
+            client, deps.engine, contract, deps.task_queue, catalog_version=catalog_version,
+            rpc_timeout=timedelta(seconds=deps.workflow_timeout_seconds))
     except ContractConflictError as exc:
         raise ProblemError(
             409, "contract-conflict", "Contract exists with different terms",
             f"contract {contract.id!r} already exists with different terms; differing "
             f"fields: {', '.join(exc.differences) or '(none listed)'}",
             [(path, "differs from the existing contract") for path in exc.differences],
+        ) from exc
+    except ContractOverlapError as exc:
+        raise ProblemError(
+            409, "contract-overlap", "Overlapping contract",
+            f"{exc}; end or terminate {exc.other_id!r} before this term starts, or use "
+            "another customer",
+            [("customer.id", f"contract {exc.other_id!r} of this customer overlaps this "
+              "term on a shared meter"),
+             ("starts_on", f"overlaps the term of contract {exc.other_id!r}")],
+            extra={"conflicting_contract_id": exc.other_id},
         ) from exc
     except BillowValidationError as exc:
         raise from_billow_error(exc) from exc
@@ -77,51 +96,31 @@ async def create_contract(
                                [("query.catalog_version", str(exc))]) from exc
         raise ProblemError(409, "no-catalog", "No catalog", f"{exc}: PUT /v1/catalog first",
                            [("plan", str(exc))]) from exc
-    except Exception:
-        if not existed:
-            await _forget_unstarted(deps, contract)
-        raise
+    except ContractStartUncertainError as exc:
+        timed_out = isinstance(exc.cause, TimeoutError) or (
+            isinstance(exc.cause, RPCError) and exc.cause.status == RPCStatusCode.DEADLINE_EXCEEDED)
+        raise ProblemError(
+            504 if timed_out else 503, "outcome-unknown",
+            "Gateway Timeout" if timed_out else "Service Unavailable",
+            f"starting the workflow of contract {contract.id!r} did not complete "
+            f"({exc.cause.__class__.__name__}): the contract may have been created; retry "
+            "with the same body",
+            headers={"Retry-After": RETRY_AFTER},
+        ) from exc
+    except RPCError as exc:  # Temporal refused the start: nothing was created
+        raise ProblemError(
+            503, "unavailable", "Service Unavailable",
+            f"Temporal refused to start the workflow of contract {contract.id!r} "
+            f"({exc.status.name if exc.status else 'error'}: {exc.message}); the contract "
+            "was not created",
+            headers={"Retry-After": RETRY_AFTER},
+        ) from exc
     wf = started.workflow_id
     return ContractCreated(
         contract_id=contract.id, workflow_id=wf, run_id=started.run_id, created=started.created,
         catalog_version=started.catalog_version, temporal_ui_url=deps.workflow_url(wf),
         contract=contract,
     ), started.created
-
-
-async def _forget_unstarted(deps: AppDeps, contract: Contract) -> None:
-    """Undo the rows of a contract whose workflow could not be started.
-
-    ``start_contract`` registers the customer and contract before starting the
-    workflow; if the start fails, a new contract must not stay behind as a
-    half-created row. (Should the start have succeeded after all, the
-    workflow's first activity registers the rows again.)
-    """
-    try:
-        async with deps.engine.begin() as conn:
-            # Its first period's (empty) draft goes with it; nothing else may exist.
-            await conn.execute(
-                text("DELETE FROM invoices WHERE contract_id = :id AND status = 'draft' "
-                     "AND number IS NULL AND NOT EXISTS (SELECT 1 FROM credit_grants "
-                     "WHERE contract_id = :id) AND NOT EXISTS "
-                     "(SELECT 1 FROM invoices WHERE contract_id = :id AND status <> 'draft')"),
-                {"id": contract.id},
-            )
-            await conn.execute(
-                text("DELETE FROM contracts WHERE id = :id AND NOT EXISTS "
-                     "(SELECT 1 FROM invoices WHERE contract_id = :id) AND NOT EXISTS "
-                     "(SELECT 1 FROM credit_grants WHERE contract_id = :id) AND NOT EXISTS "
-                     "(SELECT 1 FROM amendments WHERE contract_id = :id)"),
-                {"id": contract.id},
-            )
-            await conn.execute(
-                text("DELETE FROM customers WHERE id = :c AND NOT EXISTS "
-                     "(SELECT 1 FROM contracts WHERE customer_id = :c) AND NOT EXISTS "
-                     "(SELECT 1 FROM usage_events WHERE customer_id = :c)"),
-                {"c": contract.customer.id},
-            )
-    except Exception:
-        log.exception("could not remove the rows of unstarted contract %s", contract.id)
 
 
 @router.post(
@@ -142,6 +141,7 @@ async def post_contract(
     deps: Deps,
     catalog_version: Annotated[int | None, Query(
         ge=1, description="Catalog version to bill by (default: the latest).")] = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> ContractCreated:
     """Start the contract's workflow (`contract:<id>`) on the latest catalog version (or
     `catalog_version`).
@@ -217,7 +217,7 @@ async def get_contract(contract_id: str, deps: Deps) -> ContractState:
     try:
         client = await temporal_client(deps)
         handle = client.get_workflow_handle(wf)
-        async with temporal_errors("read contract"):
+        async with temporal_errors("read contract", changes=False):
             if await workflow_status(handle) == WorkflowExecutionStatus.RUNNING:
                 view = await handle.query(
                     "state", result_type=ContractView,
@@ -238,6 +238,8 @@ async def get_contract(contract_id: str, deps: Deps) -> ContractState:
         invoices=[summary_from_issued(view.contract_id, i) for i in view.invoices],
         amendments=list(view.applied_amendment_ids),
         pending_amendments=list(view.pending_amendments),
+        dropped_amendments=list(view.dropped_amendments),
+        unapplied_payments=list(view.unapplied_payments),
     )
 
 
@@ -252,14 +254,25 @@ async def post_amendment(
     contract_id: str,
     amendment: Annotated[Amendment, Body(openapi_examples=AMENDMENT_EXAMPLES)],
     deps: Deps,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> AmendmentAccepted:
     """Send an amendment (SPEC.md section 7) to the contract's workflow as the `amend`
     update. The workflow validates it first: an invalid amendment is a **422** whose
     `errors` carry the workflow's reason, and nothing changes. The amendment `id` is an
     idempotency key: resending it changes nothing and returns the first answer.
 
+    Without `effective`, the amendment takes effect at the instant billow received it:
+    the API stamps `received_at` with its own clock on every request (a value sent by the
+    client is ignored), so a busy or catching-up workflow does not move the instant.
+
+    When the workflow does not answer within the API's deadline the answer is a **504**
+    (**503** while the contract's workflow is stalled) with `Retry-After`: the amendment
+    may still apply; resend it with the same `id` to learn its outcome.
+
     Scope: `crm` or `ops`.
     """
+    # Stamped first, before any I/O: the instant billow received it (SPEC.md section 7).
+    amendment = amendment.model_copy(update={"received_at": datetime.now(UTC)})
     async with deps.engine.connect() as conn:
         row = await contract_row(conn, contract_id)
     if row is None:
@@ -267,11 +280,12 @@ async def post_amendment(
     client = await temporal_client(deps)
     handle = client.get_workflow_handle(workflow_id(contract_id))
     try:
-        async with temporal_errors("amend contract"), asyncio.timeout(
+        async with temporal_errors("amend contract", handle=handle), asyncio.timeout(
             deps.workflow_timeout_seconds
         ):
             result: AmendmentResult = await handle.execute_update(
-                "amend", amendment, id=f"amend:{amendment.id}", result_type=AmendmentResult,
+                "amend", amendment, id=amend_update_id(amendment),
+                result_type=AmendmentResult,
             )
     except WorkflowUpdateFailedError as exc:
         raise update_problem(exc, "InvalidAmendment", "invalid-amendment",
@@ -292,11 +306,24 @@ def _ended(contract_id: str, status: str) -> ProblemError:
     )
 
 
+# Update failures that mean "this id was used before for something else".
+CONFLICT_TYPES = {
+    "AmendmentConflict": "amendment-conflict",
+    "PaymentConflict": "payment-conflict",
+    "ContractOverlap": "contract-overlap",
+}
+
+
 def update_problem(
     exc: WorkflowUpdateFailedError, expected_type: str, slug: str, title: str
 ) -> ProblemError:
     """A rejected or failed workflow update as a 422 naming the validator's fields."""
     cause = exc.cause
+    if isinstance(cause, ApplicationError) and cause.type in CONFLICT_TYPES:
+        # The id was used before for other content: changes nothing, and is not
+        # the request's shape at fault (SPEC.md sections 7 and 10).
+        return ProblemError(409, CONFLICT_TYPES[cause.type], "Conflict", cause.message,
+                            reasons_from_message(cause.message))
     if isinstance(cause, ApplicationError) and cause.type == expected_type:
         return ProblemError(422, slug, title, cause.message, reasons_from_message(cause.message))
     message = getattr(cause, "message", None) or str(exc)

@@ -21,11 +21,18 @@ from activities.ledger_reports import invoice_documents
 from activities.ledger_store import lock_contract
 from api.contracts import update_problem
 from api.deps import AppDeps, get_deps
-from api.problems import ProblemError, not_found, problem_responses, validation_problem
+from api.idempotency import IdempotencyKeyHeader
+from api.problems import (
+    ProblemError,
+    not_found,
+    payment_conflict,
+    problem_responses,
+    validation_problem,
+)
 from api.queries import invoice_by_number, invoice_summaries, outstanding
 from api.schemas import InvoiceDetail, InvoiceList, PaymentIn, PaymentOut
 from api.security import require_scope
-from api.workflow_calls import temporal_client, temporal_errors, workflow_status
+from api.workflow_calls import outcome_unknown, temporal_client, temporal_errors, workflow_status
 from models.invoices import InvoiceStatus
 from models.money import minor_units
 from models.operations import PaymentRequest, PaymentResult
@@ -94,7 +101,9 @@ async def get_invoice(number: str, deps: Deps) -> InvoiceDetail:
     dependencies=_ops,
     responses=problem_responses(401, 403, 404, 409, 413, 422, 503, 504),
 )
-async def pay_invoice(number: str, payment: PaymentIn, deps: Deps) -> PaymentOut:
+async def pay_invoice(
+    number: str, payment: PaymentIn, deps: Deps, idempotency_key: IdempotencyKeyHeader = None,
+) -> PaymentOut:
     """Record a payment received for invoice `number`.
 
     While the contract's workflow runs, the payment goes to it as the `pay` update (it
@@ -102,10 +111,19 @@ async def pay_invoice(number: str, payment: PaymentIn, deps: Deps) -> PaymentOut
     workflow has closed, the payment is recorded directly in the ledger. Either way it is
     one transaction with its journal entry.
 
-    `payment_id` makes the call idempotent: the same id again records nothing and returns
-    `applied: false`. A paid or void invoice refuses new payments (**409**).
-    Scope: `ops`.
+    Retries are safe with an id: `payment_id`, which defaults to the `Idempotency-Key`
+    header. Sending the same payment again (same id, invoice and amount) records nothing
+    and answers as the first time did (the ledger keeps each payment's first answer).
+    The same id with another invoice or amount is a **409**. A payment with neither id
+    is recorded, but a retry of it would be recorded again: always send one.
+
+    **504**/**503** with `Retry-After`: billow could not tell within its deadline whether
+    the payment was recorded (or the contract's workflow has not caught up with this
+    invoice yet); it may still apply: retry with the same id.
+    A paid or void invoice refuses new payments (**409**). Scope: `ops`.
     """
+    if payment.payment_id is None and idempotency_key is not None:
+        payment = payment.model_copy(update={"payment_id": idempotency_key})
     async with deps.engine.connect() as conn:
         row = await invoice_by_number(conn, number)
         if row is None:
@@ -115,27 +133,33 @@ async def pay_invoice(number: str, payment: PaymentIn, deps: Deps) -> PaymentOut
     client = await temporal_client(deps)
     handle = client.get_workflow_handle(workflow_id(row.contract_id))
     result: PaymentResult | None = None
-    async with temporal_errors("pay invoice"):
+    async with temporal_errors("pay invoice", changes=False):
         running = await workflow_status(handle) == WorkflowExecutionStatus.RUNNING
     if running:
-        # A fresh update id each time: the ledger's unique payment key, not Temporal's
-        # update-id dedup, makes a resend a no-op, so it answers `applied: false` like
-        # the ledger path does.
-        update_id = f"pay:{uuid.uuid4().hex}"
         try:
-            async with temporal_errors("pay invoice"), asyncio.timeout(
+            async with temporal_errors("pay invoice", handle=handle), asyncio.timeout(
                 deps.workflow_timeout_seconds
             ):
                 result = await handle.execute_update(
                     "pay",
                     PaymentInput(invoice=row.key, amount=payment.amount,
                                  payment_id=payment.payment_id),
-                    id=update_id, result_type=PaymentResult,
+                    id=_update_id(row.key, payment), result_type=PaymentResult,
                 )
         except WorkflowUpdateFailedError as exc:
+            if (conflict := payment_conflict(exc)) is not None:
+                raise conflict from exc
             problem = update_problem(exc, "InvalidPayment", "invalid-payment", "Invalid payment")
             if "already" in problem.detail:
                 problem.status, problem.slug = 409, "invoice-settled"
+            elif _UNKNOWN_INVOICE in problem.detail:
+                # The ledger has it (it was found by its number above): the workflow's
+                # state has not caught up yet, e.g. after a worker crash between the
+                # ledger commit and the end of its workflow task. Never a 4xx: clients
+                # do not retry those, and the payment would be lost.
+                raise outcome_unknown(
+                    503, "pay invoice", f"the contract's workflow has not caught up with "
+                    f"invoice {number} yet; nothing was recorded", changes=False) from exc
             raise problem from exc
         except RPCError as exc:
             if exc.status != RPCStatusCode.NOT_FOUND:
@@ -145,6 +169,23 @@ async def pay_invoice(number: str, payment: PaymentIn, deps: Deps) -> PaymentOut
         return _out(number, row.contract_id, result, "workflow")
     ledger_result = await _record_in_ledger(deps, row, payment)
     return _out(number, row.contract_id, ledger_result, "ledger")
+
+
+_UNKNOWN_INVOICE = "unknown invoice"
+
+
+def _update_id(invoice_key: str, payment: PaymentIn) -> str:
+    """The `pay` update's id.
+
+    With a payment id it is the payment's identity (id, invoice, amount): a retry
+    of an update that is still running, or that Temporal still remembers, attaches
+    to it and gets the first answer without running again. A different invoice or
+    amount under the same id is a different update, which the ledger refuses as a
+    conflict. Without an id every send is its own payment.
+    """
+    if payment.payment_id is None:
+        return f"pay:{uuid.uuid4().hex}"
+    return f"pay:{payment.payment_id}:{invoice_key}:{payment.amount.normalize():f}"
 
 
 def _check_precision(amount: Decimal, currency: str) -> None:
@@ -159,8 +200,9 @@ async def _refuse_settled(conn: AsyncConnection, row: Any, payment_id: str | Non
     if row.status not in (InvoiceStatus.PAID, InvoiceStatus.VOID):
         return
     if payment_id is not None:
-        known = await conn.scalar(text("SELECT 1 FROM payments WHERE payment_key = :k"),
-                                  {"k": payment_id})
+        known = await conn.scalar(
+            text("SELECT 1 FROM payments WHERE contract_id = :c AND payment_key = :k"),
+            {"c": row.contract_id, "k": payment_id})
         if known is not None:
             return  # a resend: answered with the invoice as it stands
     raise ProblemError(409, "invoice-settled", "Invoice settled",
@@ -184,6 +226,8 @@ async def _record_in_ledger(deps: AppDeps, row: Any, payment: PaymentIn) -> Paym
                 amount=payment.amount, received_on=local_date(datetime.now(UTC), tz or "UTC"),
             ))
         except ApplicationError as exc:  # more than the invoice still owes
+            if (conflict := payment_conflict(exc)) is not None:
+                raise conflict from exc
             raise ProblemError(422, "validation", "Invalid payment", str(exc),
                                [("amount", str(exc))]) from exc
 

@@ -22,11 +22,14 @@ from collections.abc import Iterable, Sequence
 from http import HTTPStatus
 from typing import Any, get_args
 
+import asyncpg
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from temporalio.exceptions import ApplicationError
 
 from models.amendments import Amendment
 from models.errors import BillowValidationError, join_path
@@ -130,6 +133,26 @@ def validation_problem(
 
 def from_billow_error(exc: BillowValidationError, prefix: str = "") -> ProblemError:
     return validation_problem([(join_path(prefix, p), r) for p, r in exc.problems])
+
+
+# The ledger's field names in a PaymentConflict, as the payment request names them.
+_PAYMENT_FIELDS = {"invoice": "path.number", "amount": "amount"}
+
+
+def payment_conflict(exc: BaseException | None) -> ProblemError | None:
+    """A 409 for a ledger ``PaymentConflict`` (a payment id sent again with
+    another invoice or amount) anywhere in ``exc``'s cause chain: the
+    workflow's ``pay`` update wraps the activity's failure."""
+    while exc is not None:
+        if isinstance(exc, ApplicationError) and exc.type == "PaymentConflict":
+            errors = []
+            for part in exc.message.split("; "):
+                field, _, reason = part.partition(": ")
+                errors.append((_PAYMENT_FIELDS.get(field, field), reason))
+            return ProblemError(409, "payment-conflict", "Payment id already used",
+                                exc.message, errors)
+        exc = exc.__cause__ or getattr(exc, "cause", None)
+    return None
 
 
 def not_found(what: str, detail: str, field: str = "") -> ProblemError:
@@ -244,11 +267,33 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
                             (), _instance(request), dict(exc.headers or {}) or None)
 
 
+# Failures of the database connection: the request may be retried (a commit
+# that failed may or may not have happened, so the answer never says which).
+_DB_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, OSError,
+    asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.InterfaceError,
+)
+
+
+def _db_unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, _DB_UNAVAILABLE)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    changes = request.method not in ("GET", "HEAD", "OPTIONS")
+    may_apply = (" The request may or may not have taken effect: retry it with the same "
+                 "Idempotency-Key (or id) to find out." if changes else "")
+    if _db_unavailable(exc):
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return problem_response(503, "unavailable", "Service Unavailable",
+                                "the database is unavailable." + may_apply, (),
+                                _instance(request), {"Retry-After": "5"})
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response(500, "internal", "Internal Server Error",
-                            "an unexpected error occurred; nothing was changed by this request "
-                            "unless its response says otherwise", (), _instance(request))
+                            "an unexpected error occurred." + may_apply, (), _instance(request))
 
 
 def install_problem_handlers(app: FastAPI) -> None:

@@ -9,9 +9,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from activities.ledger_reports import credit_summary, unbilled_usage
+from activities.ledger_store import INVOICE_NUMBER_ORDER
 from api.schemas import ContractState, ContractSummary, InvoiceSummary
 from models.contract import ContractTerms
 from models.operations import ContractStatus, IssuedInvoice
+from workflows.contract_state import UnappliedPayment
 
 _OWED = ("open", "overdue")
 _ZERO = Decimal(0)
@@ -68,7 +70,7 @@ async def invoice_summaries(
     sql = f"SELECT {_INVOICE_COLUMNS} FROM invoices"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY number NULLS LAST, id OFFSET :offset"
+    sql += f" ORDER BY {INVOICE_NUMBER_ORDER}, id OFFSET :offset"
     if limit is not None:
         sql += " LIMIT :limit"
         params["limit"] = limit
@@ -116,6 +118,9 @@ async def contract_state_from_db(
     )
     credits = await credit_summary(conn, cid)
     unbilled = await unbilled_usage(conn, cid)
+    unapplied = (await conn.execute(
+        text("SELECT payment_key, invoice_key, amount, reason FROM unapplied_payments "
+             "WHERE contract_id = :c ORDER BY id"), {"c": cid})).all()
     return ContractState(
         contract_id=cid, customer_id=row.customer_id, plan=row.plan_key,
         status=ContractStatus(row.status), source="database", workflow_id=workflow_id,
@@ -124,6 +129,8 @@ async def contract_state_from_db(
         has_overdue_invoice=any(i.status == "overdue" for i in invoices),
         terms=ContractTerms.model_validate(row.terms), invoices=invoices,
         amendments=[a.amendment_id for a in amendments], pending_amendments=[],
+        unapplied_payments=[UnappliedPayment(payment_key=u.payment_key, invoice_key=u.invoice_key,
+                                             amount=u.amount, reason=u.reason) for u in unapplied],
         unbilled_usage_events=unbilled.events,
     )
 

@@ -19,6 +19,7 @@ from models.bounds import BoundedPositive, Id
 from models.contract import Contract, ContractTerms
 from models.money import DecimalStr
 from models.operations import ContractStatus
+from workflows.contract_state import DroppedAmendment, UnappliedPayment
 
 _IN = ConfigDict(extra="forbid")
 
@@ -170,6 +171,14 @@ class ContractState(BaseModel):
     invoices: list[InvoiceSummary]
     amendments: list[str] = Field(description="Ids of the amendments applied or scheduled.")
     pending_amendments: list[str] = Field(description="Ids scheduled for a later instant.")
+    dropped_amendments: list[DroppedAmendment] = Field(
+        default_factory=list,
+        description="Scheduled amendments that no longer applied when they fell due, with "
+                    "the reason (SPEC.md section 7).")
+    unapplied_payments: list[UnappliedPayment] = Field(
+        default_factory=list,
+        description="Money a gateway took after its invoice was paid another way: kept "
+                    "for ops to refund or apply.")
     unbilled_usage_events: int = Field(
         default=0,
         description="Events inside an ended term that arrived after its final invoice: "
@@ -239,13 +248,13 @@ class UsageBatch(BaseModel):
 class UsageResult(BaseModel):
     index: int = Field(description="Position of the event in the batch.")
     id: str | None
-    status: Literal["accepted", "duplicate", "rejected"]
+    status: Literal["accepted", "duplicate", "conflict", "rejected"]
     reason: str | None = None
 
 
 class UsageReport(BaseModel):
     model_config = ConfigDict(json_schema_extra={"example": {
-        "accepted": 1, "duplicate": 0, "rejected": 1,
+        "accepted": 1, "duplicate": 0, "conflict": 0, "rejected": 1,
         "results": [
             {"index": 0, "id": "evt-0001", "status": "accepted", "reason": None},
             {"index": 1, "id": "evt-0002", "status": "rejected",
@@ -254,6 +263,7 @@ class UsageReport(BaseModel):
     }})
     accepted: int
     duplicate: int
+    conflict: int = Field(description="Events whose id is stored with other content.")
     rejected: int
     results: list[UsageResult]
 
@@ -324,7 +334,8 @@ class PaymentOut(BaseModel):
     status: str
     amount_paid: DecimalStr
     paid_on: date | None
-    applied: bool = Field(description="False when this payment_id was already recorded.")
+    applied: bool = Field(description="Whether this payment was recorded; a resend of the "
+                          "same payment answers as the first time.")
     recorded_via: Literal["workflow", "ledger"] = Field(
         description="'workflow': the running contract's `pay` update; 'ledger': recorded "
                     "directly because the contract's workflow has closed.")

@@ -3,6 +3,10 @@
 Both run as ASGI middleware, before FastAPI parses anything, so an oversized
 or unauthenticated request is refused with a problem document whatever its
 body holds (a malformed body without a key is a 401, not a 422).
+Authentication runs first and reads only the headers: a request without a
+valid key is answered before any of its body is read, so an unauthenticated
+client costs neither memory nor bandwidth (the body limit reads and drains
+bodies only for authenticated requests, and for the signed webhook).
 
 - Body limits: ``POST /v1/usage`` up to 5 MB (a full batch of 10,000
   events), everything else 1 MB; a larger body is a 413. The limit is checked
@@ -151,7 +155,8 @@ class ApiKeyMiddleware:
         except Exception:
             response = problem_response(
                 503, "unavailable", "Service Unavailable",
-                "the database is unavailable; try again", (), scope["path"],
+                "the database is unavailable; nothing was done: try again", (), scope["path"],
+                {"Retry-After": "5"},
             )
             await response(scope, receive, send)
             return

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Response
 from activities.api_keys import Scope
 from activities.usage_ingest import MAX_BATCH, BatchTooLarge, ingest_usage
 from api.deps import AppDeps, get_deps
+from api.idempotency import IdempotencyKeyHeader
 from api.problems import ProblemError, problem_responses
 from api.schemas import UsageBatch, UsageReport
 from api.security import require_scope
@@ -32,12 +33,16 @@ def _too_large(size: int) -> ProblemError:
     dependencies=[Depends(require_scope(Scope.USAGE))],
     responses=problem_responses(401, 403, 413, 422),
 )
-async def post_usage(batch: UsageBatch, deps: Deps) -> Response:
+async def post_usage(
+    batch: UsageBatch, deps: Deps, idempotency_key: IdempotencyKeyHeader = None
+) -> Response:
     """Store up to 10,000 events (body up to 5 MB) in one transaction and report each:
 
     - `accepted`: stored now;
     - `duplicate`: its id was stored before (events are deduplicated by id for all time)
-      or appeared earlier in this batch — the first one wins, nothing is updated;
+      or appeared earlier in this batch, with the same content — a resend, stored once;
+    - `conflict`: its id was stored (or appeared earlier in this batch) with other
+      content; the reason names each differing field, nothing is stored or updated;
     - `rejected`: invalid (the reason names the field), unknown customer, or a meter the
       customer's contracts do not know.
 

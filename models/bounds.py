@@ -104,7 +104,7 @@ _QUANTUM = Decimal(1).scaleb(-MAX_DECIMAL_PLACES)
 
 def check_magnitude(d: Decimal) -> Decimal:
     """``d`` if it is below 10^18 with at most 12 decimals (extra trailing zeros dropped)."""
-    if abs(d) >= MAX_MAGNITUDE:
+    if d.copy_abs() >= MAX_MAGNITUDE:  # abs() would round to 28 digits: 1 - 10^-12 -> 10^18
         raise ValueError(f"must be less than 10^18 in absolute value (got {d:.6E})")
     exponent = d.as_tuple().exponent
     if isinstance(exponent, int) and exponent < -MAX_DECIMAL_PLACES:

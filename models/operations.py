@@ -28,6 +28,7 @@ from models.periods import Period
 
 __all__ = [
     "ActivityName",
+    "CardCharge",
     "ChargeRequest",
     "ChargeResult",
     "ClosePeriodRequest",
@@ -46,6 +47,7 @@ __all__ = [
     "PaymentResult",
     "RecordAmendmentRequest",
     "RegisterContractRequest",
+    "ReserveTermRequest",
     "UpdateContractRequest",
 ]
 
@@ -62,6 +64,9 @@ class ActivityName(StrEnum):
     CHARGE_INVOICE = "charge_invoice"
     DUNNING_STEP = "dunning_step"
     EXPIRE_CREDITS = "expire_credits"
+    RESERVE_TERM_EXTENSION = "reserve_term_extension"
+    CHARGE_CARD = "charge_card"
+    RECORD_CHARGE = "record_charge"
     COMPACT_USAGE = "compact_usage"
 
 
@@ -192,7 +197,7 @@ class PaymentResult(BaseModel):
     status: str
     amount_paid: Decimal
     paid_on: date | None
-    applied: bool  # False when the payment key was already recorded
+    applied: bool  # as the first recording answered (a resend gets the first answer)
 
 
 class ChargeRequest(BaseModel):
@@ -207,12 +212,31 @@ class ChargeRequest(BaseModel):
     attempt: int  # business retry number (1, 2, ...), part of the charge key
     on: date
 
+    @property
+    def idempotency_key(self) -> str:
+        """The gateway's idempotency key and the payment's id: one per business
+        attempt (never Temporal's attempt), so a retried activity cannot charge twice."""
+        return f"charge:{self.contract_id}:{self.invoice_key}:{self.attempt}"
+
 
 class ChargeResult(BaseModel):
     model_config = _FROZEN
     accepted: bool
     reason: str | None
     payment: PaymentResult | None
+    # Accepted by the gateway but refused by the invoice (paid meanwhile):
+    # recorded as an unapplied payment for ops, never charged again.
+    unapplied: bool = False
+
+
+class CardCharge(BaseModel):
+    """What the payment gateway answered to one charge (nothing recorded yet)."""
+
+    model_config = _FROZEN
+    accepted: bool
+    reference: str | None
+    reason: str | None
+    method: str  # the gateway's name, recorded with the payment
 
 
 class DunningRequest(BaseModel):
@@ -221,6 +245,19 @@ class DunningRequest(BaseModel):
     invoice_key: str
     step: DunningStep
     on: date
+
+
+class ReserveTermRequest(BaseModel):
+    """An ``extend_term``'s new end, checked against the customer's other
+    contracts (SPEC.md section 1) and written so a racing create sees it."""
+
+    model_config = _FROZEN
+    contract_id: str
+    customer_id: str
+    meters: list[str]
+    start: AwareDatetime
+    end: AwareDatetime
+    term_end: date
 
 
 class ExpireCreditsRequest(BaseModel):

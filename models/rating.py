@@ -14,6 +14,11 @@ Invariants:
   for the counter positions they occupy; volume lines all pay the tier of the
   meter's period total and the tier's flat fee goes to the first non-empty
   line. Line amounts therefore always add up to the price of the total.
+- Late usage continues the period's counters from what finalized invoices
+  billed (`BilledUsage`): graduated and package lines price the counter
+  positions after it; volume late lines bill the price of the new total
+  minus what was billed (billed units move to the new tier, a changed flat
+  fee is billed), never less than zero.
 - A group with no price is returned as `UnpricedGroup`, never priced at zero.
 - A meter's period is split where an override that can affect it starts or
   ends inside the period; each part is rated with the prices in force at
@@ -29,7 +34,15 @@ from decimal import Decimal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from models.catalog import Aggregation, Meter, PackagePrice, TieredPrice, TierMode, UnitPrice
+from models.catalog import (
+    Aggregation,
+    Meter,
+    PackagePrice,
+    TieredPrice,
+    TierMode,
+    TierStep,
+    UnitPrice,
+)
 from models.contract import ContractTerms
 from models.errors import BusinessError
 from models.invoices import FeeLine, LateUsageLine, UsageLine
@@ -40,13 +53,16 @@ from models.pricing import (
     package_amount,
     resolve_price,
     unit_amount,
+    volume_late_amounts,
     volume_line_amount,
 )
+from models.pricing.precision import exact, wide
 from models.pricing.resolve import ResolvedPrice, relevant_overrides
 from models.proration import prorate
 from models.usage import UsageEvent, dedupe_events
 
 __all__ = [
+    "BilledUsage",
     "RatingResult",
     "UnpricedGroup",
     "UsageAggregate",
@@ -82,6 +98,18 @@ class UsagePart(BaseModel):
     aggregates: list[UsageAggregate] = Field(default_factory=list)
 
 
+class BilledUsage(BaseModel):
+    """What finalized invoices billed for one group of a period's part (its
+    usage line and late_usage lines): where late usage continues from."""
+
+    model_config = _FROZEN
+    meter: str
+    dimensions: dict[str, str]
+    part_start: AwareDatetime  # the period start for an unsplit period
+    quantity: DecimalStr
+    amount: DecimalStr
+
+
 class UnpricedGroup(BaseModel):
     model_config = _FROZEN
     meter: str
@@ -98,7 +126,8 @@ class RatingResult(BaseModel):
 
     @property
     def usage_total(self) -> Decimal:
-        return sum((ln.amount for ln in self.lines), Decimal(0))
+        with wide():
+            return sum((ln.amount for ln in self.lines), Decimal(0))
 
     def raise_if_unpriced(self) -> None:
         if self.unpriced:
@@ -228,6 +257,7 @@ def billed_counter(meter: Meter, dimensions: Mapping[str, str]) -> str:
     return meter.key
 
 
+@exact
 def rate_period(
     terms: ContractTerms,
     period: Period,
@@ -235,19 +265,22 @@ def rate_period(
     *,
     late: bool = False,
     already: Mapping[str, Decimal] | None = None,
+    billed: Sequence[BilledUsage] = (),
 ) -> RatingResult:
     """Price the period's aggregates into usage lines.
 
     ``parts`` must not straddle a price change of a meter they hold
     aggregates for (use `usage_windows`). With ``late=True`` the lines are
-    ``late_usage`` lines naming ``period``; ``already`` then gives the
-    quantity already billed for that period per tier counter (keys from
-    `billed_counter`: per meter, or per group with ``tiers_per_group``), so
-    tier counters continue where the finalized invoices left them.
+    ``late_usage`` lines naming ``period``, and tier counters continue where
+    the finalized invoices left them: ``billed`` says what they billed for
+    the period per part and group. ``already`` (quantity per tier counter,
+    keys from `billed_counter`) is derived from it when not given; given
+    alone (no ``billed``), volume counters assume the billed units carried
+    the late line's price and were billed at the tier of their total.
     """
     lines: list[UsageLine | LateUsageLine] = []
     unpriced: list[UnpricedGroup] = []
-    base = already or {}
+    base = dict(already) if already is not None else _billed_counters(terms, billed)
     for meter in terms.meters:
         items: list[_Item] = []
         for part in sorted(parts, key=lambda p: p.start):
@@ -280,6 +313,8 @@ def rate_period(
                 totals[k] = totals.get(k, starts[k]) + it.agg.quantity
         flat_charged: set[tuple[str, str]] = set()
         split = any((it.start, it.end) != (period.start, period.end) for it in items)
+        # late volume lines per counter: (index into lines, steps, quantity)
+        late_volume: dict[str, list[tuple[int, Sequence[TierStep], Decimal]]] = {}
 
         for it in items:
             q = it.agg.quantity
@@ -303,10 +338,13 @@ def rate_period(
                 exact = package_amount(p.size, p.price, q, done)
             elif isinstance(p, TieredPrice) and p.mode is TierMode.GRADUATED:
                 exact = graduated_amount(p.steps, q, done)
+            elif late:
+                late_volume.setdefault(k, []).append((len(lines), p.steps, q))
+                exact = Decimal(0)  # set below, once the counter's late lines are known
             else:
                 flat_key = (k, p.model_dump_json())
-                # flat fee once per period: the first non-empty line, unless billed before
-                charge = q > 0 and flat_key not in flat_charged and not (late and done > 0)
+                # flat fee once per period: the first non-empty line
+                charge = q > 0 and flat_key not in flat_charged
                 if charge:
                     flat_charged.add(flat_key)
                 exact = volume_line_amount(p.steps, q, totals[k], charge)
@@ -340,7 +378,63 @@ def rate_period(
                         part_end=part_end,
                     )
                 )
+        for k, late_lines in late_volume.items():
+            done_lines, done_amount = _billed_volume(
+                terms, meter, billed, k, starts[k], late_lines[0][1]
+            )
+            exacts = volume_late_amounts(
+                done_lines, done_amount, [(st, q) for _, st, q in late_lines], totals[k]
+            )
+            for (index, _, _), exact in zip(late_lines, exacts, strict=True):
+                lines[index] = lines[index].model_copy(
+                    update={"amount": round_money(exact, terms.currency)}
+                )
     return RatingResult(lines=lines, unpriced=unpriced)
+
+
+def _billed_counters(terms: ContractTerms, billed: Sequence[BilledUsage]) -> dict[str, Decimal]:
+    """Quantity billed per tier counter (`billed_counter` keys)."""
+    meters = {m.key: m for m in terms.meters}
+    out: dict[str, Decimal] = {}
+    for b in billed:
+        meter = meters.get(b.meter)
+        if meter is not None:  # a meter the plan no longer has: nothing to continue
+            key = billed_counter(meter, b.dimensions)
+            out[key] = out.get(key, Decimal(0)) + b.quantity
+    return out
+
+
+def _billed_volume(
+    terms: ContractTerms,
+    meter: Meter,
+    billed: Sequence[BilledUsage],
+    counter: str,
+    quantity: Decimal,
+    fallback: Sequence[TierStep],
+) -> tuple[list[tuple[Sequence[TierStep], Decimal]], Decimal]:
+    """The volume-priced lines billed on ``counter`` (each with its price's
+    steps, resolved at its part's start) and their billed amount. Without
+    ``billed``, the ``quantity`` billed is taken as one line at ``fallback``
+    billed at the tier of its total."""
+    if not billed:
+        if quantity <= 0:
+            return [], Decimal(0)
+        return [(fallback, quantity)], volume_line_amount(fallback, quantity, quantity, True)
+    lines: list[tuple[Sequence[TierStep], Decimal]] = []
+    amount = Decimal(0)
+    for b in billed:
+        if b.meter != meter.key:
+            continue
+        agg = UsageAggregate(meter=b.meter, dimensions=b.dimensions, quantity=b.quantity,
+                             first_seen=b.part_start)
+        if _counter_key(meter, agg) != counter:
+            continue
+        price = resolve_price(meter, terms.rate_overrides, b.dimensions, b.part_start)
+        p = price.price if price is not None else None
+        if isinstance(p, TieredPrice) and p.mode is TierMode.VOLUME:
+            lines.append((p.steps, b.quantity))
+            amount += b.amount
+    return lines, amount
 
 
 def rate_events(terms: ContractTerms, period: Period, events: Iterable[UsageEvent]) -> RatingResult:
@@ -355,6 +449,7 @@ def rate_events(terms: ContractTerms, period: Period, events: Iterable[UsageEven
     return rate_period(terms, period, parts)
 
 
+@exact
 def fee_lines(terms: ContractTerms, period: Period) -> list[FeeLine]:
     """Recurring fees in arrears: ``monthly_amount x months`` of the full cycle
     period, prorated by days for a partial period (SPEC 2)."""

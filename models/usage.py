@@ -2,8 +2,13 @@
 
 Invariants:
 - Timestamps must carry an offset; they are normalized to UTC.
-- ``quantity`` is an exact, non-negative decimal (default 1); ``dimensions``
-  are strings.
+- ``quantity`` is an exact, non-negative decimal (default 1) below 10^18
+  with at most 12 decimal places (SPEC 6); ``dimensions`` are strings.
+- ``id``, ``customer``, ``meter`` and every dimension key and value hold at
+  most `MAX_TEXT` (256) characters and no NUL character: a longer one could
+  exceed what a b-tree entry holds, and PostgreSQL text cannot hold NUL (nor
+  lone surrogates, which are not UTF-8; pydantic refuses those), either of
+  which would fail a whole batch's INSERT. They are refused per event.
 - `parse_usage_jsonl` never raises for a bad line: it returns the good events
   and one ``(line number, problem)`` per bad line, with the field path.
 - `dedupe_events` keeps the first event of each ``id`` (events are
@@ -15,26 +20,46 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Final
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from models._loading import validate_model
+from models.bounds import MAX_ID_LENGTH, check_magnitude
 from models.contract import UtcDatetime
 from models.errors import BillowValidationError
 from models.money import NonNegativeDecimal
 
-__all__ = ["UsageEvent", "UsageLineError", "dedupe_events", "parse_usage_jsonl"]
+__all__ = [
+    "MAX_TEXT",
+    "UsageEvent",
+    "UsageLineError",
+    "dedupe_events",
+    "parse_usage_jsonl",
+]
+
+MAX_TEXT: Final = MAX_ID_LENGTH  # ids, names and dimension keys and values
+
+
+def _no_nul(s: str) -> str:
+    if "\x00" in s:
+        raise ValueError("must not contain the NUL character (\\u0000)")
+    return s
+
+
+_Text = Annotated[str, Field(max_length=MAX_TEXT), AfterValidator(_no_nul)]
+_Name = Annotated[str, Field(min_length=1, max_length=MAX_TEXT), AfterValidator(_no_nul)]
+Quantity = Annotated[NonNegativeDecimal, AfterValidator(check_magnitude)]
 
 
 class UsageEvent(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    id: Annotated[str, Field(min_length=1)]
-    customer: Annotated[str, Field(min_length=1)]
-    meter: Annotated[str, Field(min_length=1)]
+    id: _Name
+    customer: _Name
+    meter: _Name
     timestamp: UtcDatetime
-    quantity: NonNegativeDecimal = Decimal(1)  # corrections are credit notes, not negative usage
-    dimensions: dict[str, str] = Field(default_factory=dict)
+    quantity: Quantity = Decimal(1)  # corrections are credit notes, not negative usage
+    dimensions: dict[_Text, _Text] = Field(default_factory=dict)
 
 
 class UsageLineError(BaseModel):

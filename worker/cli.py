@@ -91,6 +91,11 @@ def api() -> None:
     configure_from_settings()
     uvicorn.run(create_app(deps), host=settings.api_host, port=settings.api_port,
                 log_config=None, timeout_graceful_shutdown=10)
+    # The API's Temporal client runs the SDK core's threads too: end like the
+    # worker, without interpreter finalization (worker.main.run_worker explains).
+    from worker.main import exit_now
+
+    exit_now(0)
 
 
 @app.command()

@@ -258,6 +258,9 @@ def contract_show(
         ("needs attention", result.get("attention") or "no"),
         ("overdue invoice", "yes" if result["has_overdue_invoice"] else "no"),
         ("amendments", ", ".join(result["amendments"]) or "-"),
+        *[(f"dropped {d['id']}", d["reason"]) for d in result.get("dropped_amendments", [])],
+        *[(f"unapplied {u['invoice_key']}", f"{u['amount']} {result['currency']}: refund or "
+           "apply") for u in result.get("unapplied_payments", [])],
         ("source", result["source"]), ("Temporal UI", result["temporal_ui_url"]),
     ]))
     if result["invoices"]:
@@ -387,7 +390,8 @@ def usage_send(
     """Send a JSON Lines file of usage events in batches of up to 10,000.
 
     Every event is reported: accepted, duplicate (already stored: resending a file is
-    safe) or rejected with the reason. Exit code 2 if any event was rejected.
+    safe), conflict (its id is stored with other content) or rejected with the reason.
+    Exit code 2 if any event was rejected or in conflict.
     """
     from rich.progress import (
         BarColumn,
@@ -398,7 +402,7 @@ def usage_send(
     )
 
     total = _count_lines(file)
-    counts = {"accepted": 0, "duplicate": 0, "rejected": 0}
+    counts = {"accepted": 0, "duplicate": 0, "conflict": 0, "rejected": 0}
     issues: list[dict[str, Any]] = []
     sent = 0
     try:
@@ -439,7 +443,7 @@ def usage_send(
             out.print(table)
             if len(issues) > 50:
                 out.print(f"... and {len(issues) - 50} more (use --json for all)")
-    if counts["rejected"]:
+    if counts["rejected"] or counts["conflict"]:
         raise typer.Exit(EXIT_INPUT)
 
 
@@ -529,7 +533,7 @@ def invoice_pay(
     out.print(_kv_table(f"Payment on {result['invoice_number']}", [
         ("status", result["status"]), ("amount paid", result["amount_paid"]),
         ("paid on", result.get("paid_on") or "-"),
-        ("recorded", "yes" if result["applied"] else "no (payment id already recorded)"),
+        ("recorded", "yes" if result["applied"] else "no"),
         ("via", result["recorded_via"]),
     ]))
 

@@ -4,14 +4,19 @@ activities, wired to one database engine."""
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import logging
+import os
 import signal
+import sys
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
+from temporalio.runtime import Runtime
 from temporalio.service import RPCError
 from temporalio.worker import Worker
 
@@ -29,7 +34,7 @@ from worker.metrics import start_app_metrics_server
 from worker.schedules import ensure_compaction_schedule
 from worker.settings import Settings
 from worker.telemetry import worker_runtime
-from worker.temporal_client import connect
+from worker.temporal_client import connect_with_retry
 from workflows.contract import ContractWorkflow
 from workflows.usage_compaction import UsageCompactionWorkflow
 
@@ -49,7 +54,10 @@ def activities_for(engine: AsyncEngine, gateway: PaymentGateway) -> Sequence[Any
         ledger.record_payment,
         ledger.dunning_step,
         ledger.expire_credits,
+        ledger.reserve_term_extension,
         payments.charge_invoice,
+        payments.charge_card,
+        payments.record_charge,
         usage.compact_usage,
     ]
 
@@ -82,14 +90,72 @@ def gateway_for(settings: Settings) -> PaymentGateway:
     return ManualGateway()
 
 
-async def run_worker(settings: Settings) -> None:
+async def run_worker(settings: Settings, *, exit_process: bool = True) -> None:
     """Run until SIGTERM/SIGINT (graceful: in-flight activities get
     ``worker_graceful_shutdown_seconds``) or until the worker fails fatally
-    (then raise, so the process exits non-zero and gets restarted)."""
+    (then exit non-zero, so the process gets restarted).
+
+    While Temporal is unreachable (not started yet, restarting) the worker
+    waits and retries with backoff instead of exiting (`connect_with_retry`).
+
+    ``exit_process`` (what ``billow worker`` uses): after the orderly
+    shutdown, end the process with `exit_now` instead of returning. The
+    Temporal SDK's core runs on Rust threads that call into Python (the core
+    log forwarder of `worker_runtime`, the completion of SDK futures), and its
+    runtime was only freed by the interpreter's final GC. A call that lands
+    during finalization aborts the process (``Fatal Python error:
+    PyGILState_Release ... Python runtime state: finalizing``), or the
+    runtime's shutdown waits forever for a thread that waits for the GIL (a
+    hang after "worker stopped"); temporalio/sdk-python#300. Nothing is left
+    to do by then, so the worker skips finalization: atexit handlers
+    (logging, OpenTelemetry span export) and stdio are flushed first.
+    """
     configure_logging(settings.log_format, settings.log_level)
+    # Held until the process ends: if a GC freed the runtime while its core
+    # threads still call into Python, freeing it would wait on them forever.
+    runtime = worker_runtime(settings)
+    try:
+        await _run_worker(settings, runtime)
+    except BaseException:
+        if not exit_process:
+            raise
+        log.exception("worker failed")
+        exit_now(1)
+    if exit_process:
+        exit_now(0)
+
+
+def exit_now(code: int) -> NoReturn:
+    """Flush what the process wrote and end it without interpreter finalization."""
+    atexit._run_exitfuncs()  # logging.shutdown, the OpenTelemetry provider's shutdown ...
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
+async def _run_worker(settings: Settings, runtime: Runtime) -> None:
     assert settings.database_url
     engine = make_engine(settings.database_url)
-    client = await connect(settings, runtime=worker_runtime(settings))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # Before connecting: a SIGTERM while Temporal is unreachable stops the wait.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        client = await connect_with_retry(settings, runtime=runtime, stop=stop)
+        if client is None:
+            log.info("stopped before Temporal was reachable")
+            return
+        await _serve(settings, client, engine, stop)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await engine.dispose()
+
+
+async def _serve(settings: Settings, client: Client, engine: AsyncEngine,
+                 stop: asyncio.Event) -> None:
     worker = build_worker(
         client,
         engine,
@@ -97,10 +163,6 @@ async def run_worker(settings: Settings) -> None:
         gateway_for(settings),
         graceful_shutdown=timedelta(seconds=settings.worker_graceful_shutdown_seconds),
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     if settings.usage_compaction_minutes:
         every = timedelta(minutes=settings.usage_compaction_minutes)
         try:
@@ -127,4 +189,3 @@ async def run_worker(settings: Settings) -> None:
         stopping.cancel()
         if metrics_server is not None:
             metrics_server.stop()
-        await engine.dispose()

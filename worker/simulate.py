@@ -5,6 +5,12 @@ test server against a real, fresh PostgreSQL database. Usage goes through the
 ingestion path, the contract is created the way the API creates it, and each
 timeline action is sent as the API would send it, at its instant. Time is
 advanced explicitly (``env.sleep``) up to each action and then to ``until``.
+
+A timeline action the contract refuses (an update error: an invalid
+amendment, a payment for more than is owed) does not stop the run: it is
+listed in the output's ``refused`` (only when there is one, so the output of
+a clean timeline has exactly the SPEC.md section 9 keys) and the rest of the
+timeline goes on.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import shutil
 import tempfile
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -25,7 +31,9 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from temporalio.client import WorkflowHandle
+from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 from activities.catalog_store import apply_catalog
@@ -35,15 +43,21 @@ from activities.migrate import upgrade_async
 from activities.payments import SimulatedCardGateway
 from activities.usage_ingest import IngestReport, IngestResult, IngestStatus, ingest_usage
 from activities.usage_rollup import compact_usage, utc_midnight
+from models.amendments import (
+    ChangePaymentTermsAmendment,
+    ExtendTermAmendment,
+    TerminateAmendment,
+)
 from models.catalog import Catalog
-from models.contract import Contract
-from models.periods import local_midnight_utc
+from models.contract import Contract, resolve_terms
+from models.periods import local_date, local_midnight_utc, term_end_date, termination_end_date
 from models.timeline import AmendAction, PayAction, TimelineAction
 from models.usage import UsageEvent
 from worker.contract_service import start_contract
 from worker.main import build_worker
 from worker.temporal_envs import start_time_skipping
 from workflows.contract import ContractWorkflow, PaymentInput
+from workflows.contract_state import amend_update_id
 
 TASK_QUEUE = "billow-simulate"
 BATCH = 10_000
@@ -67,18 +81,65 @@ class SimulationInput:
 class SimulationResult:
     output: dict[str, Any]
     ingest: IngestReport
+    refused: list[dict[str, Any]] = field(default_factory=list)
+
+
+class SimulationProgress:
+    """What a simulation reports while it runs; this base reports nothing.
+
+    ``billow simulate`` shows it on stderr (``worker/simulate_cli.py``), never
+    on stdout, where ``--json`` output goes.
+    """
+
+    def phase(self, description: str) -> None:
+        """A step starts: starting the database, the Temporal server ..."""
+
+    def ingested(self, done: int, total: int) -> None:
+        """``done`` of ``total`` usage events went through ingestion."""
+
+    def simulated(self, day: date, first: date, until: date) -> None:
+        """Simulated time reached ``day`` (local) of ``first`` .. ``until``."""
+
+
+NO_PROGRESS = SimulationProgress()
+# Simulated time advances in steps of at most this, so progress can be shown.
+PROGRESS_STEP = timedelta(days=7)
 
 
 def _utc_day_after(day: date) -> datetime:
     return datetime.combine(day + timedelta(days=1), time(), tzinfo=UTC)
 
 
-def default_until(contract: Contract, catalog: Catalog) -> date:
-    """Term end + payment terms + 30 days: every invoice has had its chance to be paid."""
-    from models.contract import resolve_terms
+def default_until(
+    contract: Contract, catalog: Catalog, timeline: Iterable[TimelineAction] = ()
+) -> date:
+    """Term end + payment terms + 30 days: every invoice has had its chance to be paid.
 
+    The term end is the one the timeline leaves: after every ``extend_term``,
+    or a ``terminate``'s end if earlier; the payment terms are the longest in
+    force at any time (``change_payment_terms`` included). Never before the
+    last action's day, so every action is sent.
+    """
     terms = resolve_terms(contract, catalog)
-    return terms.term_end + timedelta(days=terms.payment_terms_days + 30)
+    months, end, terms_days = terms.term_months, terms.term_end, terms.payment_terms_days
+    terminated = False
+    last_action: date | None = None
+    for action in sorted(timeline, key=lambda a: a.at):
+        last_action = local_date(action.at, terms.timezone)
+        if not isinstance(action, AmendAction):
+            continue
+        amendment = action.amendment
+        if isinstance(amendment, ExtendTermAmendment) and not terminated:
+            months += amendment.term_months
+            end = max(end, term_end_date(terms.starts_on, months))
+        elif isinstance(amendment, TerminateAmendment) and not terminated:
+            terminated = True
+            effective = amendment.effective or action.at
+            end = min(end, max(termination_end_date(effective, terms.timezone), terms.starts_on))
+        elif isinstance(amendment, ChangePaymentTermsAmendment):
+            terms_days = max(terms_days, amendment.payment_terms_days)
+    until = end + timedelta(days=terms_days + 30)
+    return max(until, last_action) if last_action is not None else until
 
 
 @contextlib.asynccontextmanager
@@ -116,7 +177,9 @@ async def fresh_database(server_url: str | None) -> AsyncIterator[str]:
 
 
 async def ingest_all(
-    engine: AsyncEngine, events: Sequence[UsageEvent | dict[str, Any]]
+    engine: AsyncEngine,
+    events: Sequence[UsageEvent | dict[str, Any]],
+    progress: SimulationProgress = NO_PROGRESS,
 ) -> IngestReport:
     results: list[IngestResult] = []
     for i in range(0, len(events), BATCH):
@@ -129,61 +192,95 @@ async def ingest_all(
             report = await ingest_usage(raw, batch)
             await conn.commit()
         results += [r.model_copy(update={"index": r.index + i}) for r in report.results]
+        progress.ingested(i + len(batch), len(events))
     count = Counter(r.status for r in results)
     return IngestReport(
         accepted=count[IngestStatus.ACCEPTED],
         duplicate=count[IngestStatus.DUPLICATE],
+        conflict=count[IngestStatus.CONFLICT],
         rejected=count[IngestStatus.REJECTED],
         results=results,
     )
 
 
-async def run_simulation(sim: SimulationInput, database_url: str | None = None) -> SimulationResult:
+async def run_simulation(
+    sim: SimulationInput,
+    database_url: str | None = None,
+    progress: SimulationProgress = NO_PROGRESS,
+) -> SimulationResult:
     """Fresh database, fresh time-skipping server, one contract's whole life."""
+    progress.phase("starting PostgreSQL" if database_url is None else "creating a database")
     async with fresh_database(database_url) as url:
         engine = make_engine(url)
+        progress.phase("starting the Temporal time-skipping server")
         env = await start_time_skipping()
         try:
-            return await simulate_on(env, engine, sim)
+            return await simulate_on(env, engine, sim, progress)
         finally:
             await env.shutdown()
             await engine.dispose()
 
 
 async def simulate_on(
-    env: WorkflowEnvironment, engine: AsyncEngine, sim: SimulationInput
+    env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    sim: SimulationInput,
+    progress: SimulationProgress = NO_PROGRESS,
 ) -> SimulationResult:
     """Run ``sim`` on a given time-skipping environment and migrated database."""
-    until = sim.until or default_until(sim.contract, sim.catalog)
+    tz = sim.contract.timezone
+    # Before anything runs; recomputed below without the refused actions.
+    until = sim.until or default_until(sim.contract, sim.catalog, sim.timeline)
+    progress.phase("applying the catalog and creating the contract")
     async with engine.begin() as conn:
         version, _ = await apply_catalog(conn, sim.catalog)
     gateway = SimulatedCardGateway(declines=dict(sim.card_declines))
+    refused: list[dict[str, Any]] = []
     async with build_worker(env.client, engine, TASK_QUEUE, gateway):
         started = await start_contract(
             env.client, engine, sim.contract, TASK_QUEUE, catalog_version=version
         )
-        ingest = await ingest_all(engine, sim.usage)
+        progress.phase(f"ingesting {len(sim.usage)} usage events")
+        ingest = await ingest_all(engine, sim.usage, progress)
         if sim.compact_usage:
             async with engine.connect() as conn:
                 raw = (await conn.get_raw_connection()).driver_connection
                 await compact_usage(raw, before=utc_midnight(_utc_day_after(until)))
         handle = env.client.get_workflow_handle(started.workflow_id)
-        for action in sim.timeline:
-            await advance_to(env, action.at)
+        first = local_date(await env.get_current_time(), tz)
+        progress.phase(f"simulating {first} → {until}")
+
+        def show(now: datetime) -> None:
+            progress.simulated(local_date(now, tz), first, until)
+
+        end_of_until = local_midnight_utc(until + timedelta(days=1), tz)
+        for index, action in enumerate(sim.timeline):
+            if sim.until is not None and action.at >= end_of_until:
+                refused.append(refusal(index, action, [("at", f"after --until {until}: not sent")]))
+                continue
+            await advance_to(env, action.at, show)
             await settle(env, handle)
-            await send_action(handle, action)
+            problems = await send_action(handle, action)
+            if problems is not None:
+                refused.append(refusal(index, action, problems))
+        if sim.until is None:
+            sent = [a for i, a in enumerate(sim.timeline) if i not in _indexes(refused)]
+            until = default_until(sim.contract, sim.catalog, sent)
         # Stop at the end of the `until` day (local time).
-        await advance_to(
-            env,
-            local_midnight_utc(until + timedelta(days=1), sim.contract.timezone)
-            - timedelta(microseconds=1),
-        )
+        end_of_until = local_midnight_utc(until + timedelta(days=1), tz)
+        await advance_to(env, end_of_until - timedelta(microseconds=1), show)
+    progress.phase("reading the ledger")
     async with engine.connect() as conn:
-        output = await contract_report(
-            conn, sim.contract.id, sim.catalog.plan(sim.contract.plan).currency
-        )
+        currency = sim.catalog.plan(sim.contract.plan).currency
+        output = await contract_report(conn, sim.contract.id, currency)
     output["until"] = until.isoformat()
-    return SimulationResult(output=output, ingest=ingest)
+    if refused:
+        output["refused"] = refused
+    return SimulationResult(output=output, ingest=ingest, refused=refused)
+
+
+def _indexes(refused: Sequence[dict[str, Any]]) -> set[int]:
+    return {int(r["index"]) for r in refused}
 
 
 async def contract_report(conn: AsyncConnection, contract_id: str, currency: str) -> dict[str, Any]:
@@ -198,11 +295,22 @@ async def contract_report(conn: AsyncConnection, contract_id: str, currency: str
     }
 
 
-async def advance_to(env: WorkflowEnvironment, at: datetime) -> None:
-    """Skip time forward to ``at`` (no-op if already past)."""
+async def advance_to(
+    env: WorkflowEnvironment, at: datetime, show: Callable[[datetime], None] | None = None
+) -> None:
+    """Skip time forward to ``at`` (no-op if already past).
+
+    With ``show``, in steps of `PROGRESS_STEP` (or a hundredth of the way,
+    if longer: a 100-year term stays quick), calling it after each.
+    """
     now = await env.get_current_time()
-    if at > now:
-        await env.sleep(at - now)
+    chunk = max(PROGRESS_STEP, (at - now) / 100)
+    while at > now:
+        step = at - now if show is None else min(at - now, chunk)
+        await env.sleep(step)
+        now += step
+        if show is not None:
+            show(now)
 
 
 async def settle(env: WorkflowEnvironment, handle: WorkflowHandle[Any, Any]) -> None:
@@ -215,25 +323,89 @@ async def settle(env: WorkflowEnvironment, handle: WorkflowHandle[Any, Any]) -> 
     the workflow starts its next timer and the action's update cancels it.
     So actions are delivered one second after their instant (same day), once
     a query (answered after pending workflow tasks) shows the workflow idle.
-    A real server needs none of this.
+    Amendments carry their action's instant as ``received_at``
+    (`send_action`), so a second late changes no number. A real server needs
+    none of this.
     """
     await env.sleep(timedelta(seconds=1))
     with contextlib.suppress(Exception):  # a finished workflow has nothing pending
         await handle.query(ContractWorkflow.query_state)
 
 
-async def send_action(handle: WorkflowHandle[Any, Any], action: TimelineAction) -> None:
-    """Send a timeline action the way the API sends it: as a workflow update."""
-    if isinstance(action, PayAction):
-        _: object = await handle.execute_update(
-            ContractWorkflow.pay,
-            PaymentInput(
-                invoice=action.invoice,
-                amount=action.amount,
-                payment_id=f"timeline:{action.invoice}:{action.at.astimezone(UTC).isoformat()}",
-            ),
-        )
-    elif isinstance(action, AmendAction):
-        _ = await handle.execute_update(
-            ContractWorkflow.amend, action.amendment, id=f"amend:{action.amendment.id}"
-        )
+Problems = list[tuple[str, str]]
+
+
+async def send_action(handle: WorkflowHandle[Any, Any], action: TimelineAction) -> Problems | None:
+    """Send a timeline action the way the API sends it: as a workflow update.
+
+    Returns None when the contract took it, else the ``(field, reason)``
+    problems it was refused with (an update error; the run goes on).
+    """
+    try:
+        if isinstance(action, PayAction):
+            _: object = await handle.execute_update(
+                ContractWorkflow.pay,
+                PaymentInput(
+                    invoice=action.invoice,
+                    amount=action.amount,
+                    payment_id=payment_id(action),
+                ),
+            )
+        elif isinstance(action, AmendAction):
+            # Received at its instant, though delivered a second later
+            # (`settle`): its default `effective` is `at` (SPEC.md section 7).
+            amendment = action.amendment.model_copy(update={"received_at": action.at})
+            _ = await handle.execute_update(
+                ContractWorkflow.amend, amendment, id=amend_update_id(amendment)
+            )
+    except WorkflowUpdateFailedError as exc:
+        return update_problems(exc)
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise
+        # The workflow completed (term closed, nothing left to collect).
+        return [("", f"the contract's workflow has completed: {exc.message}")]
+    return None
+
+
+def payment_id(action: PayAction) -> str:
+    return f"timeline:{action.invoice}:{action.at.astimezone(UTC).isoformat()}"
+
+
+def update_problems(exc: WorkflowUpdateFailedError) -> Problems:
+    """The ``(field, reason)`` pairs of a refused update.
+
+    billow's handlers refuse with an ``ApplicationError`` whose first detail
+    lists ``{"field", "reason"}``; anything else is reported by its message.
+    """
+    cause = exc.cause
+    if isinstance(cause, ApplicationError):
+        details = cause.details[0] if cause.details else None
+        if isinstance(details, list):
+            found = [
+                (str(d.get("field") or ""), str(d.get("reason") or ""))
+                for d in details
+                if isinstance(d, dict)
+            ]
+            if found:
+                return found
+        return [("", cause.message)]
+    return [("", str(cause or exc))]
+
+
+def refusal(index: int, action: TimelineAction, problems: Problems) -> dict[str, Any]:
+    """One entry of the output's ``refused`` list."""
+    entry: dict[str, Any] = {
+        "index": index,
+        "at": action.at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "action": action.action,
+    }
+    if isinstance(action, AmendAction):
+        entry["kind"] = action.amendment.kind
+        entry["id"] = action.amendment.id
+    else:
+        entry["invoice"] = action.invoice
+        entry["id"] = payment_id(action)
+    entry["reason"] = "; ".join(f"{f}: {r}" if f else r for f, r in problems)
+    entry["errors"] = [{"field": f, "reason": r} for f, r in problems]
+    return entry

@@ -7,16 +7,24 @@ certificate and key, a private CA and a TLS server name (deploy/README.md).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import Runtime
-from temporalio.service import TLSConfig
+from temporalio.service import RPCError, RPCStatusCode, TLSConfig
 
 from worker.settings import Settings
 from worker.telemetry import tracing_interceptors
+
+log = logging.getLogger("billow.temporal")
+
+# Waits between connection attempts: 1 s, doubling, at most 30 s.
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 30.0
 
 
 def _pem(value: str, setting: str) -> bytes:
@@ -74,3 +82,52 @@ def connect_options(settings: Settings) -> dict[str, Any]:
 
 async def connect(settings: Settings, *, runtime: Runtime | None = None) -> Client:
     return await Client.connect(**connect_options(settings), runtime=runtime)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """A failure that waiting can cure: nothing listening, DNS, a server starting.
+
+    Bad settings (a TLS file that cannot be read, cert without key) raise
+    ``ValueError`` before any attempt and are not retried; nor is a refused
+    API key, which no wait repairs.
+    """
+    if isinstance(exc, RPCError):
+        return exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED)
+    # The SDK's "Failed client connect: ... transport error" (no RPC was made).
+    return isinstance(exc, RuntimeError) and "connect" in str(exc).lower()
+
+
+async def connect_with_retry(
+    settings: Settings,
+    *,
+    runtime: Runtime | None = None,
+    stop: asyncio.Event | None = None,
+    first_delay: float = RETRY_FIRST_S,
+    max_delay: float = RETRY_MAX_S,
+) -> Client | None:
+    """Connect, retrying while Temporal is unreachable, with capped exponential backoff.
+
+    Each failed attempt is logged with the wait before the next one. Returns
+    None if ``stop`` is set meanwhile (a SIGTERM while waiting for Temporal).
+    """
+    options = connect_options(settings)
+    target = options["target_host"]
+    delay = first_delay
+    while True:
+        try:
+            return await Client.connect(**options, runtime=runtime)
+        except Exception as exc:
+            if not _unreachable(exc):
+                raise
+            log.warning("Temporal at %s not reachable, retrying in %g s (%s)",
+                        target, delay, str(exc).splitlines()[0][:300])
+        if stop is None:
+            await asyncio.sleep(delay)
+        else:
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+            else:
+                return None
+        delay = min(delay * 2, max_delay)

@@ -47,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
     from models.invoices import due_on
     from models.operations import (
         ActivityName,
+        CardCharge,
         ChargeRequest,
         ChargeResult,
         ClosePeriodRequest,
@@ -63,9 +64,10 @@ with workflow.unsafe.imports_passed_through():
         PaymentResult,
         RecordAmendmentRequest,
         RegisterContractRequest,
+        ReserveTermRequest,
         UpdateContractRequest,
     )
-    from models.periods import Period, local_midnight_utc
+    from models.periods import Period, local_midnight_utc, term_end_date
     from workflows import search_attributes as sa
     from workflows.contract_state import (
         CHARGE_RETRY_DAYS,
@@ -75,6 +77,7 @@ with workflow.unsafe.imports_passed_through():
         ContractState,
         DroppedAmendment,
         PendingAmendment,
+        UnappliedPayment,
         amendment_digest,
         apply_terms_amendment,
         check_amendment,
@@ -143,6 +146,7 @@ class ContractView(BaseModel):
     applied_amendment_ids: list[str]
     pending_amendments: list[str] = Field(default_factory=list)
     dropped_amendments: list[DroppedAmendment] = Field(default_factory=list)
+    unapplied_payments: list[UnappliedPayment] = Field(default_factory=list)
 
 
 def _rejected(exc: BillowValidationError) -> ApplicationError:
@@ -593,12 +597,12 @@ class ContractWorkflow:
                 attempt=attempt,
                 on=st.local_date(workflow.now()),
             )
-        result: ChargeResult | None
+        charge: CardCharge | None
         try:
-            result = await workflow.execute_activity(
-                ActivityName.CHARGE_INVOICE.value,
+            charge = await workflow.execute_activity(
+                ActivityName.CHARGE_CARD.value,
                 request,
-                result_type=ChargeResult,
+                result_type=CardCharge,
                 start_to_close_timeout=_SHORT,
                 retry_policy=_CHARGE_RETRY,
                 summary=f"charge {request.invoice_key} (attempt {attempt})",
@@ -606,10 +610,36 @@ class ContractWorkflow:
         except ActivityError as exc:
             workflow.logger.warning("charge %s attempt %d failed, counted as declined: %s",
                                     request.invoice_key, attempt, _refusal(exc))
-            result = None
+            charge = None
         async with self._lock:
-            if result is not None and result.payment is not None:
-                self._paid(result.payment)
+            if charge is not None and charge.accepted:
+                # Money taken is always recorded: on the invoice, or (paid
+                # meanwhile) as an unapplied payment for ops; a ledger step
+                # that retries until the database takes it.
+                recorded = await self._call(
+                    ActivityName.RECORD_CHARGE,
+                    PaymentRequest(
+                        contract_id=request.contract_id,
+                        invoice_key=request.invoice_key,
+                        payment_key=request.idempotency_key,
+                        amount=request.amount,
+                        received_on=request.on,
+                        method=charge.method,
+                        gateway_ref=charge.reference,
+                    ),
+                    ChargeResult,
+                    summary=f"record charge {request.invoice_key} (attempt {attempt})",
+                )
+                if recorded.payment is not None:
+                    self._paid(recorded.payment)
+                elif recorded.unapplied:
+                    st.unapplied_payments.append(UnappliedPayment(
+                        payment_key=request.idempotency_key, invoice_key=request.invoice_key,
+                        amount=request.amount, reason=recorded.reason or "",
+                    ))
+                    self._publish()
+                if collection in st.collections:
+                    collection.next_charge_at = None  # charged: nothing to retry
                 return
             if collection not in st.collections:
                 return
@@ -625,6 +655,8 @@ class ContractWorkflow:
         inv = st.invoice(payment.invoice_key)
         if inv is None:
             return
+        if payment.amount_paid < inv.amount_paid:
+            return  # the first answer to a resent payment: this state is newer
         st.put_invoice(
             inv.model_copy(
                 update={
@@ -754,6 +786,8 @@ class ContractWorkflow:
             except BillowValidationError as exc:
                 raise _rejected(exc) from exc
             effective = effective_instant(st, amendment, now)
+            if isinstance(amendment, ExtendTermAmendment):
+                await self._reserve_extension(amendment)
             recorded = await self._step_run(
                 ActivityName.RECORD_AMENDMENT,
                 RecordAmendmentRequest(
@@ -782,6 +816,33 @@ class ContractWorkflow:
         self._wakeup += 1
         self._publish()
         return AmendmentResult(amendment_id=amendment.id, status=status, effective=effective)
+
+    async def _reserve_extension(self, amendment: ExtendTermAmendment) -> None:
+        """An extension must not run into another contract of the customer that
+        bills a shared meter (SPEC.md section 1): checked and written in the
+        ledger under the customer's lock, or the update is refused."""
+        if not workflow.patched("extend-term-overlap-check"):
+            return
+        t = self.state.terms
+        end_date = term_end_date(t.starts_on, t.term_months + amendment.term_months)
+        try:
+            await self._run(
+                ActivityName.RESERVE_TERM_EXTENSION,
+                ReserveTermRequest(
+                    contract_id=t.contract_id, customer_id=t.customer.id,
+                    meters=[m.key for m in t.meters], start=t.term_start_at,
+                    end=local_midnight_utc(end_date, t.timezone), term_end=end_date,
+                ),
+                summary=f"reserve the extended term to {end_date}",
+            )
+        except _ACTIVITY_FAILURES as exc:
+            cause = exc if isinstance(exc, ApplicationError) else exc.cause
+            raise ApplicationError(
+                cause.message if isinstance(cause, ApplicationError) else str(exc),
+                type=(cause.type if isinstance(cause, ApplicationError) and cause.type
+                      else "AmendmentRefused"),
+                non_retryable=True,
+            ) from exc
 
     def _resend_answer(self, amendment: Amendment) -> AmendmentResult | None:
         """The first answer to an id already applied; a conflict if its content differs."""
@@ -917,6 +978,7 @@ class ContractWorkflow:
             applied_amendment_ids=list(st.applied_amendment_ids),
             pending_amendments=[p.amendment.id for p in st.pending_amendments],
             dropped_amendments=list(st.dropped_amendments),
+            unapplied_payments=list(st.unapplied_payments),
         )
 
     # --- plumbing --------------------------------------------------------------
@@ -1085,6 +1147,11 @@ class ContractWorkflow:
             lines.append(f"**Next boundary:** {st.open_period.end_date.isoformat()}")
         if st.attention:
             lines.append(f"**Needs attention:** {st.attention}")
+        if st.unapplied_payments:
+            total = sum((u.amount for u in st.unapplied_payments), Decimal(0))
+            lines.append(f"**Unapplied payments:** {len(st.unapplied_payments)} ({total} "
+                         f"{st.terms.currency}) taken by the gateway after their invoice was "
+                         "paid: refund or apply")
         if open_invoices:
             lines.append("**Open invoices:**")
             lines += [

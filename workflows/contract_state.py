@@ -114,6 +114,15 @@ class DroppedAmendment(BaseModel):
     at: AwareDatetime
 
 
+class UnappliedPayment(BaseModel):
+    """Money the gateway took that its invoice refused (paid another way meanwhile)."""
+
+    payment_key: str
+    invoice_key: str
+    amount: Decimal
+    reason: str
+
+
 class ContractState(BaseModel):
     contract: Contract
     terms: ContractTerms
@@ -137,6 +146,7 @@ class ContractState(BaseModel):
     # Answers given per amendment id (absent for ids applied by runs before it existed).
     amendment_records: list[AmendmentRecord] = Field(default_factory=list)
     dropped_amendments: list[DroppedAmendment] = Field(default_factory=list)
+    unapplied_payments: list[UnappliedPayment] = Field(default_factory=list)
     credit_balance: Decimal = Decimal(0)
     attention: str | None = None
     terminated_at: AwareDatetime | None = None
@@ -250,6 +260,17 @@ def amendment_digest(amendment: Amendment) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def amend_update_id(amendment: Amendment) -> str:
+    """The Temporal update id to send ``amendment`` under.
+
+    Temporal answers a repeated update id from its cache without running the
+    validator: the id carries the content, so a resend with the same content
+    gets the first answer and the same amendment id with other content reaches
+    the workflow, which refuses it as a conflict.
+    """
+    return f"amend:{amendment.id}:{amendment_digest(amendment)[:16]}"
+
+
 def validate_amendment(state: ContractState, amendment: Amendment, now: datetime) -> None:
     """Raise BillowValidationError if ``amendment`` cannot apply to this contract.
 
@@ -284,7 +305,10 @@ def check_amendment(
     """
     t = state.terms
     if state.term_closed:
-        raise BillowValidationError([("", f"contract {t.contract_id} has ended")])
+        raise BillowValidationError([(
+            "effective", f"after the term end {t.term_end.isoformat()}: "
+            f"contract {t.contract_id} has ended"
+        )])
     if effective >= t.term_end_at and not isinstance(amendment, ExtendTermAmendment):
         raise BillowValidationError(
             [("effective", f"at or after the term end {t.term_end.isoformat()}")]

@@ -21,7 +21,13 @@ from models.pricing.resolve import (
     resolve_price,
 )
 from models.pricing.unit import unit_amount
-from models.pricing.volume import volume_amount, volume_line_amount, volume_step
+from models.pricing.volume import (
+    volume_amount,
+    volume_late_amounts,
+    volume_line_amount,
+    volume_price,
+    volume_step,
+)
 
 __all__ = [
     "ResolvedPrice",
@@ -34,6 +40,8 @@ __all__ = [
     "resolve_price",
     "unit_amount",
     "volume_amount",
+    "volume_late_amounts",
     "volume_line_amount",
+    "volume_price",
     "volume_step",
 ]

@@ -16,10 +16,12 @@ from collections.abc import Sequence
 from decimal import Decimal
 
 from models.catalog import TierStep
+from models.pricing.precision import exact
 
 __all__ = ["graduated_amount", "graduated_cost"]
 
 
+@exact
 def graduated_cost(steps: Sequence[TierStep], quantity: Decimal) -> Decimal:
     """Cost of units ``(0, quantity]``."""
     total = Decimal(0)
@@ -35,6 +37,7 @@ def graduated_cost(steps: Sequence[TierStep], quantity: Decimal) -> Decimal:
     return total
 
 
+@exact
 def graduated_amount(
     steps: Sequence[TierStep], quantity: Decimal, already: Decimal = Decimal(0)
 ) -> Decimal:

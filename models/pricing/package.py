@@ -10,19 +10,24 @@ Invariants:
 
 from __future__ import annotations
 
-from decimal import ROUND_CEILING, Decimal
+from decimal import Decimal
 
-from models.money import exact_div
+from models.pricing.precision import exact
 
 __all__ = ["package_amount", "package_blocks"]
 
 
+@exact
 def package_blocks(size: Decimal, quantity: Decimal) -> Decimal:
     if quantity <= 0:
         return Decimal(0)
-    return exact_div(quantity, size).to_integral_value(rounding=ROUND_CEILING)
+    # divmod is exact (the quotient's integer part fits the wide context): a
+    # rounded quotient could hide a started block
+    whole, rest = divmod(quantity, size)
+    return whole + 1 if rest else whole
 
 
+@exact
 def package_amount(
     size: Decimal, price: Decimal, quantity: Decimal, already: Decimal = Decimal(0)
 ) -> Decimal:

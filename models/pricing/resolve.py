@@ -29,14 +29,13 @@ from models.catalog import (
     Meter,
     PackagePrice,
     Price,
-    TieredPrice,
-    TierStep,
     UnitPrice,
     matches,
     price_of,
 )
 from models.contract import ContractTerms, RateOverride
 from models.money import strip_zeros
+from models.pricing.precision import exact
 
 __all__ = [
     "ResolvedPrice",
@@ -54,23 +53,24 @@ class ResolvedPrice(BaseModel):
     source: str  # e.g. "rate_card[1]" or "rate_card[0] -50% (rate_overrides[0])"
 
 
+@exact
 def apply_discount(price: Price, percent: Decimal) -> Price:
     factor = 1 - percent / 100
 
     def d(x: Decimal) -> Decimal:
         return strip_zeros(x * factor)
 
+    # model_copy, not a constructor: a discounted price is derived, not input,
+    # and may carry more than the 12 decimals input prices are bounded to
+    # (0.0012 x (1 - 33.333333333333%) has 18).
     if isinstance(price, UnitPrice):
-        return UnitPrice(unit_price=d(price.unit_price))
+        return price.model_copy(update={"unit_price": d(price.unit_price)})
     if isinstance(price, PackagePrice):
-        return PackagePrice(size=price.size, price=d(price.price))
-    return TieredPrice(
-        mode=price.mode,
-        steps=[
-            TierStep(up_to=s.up_to, unit_price=d(s.unit_price), flat_fee=d(s.flat_fee))
-            for s in price.steps
-        ],
-    )
+        return price.model_copy(update={"price": d(price.price)})
+    return price.model_copy(update={"steps": [
+        s.model_copy(update={"unit_price": d(s.unit_price), "flat_fee": d(s.flat_fee)})
+        for s in price.steps
+    ]})
 
 
 def _shown(price: Price) -> Decimal | None:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from models.pricing.precision import exact
+
 __all__ = ["unit_amount"]
 
 
+@exact
 def unit_amount(quantity: Decimal, unit_price: Decimal) -> Decimal:
     return quantity * unit_price

@@ -168,9 +168,14 @@ async def test_contract_lifecycle_over_http(api: ApiServer, worker: None,
         assert paid.status_code == 200, paid.text
         assert paid.json() | {"status": "paid", "applied": True, "recorded_via": "workflow",
                               "amount_paid": "530.00"} == paid.json()
+        # a resend answers as the first time did (and records nothing: 3 payments below)
         replay = await ops.post(f"/v1/invoices/{n1}/payments",
                                 json={"amount": "530.00", "payment_id": f"{suffix}-wire-1"})
-        assert replay.json()["applied"] is False
+        assert replay.json() == paid.json()  # the first answer again
+        reused = problem(await ops.post(f"/v1/invoices/{n2}/payments",
+                                        json={"amount": "5.00", "payment_id": f"{suffix}-wire-1"}),
+                         409)
+        assert fields(reused) == ["path.number", "amount"]
         problem(await ops.post(f"/v1/invoices/{n1}/payments", json={"amount": "1.00"}), 409)
         cents = problem(await ops.post(f"/v1/invoices/{n2}/payments",
                                        json={"amount": "1.005"}), 422)
@@ -189,6 +194,9 @@ async def test_contract_lifecycle_over_http(api: ApiServer, worker: None,
         assert direct.status_code == 200, direct.text
         assert direct.json()["recorded_via"] == "ledger"
         assert direct.json()["status"] == "paid"
+        other_amount = problem(await ops.post(f"/v1/invoices/{n2}/payments", json={
+            "amount": "1.00", "payment_id": f"{suffix}-wire-2"}), 409)
+        assert fields(other_amount) == ["amount"]
         state = (await ops.get(f"/v1/contracts/{cid}")).json()
         assert state["source"] == "database"
         assert [i["status"] for i in state["invoices"]] == ["paid", "open", "paid"]

@@ -1,6 +1,6 @@
 """Record workflow histories for the replay tests.
 
-    python -m tests.histories.record <version> [scenario ...]
+    python -m tests.histories.record <version> [scenario ...] [--out DIR]
 
 Runs a few contract lifecycles on a time-skipping server and a fresh
 database and saves each contract workflow's history (every run of it) as
@@ -8,14 +8,19 @@ JSON next to this file. Histories are recorded once per released workflow
 version and kept: ``test_replay.py`` replays every saved file against the
 current ``ContractWorkflow``, so a change that would break a running
 contract fails there. Guard such changes with ``workflow.patched`` and record
-new histories alongside the old ones (never overwrite them).
+new histories alongside the old ones (never overwrite them: an existing
+file is skipped).
+
+To record from an older release, check it out in a worktree, copy this file
+and paths.py into its tests/histories/, and run it there with ``--out``
+pointing at this directory (the scenarios use only what every release has).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,15 +35,17 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.db import make_engine
 from activities.payments import SimulatedCardGateway
-from models.operations import CompactUsageRequest
-from tests.support.paths import ACME
+from tests.histories.paths import PATHS, PATHS_V4
 from tests.support.scenario import ContractRun, at, contract_doc, event
 from worker.main import build_worker
 from worker.simulate import fresh_database
 from worker.temporal_envs import start_time_skipping
-from workflows.usage_compaction import UsageCompactionWorkflow
 
 HERE = Path(__file__).parent
+try:
+    from tests.support.paths import ACME
+except ImportError:  # releases before the shared paths module
+    ACME = HERE.parents[2] / "shared" / "scenarios" / "acme"
 
 class Recorded(Protocol):
     handle: WorkflowHandle[Any, Any] | None
@@ -130,6 +137,10 @@ class _Compaction:
 
 
 async def usage_compaction(env: WorkflowEnvironment, engine: AsyncEngine) -> _Compaction:
+    # Imported here: releases before v3 have no compaction workflow.
+    from models.operations import CompactUsageRequest
+    from workflows.usage_compaction import UsageCompactionWorkflow
+
     async with engine.begin() as conn:
         await conn.execute(text(
             "INSERT INTO usage_events (event_id, customer_id, meter, ts, quantity, dimensions) "
@@ -151,17 +162,23 @@ SCENARIOS: dict[str, Scenario] = {
     "continue_as_new": continue_as_new,
     "renewal": renewal,
     "usage_compaction": usage_compaction,
+    **PATHS,
+    **PATHS_V4,
 }
 
 
-async def record(name: str, scenario: Scenario, version: str) -> None:
+async def record(name: str, scenario: Scenario, version: str, out: Path) -> None:
+    path = out / f"{name}.{version}.json"
+    if path.exists():
+        print(f"kept {path} (saved histories are never overwritten)")
+        return
     async with fresh_database(None) as url:
         engine = make_engine(url)
         env = await start_time_skipping()
         try:
             run = await scenario(env, engine)
             assert run.handle is not None
-            runs = []
+            runs: list[dict[str, Any]] = []
             run_id: str | None = None
             while True:  # every run of the workflow id, oldest first
                 hist = await env.client.get_workflow_handle(
@@ -175,16 +192,29 @@ async def record(name: str, scenario: Scenario, version: str) -> None:
         finally:
             await env.shutdown()
             await engine.dispose()
-    path = HERE / f"{name}.{version}.json"
     path.write_text(json.dumps({"workflow_id": run.handle.id, "runs": runs}, indent=1))
     print(f"wrote {path}")
 
 
-async def main(version: str, names: list[str]) -> None:
-    """Record ``names`` (default: every scenario) as ``<name>.<version>.json``."""
+async def main(version: str, names: list[str], out: Path = HERE) -> None:
+    """Record ``names`` (default: every scenario) as ``<out>/<name>.<version>.json``."""
+    failed = []
     for name in names or list(SCENARIOS):
-        await record(name, SCENARIOS[name], version)
+        try:
+            await record(name, SCENARIOS[name], version, out)
+        except Exception as exc:  # report it and record the others
+            print(f"{name}: not recorded: {exc!r}")
+            failed.append(name)
+    if failed:
+        raise SystemExit(f"not recorded: {', '.join(failed)}")
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "v1", sys.argv[2:]))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("version")
+    parser.add_argument("scenario", nargs="*", help=", ".join(SCENARIOS))
+    parser.add_argument("--out", type=Path, default=HERE)
+    args = parser.parse_args()
+    if unknown := [n for n in args.scenario if n not in SCENARIOS]:
+        parser.error(f"unknown scenario {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
+    asyncio.run(main(args.version, args.scenario, args.out))

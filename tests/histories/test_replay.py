@@ -5,6 +5,9 @@ path on replay would wedge every running contract. Each file here was
 recorded by ``python -m tests.histories.record <version>`` from a released
 version of the workflow; this test fails on any non-determinism. Changes go
 behind ``workflow.patched(...)`` and new histories are added, never swapped.
+
+Released versions: v1 = 519b4dc, v2 = c0dd874, v3 = 632682c. paths.py holds
+the lifecycles whose commands changed between them, each saved per version.
 """
 
 from __future__ import annotations
@@ -17,18 +20,52 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from tests.histories.paths import PATHS
 from workflows.contract import ContractWorkflow
 from workflows.usage_compaction import UsageCompactionWorkflow
 
 HISTORIES = sorted(Path(__file__).parent.glob("*.json"))
 
+# Histories that cannot replay on today's code, and why. Each comes from a
+# change shipped in the next release without ``workflow.patched``: the older
+# and the newer release's histories of that path then carry no marker and
+# begin alike, so no branch in workflow code can tell them apart, and the
+# newer (running) ones must keep replaying. Such contracts of the older
+# release have failed every workflow task since the newer one was deployed.
+UNPATCHABLE = {
+    "amendment_at_start.v1": "14c917d applies amendments due at the start before the "
+    "term opens; v1 opened the term first",
+    "terminate_held.v1": "776cfb5: a terminate while held takes effect now; v1 took "
+    "it from the held period's start",
+    "pending_dropped.v1": "776cfb5: the term close drops pending amendments; v1 "
+    "waited for them and applied them after the end",
+    "concurrent_payments.v1": "776cfb5 re-validates payments under the lock; v1 "
+    "recorded both payments",
+    "autopay_refused.v2": "a426be8 stops auto-pay on a refused charge; v2 failed the "
+    "workflow (closed: only a query replays it)",
+}
+
 
 def test_there_are_histories_to_replay() -> None:
     recorded = {p.name.split(".")[0] for p in HISTORIES}
     assert recorded >= {"acme", "amendments", "continue_as_new", "renewal", "usage_compaction"}
+    assert recorded >= set(PATHS)
 
 
-@pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
+def test_every_changed_path_is_saved_for_every_release() -> None:
+    saved = {p.stem for p in HISTORIES}
+    missing = {f"{name}.{v}" for name in [*PATHS, "renewal"] for v in ("v1", "v2", "v3")} - saved
+    assert not missing
+
+
+def _case(path: Path) -> object:
+    reason = UNPATCHABLE.get(path.stem)
+    if reason is None:
+        return path
+    return pytest.param(path, marks=pytest.mark.xfail(reason=reason, strict=True))
+
+
+@pytest.mark.parametrize("path", [_case(p) for p in HISTORIES], ids=[p.stem for p in HISTORIES])
 async def test_saved_history_replays_on_current_code(path: Path) -> None:
     saved = json.loads(path.read_text())
     replayer = Replayer(

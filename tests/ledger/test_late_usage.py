@@ -116,3 +116,44 @@ async def test_a_split_period_is_compared_part_by_part(db: AsyncEngine) -> None:
     assert await _late_lines(ledger, "usage:2027-02-01") == [
         ("storage_gb", "20", "60.00", "2027-01-01"),
     ]
+
+
+VOLUME_CATALOG = copy.deepcopy(PRO_CATALOG)
+VOLUME_CATALOG["meters"].append(
+    {"key": "gpu", "name": "GPU hours", "aggregation": "sum", "group_by": ["kind"],
+     "rate_card": [
+         {"match": {"kind": "a"}, "tiers": {"mode": "volume", "steps": [
+             {"up_to": "100", "unit_price": "1"}, {"unit_price": "0.9", "flat_fee": "30"}]}},
+         {"match": {"kind": "b"}, "tiers": {"mode": "volume", "steps": [
+             {"up_to": "100", "unit_price": "2"}, {"unit_price": "1.5", "flat_fee": "40"}]}},
+     ]})
+VOLUME_CATALOG["plans"][0]["meters"].append("gpu")
+
+
+def gpu(eid: str, ts: str, hours: str, kind: str) -> dict[str, Any]:
+    return event(eid, ts, hours, meter="gpu", kind=kind)
+
+
+async def test_late_usage_moves_a_volume_counter_to_the_tier_of_its_new_total(
+    db: AsyncEngine,
+) -> None:
+    """Billed: the price of the period's new total minus what was billed, so
+    the units billed before move to the new tier and its flat fees are billed."""
+    ledger = Ledger(db, catalog=VOLUME_CATALOG)
+    await ledger.register()
+    await ingest_all(ledger.engine, [gpu("g1", "2027-01-05T00:00:00Z", "60", "a"),
+                                     gpu("g2", "2027-01-06T00:00:00Z", "30", "b")])
+    jan = await run(ledger.acts.close_period, ledger.close_request(0))
+    assert jan.invoice.total == Decimal("620.00")  # 90 in tier 1: 60 x 1 + 30 x 2, + 500 fee
+    await ingest_all(ledger.engine, [gpu("g3", "2027-01-20T00:00:00Z", "20", "a")])
+    feb = await run(ledger.acts.close_period, ledger.close_request(1))
+    # 110 in tier 2: 80 x 0.9 + 30 x 1.5 + flat fees 30 + 40 = 187.00, 120.00 billed
+    assert feb.invoice.total == Decimal("567.00")
+    assert await _late_lines(ledger, "usage:2027-02-01") == [
+        ("gpu", "20", "67.00", "2027-01-01")]
+    await ingest_all(ledger.engine, [gpu("g4", "2027-01-21T00:00:00Z", "10", "b")])
+    mar = await run(ledger.acts.close_period, ledger.close_request(2))
+    # 120: 80 x 0.9 + 40 x 1.5 + 70 = 202.00, 187.00 billed
+    assert await _late_lines(ledger, "usage:2027-03-01") == [
+        ("gpu", "10", "15.00", "2027-01-01")]
+    assert mar.invoice.total == Decimal("515.00")

@@ -31,6 +31,7 @@ from activities.usage_query import (
 from tests.ledger.usage_fixtures import METERS_V1
 
 ACCEPTED, DUPLICATE, REJECTED = IngestStatus.ACCEPTED, IngestStatus.DUPLICATE, IngestStatus.REJECTED
+CONFLICT = IngestStatus.CONFLICT
 JAN = datetime(2027, 1, 1, tzinfo=UTC)
 FEB = datetime(2027, 2, 1, tzinfo=UTC)
 MAR = datetime(2027, 3, 1, tzinfo=UTC)
@@ -69,7 +70,7 @@ async def test_batch_stores_exactly_the_good_new_events_and_reports_each(
 ) -> None:
     batch: list[Any] = [
         ev("e-ok", quantity="1500.25", dimensions={"model": "gpt-4"}),  # 0
-        ev("e-ok", quantity="9"),  # 1 same id later in the batch
+        ev("e-ok", quantity="9"),  # 1 same id later in the batch, other content
         ev("e-meter", meter="gpus"),  # 2 a v2 meter; acme pins v1
         ev("e-cust", customer="nobody"),  # 3
         ev("e-naive", ts="2027-01-05T10:00:00"),  # 4
@@ -90,7 +91,7 @@ async def test_batch_stores_exactly_the_good_new_events_and_reports_each(
     got = [(r.index, r.id, r.status) for r in report.results]
     assert got == [
         (0, "e-ok", ACCEPTED),
-        (1, "e-ok", DUPLICATE),
+        (1, "e-ok", CONFLICT),
         (2, "e-meter", REJECTED),
         (3, "e-cust", REJECTED),
         (4, "e-naive", REJECTED),
@@ -108,7 +109,9 @@ async def test_batch_stores_exactly_the_good_new_events_and_reports_each(
     ]
     reasons = {r.index: r.reason or "" for r in report.results}
     assert reasons[0] == "" and reasons[7] == "" and reasons[12] == ""
-    assert reasons[1] == "same id as event 0 of this batch"
+    assert reasons[1] == (
+        "quantity: stored 1500.25 by event 0 of this batch, sent 9; "
+        "dimensions.model: stored 'gpt-4' by event 0 of this batch, sent nothing")
     assert reasons[2].startswith("meter:") and "gpus" in reasons[2]
     assert reasons[3].startswith("customer:") and "nobody" in reasons[3]
     assert reasons[4].startswith("timestamp:")
@@ -121,7 +124,7 @@ async def test_batch_stores_exactly_the_good_new_events_and_reports_each(
     assert "JSON object" in reasons[13]
     assert reasons[14].startswith("meter:") and "no contract" in reasons[14]
     assert reasons[15].startswith("quantity:")
-    assert (report.accepted, report.duplicate, report.rejected) == (3, 1, 12)
+    assert (report.accepted, report.duplicate, report.conflict, report.rejected) == (3, 0, 1, 12)
 
     rows = await stored(conn)
     assert set(rows) == {"e-ok", "e-gx", "e-fixed"}
@@ -135,13 +138,16 @@ async def test_batch_stores_exactly_the_good_new_events_and_reports_each(
     assert json.loads(rows["e-gx"]["dimensions"]) == {}
     assert rows["e-gx"]["quantity"] == Decimal(1)  # the default
 
-    # Resent across batches: reported duplicate, stored once, never updated.
+    # Resent across batches: a resend is a duplicate (the same instant in
+    # another offset is the same timestamp), other content a conflict; the
+    # stored row is never updated.
     again = await ingest_usage(
         conn, [ev("e-new"), ev("e-ok", quantity="7"), ev("e-gx", customer="globex", meter="gpus")]
     )
     assert [(r.id, r.status, r.reason) for r in again.results] == [
         ("e-new", ACCEPTED, None),
-        ("e-ok", DUPLICATE, "already stored"),
+        ("e-ok", CONFLICT, "quantity: stored 1500.25, sent 7; dimensions.model: stored "
+         "'gpt-4', sent nothing"),
         ("e-gx", DUPLICATE, "already stored"),
     ]
     rows = await stored(conn)
@@ -175,8 +181,8 @@ async def test_concurrent_batches_with_the_same_ids_store_each_once(
     conn: asyncpg.Connection, database_url: str
 ) -> None:
     batch = [ev(f"c-{i:04d}", quantity=str(i)) for i in range(3000)]
-    # a second batch sharing half the ids, listed in the opposite order
-    other = [ev(f"c-{i:04d}", quantity="0") for i in range(4499, 1499, -1)]
+    # a second batch sharing half the events, listed in the opposite order
+    other = [ev(f"c-{i:04d}", quantity=str(i)) for i in range(4499, 1499, -1)]
     other_conn = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
         first, second = await asyncio.gather(
@@ -209,7 +215,7 @@ async def test_a_batch_that_loses_a_race_for_an_id_is_redone_and_stores_the_rest
         report = await ingest_usage(other, [ev("race-1", quantity="7")])
         assert report.accepted == 1
         losing = asyncio.create_task(
-            ingest_usage(conn, [ev(f"race-{i}", quantity="1") for i in range(3)])
+            ingest_usage(conn, [ev(f"race-{i}", quantity="7") for i in range(3)])
         )
         await asyncio.sleep(0.3)
         assert not losing.done()  # waiting on the other transaction's row

@@ -206,11 +206,12 @@ async def test_before_must_be_a_utc_midnight(conn: asyncpg.Connection) -> None:
 async def test_events_with_large_dimensions_fold_and_rate_the_same(
     conn: asyncpg.Connection,
 ) -> None:
-    big = "x" * 3000  # larger than a b-tree entry may be
+    # 20 keys of 256 characters: more than a b-tree entry may hold
+    big = {f"{k:02d}".ljust(256, "k"): "v" * 256 for k in range(20)}
     events = [
         {"id": f"big-{i}", "customer": "acme", "meter": "tokens",
          "timestamp": f"2027-01-0{2 + i}T10:00:00Z", "quantity": "5",
-         "dimensions": {"model": big}}
+         "dimensions": {"model": f"m{i}", **big}}
         for i in range(3)
     ]
     assert (await ingest_usage(conn, events)).accepted == 3

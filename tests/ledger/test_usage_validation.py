@@ -19,6 +19,8 @@ _quantities = st.one_of(
                      "+2", "0x10", "", "١٢", "2.5\n"]),
     st.decimals(allow_nan=False, allow_infinity=False).map(str),
     st.integers(min_value=-5, max_value=10**30),
+    st.sampled_from([str(10**18), str(10**18 - 1), "0.1234567890123", "0.123456789012",
+                     "999999999999999999.999999999999", "1.50000000000000", "0" * 19 + "1"]),
     st.floats(allow_nan=True),
     st.booleans(),
     st.none(),
@@ -31,7 +33,8 @@ _timestamps = st.one_of(
     st.datetimes(timezones=st.just(UTC)).map(datetime.isoformat),
     st.integers(min_value=0, max_value=2**33),
 )
-_texts = st.one_of(st.text(max_size=4), st.integers(), st.none())
+_texts = st.one_of(st.text(max_size=4), st.integers(), st.none(),
+                   st.text(min_size=255, max_size=257))  # around the 256-character bound
 
 
 @st.composite
@@ -47,7 +50,7 @@ def raw_events(draw: st.DrawFn) -> dict[str, Any]:
         if key in ("quantity", "dimensions") and draw(st.booleans()):
             continue
         if key in ("id", "customer", "meter") and draw(st.integers(0, 4)):
-            event[key] = draw(st.text(min_size=1, max_size=4))
+            event[key] = draw(st.text(min_size=1, max_size=4) | st.text(min_size=255, max_size=257))
             continue
         event[key] = draw(values)
     return event

@@ -301,3 +301,95 @@ def test_resolve_for_terms_acme() -> None:
     assert got == {"eu": D("0.0006"), "us": D("0.0005")}
     with pytest.raises(KeyError):
         resolve_for_terms(terms, "nope", {}, T0)
+
+
+# --- precision: quantities and prices near 10^18 with 12 decimals (SPEC 6) --------------
+
+NEAR = "999999999999999999.999999999999"  # the largest quantity billow accepts
+
+
+def _product(*factors: str) -> tuple[int, int]:
+    """The exact product as (integer, decimal places), in integer arithmetic
+    (independent of any decimal context)."""
+    num, scale = 1, 0
+    for f in factors:
+        whole, _, frac = f.partition(".")
+        num *= int(whole + frac)
+        scale += len(frac)
+    return num, scale
+
+
+def _exact(*factors: str) -> Decimal:
+    num, scale = _product(*factors)
+    return Decimal(f"{num}E-{scale}")  # constructing from a string never rounds
+
+
+def _cents_half_up(*factors: str) -> Decimal:
+    num, scale = _product(*factors)
+    cents, rest = divmod(num * 100, 10**scale)
+    if 2 * rest >= 10**scale:
+        cents += 1
+    return Decimal(f"{cents}E-2")
+
+
+@pytest.mark.parametrize(
+    ("q", "price"),
+    [
+        (NEAR, "0.03"),
+        (NEAR, "10000000000.000000000001"),  # ~10^28: past the default 28 digits
+        (NEAR, NEAR),  # ~10^36
+        ("123456789012345678.123456789012", "98765432.123456789012"),
+        ("0.000000000001", NEAR),
+    ],
+)
+def test_unit_amounts_near_the_bounds_are_exact(q: str, price: str) -> None:
+    from models.money import round_money
+    from models.pricing.precision import wide
+
+    exact = unit_amount(D(q), D(price))
+    assert exact == _exact(q, price)  # not rounded to the default 28 digits
+    # rounding to cents needs the digits too (quantize within the precision),
+    # as rating does it
+    with wide():
+        assert round_money(exact, "USD") == _cents_half_up(q, price)
+
+
+def test_a_tier_boundary_with_12_decimals_near_10_18_is_respected() -> None:
+    tiers = steps((NEAR, "1"), (None, "2"))
+    assert volume_amount(tiers, D(NEAR)) == D(NEAR)  # the first tier, not the second
+    # the counter crosses the boundary by 10^-12 only after `already`
+    assert graduated_amount(tiers, D("999999999999999999.999999999998"), D("0.000000000001")) == D(
+        "999999999999999999.999999999998")
+    high = steps((NEAR, "1"), (None, "10000000000"))
+    assert graduated_amount(high, D("999999999999999999.999999999998"), D("0.000000000001")) == D(
+        "999999999999999999.999999999998")
+    assert package_amount(D("0.000000000001"), D("1"), D(NEAR)) == D(
+        "999999999999999999999999999999")
+
+
+def test_a_discount_on_a_price_with_30_digits_is_exact() -> None:
+    discounted = apply_discount(UnitPrice(unit_price=D(NEAR)), D("12.5"))
+    assert isinstance(discounted, UnitPrice)
+    assert discounted.unit_price == D("874999999999999999.999999999999125")
+
+
+@pytest.mark.parametrize(
+    ("price", "percent", "expected"),
+    [
+        ("0.0012", "33.333333333333", "0.000800000000000004"),  # 18 decimals
+        ("0.000000000001", "12.5", "0.000000000000875"),
+    ],
+)
+def test_a_discounted_price_keeps_every_decimal(price: str, percent: str, expected: str) -> None:
+    """Derived prices are not input: the 12-decimal bound on prices does not cut them."""
+    for form in (UnitPrice(unit_price=D(price)),
+                 TieredPrice(mode="volume", steps=steps((None, price, price))),
+                 PackagePrice(size=D(10), price=D(price))):
+        discounted = apply_discount(form, D(percent))
+        if isinstance(discounted, UnitPrice):
+            assert discounted.unit_price == D(expected)
+        elif isinstance(discounted, TieredPrice):
+            step = discounted.steps[0]
+            assert (step.unit_price, step.flat_fee) == (D(expected), D(expected))
+        else:
+            assert discounted.price == D(expected)

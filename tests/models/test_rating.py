@@ -16,6 +16,7 @@ from models.contract import RateOverride, add_rate_override
 from models.errors import BusinessError
 from models.invoices import LateUsageLine
 from models.periods import Period, billing_periods
+from models.pricing.precision import wide
 from models.rating import (
     UsageAggregate,
     UsagePart,
@@ -440,3 +441,101 @@ def test_fee_in_jpy_rounds_to_yen() -> None:
         terms.starts_on, terms.term_end, terms.billing_cycle, terms.billing_anchor, terms.timezone
     )[0]
     assert str(fee_lines(terms, first)[0].amount) == "548"  # 1000 x 17/31 = 548.38
+
+
+# --- late usage on volume tiers: the price of the new total minus what was billed ------
+
+VOL_UP = {"match": {"g": "a"}, "tiers": {"mode": "volume", "steps": [
+    {"up_to": "100", "unit_price": "1"}, {"unit_price": "0.9", "flat_fee": "30"}]}}
+VOL_UP_B = {"match": {"g": "b"}, "tiers": {"mode": "volume", "steps": [
+    {"up_to": "100", "unit_price": "2"}, {"unit_price": "1.5", "flat_fee": "40"}]}}
+VOL_DOWN = {"match": {}, "tiers": {"mode": "volume", "steps": [
+    {"up_to": "100", "unit_price": "1", "flat_fee": "10"},
+    {"unit_price": "0.5", "flat_fee": "20"}]}}
+
+
+def _billed(g: str, quantity: str, amount: str) -> Any:
+    from models.rating import BilledUsage
+
+    return BilledUsage(meter="m", dimensions={"g": g}, part_start=START, quantity=D(quantity),
+                       amount=D(amount))
+
+
+@pytest.mark.parametrize(
+    ("cards", "billed", "late", "amounts"),
+    [
+        # 90 billed at tier 1 (90.00); 20 late: all 110 at 0.9 + 30 = 129.00, so 39.00
+        ([VOL_UP], [("a", "90", "90.00")], [("a", "20")], ["39.00"]),
+        # exactly at the boundary, then one unit more: 101 x 0.9 + 30 - 100
+        ([VOL_UP], [("a", "100", "100.00")], [("a", "1")], ["20.90"]),
+        # nothing billed yet: the tier of the late units alone, no flat fee in tier 1
+        ([VOL_UP], [], [("a", "50")], ["50.00"]),
+        # within the same tier: just the late units
+        ([VOL_UP], [("a", "150", "165.00")], [("a", "10")], ["9.00"]),
+        # two late lines: each its units at the new tier, the first the re-pricing
+        # and the flat fee (one price: charged once)
+        ([VOL_UP], [("a", "90", "90.00")], [("a", "10"), ("b", "10")], ["30.00", "9.00"]),
+        # groups with their own tier tables share the counter: a 80 x 0.9 + b 30 x 1.5
+        # + both flat fees (30 + 40) = 187, 120 billed
+        ([VOL_UP, VOL_UP_B], [("a", "60", "60.00"), ("b", "30", "60.00")], [("a", "20")],
+         ["67.00"]),
+        # a volume discount reached late: 120 x 0.5 + 20 = 80 < 90 billed: nothing billed
+        ([VOL_DOWN], [("a", "80", "90.00")], [("a", "40")], ["0.00"]),
+        # billed more than the tiers say (a discount reached before was not
+        # credited): 170 x 0.9 + 30 - 170 = 13, taken off the late lines in order
+        ([VOL_UP], [("a", "150", "170.00")], [("a", "10"), ("b", "10")], ["4.00", "9.00"]),
+        # what was billed counts, not what the tiers say: 5 were underbilled before
+        ([VOL_UP], [("a", "90", "85.00")], [("a", "20")], ["44.00"]),
+    ],
+)
+def test_late_volume_usage_bills_the_new_totals_price_minus_what_was_billed(
+    cards: list[dict[str, Any]], billed: list[tuple[str, str, str]],
+    late: list[tuple[str, str]], amounts: list[str],
+) -> None:
+    if cards == [VOL_UP]:  # group b priced like a
+        cards = [VOL_UP, {**VOL_UP, "match": {"g": "b"}}]
+    terms = terms_for(catalog_with([_meter(rate_card=cards)]))
+    aggs = [UsageAggregate(meter="m", dimensions={"g": g}, quantity=D(q), first_seen=START)
+            for g, q in late]
+    res = rate_period(terms, _period(), [UsagePart(start=START, end=END, aggregates=aggs)],
+                      late=True, billed=[_billed(*b) for b in billed])
+    assert [ln.amount for ln in res.lines] == [D(a) for a in amounts]
+
+
+def test_late_volume_usage_with_quantities_alone_assumes_one_price() -> None:
+    """Callers that pass only ``already``: billed at the tier of its total."""
+    terms = terms_for(catalog_with([_meter(rate_card=[{**VOL_UP, "match": {}}])]))
+    agg = UsageAggregate(meter="m", dimensions={"g": "a"}, quantity=D(20), first_seen=START)
+    res = rate_period(terms, _period(), [UsagePart(start=START, end=END, aggregates=[agg])],
+                      late=True, already={"m": D(90)})
+    assert [ln.amount for ln in res.lines] == [D("39.00")]
+
+
+NEAR = "999999999999999999.999999999999"  # the largest quantity billow accepts
+
+
+@pytest.mark.parametrize(
+    ("price", "quantities", "amounts"),
+    [
+        # the tier total of the two groups is exactly the boundary: the first tier
+        ({"tiers": {"mode": "volume", "steps": [{"up_to": NEAR, "unit_price": "1"},
+                                                 {"unit_price": "2"}]}},
+         ["0.000000000001", "999999999999999999.999999999998"],
+         ["0.00", "1000000000000000000.00"]),
+        # ~10^28 per line: every cent is kept
+        ({"unit_price": "10000000000.000000000001"}, [NEAR, "1"],
+         ["10000000000000000000000999999.99", "10000000000.00"]),
+        ({"unit_price": "0.000000000001"}, [NEAR, NEAR], ["1000000.00", "1000000.00"]),
+    ],
+)
+def test_lines_near_the_quantity_bound_are_priced_exactly(
+    price: dict[str, Any], quantities: list[str], amounts: list[str]
+) -> None:
+    terms = terms_for(catalog_with([_meter(rate_card=[price])]))
+    aggs = [UsageAggregate(meter="m", dimensions={"g": g}, quantity=D(q), first_seen=START)
+            for g, q in zip("ab", quantities, strict=True)]
+    res = rate_period(terms, _period(), [UsagePart(start=START, end=END, aggregates=aggs)])
+    assert [ln.amount for ln in res.lines] == [D(a) for a in amounts]
+    with wide():  # the test's own sum, exact
+        total = sum((D(a) for a in amounts), D(0))
+    assert res.usage_total == total

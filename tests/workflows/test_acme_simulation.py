@@ -53,6 +53,11 @@ def test_billow_simulate_prints_the_expected_acme_output(server_url: str) -> Non
     assert output["until"] == "2028-03-16"
     expected = {k: v for k, v in EXPECTED.items() if k != "until"}
     assert differences(expected, output) == []
+    # Exactly the SPEC.md section 9 keys: `refused` only appears when an action was.
+    assert set(output) == set(EXPECTED)
+    # Progress went to stderr (one line per phase when it is not a terminal).
+    assert "simulate: ingesting 17 usage events" in proc.stderr
+    assert "simulate: simulating " in proc.stderr and "→ 2028-03-16" in proc.stderr
     # The duplicate event and the other customer's event are reported, not billed.
     assert "acme-0003: duplicate" in proc.stderr
     assert "startup-0001: rejected" in proc.stderr

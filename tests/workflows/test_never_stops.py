@@ -15,6 +15,7 @@ from temporalio.client import WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
+from tests.support.gateways import UnreachableGateway, WireArrivesDuringTheCharge
 from tests.support.scenario import ContractRun, at, contract_doc, event, event_type_counts
 from workflows.contract_state import CHARGE_RETRY_DAYS
 
@@ -211,20 +212,6 @@ async def test_amendments_that_would_overflow_later_are_refused_naming_the_field
     assert [i.key for i in state.invoices] == ["usage:2027-01-01"]
 
 
-class UnreachableGateway:
-    """A payment gateway whose every call fails (an outage on their side)."""
-
-    name = "unreachable"
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def charge(self, *, customer_id: str, amount: Decimal, currency: str,
-                     idempotency_key: str) -> Any:
-        self.calls += 1
-        raise ConnectionError("gateway unreachable")
-
-
 async def test_a_failing_gateway_never_freezes_the_contract(
     ts_env: WorkflowEnvironment, db: AsyncEngine
 ) -> None:
@@ -304,3 +291,70 @@ async def test_a_period_with_no_lines_is_invoiced_at_zero(
         ("usage:2027-01-01", "0.00", "paid", [])
     ]
     assert state.status == "ended"
+
+
+async def test_an_extension_into_another_contract_on_a_shared_meter_is_refused(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    """Issue 12 case 1 (extend_term half): the extended term would bill the
+    same customer's usage twice, so it is refused naming the other contract."""
+    from models.contract import load_contract
+    from worker.contract_service import start_contract
+
+    async with ContractRun(ts_env, db, contract_doc()) as run:
+        follow_up = load_contract(contract_doc(id="c-2", starts_on="2028-01-01"))
+        await start_contract(ts_env.client, db, follow_up, "scenario",
+                             catalog_version=run.catalog_version)
+        await run.advance_to(at("2027-03-10"))
+        refused = await _refusal(run, {"id": "renew", "kind": "extend_term", "term_months": 1})
+        state = await run.state()
+        end = await run.scalar("SELECT term_end FROM contracts WHERE id = 'c-1'")
+        await _no_failed_tasks(run)
+    assert refused.type == "ContractOverlap" and "'c-2'" in refused.message
+    assert "term_months" in refused.message
+    assert state.terms.term_months == 12 and state.applied_amendment_ids == []
+    assert str(end) == "2028-01-01"
+
+
+async def test_an_amendment_after_the_term_ended_is_refused_naming_a_field(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    """Found by the random-lifecycle test: the workflow still runs to collect an
+    unpaid invoice, and its refusal of a late amendment named no field."""
+    async with ContractRun(ts_env, db, contract_doc(term_months=1)) as run:
+        await run.advance_to(at("2027-02-05"))
+        refused = await _refusal(run, {"id": "late", "kind": "set_auto_pay", "auto_pay": True})
+    assert refused.details and refused.details[0][0]["field"] == "effective"
+    assert "has ended" in refused.message
+
+
+async def test_money_a_gateway_took_for_a_paid_invoice_is_recorded_and_flagged(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    """Issue 12 case 11: never only logged. Kept as an unapplied payment with
+    its journal entry, shown on the contract, and never charged again."""
+    gateway = WireArrivesDuringTheCharge(db)
+    async with ContractRun(ts_env, db, contract_doc(term_months=2, auto_pay=True),
+                           gateway=gateway) as run:
+        await run.advance_to(at("2027-02-12"))
+        state = await run.state()
+        jan = await run.invoice("usage:2027-01-01")
+        unapplied = await run.scalar(
+            "SELECT amount FROM unapplied_payments WHERE payment_key = "
+            "'charge:c-1:usage:2027-01-01:1'")
+        cash = await run.scalar(
+            "SELECT sum(l.debit - l.credit) FROM journal_lines l "
+            "WHERE l.account = 'cash'")
+        imbalance = await run.scalar(
+            "SELECT sum(debit) - sum(credit) FROM journal_lines")
+        async with db.connect() as conn:
+            payments = list((await conn.execute(text(
+                "SELECT payment_key FROM payments ORDER BY id"))).scalars())
+        await _no_failed_tasks(run)
+    assert (jan["status"], jan["total"], payments) == ("paid", "500.00", ["wire-77"])
+    assert unapplied == Decimal("500.00")
+    assert cash == Decimal("1000.00")  # the wire and the card: both are in the bank
+    assert imbalance == 0
+    assert [(u.invoice_key, u.amount) for u in state.unapplied_payments] == [
+        ("usage:2027-01-01", Decimal("500.00"))]
+    assert gateway.calls == 1
