@@ -12,6 +12,7 @@ The full run (>= 200 contracts, >= 150 faults) is recorded in bench/RESULTS.md.
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -50,3 +51,26 @@ def test_small_chaos_run_matches_the_control(tmp_path: Path) -> None:
         assert not any(report[run]["checks"].values()), report[run]["checks"]
         assert not any(v["what"] == "500" for v in report[run]["violations"])
     assert report["differences"] == [], output
+
+
+def test_the_workload_is_the_same_for_a_seed_and_covers_every_kind() -> None:
+    from datetime import date
+    from decimal import Decimal
+
+    from bench.chaos.faults import fault_sequence
+    from bench.chaos.workload import KINDS, build_workload
+
+    day = date(2026, 12, 1)
+    a = build_workload(5, 22, day, Decimal("0.007"))
+    b = build_workload(5, 22, day, Decimal("0.007"))
+    assert [(c.document, c.usage_batches, c.payments, c.amend_early, c.amend_late)
+            for c in a.contracts] == [(c.document, c.usage_batches, c.payments, c.amend_early,
+                                       c.amend_late) for c in b.contracts]
+    assert set(a.kinds()) == set(KINDS)
+    kinds = {k for c in a.contracts for s in c.amend_early + c.amend_late
+             for k in [s.body["kind"]]}
+    assert {"terminate", "extend_term", "rate_override", "grant_credits",
+            "change_billing_cycle"} <= kinds
+    assert all(c.past_usage_keys for c in a.contracts)  # every contract is backdated
+    seq = fault_sequence(150, random.Random(1))
+    assert len(seq) == 150 and seq.count("postgres") == seq.count("temporal") == 1
