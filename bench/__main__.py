@@ -1,4 +1,4 @@
-"""``python -m bench ingest|rating [--events N] [--contracts N] ...``
+"""``python -m bench ingest|rating|chaos [--events N] [--contracts N] ...``
 
 Defaults are small (each command finishes in well under a minute). Full
 sizes: ``python -m bench ingest --events 1000000`` and
@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import sys
+from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]  # no stubs shipped
 
@@ -35,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     rat.add_argument(
         "--raw", action="store_true", help="no compaction: rate from raw events only"
     )
+    _add_chaos(sub)
     for sp in (ing, rat):
         sp.add_argument(
             "--covering-index",
@@ -44,6 +47,37 @@ def _parser() -> argparse.ArgumentParser:
         )
         sp.add_argument("--seed", type=int, default=20270101)
     return p
+
+
+def _add_chaos(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cha = sub.add_parser("chaos", help="fault-injection run against a fault-free control "
+                         "(issue 12); exits 1 unless identical, checks hold, no 500")
+    cha.add_argument("--contracts", type=int, default=20)
+    cha.add_argument("--faults", type=int, default=10)
+    cha.add_argument("--seed", type=int, default=1)
+    cha.add_argument("--events", type=int, default=30, help="usage events per contract")
+    cha.add_argument("--grace-seconds", type=float, default=30.0,
+                     help="usage grace window of the contracts (their catch-up waits this long)")
+    cha.add_argument("--deadline", type=float, default=900.0,
+                     help="seconds per run for the workload and quiescence")
+    cha.add_argument("--compaction-minutes", type=int, default=0,
+                     help="run the usage compaction schedule this often (0: off)")
+    cha.add_argument("--workdir", type=Path, default=None,
+                     help="keep data and logs here (default: a temporary directory, deleted)")
+    cha.add_argument("--report", type=Path, default=None, help="write the JSON report here")
+
+
+def _chaos(args: argparse.Namespace) -> int:
+    from bench.chaos.run import ChaosConfig, run_chaos
+
+    cfg = ChaosConfig(
+        contracts=args.contracts, faults=args.faults, seed=args.seed,
+        events_per_contract=args.events, grace_seconds=args.grace_seconds,
+        deadline_s=args.deadline, compaction_minutes=args.compaction_minutes,
+        workdir=args.workdir, report_path=args.report,
+    )
+    report = asyncio.run(run_chaos(cfg))
+    return 0 if report.ok else 1
 
 
 async def _main(args: argparse.Namespace) -> None:
@@ -123,7 +157,10 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    asyncio.run(_main(_parser().parse_args()))
+    args = _parser().parse_args()
+    if args.command == "chaos":
+        sys.exit(_chaos(args))
+    asyncio.run(_main(args))
 
 
 if __name__ == "__main__":
