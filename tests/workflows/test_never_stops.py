@@ -373,3 +373,66 @@ async def test_a_free_grant_by_amendment_is_applied(
         top_ups = await run.scalar("SELECT count(*) FROM invoices WHERE kind = 'top_up'")
     assert result.status == "applied" and state.credit_balance == 100
     assert top_ups == 0
+
+
+async def test_a_payment_for_an_invoice_the_ledger_has_is_recorded_before_the_state_knows_it(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    """Issue 12 case 8 (workflow half; found again by the chaos run): after a
+    worker crash the close's ledger commit can be ahead of the workflow's state,
+    and an update is handled before the replayed close. The ledger decides."""
+    from datetime import date
+
+    from activities.ledger import LedgerActivities
+    from models.operations import ClosePeriodRequest
+    from models.periods import billing_periods
+
+    async with NoCacheRun(ts_env, db, contract_doc(term_months=2)) as run:
+        await run.advance_to(at("2027-02-01"))  # the close falls due at 01:00
+        terms = (await run.state()).terms
+        await run.stop_worker()  # the worker "crashes" ...
+        jan, feb = billing_periods(terms.starts_on, terms.term_end, terms.billing_cycle,
+                                   terms.billing_anchor, terms.timezone)
+        # ... right after the close's transaction committed.
+        await LedgerActivities(db).close_period(ClosePeriodRequest(
+            terms=terms, period=jan, earlier_periods=[], issued_on=date(2027, 2, 1),
+            due_on=date(2027, 3, 3), is_final=False, next_period=feb))
+        await run.start_worker()
+        assert run.handle is not None
+        paid = await asyncio.wait_for(run.handle.execute_update(
+            "pay", {"invoice": "usage:2027-01-01", "amount": "500.00",
+                    "payment_id": "wire-9"}, result_type=dict), 30)
+        unknown = await _refusal_of_pay(run, "usage:2099-01-01")
+        await run.advance_to(at("2027-02-02"))
+        state = await run.state()
+        await _no_failed_tasks(run)
+    assert (paid["status"], paid["amount_paid"]) == ("paid", "500.00")
+    jan_state = next(i for i in state.invoices if i.key == "usage:2027-01-01")
+    assert (jan_state.status, jan_state.amount_paid) == ("paid", Decimal("500.00"))
+    assert "unknown invoice" in unknown.message and unknown.type == "InvalidPayment"
+
+
+class NoCacheRun(ContractRun):
+    """A worker without a workflow cache (every task replays, as a new process
+    would; no sticky queue is left behind when it stops)."""
+
+    async def start_worker(self) -> None:
+        from temporalio.worker import Worker
+
+        from tests.support.scenario import TASK_QUEUE
+        from worker.main import WORKFLOWS, activities_for
+
+        self._worker = Worker(self.env.client, task_queue=TASK_QUEUE, workflows=WORKFLOWS,
+                              activities=activities_for(self.engine, self.gateway),
+                              max_cached_workflows=0)
+        await self._worker.__aenter__()
+
+
+async def _refusal_of_pay(run: ContractRun, invoice: str) -> ApplicationError:
+    assert run.handle is not None
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await asyncio.wait_for(run.handle.execute_update(
+            "pay", {"invoice": invoice, "amount": "1.00", "payment_id": "p-x"}), 30)
+    cause = refused.value.cause
+    assert isinstance(cause, ApplicationError)
+    return cause
