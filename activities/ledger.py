@@ -175,6 +175,7 @@ class LedgerActivities:
                 )
             invoice = None
             if req.invoice_kind is not None and req.invoice_key is not None:
+                await _check_invoice_is_this_grants(conn, req)
                 invoice = await find_invoice(conn, req.contract_id, req.invoice_key)
                 if invoice is None:
                     invoice = await self._issue_grant_invoice(conn, req)
@@ -349,6 +350,21 @@ class LedgerActivities:
                     req.contract_id,
                 )
         metrics.dunning_recorded(req.step, new=inserted is not None)
+
+
+async def _check_invoice_is_this_grants(conn: AsyncConnection, req: GrantRequest) -> None:
+    """An invoice key already paying for another grant is never taken as this
+    grant's invoice: the grant would get its credits without being invoiced."""
+    other = await conn.scalar(
+        text("SELECT grant_id FROM credit_grants WHERE contract_id = :cid "
+             "AND invoice_key = :key AND grant_id <> :gid LIMIT 1"),
+        {"cid": req.contract_id, "key": req.invoice_key, "gid": req.grant_id},
+    )
+    if other is not None:
+        raise BusinessError(
+            f"effective: invoice {req.invoice_key} already invoices grant {other!r}",
+            type="TopUpConflict",
+        )
 
 
 async def _check_same_grant(conn: AsyncConnection, req: GrantRequest) -> None:

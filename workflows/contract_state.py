@@ -373,6 +373,10 @@ def contract_grant_amendment(grant: CreditGrantSpec, effective: datetime) -> Gra
     )
 
 
+def _contract_grant_effective(terms: ContractTerms, grant: CreditGrantSpec) -> datetime:
+    return to_instant(grant.effective, terms.timezone) if grant.effective else terms.term_start_at
+
+
 def _priced(amendment: GrantCreditsAmendment) -> bool:
     """A grant with a price issues a top-up; ``price: 0`` is a promotional grant."""
     return amendment.price is not None and amendment.price > 0
@@ -442,6 +446,12 @@ def _validate_grant(state: ContractState, amendment: GrantCreditsAmendment,
             f"top_up:{state.local_date(p.effective).isoformat()}"
             for p in others
             if isinstance(p.amendment, GrantCreditsAmendment) and _priced(p.amendment)
+        ]
+        # The contract's own priced grants not made yet take their day too.
+        pending += [
+            f"top_up:{state.local_date(_contract_grant_effective(t, g)).isoformat()}"
+            for g in t.credit_grants
+            if g.price > 0 and g.id not in state.grant_ids and g.id != grant_id
         ]
         if state.invoice(key) is not None or key in pending:
             problems.append(("effective", f"a top-up is already invoiced as {key}; one per day"))

@@ -436,3 +436,21 @@ async def _refusal_of_pay(run: ContractRun, invoice: str) -> ApplicationError:
     cause = refused.value.cause
     assert isinstance(cause, ApplicationError)
     return cause
+
+
+async def test_a_top_up_on_the_day_of_a_priced_contract_grant_is_refused(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    """Found by the random-lifecycle test: the amendment took the day's top-up
+    key first and the contract's priced grant was never invoiced."""
+    doc = contract_doc(term_months=1,
+                       credit_grants=[{"id": "g1", "credits": "500.00", "price": "400.00"}])
+    async with ContractRun(ts_env, db, doc) as run:
+        await run.advance_to(at("2026-12-20"))
+        refused = await _refusal(run, {"id": "t1", "kind": "grant_credits",
+                                       "credits": "100.00", "price": "90.00"})
+        await run.advance_to(at("2027-02-15"))
+        report = await run.report()
+    assert "effective" in refused.message and "one per day" in refused.message
+    assert [i["total"] for i in report["invoices"] if i["kind"] == "top_up"] == ["400.00"]
+    assert Decimal(report["revenue"]["deferred_balance"]) == 0
