@@ -1,8 +1,10 @@
-"""``python -m bench ingest|rating|chaos [--events N] [--contracts N] ...``
+"""``python -m bench ingest|rating|chaos [--events N] [--contracts N] ...`` and
+``python -m bench lifecycle-fuzz --examples N [--seed S]``
 
 Defaults are small (each command finishes in well under a minute). Full
-sizes: ``python -m bench ingest --events 1000000`` and
-``python -m bench rating --events 10000000 --contracts 1000``.
+sizes: ``python -m bench ingest --events 1000000``,
+``python -m bench rating --events 10000000 --contracts 1000`` and
+``python -m bench lifecycle-fuzz --examples 2000``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,18 @@ def _parser() -> argparse.ArgumentParser:
         "--raw", action="store_true", help="no compaction: rate from raw events only"
     )
     _add_chaos(sub)
+    fuzz = sub.add_parser(
+        "lifecycle-fuzz",
+        help="random contract lifecycles through the real workflow; invariants checked",
+    )
+    fuzz.add_argument("--examples", type=int, default=20)
+    fuzz.add_argument("--seed", type=int, default=20270101)
+    fuzz.add_argument(
+        "--shrink-classes", type=int, default=5,
+        help="failure classes to shrink (most frequent first; 0: none)",
+    )
+    fuzz.add_argument("--budget", type=float, default=300.0, help="wall seconds per example")
+    fuzz.add_argument("--log", help="append every example run to this file (JSON lines)")
     for sp in (ing, rat):
         sp.add_argument(
             "--covering-index",
@@ -88,7 +102,14 @@ async def _main(args: argparse.Namespace) -> None:
             where = "embedded" if db.embedded else "BILLOW_DATABASE_URL"
             print(f"# billow bench {args.command} - {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC")
             print("  " + ", ".join(f"{k}={v}" for k, v in details.items()) + f", server={where}")
-            if args.command == "ingest":
+            if args.command == "lifecycle-fuzz":
+                from bench.lifecycle_fuzz import FuzzArgs, run_lifecycle_fuzz
+
+                fuzz_args = FuzzArgs(
+                    args.examples, args.seed, args.shrink_classes, args.budget, args.log
+                )
+                await asyncio.to_thread(run_lifecycle_fuzz, db.url, fuzz_args)
+            elif args.command == "ingest":
                 f = await run_ingest(
                     conn,
                     events=args.events,

@@ -45,3 +45,18 @@ async def test_ingest_bench_stores_every_event(conn: asyncpg.Connection) -> None
     figures = await run_ingest(conn, events=3000, customers=10, seed=7, repeat=1, log=False)
     assert figures.ratio > 0
     assert await conn.fetchval("SELECT count(*) FROM usage_events") == 3000
+
+
+def test_lifecycle_fuzz_bench_runs_and_reports(database_url: str) -> None:
+    # Two examples, no shrinking: the command works and prints its summary
+    # (whether the examples pass is the CI property test's business).
+    import io
+
+    from bench.lifecycle_fuzz import FuzzArgs, run_lifecycle_fuzz
+
+    out = io.StringIO()
+    run_lifecycle_fuzz(database_url, FuzzArgs(examples=2, seed=7, shrink_classes=0,
+                                              budget_s=60.0), out)
+    report = out.getvalue()
+    assert "examples: 2 (seed 7)" in report
+    assert "failures by invariant:" in report and "\nruns: " in report

@@ -1,0 +1,358 @@
+"""The invariants every random lifecycle must keep (billow issue 11, "The proof").
+
+One function per invariant; each takes the run's `Outcome` and returns a list
+of violations (plain sentences, empty when the invariant holds). `CHECKS`
+lists them in the order a failing example is classified by (its first
+violated invariant). The first ten are the issue's list; the rest are rules
+of SPEC.md the same data can check for free (lifecycle_spec_checks.py).
+
+Scope notes (why some things are not checked):
+- "every stored event on exactly one invoice line" is checked quantity by
+  quantity for the additive meters (``sum``, ``count``): there each event
+  adds to exactly one group of one line. ``max`` and ``unique_count`` lines
+  carry a figure, not events; they are covered by the held/unbilled part.
+- Events outside the contract's (final) term are no invoice's business.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from decimal import Decimal, localcontext
+from typing import Any
+
+from models.contract import ContractTerms
+from models.periods import local_midnight_utc
+from tests.support.lifecycle_outcome import Outcome
+from tests.support.lifecycle_spec_checks import (
+    bounds_refused,
+    invoice_arithmetic,
+    journal_matches_invoices,
+    periods_tile_term,
+    resends_consistent,
+    state_matches_ledger,
+)
+
+Check = Callable[[Outcome], list[str]]
+ENDED = ("ended", "terminated")
+BOUND = Decimal(10) ** 18
+
+
+def _d(x: Any) -> Decimal:
+    return x if isinstance(x, Decimal) else Decimal(str(x))
+
+
+# --- 1. no workflow task ever failed ---------------------------------------------
+
+
+def workflow_tasks_never_failed(o: Outcome) -> list[str]:
+    bad = ("WORKFLOW_TASK_FAILED", "WORKFLOW_TASK_TIMED_OUT", "WORKFLOW_EXECUTION_FAILED",
+           "WORKFLOW_EXECUTION_TIMED_OUT", "WORKFLOW_EXECUTION_TERMINATED")
+    out = [f"{name}: {detail}" for run in o.histories for name, detail in run.events
+           if name in bad]
+    if not out and o.aborted and o.aborted.startswith("WORKFLOW_"):
+        out.append(o.aborted)
+    return out
+
+
+# --- 2. no activity retried more than 3 times for a business error ----------------
+
+
+def activity_retries_bounded(o: Outcome) -> list[str]:
+    return [
+        f"{r.activity_type} ({'local' if r.is_local else 'remote'}) failed "
+        f"{r.retryable_failures} times with a retryable error and is retried again: "
+        f"{r.failures[-1]}"
+        for r in o.activities if r.retryable_failures > 3
+    ]
+
+
+# --- 3. every action gets an answer; every refusal names a field -------------------
+
+
+def actions_answered(o: Outcome) -> list[str]:
+    answers = [o.creation] if o.creation else []
+    return [f"{a.do} #{a.index} at {a.at}: {a.message}"
+            for a in [*answers, *o.answers] if a.status == "error"]
+
+
+def refusals_name_a_field(o: Outcome) -> list[str]:
+    out = []
+    for a in [*([o.creation] if o.creation else []), *o.answers]:
+        if a.status != "refused":
+            continue
+        if not a.problems:
+            out.append(f"{a.do} #{a.index}: refused without a reason: {a.message}")
+        for path, reason in a.problems:
+            if not path:
+                out.append(f"{a.do} #{a.index}: refusal names no field: {reason}"[:300])
+    return out
+
+
+# --- 4. every workflow completed or is sleeping with a next wake-up ----------------
+
+
+def completed_or_sleeping(o: Outcome) -> list[str]:
+    if not o.created:
+        return []
+    if o.aborted and not o.aborted.startswith(("WORKFLOW_", "activity ")):
+        return [f"example stopped: {o.aborted}"]
+    if o.aborted:
+        return []  # explained by the two checks above
+    if o.status == "COMPLETED":
+        status = (o.ledger.contract or {}).get("status") if o.ledger else None
+        return [] if status in ENDED else [f"workflow completed, contract is {status}"]
+    if o.status != "RUNNING":
+        return [f"workflow is {o.status}"]
+    if o.view is None:
+        return [f"running workflow does not answer its state query: {o.query_error}"]
+    latest = o.histories[-1].events if o.histories else []
+    started = {d for n, d in latest if n == "TIMER_STARTED"}
+    done = {d for n, d in latest if n in ("TIMER_FIRED", "TIMER_CANCELED")}
+    if started - done or o.view.get("attention"):
+        return []
+    return [f"running ({o.view.get('status')}) with no timer and nothing to wait for"]
+
+
+# --- 5. journal balanced ----------------------------------------------------------------
+
+
+def journal_balanced(o: Outcome) -> list[str]:
+    out = []
+    for e in o.ledger.journal if o.ledger else []:
+        debit = sum((_d(ln["debit"]) for ln in e["lines"]), Decimal(0))
+        credit = sum((_d(ln["credit"]) for ln in e["lines"]), Decimal(0))
+        if debit != credit or len(e["lines"]) < 2:
+            out.append(f"entry {e['entry_key']}: Dr {debit} != Cr {credit}")
+        for ln in e["lines"]:
+            if (_d(ln["debit"]) > 0) == (_d(ln["credit"]) > 0) or min(ln["debit"],
+                                                                      ln["credit"]) < 0:
+                out.append(f"entry {e['entry_key']}: line {ln['account']} is not one-sided")
+    return out
+
+
+# --- 6. granted = consumed + expired + balance --------------------------------------
+
+
+def credits_identity(o: Outcome) -> list[str]:
+    snap = o.ledger
+    if snap is None or snap.contract is None:
+        return []
+    out = []
+    ended = snap.contract["status"] in ENDED
+    total_balance = Decimal(0)
+    for g in snap.grants:
+        moves = [m for m in snap.credit_ledger if m["grant_id"] == g["grant_id"]]
+        granted = sum((_d(m["amount"]) for m in moves if m["kind"] == "grant"), Decimal(0))
+        consumed = -sum((_d(m["amount"]) for m in moves if m["kind"] == "consume"), Decimal(0))
+        expired = -sum((_d(m["amount"]) for m in moves if m["kind"] == "expire"), Decimal(0))
+        balance = _d(g["credits"]) - consumed - expired
+        total_balance += balance
+        name = f"grant {g['grant_id']}"
+        if granted != _d(g["credits"]):
+            out.append(f"{name}: ledger grants {granted}, the grant has {g['credits']}")
+        if consumed < 0 or expired < 0 or balance < 0:
+            out.append(f"{name}: consumed {consumed}, expired {expired}, balance {balance}")
+        if ended and balance != 0:
+            out.append(f"{name}: {balance} credits left after the term ended (no breakage)")
+    for inv in snap.invoices:
+        used = -sum((_d(m["amount"]) for m in snap.credit_ledger
+                     if m["kind"] == "consume" and m["invoice_key"] == inv["key"]), Decimal(0))
+        if inv["number"] is not None and used != _d(inv["credits_applied"]):
+            out.append(f"{inv['key']}: credits_applied {inv['credits_applied']}, "
+                       f"credits consumed {used}")
+    if o.view is not None and _d(o.view["credit_balance"]) != total_balance:
+        out.append(f"state credit balance {o.view['credit_balance']}, ledger {total_balance}")
+    return out
+
+
+# --- 7. no grant's deferred revenue below zero ---------------------------------------
+
+
+def _deferred_net(e: dict[str, Any]) -> Decimal:
+    return sum((_d(ln["credit"]) - _d(ln["debit"]) for ln in e["lines"]
+                if ln["account"] == "deferred_revenue"), Decimal(0))
+
+
+def deferred_never_negative(o: Outcome) -> list[str]:
+    out: list[str] = []
+    running: dict[str, Decimal] = {}
+    for e in o.ledger.journal if o.ledger else []:
+        net = _deferred_net(e)
+        if net == 0:
+            continue
+        if e["grant_id"] is None:
+            out.append(f"entry {e['entry_key']} moves deferred revenue of no grant")
+            continue
+        running[e["grant_id"]] = running.get(e["grant_id"], Decimal(0)) + net
+        if running[e["grant_id"]] < 0:
+            out.append(f"grant {e['grant_id']}: deferred revenue {running[e['grant_id']]} "
+                       f"after {e['entry_key']}")
+    return out[:5]
+
+
+# --- 8. recognized + breakage = paid for every grant at term end -------------------
+
+
+def grant_revenue_closes(o: Outcome) -> list[str]:
+    snap = o.ledger
+    if snap is None or snap.contract is None:
+        return []
+    out = []
+    for g in snap.grants:
+        entries = [e for e in snap.journal if e["grant_id"] == g["grant_id"]]
+        paid = sum((_deferred_net(e) for e in entries
+                    if e["kind"] in ("commitment_invoiced", "top_up_invoiced")), Decimal(0))
+        recognized = -sum((_deferred_net(e) for e in entries
+                           if e["kind"] == "usage_from_credits"), Decimal(0))
+        broken = -sum((_deferred_net(e) for e in entries if e["kind"] == "breakage"), Decimal(0))
+        if paid != _d(g["price"]):
+            out.append(f"grant {g['grant_id']}: price {g['price']} but {paid} invoiced for it")
+        if snap.contract["status"] in ENDED and recognized + broken != paid:
+            out.append(f"grant {g['grant_id']}: recognized {recognized} + breakage {broken} "
+                       f"!= paid {paid}")
+    return out
+
+
+# --- 9. invoice numbers gapless ----------------------------------------------------
+
+
+def invoice_numbers_gapless(o: Outcome) -> list[str]:
+    snap = o.ledger
+    if snap is None:
+        return []
+    numbered = [i for i in snap.invoices if i["number"] is not None]
+    values = sorted(int(re.sub(r"\D", "", i["number"])) for i in numbered)
+    out = []
+    if values != list(range(1, len(values) + 1)):
+        out.append(f"numbers {values} are not 1..{len(values)}")
+    if snap.series_next != len(values) + 1:
+        out.append(f"series at {snap.series_next} after {len(values)} numbered invoices")
+    by_time = [i["number"] for i in sorted(numbered, key=lambda i: (i["finalized_at"], i["id"]))]
+    if by_time != sorted(by_time, key=lambda n: int(re.sub(r"\D", "", n))):
+        out.append(f"numbers not in finalization order: {by_time}")
+    for i in snap.invoices:
+        if (i["number"] is None) != (i["status"] in ("draft", "needs_attention")):
+            out.append(f"{i['key']}: status {i['status']} with number {i['number']}")
+    return out
+
+
+# --- 10. every stored event on exactly one line, or unbilled, or held ------------------
+
+
+def _terms(o: Outcome) -> ContractTerms | None:
+    if o.ledger is None or o.ledger.contract is None:
+        return None
+    return ContractTerms.model_validate(o.ledger.contract["terms"])
+
+
+def _at(d: date, tz: str) -> datetime:
+    return local_midnight_utc(d, tz)
+
+
+def events_billed_once(o: Outcome) -> list[str]:
+    terms = _terms(o)
+    snap = o.ledger
+    if terms is None or snap is None or snap.contract is None:
+        return []
+    tz, out = terms.timezone, []
+    ended = snap.contract["status"] in ENDED
+    meters = {m.key: m for m in terms.meters}
+    usage = [i for i in snap.invoices if i["kind"] == "usage"]
+    finalized = [i for i in usage if i["number"] is not None]
+    marks = [i["usage_watermark"] for i in finalized if i["usage_watermark"] is not None]
+    top = max(marks) if marks else None
+    start, end = terms.term_start_at, terms.term_end_at
+    expected: dict[tuple[date, str, tuple[tuple[str, str], ...]], Decimal] = {}
+    with localcontext() as ctx:
+        ctx.prec = 80  # quantities up to 10^18 with 12 decimals, summed exactly
+        for e in snap.events:
+            ts = e["ts"].astimezone(UTC)
+            meter = meters.get(e["meter"])
+            if meter is None or not start <= ts < end:
+                continue
+            home = [i for i in usage if _at(i["period_start"], tz) <= ts < _at(i["period_end"], tz)]
+            done = [i for i in home if i["number"] is not None]
+            if len(done) > 1:
+                out.append(f"event {e['event_id'][:40]} lies in {len(done)} invoiced periods")
+            if done:
+                if top is not None and e["txid"] < top and str(meter.aggregation) in (
+                        "sum", "count"):
+                    dims = e["dimensions"] or {}
+                    group = tuple(sorted((k, dims[k]) for k in meter.group_by
+                                         if dims.get(k) is not None))
+                    key = (done[0]["period_start"], meter.key, group)
+                    q = Decimal(1) if str(meter.aggregation) == "count" else _d(e["quantity"])
+                    expected[key] = expected.get(key, Decimal(0)) + q
+                continue
+            held = [i for i in home if i["status"] == "needs_attention"]
+            if held:
+                if not held[0]["attention_reason"]:
+                    out.append(f"{held[0]['key']} is held without a reason")
+            elif ended:
+                out.append(f"event {e['event_id'][:40]} at {ts.isoformat()} is in no invoiced "
+                           "period of the ended term")
+        billed: dict[tuple[date, str, tuple[tuple[str, str], ...]], Decimal] = {}
+        by_id = {i["id"]: i for i in finalized}
+        for ln in snap.lines:
+            inv = by_id.get(ln["invoice_id"])
+            if inv is None or ln["kind"] not in ("usage", "late_usage") or ln["meter"] is None:
+                continue
+            meter = meters.get(ln["meter"])
+            if meter is None or str(meter.aggregation) not in ("sum", "count"):
+                continue
+            period = inv["period_start"] if ln["kind"] == "usage" else ln["line_period_start"]
+            group = tuple(sorted((k, v) for k, v in (ln["dimensions"] or {}).items()
+                                 if v is not None))
+            key = (period, ln["meter"], group)
+            billed[key] = billed.get(key, Decimal(0)) + _d(ln["quantity"] or 0)
+        for key in sorted(set(expected) | set(billed), key=str):
+            want, got = expected.get(key, Decimal(0)), billed.get(key, Decimal(0))
+            if want != got:
+                out.append(f"period {key[0]} {key[1]} {dict(key[2])}: events {want}, "
+                           f"lines {got}")
+    if ended:
+        late = sum(1 for e in snap.events if start <= e["ts"] < end
+                   and (top is None or e["txid"] >= top))
+        if late != snap.unbilled_events and top is not None:
+            out.append(f"{late} events after the final watermark, {snap.unbilled_events} "
+                       "reported unbilled")
+    return out[:8]
+
+
+CHECKS: dict[str, Check] = {
+    "workflow_tasks_never_failed": workflow_tasks_never_failed,
+    "activity_retries_bounded": activity_retries_bounded,
+    "actions_answered": actions_answered,
+    "completed_or_sleeping": completed_or_sleeping,
+    "refusals_name_a_field": refusals_name_a_field,
+    "journal_balanced": journal_balanced,
+    "credits_identity": credits_identity,
+    "deferred_never_negative": deferred_never_negative,
+    "grant_revenue_closes": grant_revenue_closes,
+    "invoice_numbers_gapless": invoice_numbers_gapless,
+    "events_billed_once": events_billed_once,
+    "periods_tile_term": periods_tile_term,
+    "journal_matches_invoices": journal_matches_invoices,
+    "invoice_arithmetic": invoice_arithmetic,
+    "state_matches_ledger": state_matches_ledger,
+    "resends_consistent": resends_consistent,
+    "bounds_refused": bounds_refused,
+}
+
+
+def violations(o: Outcome) -> dict[str, list[str]]:
+    """Every violated invariant with its violations (empty: the run is fine)."""
+    found: dict[str, list[str]] = {}
+    for name, check in CHECKS.items():
+        try:
+            v = check(o)
+        except Exception as exc:  # a check that crashes is a finding about the check
+            v = [f"check crashed: {type(exc).__name__}: {exc}"]
+        if v:
+            found[name] = v
+    return found
+
+
+__all__ = ["CHECKS", "Check", "violations"]
