@@ -10,11 +10,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+from decimal import Decimal
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]  # no stubs shipped
 
 from bench._pg import bench_database, machine_details
 from bench.ingest import run_ingest
+from bench.lifecycle import report as lifecycle_report
+from bench.lifecycle import run_lifecycle
 from bench.rating import run_rating
 
 
@@ -43,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
             "event_id), which billow's schema does not have",
         )
         sp.add_argument("--seed", type=int, default=20270101)
+    life = sub.add_parser(
+        "lifecycle", help="backdated contracts catching up vs a skeleton workflow (<= 1.5x)"
+    )
+    life.add_argument("--contracts", type=int, default=50)
+    life.add_argument("--periods", type=int, default=12, help="monthly periods, all over")
+    life.add_argument("--grace-hours", default="0.001", help="usage_grace_hours of each contract")
     return p
 
 
@@ -54,7 +63,13 @@ async def _main(args: argparse.Namespace) -> None:
             where = "embedded" if db.embedded else "BILLOW_DATABASE_URL"
             print(f"# billow bench {args.command} - {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC")
             print("  " + ", ".join(f"{k}={v}" for k, v in details.items()) + f", server={where}")
-            if args.command == "ingest":
+            if args.command == "lifecycle":
+                figures = await run_lifecycle(
+                    db.url, db.dsn, contracts=args.contracts, periods=args.periods,
+                    grace_hours=Decimal(args.grace_hours),
+                )
+                print("\n".join(lifecycle_report(figures)))
+            elif args.command == "ingest":
                 f = await run_ingest(
                     conn,
                     events=args.events,
