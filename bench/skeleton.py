@@ -13,10 +13,14 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
+
+# Like workflows/contract.py: what the sandbox would otherwise re-import for
+# every workflow run (SQLAlchemy is heavy) is passed through.
+with workflow.unsafe.imports_passed_through():
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 SKELETON_TABLE = """
 CREATE TABLE IF NOT EXISTS bench_skeleton_steps (
