@@ -29,12 +29,13 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped, unused-ignore]  # no stubs shipped
 import yaml
 from sqlalchemy import text
-from temporalio.api.enums.v1 import EventType
+from sqlalchemy.ext.asyncio import create_async_engine
+from temporalio.api.enums.v1 import EventType, TimeoutType
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.catalog_store import apply_catalog
-from activities.db import make_engine
+from activities.db import async_url, make_engine
 from bench.skeleton import SKELETON_TABLE, SkeletonActivities, SkeletonInput, SkeletonWorkflow
 from models.catalog import load_catalog
 from models.contract import load_contract
@@ -80,6 +81,7 @@ class SideFigures:
     runs: int = 0
     wft_timeouts: int = 0
     wft_failures: int = 0
+    wft_timeout_kinds: dict[str, int] = field(default_factory=dict)
     commits: int = 0
     rollbacks: int = 0
 
@@ -134,6 +136,7 @@ async def run_lifecycle(
     periods: int,
     grace_hours: Decimal = Decimal("0.001"),
     timeout_s: float = 3600.0,
+    pre_ping: bool = True,
     log: bool = True,
 ) -> LifecycleFigures:
     grace_seconds = int(grace_hours * 3600)
@@ -144,7 +147,10 @@ async def run_lifecycle(
         datetime.combine(first_of_month(today, periods - i - 1), datetime.min.time(), UTC)
         for i in range(periods)
     ]
-    engine = make_engine(url, pool_size=10)
+    # billow's engine (activities/db.py) pings every connection it checks out
+    # (BEGIN; ";"; ROLLBACK): pre_ping=False measures billow without it.
+    engine = (make_engine(url, pool_size=10) if pre_ping
+              else create_async_engine(async_url(url), pool_size=10, pool_pre_ping=False))
     watcher = await asyncpg.connect(dsn)
     env = await start_dev_server()
     try:
@@ -288,6 +294,11 @@ async def _count_histories(
         async with gate:
             history = await client.get_workflow_handle(wid, run_id=run_id).fetch_history()
         kinds = [ev.event_type for ev in history.events]
+        for ev in history.events:
+            if ev.event_type == timed_out:
+                kind = TimeoutType.Name(ev.workflow_task_timed_out_event_attributes.timeout_type)
+                kind = kind.removeprefix("TIMEOUT_TYPE_").lower()
+                fig.wft_timeout_kinds[kind] = fig.wft_timeout_kinds.get(kind, 0) + 1
         return kinds.count(timed_out), kinds.count(failed)
 
     counts = await asyncio.gather(*(count(e.id, e.run_id) for e in executions))
@@ -325,8 +336,18 @@ async def _top_statements(conn: asyncpg.Connection) -> list[tuple[str, int, floa
         ORDER BY total_exec_time DESC LIMIT 10
         """
     )
+    control = await conn.fetch(
+        """
+        SELECT upper(trim(query)) AS q, sum(calls)::bigint AS calls, 0.0 AS mean_exec_time,
+               0.0 AS total_exec_time
+        FROM pg_stat_statements
+        WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND query ~* '^\\s*(begin|commit|rollback|start transaction|;|)\\s*;?\\s*$'
+        GROUP BY 1 ORDER BY 2 DESC
+        """
+    )
     return [(r["q"][:90], r["calls"], r["mean_exec_time"], r["total_exec_time"] / 1000)
-            for r in rows]
+            for r in [*rows, *control]]
 
 
 def _say(log: bool, message: str) -> None:
@@ -343,7 +364,8 @@ def report(f: LifecycleFigures) -> list[str]:
         lines.append(
             f"{s.name + ':':9} {s.elapsed_s:7.1f}s  {s.rate:6.1f} periods/s  "
             f"lateness p50 {s.lateness(0.5):6.1f}s p99 {s.lateness(0.99):6.1f}s  "
-            f"runs {s.runs}  wft timeouts {s.wft_timeouts}  wft failures {s.wft_failures}  "
+            f"runs {s.runs}  wft timeouts {s.wft_timeouts} {s.wft_timeout_kinds or ''}  "
+            f"wft failures {s.wft_failures}  "
             f"commits {s.commits}  rollbacks {s.rollbacks}"
         )
     lines.append(f"ratio billow/skeleton: {f.ratio:.2f}x  (goal <= 1.5x, 0 wft timeouts)")
