@@ -19,6 +19,7 @@ what billow writes in ``finalized_at``).
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -104,6 +105,7 @@ class LifecycleFigures:
     skeleton: SideFigures
     billow: SideFigures
     statements: list[tuple[str, int, float, float]] | None  # query, calls, mean ms, total s
+    load: tuple[tuple[float, ...], tuple[float, ...]] = ((), ())  # 1/5/15-min, start and end
 
     @property
     def ratio(self) -> float:
@@ -140,6 +142,7 @@ async def run_lifecycle(
     log: bool = True,
 ) -> LifecycleFigures:
     grace_seconds = int(grace_hours * 3600)
+    load_start = os.getloadavg()
     today = datetime.now(UTC).date()
     # The term ends at the start of this month: every period is over.
     starts_on = first_of_month(today, periods)
@@ -216,7 +219,8 @@ async def run_lifecycle(
         await watcher.close()
         await env.shutdown()
         await engine.dispose()
-    return LifecycleFigures(contracts, periods, grace_seconds, skeleton, billow, statements)
+    return LifecycleFigures(contracts, periods, grace_seconds, skeleton, billow, statements,
+                            (load_start, os.getloadavg()))
 
 
 Seen = dict[tuple[str, str], tuple[datetime, datetime | None]]
@@ -359,6 +363,8 @@ def report(f: LifecycleFigures) -> list[str]:
     lines = [
         f"contracts: {f.contracts} x {f.periods} monthly periods, all over at creation "
         f"(usage grace {f.grace_seconds}s), {CREATORS} creators",
+        "load average (1/5/15 min) at start " + "/".join(f"{x:.1f}" for x in f.load[0])
+        + ", at end " + "/".join(f"{x:.1f}" for x in f.load[1]),
     ]
     for s in (f.skeleton, f.billow):
         lines.append(
