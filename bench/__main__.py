@@ -13,12 +13,15 @@ import argparse
 import asyncio
 import datetime as dt
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]  # no stubs shipped
 
 from bench._pg import bench_database, machine_details
 from bench.ingest import run_ingest
+from bench.lifecycle import report as lifecycle_report
+from bench.lifecycle import run_lifecycle
 from bench.rating import run_rating
 
 
@@ -60,6 +63,14 @@ def _parser() -> argparse.ArgumentParser:
             "event_id), which billow's schema does not have",
         )
         sp.add_argument("--seed", type=int, default=20270101)
+    life = sub.add_parser(
+        "lifecycle", help="backdated contracts catching up vs a skeleton workflow (<= 1.5x)"
+    )
+    life.add_argument("--contracts", type=int, default=50)
+    life.add_argument("--periods", type=int, default=12, help="monthly periods, all over")
+    life.add_argument("--grace-hours", default="0.001", help="usage_grace_hours of each contract")
+    life.add_argument("--no-pre-ping", action="store_true",
+                      help="the engine without pool_pre_ping (BEGIN/ROLLBACK per checkout)")
     return p
 
 
@@ -109,6 +120,12 @@ async def _main(args: argparse.Namespace) -> None:
                     args.examples, args.seed, args.shrink_classes, args.budget, args.log
                 )
                 await asyncio.to_thread(run_lifecycle_fuzz, db.url, fuzz_args)
+            elif args.command == "lifecycle":
+                figures = await run_lifecycle(
+                    db.url, db.dsn, contracts=args.contracts, periods=args.periods,
+                    grace_hours=Decimal(args.grace_hours), pre_ping=not args.no_pre_ping,
+                )
+                print("\n".join(lifecycle_report(figures)))
             elif args.command == "ingest":
                 f = await run_ingest(
                     conn,
