@@ -99,9 +99,10 @@ def business_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
                 kind = "Unexpected"
             if kind is None or (isinstance(exc, ApplicationError) and exc.non_retryable):
                 raise
-            raise ApplicationError(
-                f"{type(exc).__name__}: {exc}", type=kind, non_retryable=True
-            ) from exc
+            # billow's own refusals read "field: reason"; others keep their class name.
+            ours = isinstance(exc, BusinessError | BillowValidationError)
+            message = str(exc) if ours else f"{type(exc).__name__}: {exc}"
+            raise ApplicationError(message, type=kind, non_retryable=True) from exc
 
     return wrapper
 

@@ -174,15 +174,20 @@ class LedgerActivities:
                     invoice_key=req.invoice_key,
                 )
             invoice = None
+            unnumbered: int | None = None
             if req.invoice_kind is not None and req.invoice_key is not None:
+                await _check_invoice_is_this_grants(conn, req)
                 invoice = await find_invoice(conn, req.contract_id, req.invoice_key)
                 if invoice is None:
-                    invoice = await self._issue_grant_invoice(conn, req)
+                    unnumbered = await self._issue_grant_invoice(conn, req)
             state = await load_credit_state(conn, req.contract_id)
+            if unnumbered is not None:  # last: the series lock is held until COMMIT
+                invoice = await next_invoice_number(conn, unnumbered)
         metrics.credits_granted(req, invoice, new=inserted is not None)
         return GrantResult(invoice=invoice, credits=state.summary())
 
-    async def _issue_grant_invoice(self, conn: AsyncConnection, req: GrantRequest) -> IssuedInvoice:
+    async def _issue_grant_invoice(self, conn: AsyncConnection, req: GrantRequest) -> int:
+        """Store the grant's invoice and journal entry; returns the (unnumbered) invoice id."""
         assert req.invoice_key and req.invoice_period and req.issued_on and req.due_on
         line: Line
         price = round_money(req.price, req.currency)  # "1500" prints as 1500.00
@@ -200,11 +205,11 @@ class LedgerActivities:
             lines=[line],
             issued_on=req.issued_on,
         )
-        issued = await _store_finalized(conn, req.contract_id, doc, req.issued_on, req.due_on)
+        invoice_id = await _store_finalized(conn, req.contract_id, doc, req.issued_on, req.due_on)
         await post_journal(
             conn, req.contract_id, [entry] if req.price > 0 else [], req.issued_on, req.invoice_key
         )
-        return issued
+        return invoice_id
 
     @activity.defn(name=ActivityName.EXPIRE_CREDITS.value)
     @business_errors
@@ -269,7 +274,7 @@ class LedgerActivities:
                 )
             assert computed.document is not None and computed.application is not None
             doc, application, state = computed.document, computed.application, computed.state
-            issued = await _store_finalized(
+            invoice_id = await _store_finalized(
                 conn, cid, doc, req.issued_on, req.due_on, watermark=computed.watermark
             )
             for part in application.per_grant:
@@ -299,6 +304,9 @@ class LedgerActivities:
                 await _write_expiries_and_breakage(conn, cid, state, req.issued_on)
             if req.next_period is not None:
                 await open_draft(conn, terms, req.next_period)
+            # The number is the transaction's last statement: the series lock
+            # it takes is held only until the COMMIT that follows (issue 13).
+            issued = await next_invoice_number(conn, invoice_id)
         metrics.invoice_finalized(issued)
         return ClosePeriodResult(invoice=issued, attention=None, credits=state.summary())
 
@@ -349,6 +357,21 @@ class LedgerActivities:
                     req.contract_id,
                 )
         metrics.dunning_recorded(req.step, new=inserted is not None)
+
+
+async def _check_invoice_is_this_grants(conn: AsyncConnection, req: GrantRequest) -> None:
+    """An invoice key already paying for another grant is never taken as this
+    grant's invoice: the grant would get its credits without being invoiced."""
+    other = await conn.scalar(
+        text("SELECT grant_id FROM credit_grants WHERE contract_id = :cid "
+             "AND invoice_key = :key AND grant_id <> :gid LIMIT 1"),
+        {"cid": req.contract_id, "key": req.invoice_key, "gid": req.grant_id},
+    )
+    if other is not None:
+        raise BusinessError(
+            f"effective: invoice {req.invoice_key} already invoices grant {other!r}",
+            type="TopUpConflict",
+        )
 
 
 async def _check_same_grant(conn: AsyncConnection, req: GrantRequest) -> None:
@@ -757,9 +780,13 @@ async def _store_finalized(
     due_on: date,
     *,
     watermark: int | None = None,
-) -> IssuedInvoice:
-    """Insert (or finalize a held) invoice with its number and lines."""
-    number = await next_invoice_number(conn)
+) -> int:
+    """Insert (or finalize a held or draft) invoice with its lines, without a number yet.
+
+    Returns its id; the caller numbers it with `next_invoice_number` as the
+    last statement of the same transaction, so nothing outside sees it
+    unnumbered and the series lock is not held while the close does its work.
+    """
     status = "paid" if doc.total == 0 else "open"
     row = (
         await conn.execute(
@@ -768,10 +795,10 @@ async def _store_finalized(
                 INSERT INTO invoices (contract_id, key, number, kind, status, currency,
                     period_start, period_end, issued_on, due_on, subtotal, credits_applied,
                     total, amount_paid, paid_on, usage_watermark, finalized_at)
-                VALUES (:cid, :key, :num, :kind, :status, :cur, :ps, :pe, :issued, :due,
+                VALUES (:cid, :key, NULL, :kind, :status, :cur, :ps, :pe, :issued, :due,
                     :sub, :cred, :total, 0, :paid_on, :wm, now())
                 ON CONFLICT (contract_id, key) DO UPDATE SET
-                    number = EXCLUDED.number, status = EXCLUDED.status,
+                    status = EXCLUDED.status,
                     -- a draft opened before a termination shortened its period
                     period_start = EXCLUDED.period_start, period_end = EXCLUDED.period_end,
                     issued_on = EXCLUDED.issued_on, due_on = EXCLUDED.due_on,
@@ -786,7 +813,6 @@ async def _store_finalized(
             {
                 "cid": cid,
                 "key": doc.key,
-                "num": number,
                 "kind": doc.kind.value,
                 "status": status,
                 "cur": doc.currency,
@@ -804,7 +830,7 @@ async def _store_finalized(
     ).one()
     await conn.execute(text("DELETE FROM invoice_lines WHERE invoice_id = :id"), {"id": row.id})
     if not doc.lines:  # a period with no usage and no fees: a zero invoice, no lines
-        return issued_from_row(row)
+        return int(row.id)
     await conn.execute(
         text(
             """
@@ -816,7 +842,7 @@ async def _store_finalized(
         ),
         [_line_params(row.id, i, ln) for i, ln in enumerate(doc.lines)],
     )
-    return issued_from_row(row)
+    return int(row.id)
 
 
 def _line_params(invoice_id: int, position: int, ln: Line) -> dict[str, Any]:

@@ -184,22 +184,39 @@ INVOICE_NUMBER_ORDER = (
 )
 
 
-async def next_invoice_number(conn: AsyncConnection, series: str = "default") -> str:
-    """Take the next number of a series inside the caller's transaction.
+async def next_invoice_number(
+    conn: AsyncConnection, invoice_id: int, series: str = "default"
+) -> IssuedInvoice:
+    """Number a stored, unnumbered invoice: the last statement of its transaction.
 
-    The UPDATE's row lock serialises concurrent finalizations; a rollback
-    releases the number unused, so numbers are gapless and never reused.
+    The series row's lock serialises finalizations from this UPDATE until
+    COMMIT, so it must be the transaction's final statement: every other
+    write of the close (lines, credit ledger, journal, the next period's
+    draft) happens before, while other contracts keep finalizing. Numbers are
+    still gapless (a rollback returns the number with the lock), never
+    reused, and in commit order: the lock is taken in the order the
+    finalizations commit. One statement (a data-modifying CTE) takes the
+    number and writes it, so the lock is held for one round trip plus COMMIT.
     """
     row = (
         await conn.execute(
             text(
-                "UPDATE invoice_number_series SET next_value = next_value + 1 "
-                "WHERE series = :s RETURNING prefix, next_value - 1 AS value"
+                """
+                WITH n AS (
+                    UPDATE invoice_number_series SET next_value = next_value + 1
+                    WHERE series = :s RETURNING prefix, next_value - 1 AS value
+                )
+                UPDATE invoices SET number = n.prefix || CASE
+                        WHEN n.value < 1000000 THEN lpad(n.value::text, 6, '0')
+                        ELSE n.value::text END
+                FROM n WHERE invoices.id = :id AND invoices.number IS NULL
+                RETURNING invoices.*
+                """
             ),
-            {"s": series},
+            {"s": series, "id": invoice_id},
         )
     ).one()
-    return f"{row.prefix}{row.value:06d}"
+    return issued_from_row(row)
 
 
 async def find_invoice(conn: AsyncConnection, contract_id: str, key: str) -> IssuedInvoice | None:

@@ -1,4 +1,4 @@
-"""``python -m bench ingest|rating [--events N] [--contracts N] ...`` and
+"""``python -m bench ingest|rating|chaos [--events N] [--contracts N] ...`` and
 ``python -m bench lifecycle-fuzz --examples N [--seed S]``
 
 Defaults are small (each command finishes in well under a minute). Full
@@ -12,11 +12,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import sys
+from decimal import Decimal
+from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]  # no stubs shipped
 
 from bench._pg import bench_database, machine_details
 from bench.ingest import run_ingest
+from bench.lifecycle import report as lifecycle_report
+from bench.lifecycle import run_lifecycle
 from bench.rating import run_rating
 
 
@@ -37,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     rat.add_argument(
         "--raw", action="store_true", help="no compaction: rate from raw events only"
     )
+    _add_chaos(sub)
     fuzz = sub.add_parser(
         "lifecycle-fuzz",
         help="random contract lifecycles through the real workflow; invariants checked",
@@ -57,7 +63,46 @@ def _parser() -> argparse.ArgumentParser:
             "event_id), which billow's schema does not have",
         )
         sp.add_argument("--seed", type=int, default=20270101)
+    life = sub.add_parser(
+        "lifecycle", help="backdated contracts catching up vs a skeleton workflow (<= 1.5x)"
+    )
+    life.add_argument("--contracts", type=int, default=50)
+    life.add_argument("--periods", type=int, default=12, help="monthly periods, all over")
+    life.add_argument("--grace-hours", default="0.001", help="usage_grace_hours of each contract")
+    life.add_argument("--no-pre-ping", action="store_true",
+                      help="the engine without pool_pre_ping (BEGIN/ROLLBACK per checkout)")
     return p
+
+
+def _add_chaos(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cha = sub.add_parser("chaos", help="fault-injection run against a fault-free control "
+                         "(issue 12); exits 1 unless identical, checks hold, no 500")
+    cha.add_argument("--contracts", type=int, default=20)
+    cha.add_argument("--faults", type=int, default=10)
+    cha.add_argument("--seed", type=int, default=1)
+    cha.add_argument("--events", type=int, default=30, help="usage events per contract")
+    cha.add_argument("--grace-seconds", type=float, default=30.0,
+                     help="usage grace window of the contracts (their catch-up waits this long)")
+    cha.add_argument("--deadline", type=float, default=900.0,
+                     help="seconds per run for the workload and quiescence")
+    cha.add_argument("--compaction-minutes", type=int, default=0,
+                     help="run the usage compaction schedule this often (0: off)")
+    cha.add_argument("--workdir", type=Path, default=None,
+                     help="keep data and logs here (default: a temporary directory, deleted)")
+    cha.add_argument("--report", type=Path, default=None, help="write the JSON report here")
+
+
+def _chaos(args: argparse.Namespace) -> int:
+    from bench.chaos.run import ChaosConfig, run_chaos
+
+    cfg = ChaosConfig(
+        contracts=args.contracts, faults=args.faults, seed=args.seed,
+        events_per_contract=args.events, grace_seconds=args.grace_seconds,
+        deadline_s=args.deadline, compaction_minutes=args.compaction_minutes,
+        workdir=args.workdir, report_path=args.report,
+    )
+    report = asyncio.run(run_chaos(cfg))
+    return 0 if report.ok else 1
 
 
 async def _main(args: argparse.Namespace) -> None:
@@ -75,6 +120,12 @@ async def _main(args: argparse.Namespace) -> None:
                     args.examples, args.seed, args.shrink_classes, args.budget, args.log
                 )
                 await asyncio.to_thread(run_lifecycle_fuzz, db.url, fuzz_args)
+            elif args.command == "lifecycle":
+                figures = await run_lifecycle(
+                    db.url, db.dsn, contracts=args.contracts, periods=args.periods,
+                    grace_hours=Decimal(args.grace_hours), pre_ping=not args.no_pre_ping,
+                )
+                print("\n".join(lifecycle_report(figures)))
             elif args.command == "ingest":
                 f = await run_ingest(
                     conn,
@@ -144,7 +195,10 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    asyncio.run(_main(_parser().parse_args()))
+    args = _parser().parse_args()
+    if args.command == "chaos":
+        sys.exit(_chaos(args))
+    asyncio.run(_main(args))
 
 
 if __name__ == "__main__":

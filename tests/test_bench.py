@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from activities.db import asyncpg_dsn
 from bench.ingest import run_ingest
+from bench.lifecycle import run_lifecycle
 from bench.rating import run_rating
 
 
@@ -60,3 +61,19 @@ def test_lifecycle_fuzz_bench_runs_and_reports(database_url: str) -> None:
     report = out.getvalue()
     assert "examples: 2 (seed 7)" in report
     assert "failures by invariant:" in report and "\nruns: " in report
+
+
+async def test_lifecycle_bench_closes_every_period_on_both_sides(
+    conn: asyncpg.Connection, database_url: str
+) -> None:
+    figures = await run_lifecycle(
+        database_url, asyncpg_dsn(database_url), contracts=2, periods=2, log=False
+    )
+    assert (figures.skeleton.rows, figures.billow.rows) == (4, 4)
+    assert (figures.skeleton.runs, figures.billow.runs) == (2, 2)
+    assert len(figures.billow.lateness_s) == 4 and figures.ratio > 0
+    numbers = await conn.fetch(
+        "SELECT number FROM invoices WHERE kind = 'usage' AND number IS NOT NULL ORDER BY number"
+    )
+    assert [r["number"] for r in numbers] == [f"INV-{n:06d}" for n in range(1, 5)]
+    assert await conn.fetchval("SELECT count(*) FROM bench_skeleton_steps") == 2 * 3

@@ -373,6 +373,15 @@ def contract_grant_amendment(grant: CreditGrantSpec, effective: datetime) -> Gra
     )
 
 
+def _contract_grant_effective(terms: ContractTerms, grant: CreditGrantSpec) -> datetime:
+    return to_instant(grant.effective, terms.timezone) if grant.effective else terms.term_start_at
+
+
+def _priced(amendment: GrantCreditsAmendment) -> bool:
+    """A grant with a price issues a top-up; ``price: 0`` is a promotional grant."""
+    return amendment.price is not None and amendment.price > 0
+
+
 def grant_request(
     state: ContractState, amendment: GrantCreditsAmendment, effective: datetime, now: datetime
 ) -> GrantRequest:
@@ -385,7 +394,7 @@ def grant_request(
     """
     t = state.terms
     expires = to_instant(amendment.expires, t.timezone) if amendment.expires else t.term_end_at
-    priced = amendment.price is not None
+    priced = _priced(amendment)
     effective_on = state.local_date(effective)
     issued_on = state.local_date(max(effective, now))
     return GrantRequest(
@@ -430,13 +439,19 @@ def _validate_grant(state: ContractState, amendment: GrantCreditsAmendment,
     own = amendment.id == f"{CONTRACT_GRANT_AMENDMENT_PREFIX}{grant_id}"  # the contract's own grant
     if not own and (grant_id in state.reserved_grant_ids or grant_id in pending_ids):
         problems.append(("grant_id", f"a grant {grant_id!r} exists already or is reserved"))
-    if amendment.price is not None:
+    if _priced(amendment):
         # The top-up invoice's key is its effective date (SPEC.md section 8).
         key = f"top_up:{state.local_date(effective).isoformat()}"
         pending = [
             f"top_up:{state.local_date(p.effective).isoformat()}"
             for p in others
-            if isinstance(p.amendment, GrantCreditsAmendment) and p.amendment.price is not None
+            if isinstance(p.amendment, GrantCreditsAmendment) and _priced(p.amendment)
+        ]
+        # The contract's own priced grants not made yet take their day too.
+        pending += [
+            f"top_up:{state.local_date(_contract_grant_effective(t, g)).isoformat()}"
+            for g in t.credit_grants
+            if g.price > 0 and g.id not in state.grant_ids and g.id != grant_id
         ]
         if state.invoice(key) is not None or key in pending:
             problems.append(("effective", f"a top-up is already invoiced as {key}; one per day"))

@@ -257,6 +257,98 @@ async def _amend_or_refused(run: ContractRun, amendment: dict[str, Any]) -> None
         print(amendment["id"], "not delivered:", exc)
 
 
+# --- paths this release (v4) added or changed behind workflow.patched ---------
+
+
+async def ended_before_open(env: WorkflowEnvironment, engine: AsyncEngine) -> ContractRun:
+    """A terminate before the start: no commitment, no grants ("end-before-open")."""
+    doc = contract_doc(term_months=2, commitment={"amount": "1000.00"},
+                       credit_grants=[{"id": "welcome", "credits": "50.00"}])
+    run = ContractRun(env, engine, doc)
+    async with run:
+        await run.advance_to(at("2026-12-20"))
+        await run.amend({"id": "never-mind", "kind": "terminate"})
+        await run.advance_to(at("2027-01-05"))
+    return run
+
+
+async def contract_grant_top_up(env: WorkflowEnvironment, engine: AsyncEngine) -> ContractRun:
+    """Priced contract grants: top-ups at the start and mid-term ("contract-grant-top-up")."""
+    doc = contract_doc(term_months=2, credit_grants=[
+        {"id": "bought", "credits": "600.00", "price": "500.00"},
+        {"id": "later", "credits": "100.00", "price": "90.00", "effective": "2027-02-01"},
+    ])
+    run = ContractRun(env, engine, doc)
+    async with run:
+        await run.send_usage([event("e1", "2027-01-12T00:00:00Z", "1000")])
+        await run.advance_to(at("2027-03-02"))
+    return run
+
+
+async def due_amendment_dropped(env: WorkflowEnvironment, engine: AsyncEngine) -> ContractRun:
+    """A grant falling due after a terminate's end is dropped ("revalidate-due-amendments")."""
+    run = ContractRun(env, engine, contract_doc(term_months=3))
+    async with run:
+        await run.advance_to(at("2027-01-10"))
+        await run.amend({"id": "late-grant", "kind": "grant_credits", "credits": "50.00",
+                         "effective": "2027-03-01T00:30:00Z"})
+        await run.amend({"id": "stop", "kind": "terminate", "effective": "2027-03-01T00:00:00Z"})
+        await run.advance_to(at("2027-03-05"))
+    return run
+
+
+async def gateway_outage(env: WorkflowEnvironment, engine: AsyncEngine) -> ContractRun:
+    """Auto-pay while the gateway is down: bounded attempts outside the lock, the
+    business retries, an amendment meanwhile ("charge-outside-lock")."""
+    from tests.support.gateways import UnreachableGateway
+
+    run = ContractRun(env, engine, contract_doc(term_months=2, auto_pay=True),
+                      gateway=UnreachableGateway())
+    async with run:
+        await run.advance_to(at("2027-02-01", 2))
+        await run.amend({"id": "net-60", "kind": "change_payment_terms",
+                         "payment_terms_days": 60})
+        await run.advance_to(at("2027-02-15"))
+        await run.pay("usage:2027-01-01", "500.00", "wire-1")
+    return run
+
+
+async def charge_unapplied(env: WorkflowEnvironment, engine: AsyncEngine) -> ContractRun:
+    """A card charge accepted after a wire paid the invoice: recorded as unapplied."""
+    from tests.support.gateways import WireArrivesDuringTheCharge
+
+    run = ContractRun(env, engine, contract_doc(term_months=1, auto_pay=True),
+                      gateway=WireArrivesDuringTheCharge(engine))
+    async with run:
+        await run.advance_to(at("2027-02-05"))
+    return run
+
+
+async def extension_refused(env: WorkflowEnvironment, engine: AsyncEngine) -> ContractRun:
+    """An extension into another contract of the customer ("extend-term-overlap-check")."""
+    from models.contract import load_contract
+    from worker.contract_service import start_contract
+
+    run = ContractRun(env, engine, contract_doc(term_months=1))
+    async with run:
+        follow = load_contract(contract_doc(id="c-2", starts_on="2027-02-01", term_months=1))
+        await start_contract(env.client, engine, follow, "scenario",
+                             catalog_version=run.catalog_version)
+        await run.advance_to(at("2027-01-10"))
+        await _amend_or_refused(run, {"id": "renew", "kind": "extend_term", "term_months": 1})
+        await run.advance_to(at("2027-02-05"))
+    return run
+
+
+PATHS_V4 = {
+    "ended_before_open": ended_before_open,
+    "contract_grant_top_up": contract_grant_top_up,
+    "due_amendment_dropped": due_amendment_dropped,
+    "gateway_outage": gateway_outage,
+    "charge_unapplied": charge_unapplied,
+    "extension_refused": extension_refused,
+}
+
 PATHS = {
     "amendment_at_start": amendment_at_start,
     "termination": termination,

@@ -35,7 +35,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.db import make_engine
 from activities.payments import SimulatedCardGateway
-from tests.histories.paths import PATHS
+from tests.histories.paths import PATHS, PATHS_V4
 from tests.support.scenario import ContractRun, at, contract_doc, event
 from worker.main import build_worker
 from worker.simulate import fresh_database
@@ -163,6 +163,7 @@ SCENARIOS: dict[str, Scenario] = {
     "renewal": renewal,
     "usage_compaction": usage_compaction,
     **PATHS,
+    **PATHS_V4,
 }
 
 

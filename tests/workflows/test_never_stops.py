@@ -15,6 +15,7 @@ from temporalio.client import WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
+from tests.support.gateways import UnreachableGateway, WireArrivesDuringTheCharge
 from tests.support.scenario import ContractRun, at, contract_doc, event, event_type_counts
 from workflows.contract_state import CHARGE_RETRY_DAYS
 
@@ -211,20 +212,6 @@ async def test_amendments_that_would_overflow_later_are_refused_naming_the_field
     assert [i.key for i in state.invoices] == ["usage:2027-01-01"]
 
 
-class UnreachableGateway:
-    """A payment gateway whose every call fails (an outage on their side)."""
-
-    name = "unreachable"
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def charge(self, *, customer_id: str, amount: Decimal, currency: str,
-                     idempotency_key: str) -> Any:
-        self.calls += 1
-        raise ConnectionError("gateway unreachable")
-
-
 async def test_a_failing_gateway_never_freezes_the_contract(
     ts_env: WorkflowEnvironment, db: AsyncEngine
 ) -> None:
@@ -341,31 +328,6 @@ async def test_an_amendment_after_the_term_ended_is_refused_naming_a_field(
     assert "has ended" in refused.message
 
 
-class WireArrivesDuringTheCharge:
-    """A card gateway that accepts, while a wire for the same invoice lands in the
-    ledger in the meantime (the charge runs outside the contract's lock)."""
-
-    name = "simulated_card"
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-        self.calls = 0
-
-    async def charge(self, *, customer_id: str, amount: Decimal, currency: str,
-                     idempotency_key: str) -> Any:
-        from activities.ledger import record_payment_in
-        from activities.payments import GatewayResult
-        from models.operations import PaymentRequest
-
-        self.calls += 1
-        invoice_key = idempotency_key.split(":", 2)[2].rsplit(":", 1)[0]
-        async with self.engine.begin() as conn:
-            await record_payment_in(conn, PaymentRequest(
-                contract_id="c-1", invoice_key=invoice_key, payment_key="wire-77",
-                amount=amount, received_on=at("2027-02-01").date()))
-        return GatewayResult(accepted=True, reference="card-ref-1")
-
-
 async def test_money_a_gateway_took_for_a_paid_invoice_is_recorded_and_flagged(
     ts_env: WorkflowEnvironment, db: AsyncEngine
 ) -> None:
@@ -396,3 +358,99 @@ async def test_money_a_gateway_took_for_a_paid_invoice_is_recorded_and_flagged(
     assert [(u.invoice_key, u.amount) for u in state.unapplied_payments] == [
         ("usage:2027-01-01", Decimal("500.00"))]
     assert gateway.calls == 1
+
+
+async def test_a_free_grant_by_amendment_is_applied(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    """Found by the random-lifecycle test: ``price: "0"`` is a promotional grant
+    (SPEC.md section 1), not a zero top-up whose journal entry cannot exist."""
+    async with ContractRun(ts_env, db, contract_doc(term_months=2)) as run:
+        await run.advance_to(at("2027-01-10"))
+        result = await run.amend({"id": "free", "kind": "grant_credits",
+                                  "credits": "100.00", "price": "0"})
+        state = await run.state()
+        top_ups = await run.scalar("SELECT count(*) FROM invoices WHERE kind = 'top_up'")
+    assert result.status == "applied" and state.credit_balance == 100
+    assert top_ups == 0
+
+
+async def test_a_payment_for_an_invoice_the_ledger_has_is_recorded_before_the_state_knows_it(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    """Issue 12 case 8 (workflow half; found again by the chaos run): after a
+    worker crash the close's ledger commit can be ahead of the workflow's state,
+    and an update is handled before the replayed close. The ledger decides."""
+    from datetime import date
+
+    from activities.ledger import LedgerActivities
+    from models.operations import ClosePeriodRequest
+    from models.periods import billing_periods
+
+    async with NoCacheRun(ts_env, db, contract_doc(term_months=2)) as run:
+        await run.advance_to(at("2027-02-01"))  # the close falls due at 01:00
+        terms = (await run.state()).terms
+        await run.stop_worker()  # the worker "crashes" ...
+        jan, feb = billing_periods(terms.starts_on, terms.term_end, terms.billing_cycle,
+                                   terms.billing_anchor, terms.timezone)
+        # ... right after the close's transaction committed.
+        await LedgerActivities(db).close_period(ClosePeriodRequest(
+            terms=terms, period=jan, earlier_periods=[], issued_on=date(2027, 2, 1),
+            due_on=date(2027, 3, 3), is_final=False, next_period=feb))
+        await run.start_worker()
+        assert run.handle is not None
+        paid = await asyncio.wait_for(run.handle.execute_update(
+            "pay", {"invoice": "usage:2027-01-01", "amount": "500.00",
+                    "payment_id": "wire-9"}, result_type=dict), 30)
+        unknown = await _refusal_of_pay(run, "usage:2099-01-01")
+        await run.advance_to(at("2027-02-02"))
+        state = await run.state()
+        await _no_failed_tasks(run)
+    assert (paid["status"], paid["amount_paid"]) == ("paid", "500.00")
+    jan_state = next(i for i in state.invoices if i.key == "usage:2027-01-01")
+    assert (jan_state.status, jan_state.amount_paid) == ("paid", Decimal("500.00"))
+    assert "unknown invoice" in unknown.message and unknown.type == "InvalidPayment"
+
+
+class NoCacheRun(ContractRun):
+    """A worker without a workflow cache (every task replays, as a new process
+    would; no sticky queue is left behind when it stops)."""
+
+    async def start_worker(self) -> None:
+        from temporalio.worker import Worker
+
+        from tests.support.scenario import TASK_QUEUE
+        from worker.main import WORKFLOWS, activities_for
+
+        self._worker = Worker(self.env.client, task_queue=TASK_QUEUE, workflows=WORKFLOWS,
+                              activities=activities_for(self.engine, self.gateway),
+                              max_cached_workflows=0)
+        await self._worker.__aenter__()
+
+
+async def _refusal_of_pay(run: ContractRun, invoice: str) -> ApplicationError:
+    assert run.handle is not None
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await asyncio.wait_for(run.handle.execute_update(
+            "pay", {"invoice": invoice, "amount": "1.00", "payment_id": "p-x"}), 30)
+    cause = refused.value.cause
+    assert isinstance(cause, ApplicationError)
+    return cause
+
+
+async def test_a_top_up_on_the_day_of_a_priced_contract_grant_is_refused(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    """Found by the random-lifecycle test: the amendment took the day's top-up
+    key first and the contract's priced grant was never invoiced."""
+    doc = contract_doc(term_months=1,
+                       credit_grants=[{"id": "g1", "credits": "500.00", "price": "400.00"}])
+    async with ContractRun(ts_env, db, doc) as run:
+        await run.advance_to(at("2026-12-20"))
+        refused = await _refusal(run, {"id": "t1", "kind": "grant_credits",
+                                       "credits": "100.00", "price": "90.00"})
+        await run.advance_to(at("2027-02-15"))
+        report = await run.report()
+    assert "effective" in refused.message and "one per day" in refused.message
+    assert [i["total"] for i in report["invoices"] if i["kind"] == "top_up"] == ["400.00"]
+    assert Decimal(report["revenue"]["deferred_balance"]) == 0
