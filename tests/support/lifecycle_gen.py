@@ -29,7 +29,7 @@ package: no I/O here.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -56,8 +56,25 @@ STORAGE_TIERS = ("hot", "cold")
 ADDITIVE_METERS = ("tokens", "requests")
 
 
-def catalog_doc(currency: str, fee: str | None) -> dict[str, Any]:
+# Catalog variants, as bits: requests' tiers per group, requests' tiers in
+# volume mode, storage as a ``latest`` meter instead of ``max``.
+PER_GROUP, VOLUME, LATEST = 1, 2, 4
+
+
+def catalog_doc(currency: str, fee: str | None, variant: int = 0) -> dict[str, Any]:
     fees = [] if fee is None else [{"key": "platform", "name": "Platform", "monthly_amount": fee}]
+    doc = _catalog(currency, fees)
+    requests, storage = doc["meters"][1], doc["meters"][3]
+    if variant & PER_GROUP:
+        requests["tiers_per_group"] = True
+    if variant & VOLUME:
+        requests["rate_card"][0]["tiers"]["mode"] = "volume"
+    if variant & LATEST:
+        storage["aggregation"] = "latest"
+    return doc
+
+
+def _catalog(currency: str, fees: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "meters": [
             {"key": "tokens", "name": "Tokens", "aggregation": "sum", "group_by": ["model"],
@@ -98,16 +115,17 @@ class Lifecycle:
     # No workflow cache: every workflow task replays the whole history, so
     # any nondeterminism (a validator or query that changes state, say) fails.
     replay: bool = False
-    notes: tuple[str, ...] = field(default=())
+    variant: int = 0  # catalog variant bits (PER_GROUP, VOLUME, LATEST)
 
     @property
     def catalog(self) -> dict[str, Any]:
-        return catalog_doc(self.currency, self.fee)
+        return catalog_doc(self.currency, self.fee, self.variant)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "currency": self.currency, "fee": self.fee, "card_declines": self.card_declines,
             "gateway_failures": self.gateway_failures, "replay": self.replay,
+            "variant": self.variant,
             "contract": self.contract, "actions": list(self.actions),
         }
 
@@ -484,4 +502,4 @@ def lifecycles(draw: st.DrawFn) -> Lifecycle:
     down = draw(st.sampled_from([0] * 6 + [2, 1000])) if auto_pay else 0  # known case 9
     return Lifecycle(currency=currency, fee=fee, contract=contract, actions=tuple(timeline),
                      card_declines=declines, gateway_failures=down,
-                     replay=draw(st.integers(0, 3)) == 0)
+                     replay=draw(st.integers(0, 3)) == 0, variant=draw(st.integers(0, 7)))
