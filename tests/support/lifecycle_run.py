@@ -382,9 +382,11 @@ async def _horizon(env: WorkflowEnvironment, handle: WorkflowHandle[Any, Any],
     periods = [] if today >= term_end else billing_periods(
         starts_on, term_end, cycle, anchor, tz, cycle_anchor=cycle_anchor,
         from_date=max(starts_on, today))
+    # Horizons off the whole hour: a horizon on an instant where a timer fires
+    # would observe the workflow in the middle of that step.
     if len(periods) > MAX_PERIODS_AFTER_TIMELINE:
-        return periods[MAX_PERIODS_AFTER_TIMELINE].end + timedelta(days=3), True
-    return until - timedelta(microseconds=1), False
+        return periods[MAX_PERIODS_AFTER_TIMELINE].end + timedelta(days=3, seconds=1717), True
+    return until - timedelta(seconds=1717), False
 
 
 def _local_today(now: datetime, tz: str) -> date:
@@ -416,21 +418,21 @@ def _failure_detail(e: Any) -> str:
 
 async def _observe(env: WorkflowEnvironment, handle: WorkflowHandle[Any, Any],
                    out: Outcome, wait_s: float) -> None:
-    """The state query, histories of every run and the latest run's status.
+    """Histories of every run, the state query and the latest run's status.
 
-    The query goes first and the history is read again while its last task is
-    still in flight: the horizon can fall in the instant a timer fires, and a
-    history read mid-task shows the workflow between two timers."""
-    try:
-        out.view = (await _view(handle, wait_s)).model_dump(mode="json")
-    except Exception as exc:
-        out.query_error = f"{type(exc).__name__}: {exc}"[:500]
+    The history is read again while its last task is still in flight (a
+    history read mid-task shows the workflow between two timers), and the
+    state is queried once it is idle, so it matches the ledger read after."""
     for _ in range(20):
         out.histories = await _histories(env, handle, wait_s)
         last = out.histories[-1].events[-1][0] if out.histories else ""
         if out.aborted or last not in ("WORKFLOW_TASK_SCHEDULED", "WORKFLOW_TASK_STARTED"):
             break
         await asyncio.sleep(0.25)
+    try:
+        out.view = (await _view(handle, wait_s)).model_dump(mode="json")
+    except Exception as exc:
+        out.query_error = f"{type(exc).__name__}: {exc}"[:500]
     status = await _status(env.client, handle.id)
     out.status = status.name if status is not None else None
 

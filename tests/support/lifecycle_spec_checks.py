@@ -174,7 +174,9 @@ def resends_consistent(o: Outcome) -> list[str]:
                 stored_as = stored.get(ev["id"])
                 if stored_as is None and res["status"] == "accepted":
                     stored[ev["id"]] = content
-                elif stored_as not in (None, content) and res["status"] != "conflict":
+                elif stored_as not in (None, content) and res["status"] in ("duplicate",
+                                                                            "accepted"):
+                    # (rejected is fine too: an invalid resend is refused before dedup)
                     out.append(f"event {ev['id'][:30]} resent with other content: "
                                f"{res['status']}, not conflict")
         elif (a.do == "pay" and a.status == "ok" and isinstance(a.sent, dict)
