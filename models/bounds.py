@@ -42,7 +42,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Field
 
-from models.money import DecimalStr
+from models.money import DecimalStr, _non_negative, _percent, _positive
 
 __all__ = [
     "EARLIEST_DATE",
@@ -114,24 +114,6 @@ def check_magnitude(d: Decimal) -> Decimal:
         if kept != d:
             raise ValueError(f"at most {MAX_DECIMAL_PLACES} decimal places (got {d})")
         return kept
-    return d
-
-
-def _non_negative(d: Decimal) -> Decimal:
-    if d < 0:
-        raise ValueError(f"must not be negative (got {d})")
-    return d
-
-
-def _positive(d: Decimal) -> Decimal:
-    if d <= 0:
-        raise ValueError(f"must be greater than zero (got {d})")
-    return d
-
-
-def _percent(d: Decimal) -> Decimal:
-    if not Decimal(0) <= d <= Decimal(100):
-        raise ValueError(f"must be between 0 and 100 (got {d})")
     return d
 
 

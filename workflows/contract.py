@@ -174,9 +174,15 @@ def _conflict(exc: AmendmentConflict) -> ApplicationError:
 _ACTIVITY_FAILURES = (ActivityError, ApplicationError)
 
 
+def _cause(exc: ActivityError | ApplicationError) -> ApplicationError | None:
+    """The ApplicationError an activity failed with, however it reached us."""
+    cause = exc if isinstance(exc, ApplicationError) else exc.cause
+    return cause if isinstance(cause, ApplicationError) else None
+
+
 def _refusal(exc: ActivityError | ApplicationError) -> str:
     """The reason a ledger activity gave for a business error."""
-    cause = exc if isinstance(exc, ApplicationError) else exc.cause
+    cause = _cause(exc) or exc.cause
     if isinstance(cause, ApplicationError):
         return f"{cause.type or 'error'}: {cause.message}"
     return str(cause or exc)
@@ -836,11 +842,10 @@ class ContractWorkflow:
                 summary=f"reserve the extended term to {end_date}",
             )
         except _ACTIVITY_FAILURES as exc:
-            cause = exc if isinstance(exc, ApplicationError) else exc.cause
+            cause = _cause(exc)
             raise ApplicationError(
-                cause.message if isinstance(cause, ApplicationError) else str(exc),
-                type=(cause.type if isinstance(cause, ApplicationError) and cause.type
-                      else "AmendmentRefused"),
+                cause.message if cause else str(exc),
+                type=(cause.type if cause and cause.type else "AmendmentRefused"),
                 non_retryable=True,
             ) from exc
 
@@ -907,14 +912,14 @@ class ContractWorkflow:
             except _ACTIVITY_FAILURES as exc:
                 # The ledger refused it (non-retryable): fail this update, not
                 # the workflow, with the ledger's reason and type.
-                cause = exc if isinstance(exc, ApplicationError) else exc.cause
-                kind = cause.type if isinstance(cause, ApplicationError) else None
+                cause = _cause(exc)
+                kind = cause.type if cause else None
                 if kind == "NotFound":  # not in the ledger either
                     raise _invalid("InvalidPayment", "invoice",
                                    f"unknown invoice {payment.invoice!r}") from exc
                 raise ApplicationError(
-                    cause.message if isinstance(cause, ApplicationError) else str(exc),
-                    *(cause.details if isinstance(cause, ApplicationError) else ()),
+                    cause.message if cause else str(exc),
+                    *(cause.details if cause else ()),
                     type=kind if kind and kind != "BusinessError" else "InvalidPayment",
                     non_retryable=True,
                 ) from exc
@@ -1045,10 +1050,9 @@ class ContractWorkflow:
             return await self._call(name, arg, result_type, summary=summary,
                                     activity_timeout=activity_timeout)
         except _ACTIVITY_FAILURES as exc:
-            self._last_refusal = f"{summary}: {_refusal(exc)}"
-            workflow.logger.error("ledger refused %s", self._last_refusal)
+            reason = self._note_refusal(summary, exc)
             if hold:
-                await self._hold(self._last_refusal)
+                await self._hold(reason)
             return None
 
     async def _step_run(self, name: ActivityName, arg: BaseModel, *, summary: str) -> bool:
@@ -1057,9 +1061,13 @@ class ContractWorkflow:
             await self._run(name, arg, summary=summary)
             return True
         except _ACTIVITY_FAILURES as exc:
-            self._last_refusal = f"{summary}: {_refusal(exc)}"
-            workflow.logger.error("ledger refused %s", self._last_refusal)
+            self._note_refusal(summary, exc)
             return False
+
+    def _note_refusal(self, summary: str, exc: ActivityError | ApplicationError) -> str:
+        self._last_refusal = f"{summary}: {_refusal(exc)}"
+        workflow.logger.error("ledger refused %s", self._last_refusal)
+        return self._last_refusal
 
     async def _hold(self, reason: str) -> None:
         """Flag the contract needs_attention until something changes (an amendment)."""
@@ -1068,13 +1076,8 @@ class ContractWorkflow:
         if st.attention != reason:
             st.attention = reason
             st.status = ContractStatus.NEEDS_ATTENTION
-            await self._step_run(
-                ActivityName.UPDATE_CONTRACT,
-                UpdateContractRequest(
-                    contract_id=st.terms.contract_id, status=st.status, terms=st.terms
-                ),
-                summary=f"save contract ({st.status.value})",
-            )
+            await self._step_run(ActivityName.UPDATE_CONTRACT, self._save_request(),
+                                 summary=f"save contract ({st.status.value})")
         self._publish()
 
     def _resolved(self) -> bool:
@@ -1102,15 +1105,14 @@ class ContractWorkflow:
             summary=summary,
         )
 
-    async def _save_contract(self) -> None:
+    def _save_request(self) -> UpdateContractRequest:
         st = self.state
-        await self._run(
-            ActivityName.UPDATE_CONTRACT,
-            UpdateContractRequest(
-                contract_id=st.terms.contract_id, status=st.status, terms=st.terms
-            ),
-            summary=f"save contract ({st.status.value})",
-        )
+        return UpdateContractRequest(contract_id=st.terms.contract_id, status=st.status,
+                                     terms=st.terms)
+
+    async def _save_contract(self) -> None:
+        await self._run(ActivityName.UPDATE_CONTRACT, self._save_request(),
+                        summary=f"save contract ({self.state.status.value})")
         self._publish()
 
     def _publish(self) -> None:
