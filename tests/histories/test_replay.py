@@ -34,6 +34,12 @@ HISTORIES = sorted(Path(__file__).parent.glob("*.json"))
 # newer (running) ones must keep replaying. Such contracts of the older
 # release have failed every workflow task since the newer one was deployed.
 UNPATCHABLE = {
+    # Open defect, found by the CI chaos run on this release: the history of a contract
+    # that took a rate override while workers were killed does not replay on the code
+    # that wrote it ("Missing associated machine for LocalActivity(5)" after the close
+    # timer fires). Kept as a strict xfail so the fix shows up here.
+    "chaos_rate_override_nde.v4": "open: a history written by this release fails replay "
+    "on it (nondeterminism after a rate override; see the issue note)",
     "amendment_at_start.v1": "14c917d applies amendments due at the start before the "
     "term opens; v1 opened the term first",
     "terminate_held.v1": "776cfb5: a terminate while held takes effect now; v1 took "
