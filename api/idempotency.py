@@ -46,6 +46,7 @@ from activities.idempotency import (
 )
 from api.deps import AppDeps
 from api.problems import problem_response
+from api.security import replaying
 from api.workflow_calls import RETRY_AFTER
 
 log = logging.getLogger("billow.api")
@@ -217,16 +218,7 @@ async def _read_body(receive: Receive) -> tuple[bytes, Receive]:
         if not message.get("more_body", False):
             break
     body = b"".join(chunks)
-    replayed = False
-
-    async def replay() -> Message:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
-            if disconnect is not None:
-                return disconnect
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
+    replay = replaying(body, disconnect, receive)
 
     return body, replay
 

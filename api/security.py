@@ -88,19 +88,7 @@ class BodyLimitMiddleware:
             )
             await response(scope, receive, send)
             return
-        buffered = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                if disconnect is not None:
-                    return disconnect
-                return {"type": "http.request", "body": buffered, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replaying(b"".join(chunks), disconnect, receive), send)
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -207,3 +195,20 @@ def require_scope(*accepted: KeyScope) -> Callable[..., Awaitable[ApiKeyInfo]]:
         return info
 
     return check
+
+
+def replaying(body: bytes, disconnect: Message | None, receive: Receive) -> Receive:
+    """A ``receive`` that hands the app the body already read (or the client's
+    disconnect), once, then passes through to the real one."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            if disconnect is not None:
+                return disconnect
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
