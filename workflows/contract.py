@@ -233,7 +233,7 @@ class ContractWorkflow:
     async def run(self, inp: ContractWorkflowInput) -> CreditSummary | None:
         st = self.state
         if st.created_at is None:
-            st.created_at = workflow.info().start_time
+            st.created_at = self._creation_instant()
         while not st.registered:
             registered = await self._step_run(
                 ActivityName.REGISTER_CONTRACT,
@@ -306,6 +306,21 @@ class ContractWorkflow:
             await self._wait_until(self._next_wake(), self._wake_summary())
         await workflow.wait_condition(workflow.all_handlers_finished)
         return summary
+
+    def _creation_instant(self) -> datetime:
+        """When this contract's workflow was created, the same on every replay.
+
+        It is read from the execution's first history event. The release before
+        this one read the first activation's timestamp, which a replay does not
+        reproduce when the first workflow task heartbeated a slow local activity
+        (it then starts at a later task): a catch-up close computed from it
+        happened in the original run and not on replay (a nondeterminism the
+        chaos run found). Patched so those releases' histories still replay.
+        """
+        info = workflow.info()
+        if workflow.patched("created-at-from-start-event"):
+            return info.workflow_start_time
+        return info.start_time
 
     def _ended_before_open(self) -> bool:
         t = self.state.terms
