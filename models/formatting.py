@@ -1,0 +1,47 @@
+"""Money, quantities and dates as people read them, through Babel.
+
+Used by documents, the CLI's tables and the API's text renderings, so one
+amount reads the same everywhere. Never hand-rolled: Babel knows each
+currency's minor digits (JPY has none), its symbol, and each locale's
+separators.
+
+Invariants:
+- Display only. Amounts arrive already rounded where SPEC.md says; these
+  functions never feed a number back into billing math.
+- `money_code` always shows the ISO code ("45,000.00 USD"): unambiguous in
+  tables that mix currencies. `money` uses the locale's symbol ("$45,000.00"),
+  for documents addressed to one customer.
+- A quantity keeps every significant digit it has (no display rounding):
+  "1,234.56789", never "1,234.568".
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+
+from babel.dates import format_date
+from babel.numbers import format_currency, format_decimal
+
+DEFAULT_LOCALE = "en_US"
+_CODE_PATTERN = "#,##0.00\u00a0¤¤"  # the currency's own minor digits replace .00
+
+
+def money(amount: Decimal, currency: str, locale: str = DEFAULT_LOCALE) -> str:
+    """With the locale's currency symbol: ``$45,000.00``, ``45.000,00 €``."""
+    return str(format_currency(amount, currency, locale=locale))
+
+
+def money_code(amount: Decimal, currency: str, locale: str = DEFAULT_LOCALE) -> str:
+    """With the ISO code, never broken across lines: ``45,000.00 USD``."""
+    return str(format_currency(amount, currency, format=_CODE_PATTERN, locale=locale))
+
+
+def quantity(value: Decimal, locale: str = DEFAULT_LOCALE) -> str:
+    """Grouped, every digit kept: ``1,234.56789``, ``100,000``."""
+    return str(format_decimal(value, locale=locale, decimal_quantization=False))
+
+
+def day(value: date, locale: str = DEFAULT_LOCALE, style: str = "medium") -> str:
+    """``Dec 1, 2026`` (medium) or ``December 1, 2026`` (long)."""
+    return str(format_date(value, format=style, locale=locale))
