@@ -1,5 +1,6 @@
 """``python -m bench ingest|rating|chaos [--events N] [--contracts N] ...`` and
-``python -m bench lifecycle-fuzz --examples N [--seed S]``
+``python -m bench lifecycle-fuzz --examples N [--seed S]``,
+``python -m bench lifecycle|sleeping --contracts N``
 
 Defaults are small (each command finishes in well under a minute). Full
 sizes: ``python -m bench ingest --events 1000000``,
@@ -71,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     life.add_argument("--grace-hours", default="0.001", help="usage_grace_hours of each contract")
     life.add_argument("--no-pre-ping", action="store_true",
                       help="the engine without pool_pre_ping (BEGIN/ROLLBACK per checkout)")
+    sleep = sub.add_parser(
+        "sleeping", help="contracts between boundaries: memory per contract, creation rate"
+    )
+    sleep.add_argument("--contracts", type=int, default=50)
+    sleep.add_argument("--max-cached", type=int, default=None,
+                       help="the worker's sticky cache (default: the SDK's 1000)")
     return p
 
 
@@ -126,6 +133,13 @@ async def _main(args: argparse.Namespace) -> None:
                     grace_hours=Decimal(args.grace_hours), pre_ping=not args.no_pre_ping,
                 )
                 print("\n".join(lifecycle_report(figures)))
+            elif args.command == "sleeping":
+                from bench.sleeping import report as sleeping_report
+                from bench.sleeping import run_sleeping
+
+                sleeping = await run_sleeping(db.url, db.dsn, contracts=args.contracts,
+                                              max_cached=args.max_cached)
+                print("\n".join(sleeping_report(sleeping)))
             elif args.command == "ingest":
                 f = await run_ingest(
                     conn,
