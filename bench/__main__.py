@@ -70,8 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     life.add_argument("--contracts", type=int, default=50)
     life.add_argument("--periods", type=int, default=12, help="monthly periods, all over")
     life.add_argument("--grace-hours", default="0.001", help="usage_grace_hours of each contract")
-    life.add_argument("--no-pre-ping", action="store_true",
-                      help="the engine without pool_pre_ping (BEGIN/ROLLBACK per checkout)")
+    life.add_argument("--pre-ping", action="store_true",
+                      help="the engine with pool_pre_ping, as before (BEGIN/ROLLBACK per checkout)")
     storm = sub.add_parser(
         "storm", help="every contract closes at one instant, with API calls during it (<= 2x)"
     )
@@ -136,7 +136,7 @@ async def _main(args: argparse.Namespace) -> None:
             elif args.command == "lifecycle":
                 figures = await run_lifecycle(
                     db.url, db.dsn, contracts=args.contracts, periods=args.periods,
-                    grace_hours=Decimal(args.grace_hours), pre_ping=not args.no_pre_ping,
+                    grace_hours=Decimal(args.grace_hours), pre_ping=args.pre_ping,
                 )
                 print("\n".join(lifecycle_report(figures)))
             elif args.command == "storm":
