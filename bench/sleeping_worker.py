@@ -11,22 +11,32 @@ import asyncio
 import os
 import signal
 import sys
+from dataclasses import replace
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
 from activities.db import make_engine
 from bench.skeleton import SkeletonActivities, SkeletonWorkflow
 from worker.main import build_worker
-from worker.tuning import WorkerTuning
+from worker.settings import Settings
 
 
 async def _serve(side: str, address: str, task_queue: str, url: str,
                  max_cached: int | None) -> None:
-    client = await Client.connect(address, data_converter=pydantic_data_converter)
+    runtime = None
+    metrics_port = os.environ.get("BENCH_WORKER_METRICS_PORT")
+    if metrics_port:  # the SDK's Prometheus metrics, to look inside a worker under load
+        runtime = Runtime(telemetry=TelemetryConfig(
+            metrics=PrometheusConfig(bind_address=f"127.0.0.1:{metrics_port}")))
+    client = await Client.connect(address, data_converter=pydantic_data_converter,
+                                  runtime=runtime)
     engine = make_engine(url, pool_size=10)
-    tuning = WorkerTuning(max_cached_workflows=max_cached)
+    # BILLOW_WORKER_* capacity settings apply, as in `billow worker`.
+    tuning = replace(Settings().worker_tuning(),
+                     **({"max_cached_workflows": max_cached} if max_cached else {}))
     if side == "billow":
         worker = build_worker(client, engine, task_queue, tuning=tuning)
     else:

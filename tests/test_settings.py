@@ -10,6 +10,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.payments import ManualGateway, SimulatedCardGateway
 from worker.main import build_worker, gateway_for
 from worker.settings import Settings
+from worker.tuning import DB_CONNECTIONS, default_workflow_tasks
 
 
 def test_conventional_urls_are_honoured_and_prefixed_ones_win(
@@ -60,6 +61,9 @@ async def test_worker_capacity_settings_reach_the_worker(
             config.get("max_concurrent_local_activities")) == (50, 8, 12)
     default = build_worker(temporal_env.client, db, "tuning-default").config()
     assert default.get("max_cached_workflows") == 1000  # the SDK's, when unset
+    # Sized to the machine and the connection pool, not the SDK's 100 (worker/tuning.py).
+    assert default.get("max_concurrent_workflow_tasks") == default_workflow_tasks()
+    assert default.get("max_concurrent_local_activities") == DB_CONNECTIONS
     monkeypatch.setenv("BILLOW_WORKER_MAX_CACHED_WORKFLOWS", "0")
     with pytest.raises(ValidationError, match="worker_max_cached_workflows"):
         Settings()

@@ -88,19 +88,19 @@ class Settings(BaseSettings):
         default=30, ge=0,
         description="Worker: how long in-flight activities may finish after SIGTERM.",
     )
-    # Capacity (worker/tuning.py): unset keeps the Temporal SDK's default.
+    # Capacity (worker/tuning.py says why the defaults differ from the SDK's).
     worker_max_cached_workflows: int | None = Field(
         default=None, ge=1,
         description="Worker: contracts kept in memory between tasks (SDK default 1000).",
     )
     worker_max_concurrent_workflow_tasks: int | None = Field(
         default=None, ge=2,
-        description="Worker: workflow tasks run at once (SDK default 100).",
+        description="Worker: workflow tasks run at once (default 4 per CPU).",
     )
     worker_max_concurrent_local_activities: int | None = Field(
         default=None, ge=1,
-        description="Worker: ledger steps run at once (SDK default 100; each holds a "
-                    "database connection while it runs).",
+        description="Worker: ledger steps run at once (default 15, the database pool's "
+                    "size: each holds a connection while it runs).",
     )
     worker_max_concurrent_activities: int | None = Field(
         default=None, ge=1,

@@ -1,28 +1,57 @@
-"""Worker capacity knobs: how many workflows stay cached, how many tasks run at once.
+"""Worker capacity: how many workflows stay cached, how many tasks run at once.
 
-Unset (None) keeps the Temporal SDK's default (1,000 cached workflows; 100
-slots of each kind). They are settings because the right numbers depend on
-the machine: each cached contract holds its state in memory (the sleeping
-bench measures it per contract), and workflow tasks are Python code on one
-event loop, so slots beyond what the CPU can run only queue tasks in the
-worker, where they can time out waiting (schedule-to-start) instead of being
-picked up by a less busy worker. bench/RESULTS.md records what was measured;
-deploy/README.md gives sizing advice.
+The Temporal SDK's defaults (100 workflow-task slots, 100 local-activity
+slots) do not fit a billow worker. Its workflow tasks run Python on one event
+loop, and each ledger step holds one of the worker's database connections
+(`DB_CONNECTIONS`). Under a burst (thousands of contracts created at once, a
+month-start storm) 100 concurrent tasks queue their ledger steps behind 15
+connections; first workflow tasks then outlive their 10 s timeout, and the
+SDK (1.35) kept the slots of such timed-out tasks: after a 4,000-contract
+burst, 96 of 100 slots stayed taken with nothing running and the worker never
+polled again (bench/RESULTS.md section 7). So billow's defaults are:
+
+- workflow tasks: ``WORKFLOW_TASKS_PER_CPU`` per CPU, enough to keep the
+  event loop busy while ledger steps wait on the database;
+- ledger steps: the connection pool's size, so a step never waits for a
+  connection while its workflow task's clock runs;
+- the sticky cache and gateway calls: the SDK's defaults (1,000 and 100).
+
+Every value can be set (BILLOW_WORKER_*, worker/settings.py); deploy/README.md
+gives sizing advice and bench/RESULTS.md what was measured.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
+
+WORKFLOW_TASKS_PER_CPU = 4
+# activities/db.make_engine: pool_size 5 + SQLAlchemy's default overflow of 10.
+DB_CONNECTIONS = 15
+
+
+def default_workflow_tasks() -> int:
+    return max(4, WORKFLOW_TASKS_PER_CPU * (os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)
 class WorkerTuning:
-    max_cached_workflows: int | None = None
-    max_concurrent_workflow_tasks: int | None = None
-    max_concurrent_local_activities: int | None = None
-    max_concurrent_activities: int | None = None
+    max_cached_workflows: int | None = None  # None: the SDK's default
+    max_concurrent_workflow_tasks: int | None = None  # None: default_workflow_tasks()
+    max_concurrent_local_activities: int | None = None  # None: DB_CONNECTIONS
+    max_concurrent_activities: int | None = None  # None: the SDK's default
 
     def worker_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `temporalio.worker.Worker` (only the ones set)."""
-        return {k: v for k, v in vars(self).items() if v is not None}
+        """Keyword arguments for `temporalio.worker.Worker`."""
+        chosen: dict[str, Any] = {
+            "max_concurrent_workflow_tasks": (self.max_concurrent_workflow_tasks
+                                              or default_workflow_tasks()),
+            "max_concurrent_local_activities": (self.max_concurrent_local_activities
+                                                or DB_CONNECTIONS),
+        }
+        if self.max_cached_workflows is not None:
+            chosen["max_cached_workflows"] = self.max_cached_workflows
+        if self.max_concurrent_activities is not None:
+            chosen["max_concurrent_activities"] = self.max_concurrent_activities
+        return chosen
