@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
+
+from documents.view import Seller
 
 # Body size limits (bytes): a full usage batch (10,000 events) fits in 5 MB.
 USAGE_BODY_LIMIT = 5 * 1024 * 1024
@@ -30,6 +32,9 @@ class AppDeps:
     workflow_timeout_seconds: float = 30.0
     usage_body_limit: int = USAGE_BODY_LIMIT
     body_limit: int = DEFAULT_BODY_LIMIT
+    # Who issues the invoices, and the locale their documents are written in.
+    seller: Seller = field(default_factory=Seller)
+    document_locale: str = "en_US"
 
     async def temporal(self) -> Client:
         if self.client is None:

@@ -22,6 +22,7 @@ Invariants:
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -34,7 +35,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -148,10 +151,40 @@ def to_instant(value: date | datetime, tz: str) -> datetime:
     return local_midnight_utc(value, tz)
 
 
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def _email(v: str) -> str:
+    if not _EMAIL.match(v):
+        raise ValueError("must be an e-mail address (name@example.com)")
+    return v
+
+
+BillingEmail = Annotated[str, Field(max_length=MAX_ID_LENGTH), AfterValidator(_email)]
+# Fields added after contracts were first stored: left out of every dump while
+# unset, so the digest of a contract created before them (SPEC.md section 10:
+# same id + same terms is a no-op) and the documents already stored do not change.
+_OPTIONAL_CUSTOMER_FIELDS = ("address", "billing_email", "tax_id")
+
+
 class Customer(BaseModel):
+    """Who is billed. ``address`` (lines separated by newlines), ``billing_email``
+    and ``tax_id`` are optional: they appear on the invoice documents."""
+
     model_config = _FROZEN
     id: Id
     name: Name
+    address: Name | None = None
+    billing_email: BillingEmail | None = None
+    tax_id: Annotated[str, Field(max_length=MAX_ID_LENGTH)] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_extras(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for name in _OPTIONAL_CUSTOMER_FIELDS:
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
 
 
 class RateOverride(PriceFields):

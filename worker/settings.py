@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from documents.view import Seller
+
 
 class Settings(BaseSettings):
     """Every knob billow reads. ``None`` means "use the embedded service"."""
@@ -47,6 +49,17 @@ class Settings(BaseSettings):
     # CRM webhook: HMAC-SHA256 shared secret; unset disables the webhook.
     webhook_secret: str | None = None
     webhook_tolerance_seconds: int = 300
+
+    # --- invoice documents (SPEC.md section 13) ---
+    seller_name: str = Field(default="billow", description="Seller name on invoice documents.")
+    seller_address: str = Field(
+        default="", description="Seller address on invoices; lines separated by newlines.")
+    seller_tax_id: str = Field(default="", description="Seller tax id (VAT, EIN) on invoices.")
+    seller_email: str = Field(default="", description="Seller billing contact on invoices.")
+    seller_payment_instructions: str = Field(
+        default="", description="How to pay (bank, IBAN, reference); lines separated by newlines.")
+    document_locale: str = Field(
+        default="en_US", description="Locale of invoice documents (amounts, dates), e.g. de_DE.")
 
     # --- secured Temporal clusters and Temporal Cloud (deploy/README.md) ---
     temporal_api_key: SecretStr | None = Field(
@@ -107,6 +120,12 @@ class Settings(BaseSettings):
         default="otlp",
         description="otlp needs opentelemetry-exporter-otlp; it reads OTEL_EXPORTER_OTLP_*.",
     )
+
+    @property
+    def seller(self) -> Seller:
+        return Seller(name=self.seller_name, address=self.seller_address,
+                      tax_id=self.seller_tax_id, email=self.seller_email,
+                      payment_instructions=self.seller_payment_instructions)
 
     @property
     def temporal_ui_url(self) -> str:
