@@ -17,7 +17,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.api_keys import Scope
 from activities.ledger import record_payment_in
-from activities.ledger_reports import invoice_documents
+from activities.ledger_reports import invoice_detail_json
 from activities.ledger_store import lock_contract
 from api.contracts import update_problem
 from api.deps import AppDeps, get_deps
@@ -37,7 +37,7 @@ from api.problems import (
     problem_responses,
     validation_problem,
 )
-from api.queries import invoice_by_number, invoice_summaries, outstanding
+from api.queries import invoice_by_number, invoice_summaries
 from api.schemas import InvoiceDetail, InvoiceList, PaymentIn, PaymentOut
 from api.security import require_scope
 from api.workflow_calls import outcome_unknown, temporal_client, temporal_errors, workflow_status
@@ -83,15 +83,11 @@ async def invoice_detail(deps: AppDeps, number: str) -> InvoiceDetail:
     """The finalized invoice ``number`` as the API shows it (404 if there is none)."""
     async with deps.engine.connect() as conn:
         row = await invoice_by_number(conn, number)
-        if row is None:
-            raise not_found("Invoice", f"no invoice {number!r}", "path.number")
-        docs = await invoice_documents(conn, row.contract_id)
-    doc: dict[str, Any] = next(d for d in docs if d["number"] == number)
-    return InvoiceDetail.model_validate({
-        **doc, "contract_id": row.contract_id, "currency": row.currency,
-        "amount_paid": row.amount_paid,
-        "outstanding": outstanding(row.status, row.total, row.amount_paid),
-    })
+        doc = None if row is None else await invoice_detail_json(conn, row.contract_id, row.key)
+    if doc is None:
+        raise not_found("Invoice", f"no invoice {number!r}", "path.number")
+    # The same builder writes the `data` of invoice events: one shape everywhere.
+    return InvoiceDetail.model_validate(doc)
 
 
 async def _document(deps: AppDeps, number: str, fmt: DocFormat) -> Response:

@@ -287,6 +287,26 @@ def _tz(v: str) -> str:
     return validate_timezone(v)
 
 
+def _threshold(v: str) -> str:
+    """``"5000.00"`` (an amount of credits) or ``"10%"`` (of the credits granted)."""
+    from decimal import InvalidOperation
+
+    text = v.strip()
+    number = text.removesuffix("%").strip()
+    try:
+        value = Decimal(number)
+    except InvalidOperation:
+        raise ValueError("must be an amount (\"5000.00\") or a percentage (\"10%\")") from None
+    if not value.is_finite() or value < 0 or value >= MAX_MAGNITUDE:
+        raise ValueError("must be at least 0 and below 10^18")
+    if text.endswith("%") and value > 100:
+        raise ValueError("a percentage must be at most 100%")
+    return f"{number}%" if text.endswith("%") else number
+
+
+LowBalanceThreshold = Annotated[str, Field(max_length=40), AfterValidator(_threshold)]
+
+
 class Contract(BaseModel):
     model_config = _FROZEN
     id: Id
@@ -304,6 +324,17 @@ class Contract(BaseModel):
     timezone: Annotated[str, AfterValidator(_tz)] = "UTC"
     billing_anchor: BillingAnchor = BillingAnchor.START
     currency: CurrencyCode | None = None
+    # credits.low fires when the balance crosses below it (SPEC.md section 13).
+    low_balance_threshold: LowBalanceThreshold | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_threshold(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Added after contracts were first stored: unset, it is not in the dump,
+        # so older contracts keep their digest (see _OPTIONAL_CUSTOMER_FIELDS).
+        data: dict[str, Any] = handler(self)
+        if data.get("low_balance_threshold") is None:
+            data.pop("low_balance_threshold", None)
+        return data
 
     @field_validator("starts_on")
     @classmethod
@@ -386,6 +417,16 @@ class ContractTerms(BaseModel):
     rate_overrides: list[RateOverride]
     commitment: Commitment | None
     credit_grants: list[CreditGrantSpec]
+    low_balance_threshold: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_threshold(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Unset, it is left out: a worker of the release before can still read
+        # the terms this one sends (rolling deploys), and stored terms read the same.
+        data: dict[str, Any] = handler(self)
+        if data.get("low_balance_threshold") is None:
+            data.pop("low_balance_threshold", None)
+        return data
 
     def meter(self, key: str) -> Meter:
         for m in self.meters:
@@ -473,6 +514,7 @@ def resolve_terms(contract: Contract, catalog: Catalog) -> ContractTerms:
         rate_overrides=list(contract.rate_overrides),
         commitment=contract.commitment,
         credit_grants=list(contract.credit_grants),
+        low_balance_threshold=contract.low_balance_threshold,
     )
 
 
