@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 
 from documents.view import Seller
+from models.events import DeliveryOptions
 
 # Body size limits (bytes): a full usage batch (10,000 events) fits in 5 MB.
 USAGE_BODY_LIMIT = 5 * 1024 * 1024
@@ -35,6 +36,8 @@ class AppDeps:
     # Who issues the invoices, and the locale their documents are written in.
     seller: Seller = field(default_factory=Seller)
     document_locale: str = "en_US"
+    # How the delivery workflows the API starts retry (worker settings' defaults).
+    delivery_options: DeliveryOptions = field(default_factory=DeliveryOptions)
 
     async def temporal(self) -> Client:
         if self.client is None:

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from worker.cli_documents import register as register_document_commands
+from worker.cli_events import register as register_event_commands
 from worker.cli_ops import register as register_ops_commands
 from worker.settings import Settings, load_settings
 
@@ -27,6 +28,7 @@ err = Console(stderr=True)
 # catalog, contract, usage, invoice, apikey (worker/cli_ops.py)
 register_ops_commands(app)
 register_document_commands()  # invoice pdf|html|preview
+register_event_commands(app)  # events list|replay|endpoints|add-endpoint
 
 
 def _require_database_url(settings: Settings) -> str:
@@ -88,6 +90,7 @@ def api() -> None:
         webhook_tolerance_seconds=settings.webhook_tolerance_seconds,
         seller=settings.seller,
         document_locale=settings.document_locale,
+        delivery_options=settings.delivery_options,
     )
     from worker.logging_setup import configure_from_settings
 

@@ -15,6 +15,7 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from documents.view import Seller
+from models.events import DeliveryOptions
 
 
 class Settings(BaseSettings):
@@ -60,6 +61,17 @@ class Settings(BaseSettings):
         default="", description="How to pay (bank, IBAN, reference); lines separated by newlines.")
     document_locale: str = Field(
         default="en_US", description="Locale of invoice documents (amounts, dates), e.g. de_DE.")
+
+    # --- events and webhooks (SPEC.md section 13) ---
+    webhook_retry_hours: float = Field(
+        default=72, gt=0, description="Retry a failing webhook delivery this long, then "
+                                      "disable the endpoint.")
+    webhook_retry_initial_seconds: float = Field(
+        default=5, gt=0, description="First retry delay (doubles up to the maximum).")
+    webhook_retry_max_seconds: float = Field(default=3600, gt=0,
+                                             description="Longest delay between retries.")
+    event_poll_seconds: float = Field(
+        default=1, gt=0, description="How often an idle endpoint looks for new events.")
 
     # --- secured Temporal clusters and Temporal Cloud (deploy/README.md) ---
     temporal_api_key: SecretStr | None = Field(
@@ -120,6 +132,15 @@ class Settings(BaseSettings):
         default="otlp",
         description="otlp needs opentelemetry-exporter-otlp; it reads OTEL_EXPORTER_OTLP_*.",
     )
+
+    @property
+    def delivery_options(self) -> DeliveryOptions:
+        return DeliveryOptions(
+            initial_retry_seconds=self.webhook_retry_initial_seconds,
+            max_retry_seconds=self.webhook_retry_max_seconds,
+            give_up_after_seconds=self.webhook_retry_hours * 3600,
+            poll_seconds=self.event_poll_seconds,
+        )
 
     @property
     def seller(self) -> Seller:
