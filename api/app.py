@@ -16,7 +16,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from api import catalog, contracts, events, invoices, usage, webhooks
+from api import catalog, contracts, events, exports, invoices, usage, webhooks
 from api.deps import AppDeps
 from api.idempotency import IdempotencyMiddleware
 from api.metrics_view import install_metrics_route
@@ -77,6 +77,8 @@ TAGS: list[dict[str, Any]] = [
         "List them from any point (`GET /v1/events?after=`), or register a webhook endpoint: "
         "deliveries are signed as Standard Webhooks, at least once, in order, retried for "
         "three days.")},
+    {"name": "exports", "description": "Finance exports: the journal by date range and the "
+     "deferred-revenue roll-forward (JSON or CSV), and each contract's credit ledger."},
     {"name": "ops", "description": "Health."},
 ]
 
@@ -113,6 +115,7 @@ def create_app(deps: AppDeps) -> FastAPI:
         app.include_router(module.router)
     app.include_router(events.events_router)
     app.include_router(events.endpoints_router)
+    app.include_router(exports.router)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness and dependency check")
     async def healthz() -> JSONResponse:

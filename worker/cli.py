@@ -15,6 +15,7 @@ from rich.console import Console
 
 from worker.cli_documents import register as register_document_commands
 from worker.cli_events import register as register_event_commands
+from worker.cli_exports import register as register_export_commands
 from worker.cli_ops import register as register_ops_commands
 from worker.settings import Settings, load_settings
 
@@ -29,6 +30,7 @@ err = Console(stderr=True)
 register_ops_commands(app)
 register_document_commands()  # invoice pdf|html|preview
 register_event_commands(app)  # events list|replay|endpoints|add-endpoint
+register_export_commands(app)  # journal export, revenue deferred, contract credits
 
 
 def _require_database_url(settings: Settings) -> str:
