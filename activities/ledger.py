@@ -24,6 +24,7 @@ from temporalio.exceptions import ApplicationError
 from activities import metrics
 from activities.contract_overlap import overlapping_contract
 from activities.errors import BusinessError, business_errors
+from activities.events import emit_contract_event, emit_event, emit_invoice_event
 from activities.late_usage import billed_groups, late_rows, non_additive_late_rows
 from activities.ledger_store import (
     find_invoice,
@@ -41,7 +42,8 @@ from activities.usage_query import (
     read_watermark,
 )
 from models.contract import ContractTerms
-from models.credits import CreditApplication, CreditState, CreditSummary
+from models.credits import CreditApplication, CreditState, CreditSummary, crossed_low_balance
+from models.events import EventType
 from models.invoices import (
     CommitmentLine,
     FeeLine,
@@ -118,12 +120,12 @@ class LedgerActivities:
     @business_errors
     async def record_amendment(self, req: RecordAmendmentRequest) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(
+            inserted = await conn.scalar(
                 text(
                     """
                     INSERT INTO amendments (contract_id, amendment_id, kind, effective, document)
                     VALUES (:cid, :aid, :kind, :eff, CAST(:doc AS jsonb))
-                    ON CONFLICT (contract_id, amendment_id) DO NOTHING
+                    ON CONFLICT (contract_id, amendment_id) DO NOTHING RETURNING id
                     """
                 ),
                 {
@@ -134,6 +136,11 @@ class LedgerActivities:
                     "doc": req.amendment.model_dump_json(),
                 },
             )
+            if inserted is not None:
+                await emit_contract_event(
+                    conn, EventType.CONTRACT_AMENDED, req.contract_id,
+                    amendment=req.amendment.model_dump(mode="json"),
+                    effective=req.effective.isoformat())
 
     # --- credits -------------------------------------------------------------
     @activity.defn(name=ActivityName.GRANT_CREDITS.value)
@@ -182,7 +189,9 @@ class LedgerActivities:
                     unnumbered = await self._issue_grant_invoice(conn, req)
             state = await load_credit_state(conn, req.contract_id)
             if unnumbered is not None:  # last: the series lock is held until COMMIT
-                invoice = await next_invoice_number(conn, unnumbered)
+                assert req.invoice_key is not None
+                events = await _finalized_events(conn, req.contract_id, req.invoice_key)
+                invoice = await next_invoice_number(conn, unnumbered, events=events)
         metrics.credits_granted(req, invoice, new=inserted is not None)
         return GrantResult(invoice=invoice, credits=state.summary())
 
@@ -304,9 +313,11 @@ class LedgerActivities:
                 await _write_expiries_and_breakage(conn, cid, state, req.issued_on)
             if req.next_period is not None:
                 await open_draft(conn, terms, req.next_period)
+            await _credits_low(conn, terms, computed.credits_before, state, key)
+            events = await _finalized_events(conn, cid, key)
             # The number is the transaction's last statement: the series lock
             # it takes is held only until the COMMIT that follows (issue 13).
-            issued = await next_invoice_number(conn, invoice_id)
+            issued = await next_invoice_number(conn, invoice_id, events=events)
         metrics.invoice_finalized(issued)
         return ClosePeriodResult(invoice=issued, attention=None, credits=state.summary())
 
@@ -341,13 +352,17 @@ class LedgerActivities:
                 },
             )
             if req.step is DunningStep.OVERDUE:
-                await conn.execute(
+                went_overdue = await conn.scalar(
                     text(
                         "UPDATE invoices SET status = 'overdue' "
-                        "WHERE contract_id = :cid AND key = :key AND status = 'open'"
+                        "WHERE contract_id = :cid AND key = :key AND status = 'open' "
+                        "RETURNING id"
                     ),
                     {"cid": req.contract_id, "key": req.invoice_key},
                 )
+                if went_overdue is not None:
+                    await emit_invoice_event(conn, EventType.INVOICE_OVERDUE, req.contract_id,
+                                             req.invoice_key)
             elif inserted is not None:
                 # Delivery (e-mail, CRM task) hangs off this row; billow records it.
                 activity.logger.info(
@@ -410,14 +425,14 @@ async def register_contract_rows(conn: AsyncConnection, req: RegisterContractReq
         text("INSERT INTO customers (id, name) VALUES (:id, :name) ON CONFLICT (id) DO NOTHING"),
         {"id": t.customer.id, "name": t.customer.name},
     )
-    await conn.execute(
+    created = await conn.scalar(
         text(
             """
             INSERT INTO contracts (id, customer_id, plan_key, catalog_version, currency,
                 starts_on, term_end, status, terms_digest, document, terms)
             VALUES (:id, :cust, :plan, :ver, :cur, :starts, :end, 'scheduled', :digest,
                 CAST(:doc AS jsonb), CAST(:terms AS jsonb))
-            ON CONFLICT (id) DO NOTHING
+            ON CONFLICT (id) DO NOTHING RETURNING id
             """
         ),
         {
@@ -433,6 +448,8 @@ async def register_contract_rows(conn: AsyncConnection, req: RegisterContractReq
             "terms": t.model_dump_json(),
         },
     )
+    if created is not None:
+        await emit_contract_event(conn, EventType.CONTRACT_CREATED, t.contract_id)
     periods = billing_periods(t.starts_on, t.term_end, t.billing_cycle, t.billing_anchor,
                               t.timezone, cycle_anchor=t.cycle_anchor)
     if periods:
@@ -521,7 +538,15 @@ async def open_draft(conn: AsyncConnection, terms: ContractTerms, period: Period
 
 
 async def save_contract_row(conn: AsyncConnection, req: UpdateContractRequest) -> None:
-    """The contract's status and terms in force, for queries after it ends."""
+    """The contract's status and terms in force, for queries after it ends.
+
+    A change of status is an event (contract.activated, .needs_attention,
+    .ended), written here, where the status changes: a retry finds the status
+    already saved and writes none.
+    """
+    before = await conn.scalar(
+        text("SELECT status FROM contracts WHERE id = :id FOR UPDATE"), {"id": req.contract_id}
+    )
     await conn.execute(
         text(
             "UPDATE contracts SET status = :status, terms = CAST(:terms AS jsonb), "
@@ -534,6 +559,21 @@ async def save_contract_row(conn: AsyncConnection, req: UpdateContractRequest) -
             "id": req.contract_id,
         },
     )
+    event = _status_event(before, req.status.value)
+    if event is not None:
+        await emit_contract_event(conn, event, req.contract_id)
+
+
+def _status_event(before: str | None, after: str) -> EventType | None:
+    if before is None or before == after:
+        return None
+    if after == "active" and before == "scheduled":
+        return EventType.CONTRACT_ACTIVATED
+    if after == "needs_attention":
+        return EventType.CONTRACT_NEEDS_ATTENTION
+    if after in ("ended", "terminated"):
+        return EventType.CONTRACT_ENDED
+    return None
 
 
 async def record_payment_in(conn: AsyncConnection, req: PaymentRequest) -> PaymentResult:
@@ -613,6 +653,14 @@ async def record_payment_in(conn: AsyncConnection, req: PaymentRequest) -> Payme
         req.received_on,
         req.invoice_key,
     )
+    await emit_event(conn, EventType.PAYMENT_RECORDED, req.contract_id, {
+        "payment_id": req.payment_key, "contract_id": req.contract_id,
+        "invoice_number": updated.number, "invoice_key": updated.key, "amount": req.amount,
+        "currency": updated.currency, "received_on": req.received_on, "method": req.method,
+        "invoice_status": updated.status, "invoice_amount_paid": updated.amount_paid,
+    })
+    if settled:
+        await emit_invoice_event(conn, EventType.INVOICE_PAID, req.contract_id, updated.key)
     return PaymentResult(
         invoice_key=updated.key,
         status=updated.status,
@@ -870,10 +918,11 @@ async def _write_expiries_and_breakage(
     """Ledger expiry rows for expired credits and breakage for their deferred revenue."""
     journal = await load_journal(conn, cid)
     recognized = recognized_by_grant(journal)
+    expired: list[dict[str, Any]] = []
     for grant, balance in zip(state.grants, state.balances, strict=True):
         if balance.expired <= 0:
             continue
-        await insert_ledger_entry(
+        if not await insert_ledger_entry(
             conn,
             entry_key=f"expire:{cid}:{grant.id}",
             contract_id=cid,
@@ -881,7 +930,39 @@ async def _write_expiries_and_breakage(
             kind="expire",
             amount=-balance.expired,
             invoice_key=None,
-        )
+        ):
+            continue  # written by an earlier call: its breakage and event too
         entry = breakage(grant, recognized.get(grant.id, Decimal(0)))
         if entry is not None:
             await post_journal(conn, cid, [entry], booked_on)
+        expired.append({"grant_id": grant.id, "credits": balance.expired,
+                        "breakage": entry.amount if entry is not None else Decimal(0)})
+    if expired:
+        await emit_event(conn, EventType.CREDITS_EXPIRED, cid, {
+            "contract_id": cid, "on": booked_on, "grants": expired,
+            "balance": state.summary().balance})
+
+
+async def _finalized_events(conn: AsyncConnection, cid: str, key: str) -> list[int]:
+    """invoice.finalized (and invoice.paid for one paid at issue: a zero total),
+    written before the number, which `next_invoice_number` fills in."""
+    events = [await emit_invoice_event(conn, EventType.INVOICE_FINALIZED, cid, key)]
+    status = await conn.scalar(
+        text("SELECT status FROM invoices WHERE contract_id = :cid AND key = :key"),
+        {"cid": cid, "key": key})
+    if status == "paid":
+        events.append(await emit_invoice_event(conn, EventType.INVOICE_PAID, cid, key))
+    return events
+
+
+async def _credits_low(conn: AsyncConnection, terms: ContractTerms, before: CreditState,
+                       after: CreditState, invoice_key: str) -> None:
+    """credits.low when this invoice took the balance below the contract's threshold."""
+    threshold = terms.low_balance_threshold
+    if threshold is None:
+        return
+    was, now = before.summary(), after.summary()
+    if crossed_low_balance(threshold, now.granted, was.balance, now.balance):
+        await emit_event(conn, EventType.CREDITS_LOW, terms.contract_id, {
+            "contract_id": terms.contract_id, "balance": now.balance, "granted": now.granted,
+            "threshold": threshold, "invoice_key": invoice_key, "currency": terms.currency})

@@ -4,6 +4,7 @@ summaries. Used by ``billow simulate``, the API and tests."""
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel
@@ -20,6 +21,28 @@ from models.revenue import RevenueSummary, summarize
 def _line_json(doc: dict[str, Any]) -> dict[str, Any]:
     # Split-part instants only appear on lines of a split period.
     return {k: v for k, v in doc.items() if not (k in ("part_start", "part_end") and v is None)}
+
+
+def _invoice_json(inv: Any, lines: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "key": inv.key,
+        "number": inv.number,
+        "kind": inv.kind,
+        "period": {"start": inv.period_start.isoformat(), "end": inv.period_end.isoformat()},
+        "issued_on": inv.issued_on.isoformat() if inv.issued_on else None,
+        "due_on": inv.due_on.isoformat() if inv.due_on else None,
+        "lines": lines,
+        "subtotal": plain(inv.subtotal),
+        "credits_applied": plain(inv.credits_applied),
+        "total": plain(inv.total),
+        "status": inv.status,
+        "paid_on": inv.paid_on.isoformat() if inv.paid_on else None,
+    }
+
+
+def outstanding(status: str, total: Decimal, paid: Decimal) -> Decimal:
+    """What is still owed: nothing unless the invoice is open or overdue."""
+    return max(total - paid, Decimal(0)) if status in ("open", "overdue") else Decimal(0)
 
 
 async def invoice_documents(conn: AsyncConnection, contract_id: str) -> list[dict[str, Any]]:
@@ -46,23 +69,35 @@ async def invoice_documents(conn: AsyncConnection, contract_id: str) -> list[dic
     by_invoice: dict[int, list[dict[str, Any]]] = {}
     for ln in lines:
         by_invoice.setdefault(ln.invoice_id, []).append(_line_json(ln.document))
-    return [
-        {
-            "key": inv.key,
-            "number": inv.number,
-            "kind": inv.kind,
-            "period": {"start": inv.period_start.isoformat(), "end": inv.period_end.isoformat()},
-            "issued_on": inv.issued_on.isoformat() if inv.issued_on else None,
-            "due_on": inv.due_on.isoformat() if inv.due_on else None,
-            "lines": by_invoice.get(inv.id, []),
-            "subtotal": plain(inv.subtotal),
-            "credits_applied": plain(inv.credits_applied),
-            "total": plain(inv.total),
-            "status": inv.status,
-            "paid_on": inv.paid_on.isoformat() if inv.paid_on else None,
-        }
-        for inv in invoices
-    ]
+    return [_invoice_json(inv, by_invoice.get(inv.id, [])) for inv in invoices]
+
+
+async def invoice_detail_json(
+    conn: AsyncConnection, contract_id: str, key: str
+) -> dict[str, Any] | None:
+    """One invoice as ``GET /v1/invoices/{number}`` shows it (also the ``data`` of its
+    events, written before the number is: it may still be null then)."""
+    inv = (
+        await conn.execute(
+            text("SELECT * FROM invoices WHERE contract_id = :cid AND key = :key"),
+            {"cid": contract_id, "key": key},
+        )
+    ).one_or_none()
+    if inv is None:
+        return None
+    lines = (
+        await conn.execute(
+            text("SELECT document FROM invoice_lines WHERE invoice_id = :id ORDER BY position"),
+            {"id": inv.id},
+        )
+    ).all()
+    doc = _invoice_json(inv, [_line_json(ln.document) for ln in lines])
+    return {
+        "number": doc.pop("number"), "key": doc.pop("key"), "contract_id": contract_id,
+        "kind": doc.pop("kind"), "currency": inv.currency, **doc,
+        "amount_paid": plain(inv.amount_paid),
+        "outstanding": plain(outstanding(inv.status, inv.total, inv.amount_paid)),
+    }
 
 
 async def credit_summary(conn: AsyncConnection, contract_id: str) -> CreditSummary:

@@ -185,7 +185,8 @@ INVOICE_NUMBER_ORDER = (
 
 
 async def next_invoice_number(
-    conn: AsyncConnection, invoice_id: int, series: str = "default"
+    conn: AsyncConnection, invoice_id: int, series: str = "default",
+    events: Sequence[int] = (),
 ) -> IssuedInvoice:
     """Number a stored, unnumbered invoice: the last statement of its transaction.
 
@@ -197,25 +198,29 @@ async def next_invoice_number(
     reused, and in commit order: the lock is taken in the order the
     finalizations commit. One statement (a data-modifying CTE) takes the
     number and writes it, so the lock is held for one round trip plus COMMIT.
+    ``events``: outbox rows (written before, with the invoice as it stood)
+    whose ``data.number`` the same statement fills in.
     """
-    row = (
-        await conn.execute(
-            text(
-                """
-                WITH n AS (
-                    UPDATE invoice_number_series SET next_value = next_value + 1
-                    WHERE series = :s RETURNING prefix, next_value - 1 AS value
-                )
-                UPDATE invoices SET number = n.prefix || CASE
-                        WHEN n.value < 1000000 THEN lpad(n.value::text, 6, '0')
-                        ELSE n.value::text END
-                FROM n WHERE invoices.id = :id AND invoices.number IS NULL
-                RETURNING invoices.*
-                """
-            ),
-            {"s": series, "id": invoice_id},
-        )
-    ).one()
+    numbered = """
+        WITH n AS (
+            UPDATE invoice_number_series SET next_value = next_value + 1
+            WHERE series = :s RETURNING prefix, next_value - 1 AS value
+        ), inv AS (
+            UPDATE invoices SET number = n.prefix || CASE
+                    WHEN n.value < 1000000 THEN lpad(n.value::text, 6, '0')
+                    ELSE n.value::text END
+            FROM n WHERE invoices.id = :id AND invoices.number IS NULL
+            RETURNING invoices.*
+        )"""
+    params: dict[str, Any] = {"s": series, "id": invoice_id}
+    if events:
+        numbered += """, ev AS (
+            UPDATE event_outbox e SET payload = jsonb_set(e.payload, '{number}',
+                to_jsonb(inv.number))
+            FROM inv WHERE e.id = ANY(CAST(:events AS bigint[])) RETURNING e.id
+        )"""
+        params["events"] = list(events)
+    row = (await conn.execute(text(numbered + " SELECT * FROM inv"), params)).one()
     return issued_from_row(row)
 
 

@@ -28,6 +28,9 @@ Names (``_total`` is added by the exposition):
 - ``billow_invoices_overdue_total``: invoices that went overdue;
 - ``billow_usage_ingest_races_total``: batches redone because a concurrent
   batch stored one of their ids first (each is still stored once);
+- ``billow_webhook_deliveries_total{outcome}``: webhook POSTs acknowledged or failed;
+- ``billow_webhook_endpoints_disabled_total``: endpoints disabled after three days of
+  failures (alert on any increase);
 - ``billow_usage_events_folded_total``: events the compactor folded into
   rollups (compare with accepted events: a gap that keeps growing means
   compaction is paused or failing).
@@ -179,3 +182,21 @@ def dunning_recorded(step: DunningStep, *, new: bool) -> None:
             INVOICES_OVERDUE.inc()
 
     _guarded("dunning_recorded", record)
+
+
+WEBHOOK_DELIVERIES = _counter(
+    "billow_webhook_deliveries", "Webhook delivery attempts by outcome.", ("outcome",)
+)
+WEBHOOK_ENDPOINTS_DISABLED = _counter(
+    "billow_webhook_endpoints_disabled",
+    "Webhook endpoints disabled after their retries ran out (alert on any increase).",
+)
+
+
+def webhook_delivered(*, ok: bool) -> None:
+    _guarded("webhook_delivered",
+             lambda: WEBHOOK_DELIVERIES.labels("acknowledged" if ok else "failed").inc())
+
+
+def webhook_endpoint_disabled() -> None:
+    _guarded("webhook_endpoint_disabled", WEBHOOK_ENDPOINTS_DISABLED.inc)

@@ -31,6 +31,7 @@ from sqlalchemy import (
     Index,
     LargeBinary,
     Numeric,
+    String,
     UniqueConstraint,
     text,
 )
@@ -419,3 +420,56 @@ class IdempotencyKey(SQLModel, table=True):
     completed_at: datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
     )
+
+
+class EventOutbox(SQLModel, table=True):
+    """Events, written in the ledger change's transaction (activities/events.py).
+
+    ``seq`` is assigned after commit by the sequencer, in commit order: the
+    cursor of ``GET /v1/events`` and of webhook delivery.
+    """
+
+    __tablename__ = "event_outbox"
+    __table_args__ = (
+        UniqueConstraint("event_id", name="uq_event_outbox_event_id"),
+        UniqueConstraint("seq", name="uq_event_outbox_seq"),
+        Index("ix_event_outbox_contract", "contract_id", "seq"),
+    )
+    id: int | None = Field(
+        default=None, sa_column=Column(BigInteger, Identity(always=False), primary_key=True)
+    )
+    event_id: str
+    seq: int | None = Field(default=None, sa_type=BigInteger, nullable=True)
+    type: str
+    contract_id: str | None = None
+    occurred_at: datetime = _now_column()
+    payload: dict[str, Any] = _jsonb()
+
+
+class WebhookEndpoint(SQLModel, table=True):
+    """A receiver of events; its workflow delivers everything after ``cursor_seq``.
+
+    ``secret`` signs the deliveries (Standard Webhooks secrets are symmetric);
+    the API shows it once, at creation.
+    """
+
+    __tablename__ = "webhook_endpoints"
+    id: str = Field(primary_key=True)
+    url: str
+    description: str = Field(sa_column=Column(String, nullable=False, server_default=""))
+    event_types: list[str] = _jsonb()
+    secret: str
+    status: str
+    cursor_seq: int = Field(sa_type=BigInteger)
+    delivered: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
+    )
+    last_attempt_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    last_error: str | None = None
+    failing_since: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
+    )
+    disabled_reason: str | None = None
+    created_at: datetime = _now_column()

@@ -16,7 +16,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from api import catalog, contracts, invoices, usage, webhooks
+from api import catalog, contracts, events, exports, invoices, usage, webhooks
 from api.deps import AppDeps
 from api.idempotency import IdempotencyMiddleware
 from api.metrics_view import install_metrics_route
@@ -71,6 +71,14 @@ TAGS: list[dict[str, Any]] = [
         "`X-Billow-Signature: v1=<hex HMAC-SHA256(secret, timestamp + '.' + raw body)>`. "
         "Deliveries older or newer than 5 minutes (`BILLOW_WEBHOOK_TOLERANCE_SECONDS`), with "
         "a wrong signature or already accepted (replays) are refused.")},
+    {"name": "events", "description": (
+        "Events (`invoice.finalized`, `invoice.paid`, `payment.recorded`, `contract.*`, "
+        "`credits.*` ...), each written in the same transaction as the change it reports. "
+        "List them from any point (`GET /v1/events?after=`), or register a webhook endpoint: "
+        "deliveries are signed as Standard Webhooks, at least once, in order, retried for "
+        "three days.")},
+    {"name": "exports", "description": "Finance exports: the journal by date range and the "
+     "deferred-revenue roll-forward (JSON or CSV), and each contract's credit ledger."},
     {"name": "ops", "description": "Health."},
 ]
 
@@ -105,6 +113,9 @@ def create_app(deps: AppDeps) -> FastAPI:
 
     for module in (contracts, usage, invoices, catalog, webhooks):
         app.include_router(module.router)
+    app.include_router(events.events_router)
+    app.include_router(events.endpoints_router)
+    app.include_router(exports.router)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness and dependency check")
     async def healthz() -> JSONResponse:

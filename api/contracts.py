@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query, Response
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from temporalio.client import WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
@@ -15,6 +15,14 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.api_keys import Scope
 from activities.ledger import compute_usage_invoice
 from api.deps import AppDeps, get_deps
+from api.documents import (
+    DOCUMENT_RESPONSES,
+    DocFormat,
+    DocumentFormat,
+    contract_terms,
+    document_response,
+    negotiate,
+)
 from api.idempotency import IdempotencyKeyHeader
 from api.problems import ProblemError, from_billow_error, not_found, problem_responses
 from api.queries import contract_row, contract_state_from_db, list_contracts, summary_from_issued
@@ -335,16 +343,48 @@ def update_problem(
     summary="The open period's draft invoice, rated now",
     response_model=InvoiceDocument,
     dependencies=_crm,
-    responses=problem_responses(401, 403, 404, 503),
+    responses={**DOCUMENT_RESPONSES, **problem_responses(401, 403, 404, 409, 503)},
 )
-async def get_draft(contract_id: str, deps: Deps) -> InvoiceDocument:
+async def get_draft(contract_id: str, deps: Deps, request: Request) -> Any:
     """What the open period's invoice would say if it were finalized now: usage so
     far rated with the prices in force, late usage, fees, and the credits that
     would pay it. Nothing is written; the draft gets a number only when the
     period closes (after its usage grace window).
 
-    Scope: `crm` or `ops`.
+    With `Accept: text/html` (or `.../draft/document.html`) the answer is the draft's
+    preview document, stamped DRAFT. Scope: `crm` or `ops`.
     """
+    fmt = negotiate(request.headers.get("accept"))
+    if fmt is DocFormat.JSON:
+        return await _draft(contract_id, deps)
+    return await _draft_document(contract_id, deps, fmt)
+
+
+@router.get(
+    "/{contract_id}/draft/document.{fmt}",
+    summary="The draft invoice's preview document (HTML or PDF)",
+    response_class=Response,
+    dependencies=_crm,
+    responses={200: {"content": {"text/html": {}, "application/pdf": {}},
+                     "description": "The preview"},
+               **problem_responses(401, 403, 404, 409, 422, 503)},
+)
+async def get_draft_document(contract_id: str, fmt: DocumentFormat, deps: Deps) -> Response:
+    """The open period's draft as a document stamped DRAFT: what the invoice would
+    say if the period closed now. Scope: `crm` or `ops`."""
+    return await _draft_document(contract_id, deps, DocFormat(fmt.value))
+
+
+async def _draft_document(contract_id: str, deps: AppDeps, fmt: DocFormat) -> Response:
+    draft = await _draft(contract_id, deps)
+    async with deps.engine.connect() as conn:
+        terms = await contract_terms(conn, contract_id)
+    doc = {**draft.model_dump(mode="json"), "contract_id": contract_id,
+           "amount_paid": "0", "outstanding": str(draft.total)}
+    return document_response(deps, doc, terms, fmt)
+
+
+async def _draft(contract_id: str, deps: AppDeps) -> InvoiceDocument:
     state = await get_contract(contract_id, deps)
     if state.next_boundary is None:
         raise not_found("Draft", f"contract {contract_id!r} has no open period",

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
+
+from documents.view import Seller
+from models.events import DeliveryOptions
 
 # Body size limits (bytes): a full usage batch (10,000 events) fits in 5 MB.
 USAGE_BODY_LIMIT = 5 * 1024 * 1024
@@ -30,6 +33,11 @@ class AppDeps:
     workflow_timeout_seconds: float = 30.0
     usage_body_limit: int = USAGE_BODY_LIMIT
     body_limit: int = DEFAULT_BODY_LIMIT
+    # Who issues the invoices, and the locale their documents are written in.
+    seller: Seller = field(default_factory=Seller)
+    document_locale: str = "en_US"
+    # How the delivery workflows the API starts retry (worker settings' defaults).
+    delivery_options: DeliveryOptions = field(default_factory=DeliveryOptions)
 
     async def temporal(self) -> Client:
         if self.client is None:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 from temporalio.client import WorkflowExecutionStatus, WorkflowUpdateFailedError
@@ -17,10 +17,18 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.api_keys import Scope
 from activities.ledger import record_payment_in
-from activities.ledger_reports import invoice_documents
+from activities.ledger_reports import invoice_detail_json
 from activities.ledger_store import lock_contract
 from api.contracts import update_problem
 from api.deps import AppDeps, get_deps
+from api.documents import (
+    DOCUMENT_RESPONSES,
+    DocFormat,
+    DocumentFormat,
+    contract_terms,
+    document_response,
+    negotiate,
+)
 from api.idempotency import IdempotencyKeyHeader
 from api.problems import (
     ProblemError,
@@ -29,7 +37,7 @@ from api.problems import (
     problem_responses,
     validation_problem,
 )
-from api.queries import invoice_by_number, invoice_summaries, outstanding
+from api.queries import invoice_by_number, invoice_summaries
 from api.schemas import InvoiceDetail, InvoiceList, PaymentIn, PaymentOut
 from api.security import require_scope
 from api.workflow_calls import outcome_unknown, temporal_client, temporal_errors, workflow_status
@@ -71,27 +79,57 @@ async def list_invoices(
     return InvoiceList(invoices=items[:limit], next_offset=offset + limit if more else None)
 
 
-@router.get(
-    "/{number}",
-    summary="An invoice document",
-    response_model=InvoiceDetail,
-    dependencies=_read,
-    responses=problem_responses(401, 403, 404),
-)
-async def get_invoice(number: str, deps: Deps) -> InvoiceDetail:
-    """The finalized invoice `number` (e.g. `INV-000002`) with its lines, in the shape of
-    SPEC.md section 9, plus the amount paid and outstanding. Scope: `crm` or `ops`."""
+async def invoice_detail(deps: AppDeps, number: str) -> InvoiceDetail:
+    """The finalized invoice ``number`` as the API shows it (404 if there is none)."""
     async with deps.engine.connect() as conn:
         row = await invoice_by_number(conn, number)
-        if row is None:
-            raise not_found("Invoice", f"no invoice {number!r}", "path.number")
-        docs = await invoice_documents(conn, row.contract_id)
-    doc: dict[str, Any] = next(d for d in docs if d["number"] == number)
-    return InvoiceDetail.model_validate({
-        **doc, "contract_id": row.contract_id, "currency": row.currency,
-        "amount_paid": row.amount_paid,
-        "outstanding": outstanding(row.status, row.total, row.amount_paid),
-    })
+        doc = None if row is None else await invoice_detail_json(conn, row.contract_id, row.key)
+    if doc is None:
+        raise not_found("Invoice", f"no invoice {number!r}", "path.number")
+    # The same builder writes the `data` of invoice events: one shape everywhere.
+    return InvoiceDetail.model_validate(doc)
+
+
+async def _document(deps: AppDeps, number: str, fmt: DocFormat) -> Response:
+    detail = await invoice_detail(deps, number)
+    async with deps.engine.connect() as conn:
+        terms = await contract_terms(conn, detail.contract_id)
+    return document_response(deps, detail.model_dump(mode="json"), terms, fmt)
+
+
+@router.get(
+    "/{number}",
+    summary="An invoice (JSON), or its document (HTML or PDF)",
+    response_model=InvoiceDetail,
+    dependencies=_read,
+    responses={**DOCUMENT_RESPONSES, **problem_responses(401, 403, 404)},
+)
+async def get_invoice(number: str, deps: Deps, request: Request) -> Any:
+    """The finalized invoice `number` (e.g. `INV-000002`) with its lines, in the shape of
+    SPEC.md section 9, plus the amount paid and outstanding.
+
+    With `Accept: text/html` or `Accept: application/pdf` the answer is the invoice's
+    document instead (seller, customer, lines grouped by meter, credits, totals, amount
+    due, payment instructions; PAID / VOID stamps), the same as `.../document.html` and
+    `.../document.pdf`. Scope: `crm` or `ops`."""
+    fmt = negotiate(request.headers.get("accept"))
+    if fmt is DocFormat.JSON:
+        return await invoice_detail(deps, number)
+    return await _document(deps, number, fmt)
+
+
+@router.get(
+    "/{number}/document.{fmt}",
+    summary="An invoice's document as HTML or PDF",
+    response_class=Response,
+    dependencies=_read,
+    responses={200: {"content": {"text/html": {}, "application/pdf": {}},
+                     "description": "The document"}, **problem_responses(401, 403, 404, 422)},
+)
+async def get_invoice_document(number: str, fmt: DocumentFormat, deps: Deps) -> Response:
+    """`document.pdf` or `document.html`: the invoice's document (as with `Accept`). The
+    same invoice always renders to the same bytes. Scope: `crm` or `ops`."""
+    return await _document(deps, number, DocFormat(fmt.value))
 
 
 @router.post(

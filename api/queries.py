@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from activities.ledger_reports import credit_summary, unbilled_usage
+from activities.ledger_reports import credit_summary, outstanding, unbilled_usage
 from activities.ledger_store import INVOICE_NUMBER_ORDER
 from api.schemas import ContractState, ContractSummary, InvoiceSummary
 from models.contract import ContractTerms
 from models.operations import ContractStatus, IssuedInvoice
 from workflows.contract_state import UnappliedPayment
 
-_OWED = ("open", "overdue")
-_ZERO = Decimal(0)
-
 _INVOICE_COLUMNS = (
     "contract_id, key, number, kind, status, currency, period_start, period_end, issued_on, "
     "due_on, subtotal, credits_applied, total, amount_paid, paid_on"
 )
-
-
-def outstanding(status: str, total: Decimal, paid: Decimal) -> Decimal:
-    return max(total - paid, _ZERO) if status in _OWED else _ZERO
 
 
 def _summary(row: Any) -> InvoiceSummary:

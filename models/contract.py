@@ -22,6 +22,7 @@ Invariants:
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -34,7 +35,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -148,10 +151,40 @@ def to_instant(value: date | datetime, tz: str) -> datetime:
     return local_midnight_utc(value, tz)
 
 
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def _email(v: str) -> str:
+    if not _EMAIL.match(v):
+        raise ValueError("must be an e-mail address (name@example.com)")
+    return v
+
+
+BillingEmail = Annotated[str, Field(max_length=MAX_ID_LENGTH), AfterValidator(_email)]
+# Fields added after contracts were first stored: left out of every dump while
+# unset, so the digest of a contract created before them (SPEC.md section 10:
+# same id + same terms is a no-op) and the documents already stored do not change.
+_OPTIONAL_CUSTOMER_FIELDS = ("address", "billing_email", "tax_id")
+
+
 class Customer(BaseModel):
+    """Who is billed. ``address`` (lines separated by newlines), ``billing_email``
+    and ``tax_id`` are optional: they appear on the invoice documents."""
+
     model_config = _FROZEN
     id: Id
     name: Name
+    address: Name | None = None
+    billing_email: BillingEmail | None = None
+    tax_id: Annotated[str, Field(max_length=MAX_ID_LENGTH)] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_extras(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for name in _OPTIONAL_CUSTOMER_FIELDS:
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
 
 
 class RateOverride(PriceFields):
@@ -254,6 +287,26 @@ def _tz(v: str) -> str:
     return validate_timezone(v)
 
 
+def _threshold(v: str) -> str:
+    """``"5000.00"`` (an amount of credits) or ``"10%"`` (of the credits granted)."""
+    from decimal import InvalidOperation
+
+    text = v.strip()
+    number = text.removesuffix("%").strip()
+    try:
+        value = Decimal(number)
+    except InvalidOperation:
+        raise ValueError("must be an amount (\"5000.00\") or a percentage (\"10%\")") from None
+    if not value.is_finite() or value < 0 or value >= MAX_MAGNITUDE:
+        raise ValueError("must be at least 0 and below 10^18")
+    if text.endswith("%") and value > 100:
+        raise ValueError("a percentage must be at most 100%")
+    return f"{number}%" if text.endswith("%") else number
+
+
+LowBalanceThreshold = Annotated[str, Field(max_length=40), AfterValidator(_threshold)]
+
+
 class Contract(BaseModel):
     model_config = _FROZEN
     id: Id
@@ -271,6 +324,17 @@ class Contract(BaseModel):
     timezone: Annotated[str, AfterValidator(_tz)] = "UTC"
     billing_anchor: BillingAnchor = BillingAnchor.START
     currency: CurrencyCode | None = None
+    # credits.low fires when the balance crosses below it (SPEC.md section 13).
+    low_balance_threshold: LowBalanceThreshold | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_threshold(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Added after contracts were first stored: unset, it is not in the dump,
+        # so older contracts keep their digest (see _OPTIONAL_CUSTOMER_FIELDS).
+        data: dict[str, Any] = handler(self)
+        if data.get("low_balance_threshold") is None:
+            data.pop("low_balance_threshold", None)
+        return data
 
     @field_validator("starts_on")
     @classmethod
@@ -353,6 +417,16 @@ class ContractTerms(BaseModel):
     rate_overrides: list[RateOverride]
     commitment: Commitment | None
     credit_grants: list[CreditGrantSpec]
+    low_balance_threshold: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_threshold(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Unset, it is left out: a worker of the release before can still read
+        # the terms this one sends (rolling deploys), and stored terms read the same.
+        data: dict[str, Any] = handler(self)
+        if data.get("low_balance_threshold") is None:
+            data.pop("low_balance_threshold", None)
+        return data
 
     def meter(self, key: str) -> Meter:
         for m in self.meters:
@@ -440,6 +514,7 @@ def resolve_terms(contract: Contract, catalog: Catalog) -> ContractTerms:
         rate_overrides=list(contract.rate_overrides),
         commitment=contract.commitment,
         credit_grants=list(contract.credit_grants),
+        low_balance_threshold=contract.low_balance_threshold,
     )
 
 

@@ -36,7 +36,9 @@ __all__ = [
     "CreditState",
     "CreditSummary",
     "GrantAmount",
+    "crossed_low_balance",
     "initial_grants",
+    "low_balance_limit",
 ]
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
@@ -222,3 +224,19 @@ def initial_grants(terms: ContractTerms) -> list[CreditGrant]:
             )
         )
     return [g.model_copy(update={"seq": i}) for i, g in enumerate(out)]
+
+
+def low_balance_limit(threshold: str, granted: Decimal) -> Decimal:
+    """A ``low_balance_threshold`` as an amount: ``"5000.00"``, or ``"10%"`` of
+    the credits granted so far."""
+    if threshold.endswith("%"):
+        return granted * Decimal(threshold[:-1]) / 100
+    return Decimal(threshold)
+
+
+def crossed_low_balance(threshold: str, granted: Decimal, before: Decimal,
+                        after: Decimal) -> bool:
+    """True when the balance went from at or above the limit to below it: once per
+    crossing (a balance that stays low does not fire again)."""
+    limit = low_balance_limit(threshold, granted)
+    return before >= limit > after

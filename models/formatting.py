@@ -11,6 +11,8 @@ Invariants:
 - `money_code` always shows the ISO code ("45,000.00 USD"): unambiguous in
   tables that mix currencies. `money` uses the locale's symbol ("$45,000.00"),
   for documents addressed to one customer.
+- A unit price keeps every digit it has too (`unit_price`): it is exact, and
+  the line amount is what was rounded.
 - A quantity keeps every significant digit it has (no display rounding):
   "1,234.56789", never "1,234.568".
 """
@@ -35,6 +37,12 @@ def money(amount: Decimal, currency: str, locale: str = DEFAULT_LOCALE) -> str:
 def money_code(amount: Decimal, currency: str, locale: str = DEFAULT_LOCALE) -> str:
     """With the ISO code, never broken across lines: ``45,000.00 USD``."""
     return str(format_currency(amount, currency, format=_CODE_PATTERN, locale=locale))
+
+
+def unit_price(amount: Decimal, currency: str, locale: str = DEFAULT_LOCALE) -> str:
+    """A price per unit, every digit kept (at least the currency's minor digits):
+    ``$0.015``, ``$0.0012``, ``$0.50``. `money` would round 0.015 to $0.02."""
+    return str(format_currency(amount, currency, locale=locale, decimal_quantization=False))
 
 
 def quantity(value: Decimal, locale: str = DEFAULT_LOCALE) -> str:

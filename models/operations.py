@@ -68,6 +68,9 @@ class ActivityName(StrEnum):
     CHARGE_CARD = "charge_card"
     RECORD_CHARGE = "record_charge"
     COMPACT_USAGE = "compact_usage"
+    WAIT_FOR_EVENTS = "wait_for_events"
+    DELIVER_EVENTS = "deliver_events"
+    DISABLE_ENDPOINT = "disable_endpoint"
 
 
 class ContractStatus(StrEnum):

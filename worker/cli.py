@@ -13,6 +13,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from worker.cli_documents import register as register_document_commands
+from worker.cli_events import register as register_event_commands
+from worker.cli_exports import register as register_export_commands
 from worker.cli_ops import register as register_ops_commands
 from worker.settings import Settings, load_settings
 
@@ -25,6 +28,9 @@ app = typer.Typer(
 err = Console(stderr=True)
 # catalog, contract, usage, invoice, apikey (worker/cli_ops.py)
 register_ops_commands(app)
+register_document_commands()  # invoice pdf|html|preview
+register_event_commands(app)  # events list|replay|endpoints|add-endpoint
+register_export_commands(app)  # journal export, revenue deferred, contract credits
 
 
 def _require_database_url(settings: Settings) -> str:
@@ -84,6 +90,9 @@ def api() -> None:
         task_queue=settings.task_queue,
         webhook_secret=settings.webhook_secret,
         webhook_tolerance_seconds=settings.webhook_tolerance_seconds,
+        seller=settings.seller,
+        document_locale=settings.document_locale,
+        delivery_options=settings.delivery_options,
     )
     from worker.logging_setup import configure_from_settings
 

@@ -29,6 +29,8 @@ from activities.payments import (
     SimulatedCardGateway,
 )
 from activities.usage_rollup import UsageActivities
+from activities.webhook_delivery import WebhookActivities
+from worker.event_delivery import ensure_endpoint_workflows
 from worker.logging_setup import configure_logging
 from worker.metrics import start_app_metrics_server
 from worker.schedules import ensure_compaction_schedule
@@ -38,6 +40,7 @@ from worker.temporal_client import connect_with_retry
 from worker.tuning import WorkerTuning
 from workflows.contract import ContractWorkflow
 from workflows.usage_compaction import UsageCompactionWorkflow
+from workflows.webhook_delivery import WebhookEndpointWorkflow
 
 log = logging.getLogger("billow.worker")
 
@@ -46,6 +49,7 @@ def activities_for(engine: AsyncEngine, gateway: PaymentGateway) -> Sequence[Any
     ledger = LedgerActivities(engine)
     payments = PaymentActivities(engine, gateway)
     usage = UsageActivities(engine)
+    webhooks = WebhookActivities(engine)
     return [
         ledger.register_contract,
         ledger.update_contract,
@@ -60,10 +64,13 @@ def activities_for(engine: AsyncEngine, gateway: PaymentGateway) -> Sequence[Any
         payments.charge_card,
         payments.record_charge,
         usage.compact_usage,
+        webhooks.wait_for_events,
+        webhooks.deliver_events,
+        webhooks.disable_endpoint,
     ]
 
 
-WORKFLOWS = [ContractWorkflow, UsageCompactionWorkflow]
+WORKFLOWS = [ContractWorkflow, UsageCompactionWorkflow, WebhookEndpointWorkflow]
 
 
 def build_worker(
@@ -175,6 +182,11 @@ async def _serve(settings: Settings, client: Client, engine: AsyncEngine,
             # Contracts do not depend on it (rating reads raw events until a
             # compaction has run): keep working, say why it is missing.
             log.warning("usage compaction schedule not created: %s", exc)
+    try:
+        await ensure_endpoint_workflows(client, engine, settings.task_queue,
+                                        settings.delivery_options)
+    except Exception as exc:  # billing does not depend on it; say why deliveries wait
+        log.warning("webhook delivery workflows not checked: %s", exc)
     log.info("worker polling task queue %r on %s", settings.task_queue, client.namespace)
     running = asyncio.create_task(worker.run())
     stopping = asyncio.create_task(stop.wait())

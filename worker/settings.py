@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from documents.view import Seller
+from models.events import DeliveryOptions
 from worker.tuning import WorkerTuning
 
 
@@ -49,6 +51,28 @@ class Settings(BaseSettings):
     # CRM webhook: HMAC-SHA256 shared secret; unset disables the webhook.
     webhook_secret: str | None = None
     webhook_tolerance_seconds: int = 300
+
+    # --- invoice documents (SPEC.md section 13) ---
+    seller_name: str = Field(default="billow", description="Seller name on invoice documents.")
+    seller_address: str = Field(
+        default="", description="Seller address on invoices; lines separated by newlines.")
+    seller_tax_id: str = Field(default="", description="Seller tax id (VAT, EIN) on invoices.")
+    seller_email: str = Field(default="", description="Seller billing contact on invoices.")
+    seller_payment_instructions: str = Field(
+        default="", description="How to pay (bank, IBAN, reference); lines separated by newlines.")
+    document_locale: str = Field(
+        default="en_US", description="Locale of invoice documents (amounts, dates), e.g. de_DE.")
+
+    # --- events and webhooks (SPEC.md section 13) ---
+    webhook_retry_hours: float = Field(
+        default=72, gt=0, description="Retry a failing webhook delivery this long, then "
+                                      "disable the endpoint.")
+    webhook_retry_initial_seconds: float = Field(
+        default=5, gt=0, description="First retry delay (doubles up to the maximum).")
+    webhook_retry_max_seconds: float = Field(default=3600, gt=0,
+                                             description="Longest delay between retries.")
+    event_poll_seconds: float = Field(
+        default=1, gt=0, description="How often an idle endpoint looks for new events.")
 
     # --- secured Temporal clusters and Temporal Cloud (deploy/README.md) ---
     temporal_api_key: SecretStr | None = Field(
@@ -127,6 +151,21 @@ class Settings(BaseSettings):
         default="otlp",
         description="otlp needs opentelemetry-exporter-otlp; it reads OTEL_EXPORTER_OTLP_*.",
     )
+
+    @property
+    def delivery_options(self) -> DeliveryOptions:
+        return DeliveryOptions(
+            initial_retry_seconds=self.webhook_retry_initial_seconds,
+            max_retry_seconds=self.webhook_retry_max_seconds,
+            give_up_after_seconds=self.webhook_retry_hours * 3600,
+            poll_seconds=self.event_poll_seconds,
+        )
+
+    @property
+    def seller(self) -> Seller:
+        return Seller(name=self.seller_name, address=self.seller_address,
+                      tax_id=self.seller_tax_id, email=self.seller_email,
+                      payment_instructions=self.seller_payment_instructions)
 
     @property
     def temporal_ui_url(self) -> str:

@@ -285,6 +285,15 @@ async def test_openapi_is_documented(api: ApiServer) -> None:
         ("POST", "/v1/invoices/{number}/payments"),
         ("PUT", "/v1/catalog"), ("GET", "/v1/catalog"),
         ("POST", "/v1/webhooks/crm"),
+        # documents, events and exports (SPEC.md section 13)
+        ("GET", "/v1/invoices/{number}/document.{fmt}"),
+        ("GET", "/v1/contracts/{contract_id}/draft/document.{fmt}"),
+        ("GET", "/v1/events"), ("GET", "/v1/webhook-endpoints"),
+        ("POST", "/v1/webhook-endpoints"), ("GET", "/v1/webhook-endpoints/{endpoint_id}"),
+        ("DELETE", "/v1/webhook-endpoints/{endpoint_id}"),
+        ("POST", "/v1/webhook-endpoints/{endpoint_id}/replay"),
+        ("GET", "/v1/journal"), ("GET", "/v1/deferred-revenue"),
+        ("GET", "/v1/contracts/{contract_id}/credits"),
     }
     for path, method, op in ops:
         assert op.get("summary") and op.get("tags"), (path, method)

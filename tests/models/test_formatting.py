@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from models.formatting import day, money, money_code, quantity
+from models.formatting import day, money, money_code, quantity, unit_price
 
 NBSP = "\u00a0"
 
@@ -40,3 +40,12 @@ def test_day() -> None:
     assert day(date(2026, 12, 1)) == "Dec 1, 2026"
     assert day(date(2026, 12, 1), style="long") == "December 1, 2026"
     assert day(date(2026, 12, 1), "de_DE", "long") == "1. Dezember 2026"
+
+
+@pytest.mark.parametrize(
+    ("value", "currency", "locale", "shown"),
+    [("0.015", "USD", "en_US", "$0.015"), ("0.0012", "USD", "en_US", "$0.0012"),
+     ("0.5", "USD", "en_US", "$0.50"), ("0.015", "EUR", "de_DE", f"0,015{NBSP}€")],
+)
+def test_unit_price_keeps_every_digit(value: str, currency: str, locale: str, shown: str) -> None:
+    assert unit_price(Decimal(value), currency, locale) == shown

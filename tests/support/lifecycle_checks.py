@@ -16,6 +16,7 @@ Scope notes (why some things are not checked):
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable
 from datetime import UTC, date, datetime
@@ -215,6 +216,28 @@ def grant_revenue_closes(o: Outcome) -> list[str]:
     return out
 
 
+# --- deferred-revenue roll-forward closes to the deferred balance (SPEC.md 13) ----------
+
+
+def rollforward_closes(o: Outcome) -> list[str]:
+    """The finance export's roll-forward, month by month, ends at the deferred balance
+    the journal holds, to the cent, and each month closes what it opened."""
+    from models.exports import deferred_rollforward
+
+    journal = o.ledger.journal if o.ledger else []
+    months = deferred_rollforward(journal)
+    balance = sum((_deferred_net(e) for e in journal), Decimal(0))
+    out = []
+    if (months[-1].closing if months else Decimal(0)) != balance:
+        out.append(f"roll-forward closes at {months[-1].closing if months else 0}, "
+                   f"deferred balance {balance}")
+    for prev, nxt in itertools.pairwise(months):
+        if nxt.opening != prev.closing:
+            out.append(f"{nxt.month} opens at {nxt.opening}, {prev.month} closed at "
+                       f"{prev.closing}")
+    return out
+
+
 # --- 9. invoice numbers gapless ----------------------------------------------------
 
 
@@ -331,6 +354,7 @@ CHECKS: dict[str, Check] = {
     "credits_identity": credits_identity,
     "deferred_never_negative": deferred_never_negative,
     "grant_revenue_closes": grant_revenue_closes,
+    "rollforward_closes": rollforward_closes,
     "invoice_numbers_gapless": invoice_numbers_gapless,
     "events_billed_once": events_billed_once,
     "periods_tile_term": periods_tile_term,
