@@ -33,6 +33,7 @@ from activities.webhook_delivery import WebhookActivities
 from worker.event_delivery import ensure_endpoint_workflows
 from worker.logging_setup import configure_logging
 from worker.metrics import start_app_metrics_server
+from worker.namespace_check import check_namespace
 from worker.schedules import ensure_compaction_schedule
 from worker.settings import Settings
 from worker.telemetry import worker_runtime
@@ -166,6 +167,7 @@ async def _run_worker(settings: Settings, runtime: Runtime) -> None:
 
 async def _serve(settings: Settings, client: Client, engine: AsyncEngine,
                  stop: asyncio.Event) -> None:
+    await check_namespace(client)
     worker = build_worker(
         client,
         engine,
