@@ -24,6 +24,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict
 from models.amendments import Amendment
 from models.contract import Contract, ContractTerms
 from models.credits import CreditSummary
+from models.minimum_commitment import CommitmentProgress
 from models.periods import Period
 
 __all__ = [
@@ -178,6 +179,8 @@ class ClosePeriodResult(BaseModel):
     # Set when the invoice is held: unpriced usage or another business error.
     attention: str | None
     credits: CreditSummary
+    # Spend against the minimum commitment after this invoice (SPEC 12).
+    commitment: CommitmentProgress | None = None
 
 
 class PaymentRequest(BaseModel):

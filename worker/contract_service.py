@@ -103,7 +103,16 @@ def workflow_id(contract_id: str) -> str:
 
 
 def contract_digest(contract: Contract) -> str:
-    canonical = json.dumps(contract.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    data = contract.model_dump(mode="json")
+    # Fields added after contracts were first stored count only when set, so a
+    # contract sent again after an upgrade keeps its digest (no false conflict).
+    if data.get("minimum_commitment") is None:
+        data.pop("minimum_commitment", None)
+    for override in data.get("rate_overrides", []):
+        for key in ("minimum_amount", "maximum_amount"):
+            if override.get(key) is None:
+                override.pop(key, None)
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

@@ -1,0 +1,84 @@
+"""What finalized invoices billed, for spend limits and minimum commitments (SPEC 12).
+
+Reads only; the callers own the transaction. Spend counts the usage-kind
+lines (usage, late_usage, minimum, maximum) of finalized usage invoices that
+are not void, before credits (`models.minimum_commitment`).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from models.periods import Period
+from models.spend_limits import BilledMeter
+
+__all__ = ["billed_meters", "invoice_spend", "term_spend"]
+
+_USAGE_KINDS = "('usage', 'late_usage', 'minimum', 'maximum')"
+_FINALIZED_USAGE = (
+    "i.contract_id = :cid AND i.kind = 'usage' AND i.number IS NOT NULL AND i.status <> 'void'"
+)
+
+
+async def term_spend(conn: AsyncConnection, cid: str) -> Decimal:
+    """The spend of every finalized, non-void usage invoice of the contract."""
+    spent = await conn.scalar(
+        text(
+            f"""
+            SELECT coalesce(sum(l.amount), 0) FROM invoice_lines l
+            JOIN invoices i ON i.id = l.invoice_id
+            WHERE {_FINALIZED_USAGE} AND l.kind IN {_USAGE_KINDS}
+            """
+        ),
+        {"cid": cid},
+    )
+    return Decimal(spent or 0)
+
+
+async def invoice_spend(conn: AsyncConnection, cid: str, key: str) -> tuple[Decimal, Decimal]:
+    """``(spend, true-up)`` of one stored invoice."""
+    row = (
+        await conn.execute(
+            text(
+                f"""
+                SELECT coalesce(sum(l.amount) FILTER (WHERE l.kind IN {_USAGE_KINDS}), 0) AS s,
+                       coalesce(sum(l.amount) FILTER (WHERE l.kind = 'true_up'), 0) AS t
+                FROM invoice_lines l JOIN invoices i ON i.id = l.invoice_id
+                WHERE i.contract_id = :cid AND i.key = :key
+                """
+            ),
+            {"cid": cid, "key": key},
+        )
+    ).one()
+    return Decimal(row.s), Decimal(row.t)
+
+
+async def billed_meters(
+    conn: AsyncConnection, cid: str, period: Period
+) -> dict[str, BilledMeter]:
+    """Per meter, what finalized invoices billed for ``period``: its own invoice's
+    lines and the late lines (and their adjustments) naming it on later ones."""
+    rows = await conn.execute(
+        text(
+            f"""
+            SELECT l.meter,
+                   coalesce(sum(l.amount) FILTER (WHERE l.kind IN ('usage', 'late_usage')), 0)
+                       AS gross,
+                   coalesce(sum(l.amount) FILTER (WHERE l.kind = 'minimum'), 0) AS minimum,
+                   coalesce(sum(l.amount) FILTER (WHERE l.kind = 'maximum'), 0) AS maximum
+            FROM invoice_lines l JOIN invoices i ON i.id = l.invoice_id
+            WHERE {_FINALIZED_USAGE} AND l.meter IS NOT NULL AND l.kind IN {_USAGE_KINDS}
+              AND ((i.period_start = :start AND l.line_period_start IS NULL
+                    AND l.kind IN ('usage', 'minimum', 'maximum'))
+                   OR (l.line_period_start = :start AND l.kind <> 'usage'))
+            GROUP BY l.meter
+            """
+        ),
+        {"cid": cid, "start": period.start_date},
+    )
+    return {
+        r.meter: BilledMeter(gross=r.gross, minimum=r.minimum, maximum=r.maximum) for r in rows
+    }

@@ -1,0 +1,137 @@
+"""Minimum commitments and their true-up (SPEC 12).
+
+``minimum_commitment: {amount, per: term | billing_period,
+prorate_on_termination}`` is a postpaid promise to spend at least ``amount``
+on usage.
+
+Invariants:
+- Spend is the usage-kind lines (usage, late_usage, minimum, maximum) of
+  finalized usage invoices that are not void, before credits: usage paid with
+  prepaid credits counts; true-up lines and fees do not; credit notes do not
+  change it.
+- ``billing_period``: each usage invoice's own spend is compared with the
+  minimum in force at its period's start, prorated by days like a fee for a
+  partial period (``round_half_up(amount x days / full days)``); a shortfall
+  is billed on that invoice as one ``true_up`` line.
+- ``term``: only the final usage invoice gets a ``true_up`` line, for the
+  shortfall of the whole term's spend (earlier invoices plus its own),
+  computed once, then, with the minimum in force at the final period's start.
+  After an early termination the minimum is prorated by days run over days
+  contracted only with ``prorate_on_termination``.
+- A true-up is never negative, is a whole minor unit, comes last (after
+  fees), is not paid with credits and is usage revenue when invoiced.
+- Changes (``set_minimum_commitment``) take effect at a boundary; the
+  schedule in `ContractTerms.minimum_commitments` keeps what was in force
+  before, so a closed period keeps the minimum of its start.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+
+from pydantic import BaseModel, ConfigDict
+
+from models.contract import CommitmentPer, ContractTerms, MinimumCommitment
+from models.invoices import TrueUpLine
+from models.money import DecimalStr, round_money
+from models.periods import Period, term_end_date
+from models.proration import prorate
+
+__all__ = [
+    "CommitmentProgress",
+    "commitment_progress",
+    "contracted_end",
+    "period_minimum",
+    "term_minimum",
+    "true_up_lines",
+]
+
+_ZERO = Decimal(0)
+
+
+class CommitmentProgress(BaseModel):
+    """Spend against the minimum commitment, as of one usage invoice.
+
+    ``minimum`` is what the spend is measured against: the period's (prorated)
+    minimum, or the term's (prorated after a termination when asked);
+    ``spend``: this invoice's spend (``billing_period``) or the term's spend so
+    far including this invoice (``term``); ``true_up``: what this invoice bills
+    for the shortfall (0 for a term minimum before the final invoice).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    per: CommitmentPer
+    minimum: DecimalStr
+    spend: DecimalStr
+    shortfall: DecimalStr
+    true_up: DecimalStr
+    period_start: date
+    period_end: date
+    final: bool = False
+
+
+def contracted_end(terms: ContractTerms) -> date:
+    """The term end as contracted (with extensions), before any termination."""
+    return term_end_date(terms.starts_on, terms.term_months)
+
+
+def period_minimum(mc: MinimumCommitment, period: Period, currency: str) -> Decimal:
+    """A ``billing_period`` minimum for ``period``: prorated by days if partial."""
+    if period.is_partial:
+        return prorate(mc.amount, period.days, period.full_days, currency)
+    return round_money(mc.amount, currency)
+
+
+def term_minimum(mc: MinimumCommitment, terms: ContractTerms) -> Decimal:
+    """A ``term`` minimum at the final invoice: after an early termination
+    prorated by days run / days contracted, only if ``prorate_on_termination``."""
+    contracted = contracted_end(terms)
+    if mc.prorate_on_termination and terms.term_end < contracted:
+        run = max((terms.term_end - terms.starts_on).days, 0)
+        return prorate(mc.amount, run, (contracted - terms.starts_on).days, terms.currency)
+    return round_money(mc.amount, terms.currency)
+
+
+def _in_force_for(terms: ContractTerms, at: datetime) -> MinimumCommitment | None:
+    return terms.minimum_commitment_at(at)
+
+
+def commitment_progress(
+    terms: ContractTerms,
+    period: Period,
+    invoice_spend: Decimal,
+    spend_before: Decimal,
+    *,
+    is_final: bool,
+) -> CommitmentProgress | None:
+    """Where the period's usage invoice stands against the minimum in force
+    at the period's start (None: no minimum then).
+
+    ``invoice_spend``: the invoice's usage-kind lines; ``spend_before``: those
+    of the term's earlier finalized, non-void usage invoices.
+    """
+    mc = _in_force_for(terms, period.start)
+    if mc is None:
+        return None
+    if mc.per is CommitmentPer.BILLING_PERIOD:
+        minimum, spend = period_minimum(mc, period, terms.currency), invoice_spend
+        shortfall = max(minimum - spend, _ZERO)
+        billed = shortfall
+    else:
+        minimum = (term_minimum(mc, terms) if is_final
+                   else round_money(mc.amount, terms.currency))
+        spend = spend_before + invoice_spend
+        shortfall = max(minimum - spend, _ZERO)
+        billed = shortfall if is_final else _ZERO
+    return CommitmentProgress(
+        per=mc.per, minimum=minimum, spend=spend, shortfall=shortfall, true_up=billed,
+        period_start=period.start_date, period_end=period.end_date, final=is_final,
+    )
+
+
+def true_up_lines(progress: CommitmentProgress | None) -> list[TrueUpLine]:
+    """The invoice's ``true_up`` line, if it bills one."""
+    if progress is None or progress.true_up <= 0:
+        return []
+    return [TrueUpLine(amount=progress.true_up)]
