@@ -45,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
     from models.contract import COMMITMENT_GRANT_ID, Contract, ContractTerms, to_instant
     from models.errors import BillowValidationError
     from models.invoices import due_on
+    from models.minimum_commitment import CommitmentProgress
     from models.operations import (
         ActivityName,
         CardCharge,
@@ -147,6 +148,8 @@ class ContractView(BaseModel):
     pending_amendments: list[str] = Field(default_factory=list)
     dropped_amendments: list[DroppedAmendment] = Field(default_factory=list)
     unapplied_payments: list[UnappliedPayment] = Field(default_factory=list)
+    # Spend against the minimum commitment as of the last usage invoice (SPEC 12).
+    commitment: CommitmentProgress | None = None
 
 
 def _rejected(exc: BillowValidationError) -> ApplicationError:
@@ -501,6 +504,8 @@ class ContractWorkflow:
             await self._save_contract()
         st.periods = st.periods[1:]
         st.invoiced_periods.append(period)
+        if result.commitment is not None:
+            st.commitment = result.commitment
         await self._issued(result.invoice)
 
     async def _close_term(self) -> CreditSummary | None:
@@ -1003,6 +1008,7 @@ class ContractWorkflow:
             pending_amendments=[p.amendment.id for p in st.pending_amendments],
             dropped_amendments=list(st.dropped_amendments),
             unapplied_payments=list(st.unapplied_payments),
+            commitment=st.commitment,
         )
 
     # --- plumbing --------------------------------------------------------------

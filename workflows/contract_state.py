@@ -43,6 +43,7 @@ from models.contract import (
 )
 from models.errors import BillowValidationError
 from models.invoices import due_on
+from models.minimum_commitment import CommitmentProgress
 from models.money import round_money
 from models.operations import ContractStatus, DunningStep, GrantRequest, IssuedInvoice
 from models.periods import (
@@ -153,6 +154,8 @@ class ContractState(BaseModel):
     # When the workflow first started. A backdated contract gives usage of
     # its past periods one grace window from creation before closing them.
     created_at: AwareDatetime | None = None
+    # Spend against the minimum commitment as of the last usage invoice (SPEC 12).
+    commitment: CommitmentProgress | None = None
 
     # --- derived views -------------------------------------------------
     @property
