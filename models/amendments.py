@@ -29,7 +29,7 @@ from models.bounds import (
     Priority,
     TermMonths,
 )
-from models.contract import DateOrInstant, RateOverride
+from models.contract import DateOrInstant, MinimumCommitment, RateOverride
 from models.periods import BillingCycle
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "GrantCreditsAmendment",
     "RateOverrideAmendment",
     "SetAutoPayAmendment",
+    "SetMinimumCommitmentAmendment",
     "TerminateAmendment",
     "parse_amendment",
 ]
@@ -95,6 +96,16 @@ class TerminateAmendment(_Base):
     kind: Literal["terminate"]
 
 
+class SetMinimumCommitmentAmendment(_Base):
+    """Set, change or (with ``null``) remove the minimum commitment (SPEC 12).
+
+    It takes effect from a boundary: the first period start at or after its
+    ``effective``, so a period always keeps the minimum of its start."""
+
+    kind: Literal["set_minimum_commitment"]
+    minimum_commitment: MinimumCommitment | None  # required; null removes it
+
+
 Amendment = Annotated[
     RateOverrideAmendment
     | GrantCreditsAmendment
@@ -102,7 +113,8 @@ Amendment = Annotated[
     | ChangePaymentTermsAmendment
     | SetAutoPayAmendment
     | ExtendTermAmendment
-    | TerminateAmendment,
+    | TerminateAmendment
+    | SetMinimumCommitmentAmendment,
     Field(discriminator="kind"),
 ]
 

@@ -76,6 +76,7 @@ from models.catalog import (
     check_matches,
 )
 from models.errors import BillowValidationError, Problem
+from models.limits import limit_conflicts
 from models.money import (
     CurrencyCode,
     exact_div,
@@ -526,11 +527,7 @@ def minimum_commitment_problems(
 
 
 def _limit_conflicts(terms: ContractTerms) -> list[tuple[int, str, str]]:
-    """Limit overrides that would put a meter's minimum above its maximum."""
-    # Imported here: models.spend_limits works on ContractTerms (this module).
-    from models.spend_limits import limit_conflicts
-
-    return limit_conflicts(terms)
+    return limit_conflicts(terms.meter_limits, terms.rate_overrides, terms.term_start_at)
 
 
 def _resolved_terms(

@@ -5,10 +5,8 @@ A plan (``meter_limits``) or a contract's rate override for one meter
 what one meter bills per period.
 
 Invariants:
-- The limits of a period are those in force at its start, for the whole
-  period: the plan's, then each limit override of the meter in force at the
-  period start, in list order, replacing the fields it sets (a contract
-  override over the plan). A limit override splits no period.
+- The limits of a period are those in force at its start (`models.limits`),
+  for the whole period. A limit override splits no period.
 - A partial period prorates each limit by days like a fee:
   ``round_half_up(limit x days / days of its full period)``; rounding is
   monotonic, so ``minimum <= maximum`` survives proration.
@@ -31,13 +29,13 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
 from models.invoices import LateUsageLine, Line, MaximumLine, MinimumLine, UsageLine
+from models.limits import limits_at
 from models.periods import Period
 from models.proration import prorate
 
@@ -48,9 +46,7 @@ __all__ = [
     "BilledMeter",
     "PeriodLimits",
     "late_limit_lines",
-    "limit_conflicts",
     "limit_split",
-    "limits_at",
     "period_limits",
     "with_limit_lines",
 ]
@@ -77,27 +73,11 @@ class BilledMeter(BaseModel):
     maximum: Decimal = _ZERO
 
 
-def limits_at(
-    terms: ContractTerms, meter: str, at: datetime
-) -> tuple[Decimal | None, Decimal | None]:
-    """``(minimum, maximum)`` of ``meter`` per full period, in force at ``at``."""
-    lo: Decimal | None = None
-    hi: Decimal | None = None
-    for lim in terms.meter_limits:
-        if lim.meter == meter:
-            lo, hi = lim.minimum_amount, lim.maximum_amount
-    for ov in terms.rate_overrides:
-        if ov.is_limit and ov.meter == meter and ov.in_force(at):
-            lo = lo if ov.minimum_amount is None else ov.minimum_amount
-            hi = hi if ov.maximum_amount is None else ov.maximum_amount
-    return lo, hi
-
-
 def period_limits(terms: ContractTerms, period: Period) -> dict[str, PeriodLimits]:
     """Limits of every limited meter for ``period``, prorated if it is partial."""
     out: dict[str, PeriodLimits] = {}
     for m in terms.meters:
-        lo, hi = limits_at(terms, m.key, period.start)
+        lo, hi = limits_at(terms.meter_limits, terms.rate_overrides, m.key, period.start)
         if lo is None and hi is None:
             continue
         if period.is_partial:
@@ -176,33 +156,4 @@ def late_limit_lines(
             out.append(MinimumLine(meter=meter, amount=below - before.minimum, **dates))
         if above != before.maximum:
             out.append(MaximumLine(meter=meter, amount=above - before.maximum, **dates))
-    return out
-
-
-def limit_conflicts(terms: ContractTerms) -> list[tuple[int, str, str]]:
-    """Limit overrides that put a meter's minimum above its maximum at some
-    instant: ``(index into rate_overrides, field, reason)``, each once."""
-    out: list[tuple[int, str, str]] = []
-    seen: set[int] = set()
-    meters = {lim.meter for lim in terms.meter_limits}
-    meters |= {ov.meter for ov in terms.rate_overrides if ov.is_limit and ov.meter}
-    for meter in sorted(meters):
-        own = [(i, ov) for i, ov in enumerate(terms.rate_overrides)
-               if ov.is_limit and ov.meter == meter]
-        instants = {t for _, ov in own for t in (ov.effective, ov.until) if t is not None}
-        instants.add(terms.term_start_at)
-        for t in sorted(instants):
-            lo, hi = limits_at(terms, meter, t)
-            if lo is None or hi is None or lo <= hi:
-                continue
-            live = [(i, ov) for i, ov in own if ov.in_force(t)]
-            if not live:
-                continue  # the plan's own limits are checked with the catalog
-            i, ov = live[-1]
-            if i in seen:
-                continue
-            seen.add(i)
-            field = "minimum_amount" if ov.minimum_amount is not None else "maximum_amount"
-            out.append((i, field, f"meter {meter!r} would have minimum {lo} above maximum {hi} "
-                                  f"from {t.isoformat()}"))
     return out

@@ -504,8 +504,7 @@ class ContractWorkflow:
             await self._save_contract()
         st.periods = st.periods[1:]
         st.invoiced_periods.append(period)
-        if result.commitment is not None:
-            st.commitment = result.commitment
+        st.commitment = result.commitment  # None: no minimum for this period
         await self._issued(result.invoice)
 
     async def _close_term(self) -> CreditSummary | None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from billing_fixtures import D, event, terms_for, utc
 
+from models.amendments import parse_amendment
 from models.catalog import Catalog, load_catalog
 from models.contract import ContractTerms, RateOverride, add_rate_override
 from models.errors import BillowValidationError
@@ -341,3 +342,10 @@ def test_a_limit_amendment_below_the_plan_minimum_is_refused() -> None:
         add_rate_override(jpy, RateOverride.model_validate(
             {"meter": "support", "maximum_amount": "100.50"}), utc(2027, 2, 1))
     assert err.value.problems == [("override.maximum_amount", "more decimals than JPY has (0)")]
+
+
+def test_an_amendment_with_minimum_above_maximum_is_refused_as_sent() -> None:
+    with pytest.raises(BillowValidationError) as err:
+        parse_amendment({"id": "a", "kind": "rate_override", "override": {
+            "meter": "storage", "minimum_amount": "20", "maximum_amount": "10"}})
+    assert err.value.problems == [("override.minimum_amount", "20 is above maximum_amount 10")]
