@@ -44,8 +44,9 @@ async def invoice_spend(conn: AsyncConnection, cid: str, key: str) -> tuple[Deci
         await conn.execute(
             text(
                 f"""
-                SELECT coalesce(sum(l.amount) FILTER (WHERE l.kind IN {_USAGE_KINDS}), 0) AS s,
-                       coalesce(sum(l.amount) FILTER (WHERE l.kind = 'true_up'), 0) AS t
+                SELECT coalesce(sum(l.amount) FILTER (WHERE l.kind IN {_USAGE_KINDS}), 0)
+                           AS spent,
+                       coalesce(sum(l.amount) FILTER (WHERE l.kind = 'true_up'), 0) AS trued_up
                 FROM invoice_lines l JOIN invoices i ON i.id = l.invoice_id
                 WHERE i.contract_id = :cid AND i.key = :key
                 """
@@ -53,7 +54,7 @@ async def invoice_spend(conn: AsyncConnection, cid: str, key: str) -> tuple[Deci
             {"cid": cid, "key": key},
         )
     ).one()
-    return Decimal(row.s), Decimal(row.t)
+    return Decimal(row.spent), Decimal(row.trued_up)
 
 
 async def billed_meters(

@@ -27,7 +27,7 @@ Invariants:
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date
 from decimal import Decimal
 
 from pydantic import BaseModel, ConfigDict
@@ -42,7 +42,9 @@ __all__ = [
     "CommitmentProgress",
     "commitment_progress",
     "contracted_end",
+    "months_left",
     "period_minimum",
+    "progress_text",
     "term_minimum",
     "true_up_lines",
 ]
@@ -93,10 +95,6 @@ def term_minimum(mc: MinimumCommitment, terms: ContractTerms) -> Decimal:
     return round_money(mc.amount, terms.currency)
 
 
-def _in_force_for(terms: ContractTerms, at: datetime) -> MinimumCommitment | None:
-    return terms.minimum_commitment_at(at)
-
-
 def commitment_progress(
     terms: ContractTerms,
     period: Period,
@@ -111,7 +109,7 @@ def commitment_progress(
     ``invoice_spend``: the invoice's usage-kind lines; ``spend_before``: those
     of the term's earlier finalized, non-void usage invoices.
     """
-    mc = _in_force_for(terms, period.start)
+    mc = terms.minimum_commitment_at(period.start)
     if mc is None:
         return None
     if mc.per is CommitmentPer.BILLING_PERIOD:
@@ -135,3 +133,26 @@ def true_up_lines(progress: CommitmentProgress | None) -> list[TrueUpLine]:
     if progress is None or progress.true_up <= 0:
         return []
     return [TrueUpLine(amount=progress.true_up)]
+
+
+def months_left(from_date: date, term_end: date) -> int:
+    """Whole calendar months from ``from_date`` to the term end (0 once it is reached)."""
+    months = (term_end.year - from_date.year) * 12 + term_end.month - from_date.month
+    if term_end.day < from_date.day:
+        months -= 1
+    return max(months, 0)
+
+
+def progress_text(p: CommitmentProgress, currency: str, left: int | None = None) -> str:
+    """One line for people: ``spent 180,000.00 of 250,000.00 USD, 3 months left``.
+
+    Plain decimal formatting: this runs in workflow code too (no locale data)."""
+    spent = f"spent {p.spend:,} of {p.minimum:,} {currency}"
+    if p.per is CommitmentPer.BILLING_PERIOD:
+        text = f"{p.period_start.isoformat()}..{p.period_end.isoformat()}: {spent}"
+        return f"{text}, true-up {p.true_up:,}" if p.true_up else text
+    if p.final:
+        return f"{spent}, true-up {p.true_up:,}" if p.true_up else f"{spent}: met"
+    if left is None:
+        return spent
+    return f"{spent}, {left} month{'' if left == 1 else 's'} left"

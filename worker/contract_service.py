@@ -145,8 +145,30 @@ def static_details(terms: ContractTerms) -> str:
             f"({terms.term_months} months, {terms.billing_cycle.value}, "
             f"net-{terms.payment_terms_days}, timezone {terms.timezone})",
             f"**Commitment:** {commitment}",
+            *_minimum_details(terms),
         ]
     )
+
+
+def _minimum_details(terms: ContractTerms) -> list[str]:
+    """The minimum commitment and per-meter limits at creation (SPEC 12), if any."""
+    out: list[str] = []
+    mc = terms.minimum_commitment
+    if mc is not None:
+        prorated = ", prorated on termination" if mc.prorate_on_termination else ""
+        out.append(f"**Minimum commitment:** {mc.amount} {terms.currency} per "
+                   f"{mc.per.value.replace('_', ' ')}{prorated}")
+    limits = [f"{lim.meter} ≥ {lim.minimum_amount}" for lim in terms.meter_limits
+              if lim.minimum_amount is not None]
+    limits += [f"{lim.meter} ≤ {lim.maximum_amount}" for lim in terms.meter_limits
+               if lim.maximum_amount is not None]
+    limits += [f"{o.meter} ≥ {o.minimum_amount}" for o in terms.rate_overrides
+               if o.is_limit and o.minimum_amount is not None]
+    limits += [f"{o.meter} ≤ {o.maximum_amount}" for o in terms.rate_overrides
+               if o.is_limit and o.maximum_amount is not None]
+    if limits:
+        out.append(f"**Spend limits per period:** {', '.join(limits)} {terms.currency}")
+    return out
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,9 @@ from models.invoices import (
 from models.minimum_commitment import (
     CommitmentProgress,
     commitment_progress,
+    months_left,
     period_minimum,
+    progress_text,
     term_minimum,
     true_up_lines,
 )
@@ -231,3 +233,30 @@ def test_the_currency_may_be_named_when_it_is_the_contracts() -> None:
     t = terms_for(CATALOG, minimum_commitment={"amount": "10", "per": "term", "currency": "USD"})
     assert t.minimum_commitment == MinimumCommitment(
         amount=Decimal(10), per=CommitmentPer.TERM, currency="USD")
+
+
+@pytest.mark.parametrize(
+    ("per", "spend", "final", "left", "text"),
+    [
+        ("term", "180000.00", False, 3, "spent 180,000.00 of 250,000.00 USD, 3 months left"),
+        ("term", "180000.00", False, 1, "spent 180,000.00 of 250,000.00 USD, 1 month left"),
+        ("term", "240000.00", True, 0, "spent 240,000.00 of 250,000.00 USD, true-up 10,000.00"),
+        ("term", "260000.00", True, 0, "spent 260,000.00 of 250,000.00 USD: met"),
+        ("billing_period", "1500.00", False, 5,
+         "2027-01-01..2027-02-01: spent 1,500.00 of 2,000.00 USD, true-up 500.00"),
+    ],
+)
+def test_progress_text(per: str, spend: str, final: bool, left: int, text: str) -> None:
+    t = terms(per, "2000.00" if per == "billing_period" else "250000.00")
+    p = commitment_progress(t, periods(t)[0], D(spend), D(0), is_final=final)
+    assert p is not None
+    assert progress_text(p, "USD", left) == text
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "left"),
+    [("2027-10-01", "2028-01-01", 3), ("2027-10-15", "2028-01-01", 2),
+     ("2028-01-01", "2028-01-01", 0), ("2027-01-31", "2027-02-28", 0)],
+)
+def test_months_left(start: str, end: str, left: int) -> None:
+    assert months_left(date.fromisoformat(start), date.fromisoformat(end)) == left
