@@ -35,7 +35,7 @@ from activities.ledger_store import (
     next_invoice_number,
     post_journal,
 )
-from activities.spend import billed_meters, invoice_spend, term_spend
+from activities.spend import billed_meters, progress_of, term_spend
 from activities.usage_query import (
     MeterSpec,
     aggregate_usage,
@@ -262,7 +262,7 @@ class LedgerActivities:
             existing = await find_invoice(conn, cid, key)
             if existing is not None and existing.number is not None:
                 state = await load_credit_state(conn, cid)
-                progress = await _stored_progress(conn, terms, period, key, req.is_final)
+                progress = await progress_of(conn, terms, period, key, req.is_final)
                 return ClosePeriodResult(invoice=existing, attention=None,
                                          credits=state.summary(), commitment=progress)
             computed = await compute_usage_invoice(
@@ -509,15 +509,6 @@ async def compute_usage_invoice(
     )
     return ComputedInvoice(doc, None, watermark, credits_before, state, application,
                            bool(expired), progress)
-
-
-async def _stored_progress(
-    conn: AsyncConnection, terms: ContractTerms, period: Period, key: str, is_final: bool
-) -> CommitmentProgress | None:
-    """The commitment progress of a period finalized already (a retried close)."""
-    spend, _ = await invoice_spend(conn, terms.contract_id, key)
-    before = await term_spend(conn, terms.contract_id) - spend
-    return commitment_progress(terms, period, spend, before, is_final=is_final)
 
 
 async def open_draft(conn: AsyncConnection, terms: ContractTerms, period: Period) -> None:

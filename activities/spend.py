@@ -12,10 +12,12 @@ from decimal import Decimal
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from models.periods import Period
+from models.contract import ContractTerms
+from models.minimum_commitment import CommitmentProgress, commitment_progress
+from models.periods import Period, billing_periods
 from models.spend_limits import BilledMeter
 
-__all__ = ["billed_meters", "invoice_spend", "term_spend"]
+__all__ = ["billed_meters", "invoice_spend", "last_progress", "progress_of", "term_spend"]
 
 _USAGE_KINDS = "('usage', 'late_usage', 'minimum', 'maximum')"
 _FINALIZED_USAGE = (
@@ -83,3 +85,39 @@ async def billed_meters(
     return {
         r.meter: BilledMeter(gross=r.gross, minimum=r.minimum, maximum=r.maximum) for r in rows
     }
+
+
+async def progress_of(
+    conn: AsyncConnection, terms: ContractTerms, period: Period, key: str, is_final: bool
+) -> CommitmentProgress | None:
+    """The commitment progress of a period's stored invoice (a retried close)."""
+    spend, _ = await invoice_spend(conn, terms.contract_id, key)
+    before = await term_spend(conn, terms.contract_id) - spend
+    return commitment_progress(terms, period, spend, before, is_final=is_final)
+
+
+async def last_progress(
+    conn: AsyncConnection, terms: ContractTerms, *, ended: bool
+) -> CommitmentProgress | None:
+    """The progress as of the contract's last finalized usage invoice, read from
+    the ledger (the contract view once its workflow has closed). None when that
+    period is not on the current schedule (a cycle change moved it)."""
+    row = (
+        await conn.execute(
+            text(
+                "SELECT i.key, i.period_start FROM invoices i "
+                f"WHERE {_FINALIZED_USAGE} ORDER BY i.period_start DESC, i.id DESC LIMIT 1"
+            ),
+            {"cid": terms.contract_id},
+        )
+    ).one_or_none()
+    if row is None or terms.term_end <= terms.starts_on:
+        return None
+    periods = billing_periods(terms.starts_on, terms.term_end, terms.billing_cycle,
+                              terms.billing_anchor, terms.timezone,
+                              cycle_anchor=terms.cycle_anchor)
+    period = next((p for p in periods if p.start_date == row.period_start), None)
+    if period is None:
+        return None
+    final = ended and period.end_date == terms.term_end
+    return await progress_of(conn, terms, period, row.key, final)

@@ -122,8 +122,10 @@ def commitment_progress(
         spend = spend_before + invoice_spend
         shortfall = max(minimum - spend, _ZERO)
         billed = shortfall if is_final else _ZERO
+    cur = terms.currency  # every figure in minor units: "0.00", not "0"
     return CommitmentProgress(
-        per=mc.per, minimum=minimum, spend=spend, shortfall=shortfall, true_up=billed,
+        per=mc.per, minimum=minimum, spend=round_money(spend, cur),
+        shortfall=round_money(shortfall, cur), true_up=round_money(billed, cur),
         period_start=period.start_date, period_end=period.end_date, final=is_final,
     )
 
