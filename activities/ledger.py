@@ -35,7 +35,7 @@ from activities.ledger_store import (
     next_invoice_number,
     post_journal,
 )
-from activities.spend import billed_meters, progress_of, term_spend
+from activities.spend import billed_meters, limit_lines_of, progress_of, term_spend
 from activities.usage_query import (
     MeterSpec,
     aggregate_usage,
@@ -51,6 +51,8 @@ from models.invoices import (
     InvoiceStatus,
     LateUsageLine,
     Line,
+    MaximumLine,
+    MinimumLine,
     TopUpLine,
     build_invoice,
     invoice_key_usage,
@@ -264,7 +266,8 @@ class LedgerActivities:
                 state = await load_credit_state(conn, cid)
                 progress = await progress_of(conn, terms, period, key, req.is_final)
                 return ClosePeriodResult(invoice=existing, attention=None,
-                                         credits=state.summary(), commitment=progress)
+                                         credits=state.summary(), commitment=progress,
+                                         limit_lines=await limit_lines_of(conn, cid, key))
             computed = await compute_usage_invoice(
                 conn, terms, period, req.earlier_periods, req.issued_on, is_final=req.is_final
             )
@@ -311,8 +314,10 @@ class LedgerActivities:
             # it takes is held only until the COMMIT that follows (issue 13).
             issued = await next_invoice_number(conn, invoice_id)
         metrics.invoice_finalized(issued)
-        return ClosePeriodResult(invoice=issued, attention=None, credits=state.summary(),
-                                 commitment=computed.commitment)
+        return ClosePeriodResult(
+            invoice=issued, attention=None, credits=state.summary(),
+            commitment=computed.commitment,
+            limit_lines=[ln for ln in doc.lines if isinstance(ln, MinimumLine | MaximumLine)])
 
     # --- collection ----------------------------------------------------------------
     @activity.defn(name=ActivityName.RECORD_PAYMENT.value)

@@ -13,11 +13,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from models.contract import ContractTerms
+from models.invoices import MaximumLine, MinimumLine
 from models.minimum_commitment import CommitmentProgress, commitment_progress
 from models.periods import Period, billing_periods
 from models.spend_limits import BilledMeter
 
-__all__ = ["billed_meters", "invoice_spend", "last_progress", "progress_of", "term_spend"]
+__all__ = ["billed_meters", "invoice_spend", "last_progress", "limit_lines_of", "progress_of",
+           "term_spend"]
 
 _USAGE_KINDS = "('usage', 'late_usage', 'minimum', 'maximum')"
 _FINALIZED_USAGE = (
@@ -121,3 +123,19 @@ async def last_progress(
         return None
     final = ended and period.end_date == terms.term_end
     return await progress_of(conn, terms, period, row.key, final)
+
+
+async def limit_lines_of(
+    conn: AsyncConnection, cid: str, key: str
+) -> list[MinimumLine | MaximumLine]:
+    """The minimum and maximum lines of one stored invoice, in line order."""
+    rows = await conn.execute(
+        text(
+            "SELECT l.kind, l.document FROM invoice_lines l JOIN invoices i "
+            "ON i.id = l.invoice_id WHERE i.contract_id = :cid AND i.key = :key "
+            "AND l.kind IN ('minimum', 'maximum') ORDER BY l.position"
+        ),
+        {"cid": cid, "key": key},
+    )
+    return [MinimumLine.model_validate(r.document) if r.kind == "minimum"
+            else MaximumLine.model_validate(r.document) for r in rows]

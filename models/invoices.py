@@ -29,6 +29,7 @@ from models.errors import BillowValidationError, Problem
 from models.money import CurrencyCode, DecimalStr, round_money
 
 __all__ = [
+    "USAGE_KINDS",
     "CommitmentLine",
     "FeeLine",
     "InvoiceDocument",
@@ -37,6 +38,7 @@ __all__ = [
     "InvoicePeriod",
     "InvoiceStatus",
     "LateUsageLine",
+    "LimitLine",
     "Line",
     "MaximumLine",
     "MinimumLine",
@@ -150,6 +152,7 @@ Line = (
     | CommitmentLine | TopUpLine
 )
 InvoiceLine = Annotated[Line, Field(discriminator="kind")]
+LimitLine = Annotated[MinimumLine | MaximumLine, Field(discriminator="kind")]
 # The lines credits may pay and that count as spend (SPEC 12).
 USAGE_KINDS = (UsageLine, LateUsageLine, MinimumLine, MaximumLine)
 

@@ -505,6 +505,8 @@ class ContractWorkflow:
         st.periods = st.periods[1:]
         st.invoiced_periods.append(period)
         st.commitment = result.commitment  # None: no minimum for this period
+        st.limit_lines = list(result.limit_lines)
+        st.limit_lines_invoice = result.invoice.key if result.limit_lines else None
         await self._issued(result.invoice)
 
     async def _close_term(self) -> CreditSummary | None:
@@ -1187,6 +1189,12 @@ class ContractWorkflow:
                 st.open_period and not st.term_closed) else None
             lines.append(f"**Minimum commitment ({st.commitment.per.value}):** "
                          f"{progress_text(st.commitment, st.terms.currency, left)}")
+        if st.limit_lines:
+            shown = ", ".join(
+                f"{ln.meter} {ln.kind} {ln.amount}"
+                + (f" (for {ln.period_start.isoformat()})" if ln.period_start else "")
+                for ln in st.limit_lines)
+            lines.append(f"**Spend limits on {st.limit_lines_invoice}:** {shown}")
         if st.attention:
             lines.append(f"**Needs attention:** {st.attention}")
         if st.unapplied_payments:

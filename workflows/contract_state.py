@@ -45,7 +45,7 @@ from models.contract import (
     to_instant,
 )
 from models.errors import BillowValidationError
-from models.invoices import due_on
+from models.invoices import LimitLine, due_on
 from models.minimum_commitment import CommitmentProgress
 from models.money import round_money
 from models.operations import ContractStatus, DunningStep, GrantRequest, IssuedInvoice
@@ -159,6 +159,9 @@ class ContractState(BaseModel):
     created_at: AwareDatetime | None = None
     # Spend against the minimum commitment as of the last usage invoice (SPEC 12).
     commitment: CommitmentProgress | None = None
+    # The last usage invoice's minimum and maximum lines (SPEC 12), for the UI.
+    limit_lines: list[LimitLine] = Field(default_factory=list)
+    limit_lines_invoice: str | None = None
 
     # --- derived views -------------------------------------------------
     @property

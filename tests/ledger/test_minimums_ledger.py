@@ -22,6 +22,9 @@ async def test_a_retried_close_answers_the_same_commitment_progress(db: AsyncEng
     assert (first.commitment.spend, first.commitment.true_up) == (Decimal("40.00"),
                                                                  Decimal("60.00"))
     assert again.commitment == first.commitment
+    assert [(ln.kind, ln.meter, ln.amount) for ln in first.limit_lines] == [
+        ("minimum", "tokens", Decimal("40.00"))]
+    assert again.limit_lines == first.limit_lines
     assert first.invoice.total == again.invoice.total == Decimal("600.00")  # + the 500 fee
 
 

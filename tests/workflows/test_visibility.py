@@ -97,3 +97,6 @@ async def test_commitment_progress_is_visible_and_searchable(
     assert "**Spend limits per period:** tokens ≥ 100.00 USD" in (details or "")
     assert ("**Minimum commitment (term):** spent 200.00 of 12,000.00 USD, 10 months left"
             in metadata.current_details)
+    last = add_months(start, 1).isoformat()
+    assert (f"**Spend limits on usage:{last}:** tokens minimum 100.00"
+            in metadata.current_details)
