@@ -23,6 +23,6 @@ Modules (each states its invariants in its docstring):
 - `revenue`: balanced journal entries and the revenue summary.
 - `limits`, `spend_limits`: per-meter minimum and maximum spend per period
   (SPEC 12): the limits in force, their proration, minimum/maximum lines.
-- `minimum_commitment`: spend against a contract's minimum commitment and
-  its ``true_up`` line (SPEC 12).
+- `minimum_terms`, `minimum_commitment`: a contract's minimum commitment,
+  spend against it and its ``true_up`` line (SPEC 12).
 """

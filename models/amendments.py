@@ -29,7 +29,8 @@ from models.bounds import (
     Priority,
     TermMonths,
 )
-from models.contract import DateOrInstant, MinimumCommitment, RateOverride
+from models.contract import DateOrInstant, RateOverride
+from models.minimum_terms import MinimumCommitment
 from models.periods import BillingCycle
 
 __all__ = [

@@ -8,9 +8,8 @@ Invariants:
   ``maximum_amount``, nothing else: it replaces no price and splits no
   period, SPEC 12). Its window is half-open ``[effective, until)``; ``None``
   means unbounded.
-- A `MinimumCommitment` (SPEC 12) is a positive amount in the plan's currency
-  (``currency``, when given, must be the plan's), per ``term`` or
-  ``billing_period``.
+- A `MinimumCommitment` (SPEC 12, `models.minimum_terms`) is checked against
+  the plan's currency here.
 - A `Commitment` has at most one of ``bonus_percent``, ``discount_percent``,
   ``credits``; its credits are computed exactly and rounded half up to the
   currency's minor unit (credits are a money balance).
@@ -30,7 +29,6 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -77,6 +75,12 @@ from models.catalog import (
 )
 from models.errors import BillowValidationError, Problem
 from models.limits import limit_conflicts
+from models.minimum_terms import (
+    CommitmentPer,
+    MinimumCommitment,
+    ScheduledMinimumCommitment,
+    minimum_commitment_problems,
+)
 from models.money import (
     CurrencyCode,
     exact_div,
@@ -278,32 +282,6 @@ class Commitment(BaseModel):
     def credits_for(self, currency: str) -> Decimal:
         """Credits the commitment buys (SPEC 1), rounded to the minor unit."""
         return round_money(self._exact_credits(), currency)
-
-
-class CommitmentPer(StrEnum):
-    TERM = "term"
-    BILLING_PERIOD = "billing_period"
-
-
-class MinimumCommitment(BaseModel):
-    """A postpaid promise to spend at least ``amount`` on usage (SPEC 12)."""
-
-    model_config = _FROZEN
-    amount: BoundedPositive
-    per: CommitmentPer
-    prorate_on_termination: bool = False
-    # Optional: the amount's currency, which must be the contract's (a minimum
-    # written in another currency is refused, never converted).
-    currency: CurrencyCode | None = None
-
-
-class ScheduledMinimumCommitment(BaseModel):
-    """The minimum commitment in force from ``effective`` (None: the term start)
-    until the next entry; ``commitment`` None means no minimum from then on."""
-
-    model_config = _FROZEN
-    effective: AwareDatetime | None = None
-    commitment: MinimumCommitment | None
 
 
 class CreditGrantSpec(BaseModel):
@@ -510,20 +488,6 @@ def resolve_terms(contract: Contract, catalog: Catalog) -> ContractTerms:
     if conflicts:
         raise BillowValidationError(conflicts)
     return terms
-
-
-def minimum_commitment_problems(
-    mc: MinimumCommitment, currency: str, path: str
-) -> list[Problem]:
-    """A minimum commitment must be in the contract's currency, in whole minor units."""
-    problems: list[Problem] = []
-    if mc.currency is not None and mc.currency != currency:
-        problems.append((f"{path}.currency",
-                         f"{mc.currency} differs from the contract's currency {currency}"))
-    if round_money(mc.amount, currency) != mc.amount:
-        problems.append((f"{path}.amount",
-                         f"more decimals than {currency} has ({minor_units(currency)})"))
-    return problems
 
 
 def _limit_conflicts(terms: ContractTerms) -> list[tuple[int, str, str]]:

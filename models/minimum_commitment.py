@@ -32,8 +32,9 @@ from decimal import Decimal
 
 from pydantic import BaseModel, ConfigDict
 
-from models.contract import CommitmentPer, ContractTerms, MinimumCommitment
+from models.contract import ContractTerms
 from models.invoices import TrueUpLine
+from models.minimum_terms import CommitmentPer, MinimumCommitment
 from models.money import DecimalStr, round_money
 from models.periods import Period, term_end_date
 from models.proration import prorate

@@ -39,14 +39,13 @@ from models.contract import (
     Contract,
     ContractTerms,
     CreditGrantSpec,
-    ScheduledMinimumCommitment,
     add_rate_override,
-    minimum_commitment_problems,
     to_instant,
 )
 from models.errors import BillowValidationError
 from models.invoices import LimitLine, due_on
 from models.minimum_commitment import CommitmentProgress
+from models.minimum_terms import ScheduledMinimumCommitment, minimum_commitment_problems
 from models.money import round_money
 from models.operations import ContractStatus, DunningStep, GrantRequest, IssuedInvoice
 from models.periods import (

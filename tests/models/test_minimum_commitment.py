@@ -9,12 +9,7 @@ from typing import Any
 import pytest
 from billing_fixtures import D, catalog_with, terms_for, utc
 
-from models.contract import (
-    CommitmentPer,
-    ContractTerms,
-    MinimumCommitment,
-    ScheduledMinimumCommitment,
-)
+from models.contract import ContractTerms
 from models.errors import BillowValidationError
 from models.invoices import (
     FeeLine,
@@ -35,6 +30,7 @@ from models.minimum_commitment import (
     term_minimum,
     true_up_lines,
 )
+from models.minimum_terms import CommitmentPer, MinimumCommitment, ScheduledMinimumCommitment
 from models.periods import Period, billing_periods
 
 CATALOG = catalog_with([{"key": "m", "name": "M", "aggregation": "sum",
