@@ -18,7 +18,13 @@ from models.catalog import Catalog, load_catalog
 
 
 def catalog_digest(catalog: Catalog) -> str:
-    canonical = json.dumps(catalog.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    data = catalog.model_dump(mode="json")
+    for plan in data.get("plans", []):
+        # Added later (SPEC 12): counted only when set, so a catalog applied
+        # again after an upgrade is still the same version.
+        if not plan.get("meter_limits"):
+            plan.pop("meter_limits", None)
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

@@ -36,6 +36,7 @@ from activities.ledger_store import (
     next_invoice_number,
     post_journal,
 )
+from activities.spend import billed_meters, limit_lines_of, progress_of, term_spend
 from activities.usage_query import (
     MeterSpec,
     aggregate_usage,
@@ -46,17 +47,19 @@ from models.credits import CreditApplication, CreditState, CreditSummary, crosse
 from models.events import EventType
 from models.invoices import (
     CommitmentLine,
-    FeeLine,
     InvoiceDocument,
     InvoiceKind,
     InvoicePeriod,
     InvoiceStatus,
     LateUsageLine,
+    Line,
+    MaximumLine,
+    MinimumLine,
     TopUpLine,
-    UsageLine,
     build_invoice,
     invoice_key_usage,
 )
+from models.minimum_commitment import CommitmentProgress, commitment_progress, true_up_lines
 from models.money import round_money
 from models.operations import (
     ActivityName,
@@ -92,8 +95,8 @@ from models.revenue import (
     top_up_invoiced,
     usage_invoiced,
 )
+from models.spend_limits import late_limit_lines, with_limit_lines
 
-Line = UsageLine | LateUsageLine | FeeLine | CommitmentLine | TopUpLine
 # Credits are in force until the instant they expire; a grant expiring exactly
 # at a boundary still pays that boundary's invoice (models/credits.py).
 _JUST_BEFORE = timedelta(microseconds=1)
@@ -270,9 +273,12 @@ class LedgerActivities:
             existing = await find_invoice(conn, cid, key)
             if existing is not None and existing.number is not None:
                 state = await load_credit_state(conn, cid)
-                return ClosePeriodResult(invoice=existing, attention=None, credits=state.summary())
+                progress = await progress_of(conn, terms, period, key, req.is_final)
+                return ClosePeriodResult(invoice=existing, attention=None,
+                                         credits=state.summary(), commitment=progress,
+                                         limit_lines=await limit_lines_of(conn, cid, key))
             computed = await compute_usage_invoice(
-                conn, terms, period, req.earlier_periods, req.issued_on
+                conn, terms, period, req.earlier_periods, req.issued_on, is_final=req.is_final
             )
             if computed.attention is not None:
                 held = await _hold(conn, cid, key, terms, period, computed.attention)
@@ -319,7 +325,10 @@ class LedgerActivities:
             # it takes is held only until the COMMIT that follows (issue 13).
             issued = await next_invoice_number(conn, invoice_id, events=events)
         metrics.invoice_finalized(issued)
-        return ClosePeriodResult(invoice=issued, attention=None, credits=state.summary())
+        return ClosePeriodResult(
+            invoice=issued, attention=None, credits=state.summary(),
+            commitment=computed.commitment,
+            limit_lines=[ln for ln in doc.lines if isinstance(ln, MinimumLine | MaximumLine)])
 
     # --- collection ----------------------------------------------------------------
     @activity.defn(name=ActivityName.RECORD_PAYMENT.value)
@@ -467,14 +476,18 @@ class ComputedInvoice:
     state: CreditState  # credits after this invoice drew them down
     application: CreditApplication | None
     expired_before: bool
+    # Spend against the minimum commitment in force (SPEC 12); None without one.
+    commitment: CommitmentProgress | None = None
 
 
 async def compute_usage_invoice(
     conn: AsyncConnection, terms: ContractTerms, period: Period,
-    earlier_periods: Sequence[Period], issued_on: date | None,
+    earlier_periods: Sequence[Period], issued_on: date | None, *, is_final: bool = False,
 ) -> ComputedInvoice:
-    """Rate the period (and late usage), price fees, apply credits: pure math on
-    what the database holds now. Finalizing stores it; a draft preview shows it."""
+    """Rate the period (and late usage), apply spend limits, price fees, apply
+    credits, true up a minimum commitment (``is_final``: the term's last
+    invoice): pure math on what the database holds now. Finalizing stores it;
+    a draft preview shows it."""
     cid = terms.contract_id
     raw = await _asyncpg(conn)
     watermark = await read_watermark(raw)
@@ -498,22 +511,26 @@ async def compute_usage_invoice(
         )
         return ComputedInvoice(None, reason, watermark, credits_before, credits_before,
                                None, False)
-    usage_lines: list[Line] = [*rating.lines, *late_lines]
+    # Usage-kind lines (SPEC 12): the period's, each limited meter's minimum or
+    # maximum after its lines, then late usage with its limit adjustments.
+    usage_lines: list[Line] = [*with_limit_lines(terms, period, rating.lines), *late_lines]
     state, expired = credits_before.expire(period.end - _JUST_BEFORE)
     usage_amount = sum((ln.amount for ln in usage_lines), Decimal(0))
     state, application = state.apply(usage_amount, period.end)
+    progress = commitment_progress(terms, period, usage_amount, await term_spend(conn, cid),
+                                   is_final=is_final)
     doc = build_invoice(
         key=invoice_key_usage(period.start_date),
         kind=InvoiceKind.USAGE,
         currency=terms.currency,
         period=InvoicePeriod(start=period.start_date, end=period.end_date),
-        lines=[*usage_lines, *fee_lines(terms, period)],
+        lines=[*usage_lines, *fee_lines(terms, period), *true_up_lines(progress)],
         credits_applied=application.applied_total,
         issued_on=issued_on,
         status=InvoiceStatus.DRAFT,
     )
     return ComputedInvoice(doc, None, watermark, credits_before, state, application,
-                           bool(expired))
+                           bool(expired), progress)
 
 
 async def open_draft(conn: AsyncConnection, terms: ContractTerms, period: Period) -> None:
@@ -758,7 +775,7 @@ async def _late_lines(
     earlier: Sequence[Period],
     previous_watermark: int | None,
     watermark: int,
-) -> tuple[list[LateUsageLine], list[UnpricedGroup]]:
+) -> tuple[list[Line], list[UnpricedGroup]]:
     """Events that arrived after their period's invoice: rated at the prices in
     force at their own time, billed once (watermarks never overlap). Late
     usage without a price is returned too: it holds the invoice like any.
@@ -778,13 +795,16 @@ async def _late_lines(
     )
     for index, extra in others.items():
         by_period.setdefault(index, []).extend(extra)
-    lines: list[LateUsageLine] = []
+    lines: list[Line] = []
     unpriced: list[UnpricedGroup] = []
     for index, period_rows in sorted(by_period.items()):
         period = earlier[index]
         billed = await billed_groups(conn, terms, period)
         result = rate_period(terms, period, _parts(period_rows), late=True, billed=billed)
-        lines += [ln for ln in result.lines if isinstance(ln, LateUsageLine)]
+        late = [ln for ln in result.lines if isinstance(ln, LateUsageLine)]
+        # The period's spend limits hold for its late usage too (SPEC 12).
+        lines += late_limit_lines(terms, period, late,
+                                  await billed_meters(conn, terms.contract_id, period))
         unpriced += result.unpriced
     return lines, unpriced
 

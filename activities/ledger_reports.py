@@ -17,10 +17,22 @@ from models.credits import CreditSummary
 from models.money import plain
 from models.revenue import RevenueSummary, summarize
 
+# Keys shown only when set: split-part instants (lines of a split period) and
+# the period a minimum or maximum adjustment for late usage belongs to.
+_ONLY_WHEN_SET: dict[str, tuple[str, ...] | None] = {
+    "part_start": None, "part_end": None,
+    "period_start": ("minimum", "maximum"), "period_end": ("minimum", "maximum"),
+}
+
 
 def _line_json(doc: dict[str, Any]) -> dict[str, Any]:
-    # Split-part instants only appear on lines of a split period.
-    return {k: v for k, v in doc.items() if not (k in ("part_start", "part_end") and v is None)}
+    def hidden(key: str, value: Any) -> bool:
+        if value is not None or key not in _ONLY_WHEN_SET:
+            return False
+        kinds = _ONLY_WHEN_SET[key]
+        return kinds is None or doc.get("kind") in kinds
+
+    return {k: v for k, v in doc.items() if not hidden(k, v)}
 
 
 def _invoice_json(inv: Any, lines: list[dict[str, Any]]) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from api.schemas import (
     ContractCreated,
     ContractList,
     ContractState,
+    DraftInvoice,
 )
 from api.security import require_scope
 from api.workflow_calls import (
@@ -43,9 +44,9 @@ from api.workflow_calls import (
     workflow_status,
 )
 from models.amendments import Amendment
-from models.contract import Contract
+from models.contract import Contract, ContractTerms
 from models.errors import BillowValidationError
-from models.invoices import InvoiceDocument
+from models.minimum_commitment import CommitmentProgress, months_left, progress_text
 from models.operations import ContractStatus
 from models.periods import billing_periods
 from worker.contract_service import (
@@ -248,7 +249,21 @@ async def get_contract(contract_id: str, deps: Deps) -> ContractState:
         pending_amendments=list(view.pending_amendments),
         dropped_amendments=list(view.dropped_amendments),
         unapplied_payments=list(view.unapplied_payments),
+        commitment=view.commitment,
+        commitment_text=commitment_text(view.commitment, view.terms, view.next_boundary),
     )
+
+
+def commitment_text(
+    progress: CommitmentProgress | None, terms: ContractTerms, next_boundary: datetime | None
+) -> str | None:
+    """`progress_text` with the months left from the open period's start."""
+    if progress is None:
+        return None
+    left = None
+    if next_boundary is not None:
+        left = months_left(progress.period_end, terms.term_end)
+    return progress_text(progress, terms.currency, left)
 
 
 @router.post(
@@ -341,15 +356,17 @@ def update_problem(
 @router.get(
     "/{contract_id}/draft",
     summary="The open period's draft invoice, rated now",
-    response_model=InvoiceDocument,
+    response_model=DraftInvoice,
     dependencies=_crm,
     responses={**DOCUMENT_RESPONSES, **problem_responses(401, 403, 404, 409, 503)},
 )
 async def get_draft(contract_id: str, deps: Deps, request: Request) -> Any:
     """What the open period's invoice would say if it were finalized now: usage so
-    far rated with the prices in force, late usage, fees, and the credits that
-    would pay it. Nothing is written; the draft gets a number only when the
-    period closes (after its usage grace window).
+    far rated with the prices in force, each limited meter's minimum or maximum line,
+    late usage, fees, the true-up of a minimum commitment, and the credits that
+    would pay it; `commitment` is the spend to date against the minimum. Nothing is
+    written; the draft gets a number only when the period closes (after its usage
+    grace window).
 
     With `Accept: text/html` (or `.../draft/document.html`) the answer is the draft's
     preview document, stamped DRAFT. Scope: `crm` or `ops`.
@@ -384,7 +401,7 @@ async def _draft_document(contract_id: str, deps: AppDeps, fmt: DocFormat) -> Re
     return document_response(deps, doc, terms, fmt)
 
 
-async def _draft(contract_id: str, deps: AppDeps) -> InvoiceDocument:
+async def _draft(contract_id: str, deps: AppDeps) -> DraftInvoice:
     state = await get_contract(contract_id, deps)
     if state.next_boundary is None:
         raise not_found("Draft", f"contract {contract_id!r} has no open period",
@@ -397,8 +414,10 @@ async def _draft(contract_id: str, deps: AppDeps) -> InvoiceDocument:
         raise not_found("Draft", "the open period is not on the current schedule",
                         "path.contract_id")
     async with deps.engine.connect() as conn:
-        computed = await compute_usage_invoice(conn, t, periods[index], periods[:index], None)
+        computed = await compute_usage_invoice(conn, t, periods[index], periods[:index], None,
+                                               is_final=index == len(periods) - 1)
     if computed.document is None:
         raise ProblemError(409, "needs-attention", "The draft cannot be priced",
                            computed.attention or "", [("", computed.attention or "")])
-    return computed.document
+    return DraftInvoice.model_validate(
+        {**dict(computed.document), "commitment": computed.commitment})

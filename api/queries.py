@@ -9,8 +9,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from activities.ledger_reports import credit_summary, outstanding, unbilled_usage
 from activities.ledger_store import INVOICE_NUMBER_ORDER
+from activities.spend import last_progress
 from api.schemas import ContractState, ContractSummary, InvoiceSummary
 from models.contract import ContractTerms
+from models.minimum_commitment import progress_text
 from models.operations import ContractStatus, IssuedInvoice
 from workflows.contract_state import UnappliedPayment
 
@@ -113,17 +115,21 @@ async def contract_state_from_db(
     unapplied = (await conn.execute(
         text("SELECT payment_key, invoice_key, amount, reason FROM unapplied_payments "
              "WHERE contract_id = :c ORDER BY id"), {"c": cid})).all()
+    terms = ContractTerms.model_validate(row.terms)
+    progress = await last_progress(conn, terms, ended=row.status in ("ended", "terminated"))
     return ContractState(
         contract_id=cid, customer_id=row.customer_id, plan=row.plan_key,
         status=ContractStatus(row.status), source="database", workflow_id=workflow_id,
         temporal_ui_url=ui_url, currency=row.currency, credit_balance=credits.balance,
         next_boundary=None, attention=attention,
         has_overdue_invoice=any(i.status == "overdue" for i in invoices),
-        terms=ContractTerms.model_validate(row.terms), invoices=invoices,
+        terms=terms, invoices=invoices,
         amendments=[a.amendment_id for a in amendments], pending_amendments=[],
         unapplied_payments=[UnappliedPayment(payment_key=u.payment_key, invoice_key=u.invoice_key,
                                              amount=u.amount, reason=u.reason) for u in unapplied],
         unbilled_usage_events=unbilled.events,
+        commitment=progress,
+        commitment_text=None if progress is None else progress_text(progress, terms.currency),
     )
 
 

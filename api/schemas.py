@@ -17,6 +17,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from models.bounds import BoundedPositive, Id
 from models.contract import Contract, ContractTerms
+from models.invoices import InvoiceDocument
+from models.minimum_commitment import CommitmentProgress
 from models.money import DecimalStr
 from models.operations import ContractStatus
 from workflows.contract_state import DroppedAmendment, UnappliedPayment
@@ -74,6 +76,12 @@ AMENDMENT_EXAMPLES: dict[str, dict[str, Any]] = {
         "summary": "Net-60 from now on",
         "value": {"id": "crm-amend-0044", "kind": "change_payment_terms",
                   "payment_terms_days": 60},
+    },
+    "set_minimum_commitment": {
+        "summary": "Commit to 250,000 over the term, from the next boundary",
+        "value": {"id": "crm-amend-0046", "kind": "set_minimum_commitment",
+                  "minimum_commitment": {"amount": "250000.00", "per": "term",
+                                         "prorate_on_termination": False}},
     },
     "terminate": {
         "summary": "Terminate mid-term",
@@ -183,6 +191,24 @@ class ContractState(BaseModel):
         default=0,
         description="Events inside an ended term that arrived after its final invoice: "
                     "recorded, never billed (SPEC.md section 3).")
+    commitment: CommitmentProgress | None = Field(
+        default=None,
+        description="Spend against the minimum commitment as of the last usage invoice "
+                    "(SPEC.md section 12): `minimum`, `spend` (the term's so far, or the "
+                    "period's), `shortfall` and the `true_up` that invoice billed.")
+    commitment_text: str | None = Field(
+        default=None, description="The same for people: 'spent 180,000.00 of 250,000.00 "
+                                  "USD, 3 months left'.")
+
+
+class DraftInvoice(InvoiceDocument):
+    """The open period's invoice as it would be finalized now (SPEC.md section 12:
+    minimum, maximum and true-up lines included)."""
+
+    commitment: CommitmentProgress | None = Field(
+        default=None,
+        description="Spend to date against the minimum commitment in force for the "
+                    "period, counting this draft (`true_up`: what it would bill now).")
 
 
 class ContractSummary(BaseModel):

@@ -21,4 +21,8 @@ Modules (each states its invariants in its docstring):
 - `invoices`: invoice lines and documents, keys, due dates.
 - `credits`: grants, burn order, `CreditState`.
 - `revenue`: balanced journal entries and the revenue summary.
+- `limits`, `spend_limits`: per-meter minimum and maximum spend per period
+  (SPEC 12): the limits in force, their proration, minimum/maximum lines.
+- `minimum_terms`, `minimum_commitment`: a contract's minimum commitment,
+  spend against it and its ``true_up`` line (SPEC 12).
 """

@@ -30,6 +30,7 @@ from models.bounds import (
     TermMonths,
 )
 from models.contract import DateOrInstant, RateOverride
+from models.minimum_terms import MinimumCommitment
 from models.periods import BillingCycle
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "GrantCreditsAmendment",
     "RateOverrideAmendment",
     "SetAutoPayAmendment",
+    "SetMinimumCommitmentAmendment",
     "TerminateAmendment",
     "parse_amendment",
 ]
@@ -95,6 +97,16 @@ class TerminateAmendment(_Base):
     kind: Literal["terminate"]
 
 
+class SetMinimumCommitmentAmendment(_Base):
+    """Set, change or (with ``null``) remove the minimum commitment (SPEC 12).
+
+    It takes effect from a boundary: the first period start at or after its
+    ``effective``, so a period always keeps the minimum of its start."""
+
+    kind: Literal["set_minimum_commitment"]
+    minimum_commitment: MinimumCommitment | None  # required; null removes it
+
+
 Amendment = Annotated[
     RateOverrideAmendment
     | GrantCreditsAmendment
@@ -102,7 +114,8 @@ Amendment = Annotated[
     | ChangePaymentTermsAmendment
     | SetAutoPayAmendment
     | ExtendTermAmendment
-    | TerminateAmendment,
+    | TerminateAmendment
+    | SetMinimumCommitmentAmendment,
     Field(discriminator="kind"),
 ]
 

@@ -12,6 +12,10 @@ Invariants (checked at load time, each problem reported with its field path):
   same group (same number of keys and no conflicting value).
 - ``unique_by`` is set exactly when ``aggregation`` is ``unique_count``.
 - Plans only name known meters, once each; currencies are ISO 4217 codes.
+- A plan's ``meter_limits`` (SPEC 12: ``minimum_amount`` / ``maximum_amount``
+  per billing period) name a meter of the plan, once each, set at least one
+  limit, keep ``minimum_amount <= maximum_amount`` and are whole minor units
+  of the plan's currency.
 - Keys, prices, quantities, payment terms and grace are bounded
   (`models.bounds`, SPEC 6).
 """
@@ -35,13 +39,15 @@ from models.bounds import (
     PaymentTermsDays,
 )
 from models.errors import BillowValidationError, Problem
-from models.money import CurrencyCode
+from models.money import CurrencyCode, minor_units, round_money
 from models.periods import BillingCycle
 
 __all__ = [
     "Aggregation",
     "Catalog",
+    "LimitFields",
     "Meter",
+    "MeterLimit",
     "PackagePrice",
     "Plan",
     "Price",
@@ -240,6 +246,47 @@ class RecurringFee(BaseModel):
     monthly_amount: BoundedNonNegative
 
 
+class LimitFields(BaseModel):
+    """``minimum_amount`` / ``maximum_amount`` of one meter per billing period
+    (SPEC 12), on a plan's `MeterLimit` or a contract's rate override."""
+
+    model_config = _FROZEN
+    minimum_amount: BoundedNonNegative | None = None
+    maximum_amount: BoundedNonNegative | None = None
+
+    @property
+    def sets_limit(self) -> bool:
+        return self.minimum_amount is not None or self.maximum_amount is not None
+
+    def _limit_problems(self) -> list[Problem]:
+        lo, hi = self.minimum_amount, self.maximum_amount
+        if lo is not None and hi is not None and lo > hi:
+            return [("minimum_amount", f"{lo} is above maximum_amount {hi}")]
+        return []
+
+    def _decimal_problems(self, currency: str) -> list[Problem]:
+        return [
+            (name, f"more decimals than {currency} has ({minor_units(currency)})")
+            for name in ("minimum_amount", "maximum_amount")
+            if (v := getattr(self, name)) is not None and round_money(v, currency) != v
+        ]
+
+
+class MeterLimit(LimitFields):
+    """A plan's spend limits for one of its meters."""
+
+    meter: Key
+
+    @model_validator(mode="after")
+    def _check(self) -> MeterLimit:
+        problems = self._limit_problems()
+        if not self.sets_limit:
+            problems.append(("", "needs minimum_amount or maximum_amount"))
+        if problems:
+            raise BillowValidationError(problems)
+        return self
+
+
 class Plan(BaseModel):
     model_config = _FROZEN
     key: Key
@@ -251,6 +298,7 @@ class Plan(BaseModel):
     auto_pay: bool = False
     usage_grace_hours: GraceHours = Decimal(1)
     recurring_fees: list[RecurringFee] = Field(default_factory=list)
+    meter_limits: list[MeterLimit] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check(self) -> Plan:
@@ -265,6 +313,15 @@ class Plan(BaseModel):
             if f.key in fees:
                 problems.append((f"recurring_fees[{i}].key", f"duplicate fee key {f.key!r}"))
             fees.add(f.key)
+        limited: set[str] = set()
+        for i, lim in enumerate(self.meter_limits):
+            path = f"meter_limits[{i}]"
+            if lim.meter not in seen:
+                problems.append((f"{path}.meter", f"meter {lim.meter!r} is not in the plan"))
+            elif lim.meter in limited:
+                problems.append((f"{path}.meter", f"limits for {lim.meter!r} set twice"))
+            limited.add(lim.meter)
+            problems += [(f"{path}.{p}", r) for p, r in lim._decimal_problems(self.currency)]
         if problems:
             raise BillowValidationError(problems)
         return self

@@ -2,9 +2,14 @@
 
 Invariants:
 - A `RateOverride` is one of: explicit price (``meter`` required, optional
-  ``match``), meter discount (``meter`` + ``discount_percent``) or
-  contract-wide discount (``discount_percent`` only, no ``match``). Its window
-  is half-open ``[effective, until)``; ``None`` means unbounded.
+  ``match``), meter discount (``meter`` + ``discount_percent``),
+  contract-wide discount (``discount_percent`` only, no ``match``) or spend
+  limits of one meter (``meter`` + ``minimum_amount`` and/or
+  ``maximum_amount``, nothing else: it replaces no price and splits no
+  period, SPEC 12). Its window is half-open ``[effective, until)``; ``None``
+  means unbounded.
+- A `MinimumCommitment` (SPEC 12, `models.minimum_terms`) is checked against
+  the plan's currency here.
 - A `Commitment` has at most one of ``bonus_percent``, ``discount_percent``,
   ``credits``; its credits are computed exactly and rounded half up to the
   currency's minor unit (credits are a money balance).
@@ -61,8 +66,24 @@ from models.bounds import (
     check_date,
     check_instant,
 )
-from models.catalog import Catalog, Meter, PriceFields, RecurringFee, check_matches
+from models.catalog import (
+    Catalog,
+    LimitFields,
+    Meter,
+    MeterLimit,
+    Plan,
+    PriceFields,
+    RecurringFee,
+    check_matches,
+)
 from models.errors import BillowValidationError, Problem
+from models.limits import limit_conflicts
+from models.minimum_terms import (
+    CommitmentPer,
+    MinimumCommitment,
+    ScheduledMinimumCommitment,
+    minimum_commitment_problems,
+)
 from models.money import (
     CurrencyCode,
     exact_div,
@@ -86,12 +107,15 @@ __all__ = [
     "BillingAnchor",
     "BillingCycle",
     "Commitment",
+    "CommitmentPer",
     "Contract",
     "ContractTerms",
     "CreditGrantSpec",
     "Customer",
     "DateOrInstant",
+    "MinimumCommitment",
     "RateOverride",
+    "ScheduledMinimumCommitment",
     "UtcDatetime",
     "WholeNumber",
     "add_rate_override",
@@ -187,7 +211,7 @@ class Customer(BaseModel):
         return data
 
 
-class RateOverride(PriceFields):
+class RateOverride(PriceFields, LimitFields):
     meter: Id | None = None
     match: dict[str, str] = Field(default_factory=dict)
     discount_percent: BoundedPercent | None = None
@@ -198,6 +222,23 @@ class RateOverride(PriceFields):
     def _form(self) -> RateOverride:
         problems: list[Problem] = []
         n = self._price_count()
+        if self.sets_limit:
+            problems += self._limit_problems()
+            if n:
+                problems.append(("", "a spend limit (minimum_amount, maximum_amount) replaces "
+                                     "no price: send the price as an override of its own"))
+            if self.discount_percent is not None:
+                problems.append(("discount_percent", "not allowed with minimum_amount or "
+                                                     "maximum_amount"))
+            if self.meter is None:
+                problems.append(("meter", "required with minimum_amount or maximum_amount"))
+            if self.match:
+                problems.append(("match", "spend limits apply to the whole meter: no match"))
+            if self.effective and self.until and self.until <= self.effective:
+                problems.append(("until", "must be after effective"))
+            if problems:
+                raise BillowValidationError(problems)
+            return self
         if n > 1:
             problems.append(("", "at most one of unit_price, tiers or package"))
         if n and self.discount_percent is not None:
@@ -219,6 +260,11 @@ class RateOverride(PriceFields):
     @property
     def is_discount(self) -> bool:
         return self.discount_percent is not None
+
+    @property
+    def is_limit(self) -> bool:
+        """A spend-limit override: no price, no discount (SPEC 12)."""
+        return self.sets_limit
 
     def in_force(self, at: datetime) -> bool:
         """Half-open window ``[effective, until)``."""
@@ -320,6 +366,7 @@ class Contract(BaseModel):
     usage_grace_hours: GraceHours | None = None
     rate_overrides: list[RateOverride] = Field(default_factory=list)
     commitment: Commitment | None = None
+    minimum_commitment: MinimumCommitment | None = None
     credit_grants: list[CreditGrantSpec] = Field(default_factory=list)
     timezone: Annotated[str, AfterValidator(_tz)] = "UTC"
     billing_anchor: BillingAnchor = BillingAnchor.START
@@ -418,6 +465,9 @@ class ContractTerms(BaseModel):
     commitment: Commitment | None
     credit_grants: list[CreditGrantSpec]
     low_balance_threshold: str | None = None
+    # SPEC 12. Defaults: terms carried by workflows from before they existed.
+    meter_limits: list[MeterLimit] = Field(default_factory=list)  # the plan's
+    minimum_commitments: list[ScheduledMinimumCommitment] = Field(default_factory=list)
 
     @model_serializer(mode="wrap")
     def _omit_unset_threshold(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -441,6 +491,20 @@ class ContractTerms(BaseModel):
     @property
     def term_end_at(self) -> datetime:
         return local_midnight_utc(self.term_end, self.timezone)
+
+    def minimum_commitment_at(self, at: datetime) -> MinimumCommitment | None:
+        """The minimum commitment in force at ``at``: the last scheduled entry
+        whose ``effective`` is at or before it (SPEC 12, amendments SPEC 7)."""
+        current: MinimumCommitment | None = None
+        for entry in self.minimum_commitments:
+            if entry.effective is None or entry.effective <= at:
+                current = entry.commitment
+        return current
+
+    @property
+    def minimum_commitment(self) -> MinimumCommitment | None:
+        """The minimum commitment as last set (in force now or from a boundary ahead)."""
+        return self.minimum_commitments[-1].commitment if self.minimum_commitments else None
 
 
 def _override_problems(
@@ -484,8 +548,29 @@ def resolve_terms(contract: Contract, catalog: Catalog) -> ContractTerms:
         if round_money(amount, plan.currency) != amount:
             problems.append((path, f"more decimals than {plan.currency} has "
                                    f"({minor_units(plan.currency)})"))
+    if contract.minimum_commitment is not None:
+        problems += minimum_commitment_problems(
+            contract.minimum_commitment, plan.currency, "minimum_commitment")
+    for i, ov in enumerate(contract.rate_overrides):
+        problems += [(f"rate_overrides[{i}].{p}", r)
+                     for p, r in ov._decimal_problems(plan.currency)]
     if problems:
         raise BillowValidationError(problems)
+    terms = _resolved_terms(contract, plan, meters)
+    conflicts = [(f"rate_overrides[{i}].{field}", reason)
+                 for i, field, reason in _limit_conflicts(terms)]
+    if conflicts:
+        raise BillowValidationError(conflicts)
+    return terms
+
+
+def _limit_conflicts(terms: ContractTerms) -> list[tuple[int, str, str]]:
+    return limit_conflicts(terms.meter_limits, terms.rate_overrides, terms.term_start_at)
+
+
+def _resolved_terms(
+    contract: Contract, plan: Plan, meters: dict[str, Meter]
+) -> ContractTerms:
     return ContractTerms(
         contract_id=contract.id,
         customer=contract.customer,
@@ -515,6 +600,11 @@ def resolve_terms(contract: Contract, catalog: Catalog) -> ContractTerms:
         commitment=contract.commitment,
         credit_grants=list(contract.credit_grants),
         low_balance_threshold=contract.low_balance_threshold,
+        meter_limits=list(plan.meter_limits),
+        minimum_commitments=(
+            [] if contract.minimum_commitment is None
+            else [ScheduledMinimumCommitment(commitment=contract.minimum_commitment)]
+        ),
     )
 
 
@@ -524,7 +614,7 @@ def add_rate_override(
     """Apply a ``rate_override`` amendment: add it from ``effective`` on.
 
     "Adds or replaces" (SPEC 7): an override of the same form and target
-    (same meter, same match, price vs discount) still in force at
+    (same meter, same match, price vs discount vs spend limit) still in force at
     ``effective`` is closed at ``effective`` (its ``until`` set), so the new
     one replaces it from then on and history before stays intact. The new
     override starts at ``max(effective, override.effective)``.
@@ -532,6 +622,7 @@ def add_rate_override(
     problems = _override_problems(
         override, "override", {m.key: m for m in terms.meters}, terms.plan_key
     )
+    problems += [(f"override.{p}", r) for p, r in override._decimal_problems(terms.currency)]
     if problems:
         raise BillowValidationError(problems)
     start = max(effective, override.effective) if override.effective else effective
@@ -541,6 +632,7 @@ def add_rate_override(
             ov.meter == override.meter
             and ov.match == override.match
             and ov.is_discount == override.is_discount
+            and ov.is_limit == override.is_limit
         )
         if same_target and ov.in_force(start):
             if ov.effective is not None and ov.effective >= start:
@@ -548,7 +640,13 @@ def add_rate_override(
             ov = ov.model_copy(update={"until": start})
         kept.append(ov)
     new = override.model_copy(update={"effective": start})
-    return terms.model_copy(update={"rate_overrides": [*kept, new]})
+    amended = terms.model_copy(update={"rate_overrides": [*kept, new]})
+    if override.is_limit:
+        conflicts = [(f"override.{field}", reason)
+                     for _, field, reason in _limit_conflicts(amended)]
+        if conflicts:
+            raise BillowValidationError(conflicts)
+    return amended
 
 
 def load_contract(data: Any) -> Contract:

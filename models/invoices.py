@@ -3,8 +3,15 @@
 Invariants (checked when an `InvoiceDocument` is built):
 - ``subtotal`` = sum of the line amounts (each line already rounded);
 - ``total`` = ``subtotal - credits_applied`` and is never negative;
-- ``credits_applied`` never exceeds the usage lines (usage + late_usage):
-  credits pay usage, never fees, commitments or top-ups;
+- ``credits_applied`` never exceeds the usage-kind lines (usage, late_usage,
+  minimum, maximum): credits pay usage, never fees, true-ups, commitments
+  or top-ups;
+- a ``maximum`` line is negative (it lowers a meter to its cap), a
+  ``minimum`` line positive on the period's own invoice; on a later invoice
+  (``period_start`` set) either may be negative: late usage filling a
+  minimum or passing a cap (SPEC 12, `models.spend_limits`);
+- ``usage_billed`` (usage revenue when invoiced, SPEC 5) = usage-kind lines
+  - credits + ``true_up`` lines;
 - every amount is quantized to the currency's minor unit.
 Keys: ``commitment:<date>``, ``usage:<period start>``, ``top_up:<date>``.
 """
@@ -22,6 +29,7 @@ from models.errors import BillowValidationError, Problem
 from models.money import CurrencyCode, DecimalStr, round_money
 
 __all__ = [
+    "USAGE_KINDS",
     "CommitmentLine",
     "FeeLine",
     "InvoiceDocument",
@@ -30,7 +38,12 @@ __all__ = [
     "InvoicePeriod",
     "InvoiceStatus",
     "LateUsageLine",
+    "LimitLine",
+    "Line",
+    "MaximumLine",
+    "MinimumLine",
     "TopUpLine",
+    "TrueUpLine",
     "UsageLine",
     "build_invoice",
     "due_on",
@@ -84,6 +97,37 @@ class LateUsageLine(BaseModel):
     part_end: datetime | None = None
 
 
+class MinimumLine(BaseModel):
+    """Raises a meter's lines of a period to its ``minimum_amount`` (SPEC 12)."""
+
+    model_config = _FROZEN
+    kind: Literal["minimum"] = "minimum"
+    meter: str
+    amount: DecimalStr
+    # Set on a later invoice's adjustment for late usage: the period it belongs to.
+    period_start: date | None = None
+    period_end: date | None = None
+
+
+class MaximumLine(BaseModel):
+    """Lowers a meter's lines of a period to its ``maximum_amount`` (negative)."""
+
+    model_config = _FROZEN
+    kind: Literal["maximum"] = "maximum"
+    meter: str
+    amount: DecimalStr
+    period_start: date | None = None
+    period_end: date | None = None
+
+
+class TrueUpLine(BaseModel):
+    """The shortfall of spend under the contract's minimum commitment (SPEC 12)."""
+
+    model_config = _FROZEN
+    kind: Literal["true_up"] = "true_up"
+    amount: DecimalStr
+
+
 class FeeLine(BaseModel):
     model_config = _FROZEN
     kind: Literal["fee"] = "fee"
@@ -103,10 +147,14 @@ class TopUpLine(BaseModel):
     amount: DecimalStr
 
 
-InvoiceLine = Annotated[
-    UsageLine | LateUsageLine | FeeLine | CommitmentLine | TopUpLine,
-    Field(discriminator="kind"),
-]
+Line = (
+    UsageLine | LateUsageLine | MinimumLine | MaximumLine | FeeLine | TrueUpLine
+    | CommitmentLine | TopUpLine
+)
+InvoiceLine = Annotated[Line, Field(discriminator="kind")]
+LimitLine = Annotated[MinimumLine | MaximumLine, Field(discriminator="kind")]
+# The lines credits may pay and that count as spend (SPEC 12).
+USAGE_KINDS = (UsageLine, LateUsageLine, MinimumLine, MaximumLine)
 
 
 class InvoicePeriod(BaseModel):
@@ -133,11 +181,13 @@ class InvoiceDocument(BaseModel):
 
     @property
     def usage_amount(self) -> Decimal:
-        """Sum of the lines credits may pay (usage and late usage)."""
-        return sum(
-            (ln.amount for ln in self.lines if isinstance(ln, UsageLine | LateUsageLine)),
-            Decimal(0),
-        )
+        """Sum of the lines credits may pay (usage, late usage, minimum, maximum)."""
+        return sum((ln.amount for ln in self.lines if isinstance(ln, USAGE_KINDS)), Decimal(0))
+
+    @property
+    def true_up_amount(self) -> Decimal:
+        """Sum of the true-up lines (never paid by credits)."""
+        return sum((ln.amount for ln in self.lines if isinstance(ln, TrueUpLine)), Decimal(0))
 
     @property
     def fee_amount(self) -> Decimal:
@@ -146,8 +196,9 @@ class InvoiceDocument(BaseModel):
 
     @property
     def usage_billed(self) -> Decimal:
-        """Usage beyond what credits paid: billed revenue (SPEC.md section 5)."""
-        return self.usage_amount - self.credits_applied
+        """Usage beyond what credits paid, and true-ups: billed usage revenue
+        (SPEC.md sections 5 and 12)."""
+        return self.usage_amount - self.credits_applied + self.true_up_amount
 
     @model_validator(mode="after")
     def _sums(self) -> InvoiceDocument:
@@ -194,7 +245,7 @@ def build_invoice(
     kind: InvoiceKind,
     currency: str,
     period: InvoicePeriod,
-    lines: list[UsageLine | LateUsageLine | FeeLine | CommitmentLine | TopUpLine],
+    lines: list[Line],
     credits_applied: Decimal = Decimal(0),
     issued_on: date | None = None,
     payment_terms_days: int | None = None,
@@ -268,7 +319,7 @@ def top_up_invoice(
 def usage_invoice(
     terms: ContractTerms,
     period: Period,
-    lines: list[UsageLine | LateUsageLine | FeeLine | CommitmentLine | TopUpLine],
+    lines: list[Line],
     *,
     credits_applied: Decimal = Decimal(0),
     issued_on: date | None = None,

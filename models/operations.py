@@ -19,11 +19,13 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from models.amendments import Amendment
 from models.contract import Contract, ContractTerms
 from models.credits import CreditSummary
+from models.invoices import LimitLine
+from models.minimum_commitment import CommitmentProgress
 from models.periods import Period
 
 __all__ = [
@@ -181,6 +183,10 @@ class ClosePeriodResult(BaseModel):
     # Set when the invoice is held: unpriced usage or another business error.
     attention: str | None
     credits: CreditSummary
+    # Spend against the minimum commitment after this invoice (SPEC 12).
+    commitment: CommitmentProgress | None = None
+    # Its minimum and maximum lines (SPEC 12), for the workflow's details.
+    limit_lines: list[LimitLine] = Field(default_factory=list)
 
 
 class PaymentRequest(BaseModel):

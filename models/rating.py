@@ -205,9 +205,10 @@ def split_points(
     terms: ContractTerms, period: Period, meter_key: str | None = None
 ) -> list[datetime]:
     """Instants strictly inside the period where prices of ``meter_key`` (or of
-    any meter, if ``None``) may change: override ``effective``/``until``."""
+    any meter, if ``None``) may change: override ``effective``/``until``. A
+    spend-limit override changes no price and splits nothing (SPEC 12)."""
     overrides = (
-        list(enumerate(terms.rate_overrides))
+        [(i, o) for i, o in enumerate(terms.rate_overrides) if not o.is_limit]
         if meter_key is None
         else relevant_overrides(terms.rate_overrides, meter_key)
     )

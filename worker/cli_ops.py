@@ -254,6 +254,8 @@ def contract_show(
         ("billing cycle", terms["billing_cycle"]),
         ("payment terms", f"net-{terms['payment_terms_days']}"),
         ("credit balance", f"{result['credit_balance']} {result['currency']}"),
+        *([("minimum commitment", result.get("commitment_text") or "no invoice yet")]
+          if result.get("commitment") or terms.get("minimum_commitments") else []),
         ("next boundary", result.get("next_boundary") or "-"),
         ("needs attention", result.get("attention") or "no"),
         ("overdue invoice", "yes" if result["has_overdue_invoice"] else "no"),
@@ -504,6 +506,8 @@ def invoice_show(
         item = ln.get("meter") or ln.get("fee") or ""
         if ln.get("dimensions"):
             item += " " + ",".join(f"{k}={v}" for k, v in ln["dimensions"].items())
+        if ln.get("period_start"):  # late usage, or a minimum/maximum adjustment for it
+            item += f" (period {ln['period_start']})"
         table.add_row(ln["kind"], item, ln.get("quantity") or "", ln.get("unit_price") or "",
                       ln["amount"])
     out.print(table)

@@ -103,7 +103,16 @@ def workflow_id(contract_id: str) -> str:
 
 
 def contract_digest(contract: Contract) -> str:
-    canonical = json.dumps(contract.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    data = contract.model_dump(mode="json")
+    # Fields added after contracts were first stored count only when set, so a
+    # contract sent again after an upgrade keeps its digest (no false conflict).
+    if data.get("minimum_commitment") is None:
+        data.pop("minimum_commitment", None)
+    for override in data.get("rate_overrides", []):
+        for key in ("minimum_amount", "maximum_amount"):
+            if override.get(key) is None:
+                override.pop(key, None)
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -136,8 +145,30 @@ def static_details(terms: ContractTerms) -> str:
             f"({terms.term_months} months, {terms.billing_cycle.value}, "
             f"net-{terms.payment_terms_days}, timezone {terms.timezone})",
             f"**Commitment:** {commitment}",
+            *_minimum_details(terms),
         ]
     )
+
+
+def _minimum_details(terms: ContractTerms) -> list[str]:
+    """The minimum commitment and per-meter limits at creation (SPEC 12), if any."""
+    out: list[str] = []
+    mc = terms.minimum_commitment
+    if mc is not None:
+        prorated = ", prorated on termination" if mc.prorate_on_termination else ""
+        out.append(f"**Minimum commitment:** {mc.amount} {terms.currency} per "
+                   f"{mc.per.value.replace('_', ' ')}{prorated}")
+    limits = [f"{lim.meter} ≥ {lim.minimum_amount}" for lim in terms.meter_limits
+              if lim.minimum_amount is not None]
+    limits += [f"{lim.meter} ≤ {lim.maximum_amount}" for lim in terms.meter_limits
+               if lim.maximum_amount is not None]
+    limits += [f"{o.meter} ≥ {o.minimum_amount}" for o in terms.rate_overrides
+               if o.is_limit and o.minimum_amount is not None]
+    limits += [f"{o.meter} ≤ {o.maximum_amount}" for o in terms.rate_overrides
+               if o.is_limit and o.maximum_amount is not None]
+    if limits:
+        out.append(f"**Spend limits per period:** {', '.join(limits)} {terms.currency}")
+    return out
 
 
 @dataclass(frozen=True)

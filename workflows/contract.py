@@ -44,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
     from models.contract import COMMITMENT_GRANT_ID, to_instant
     from models.errors import BillowValidationError
     from models.invoices import due_on
+    from models.minimum_commitment import months_left, progress_text
     from models.operations import (
         ActivityName,
         CardCharge,
@@ -467,6 +468,9 @@ class ContractWorkflow:
             await self._save_contract()
         st.periods = st.periods[1:]
         st.invoiced_periods.append(period)
+        st.commitment = result.commitment  # None: no minimum for this period
+        st.limit_lines = list(result.limit_lines)
+        st.limit_lines_invoice = result.invoice.key if result.limit_lines else None
         await self._issued(result.invoice)
 
     async def _close_term(self) -> CreditSummary | None:
@@ -969,6 +973,7 @@ class ContractWorkflow:
             pending_amendments=[p.amendment.id for p in st.pending_amendments],
             dropped_amendments=list(st.dropped_amendments),
             unapplied_payments=list(st.unapplied_payments),
+            commitment=st.commitment,
         )
 
     # --- plumbing --------------------------------------------------------------
@@ -1109,6 +1114,9 @@ class ContractWorkflow:
             sa.HAS_OVERDUE_INVOICE.name: st.has_overdue_invoice,
             sa.CREDIT_BALANCE.name: float(st.credit_balance),  # Double attribute: display only
         }
+        if self._shows_commitment_shortfall():
+            values[sa.COMMITMENT_SHORTFALL.name] = (
+                None if st.commitment is None else float(st.commitment.shortfall))
         changed = {k: v for k, v in values.items() if self._sa_sent.get(k, ...) != v}
         if changed:
             updates = []
@@ -1121,6 +1129,14 @@ class ContractWorkflow:
             self._sa_sent.update(changed)
         workflow.set_current_details(self._details_markdown())
 
+    def _shows_commitment_shortfall(self) -> bool:
+        """``CommitmentShortfall`` is upserted for contracts that have (had) a
+        minimum commitment; added after v4 histories were recorded: patched."""
+        st = self.state
+        if st.commitment is None and not st.terms.minimum_commitments:
+            return False
+        return workflow.patched("commitment-shortfall-attribute")
+
     def _details_markdown(self) -> str:
         st = self.state
         open_invoices = [
@@ -1132,6 +1148,17 @@ class ContractWorkflow:
         ]
         if st.open_period and not st.term_closed:
             lines.append(f"**Next boundary:** {st.open_period.end_date.isoformat()}")
+        if st.commitment is not None:
+            left = months_left(st.open_period.start_date, st.terms.term_end) if (
+                st.open_period and not st.term_closed) else None
+            lines.append(f"**Minimum commitment ({st.commitment.per.value}):** "
+                         f"{progress_text(st.commitment, st.terms.currency, left)}")
+        if st.limit_lines:
+            shown = ", ".join(
+                f"{ln.meter} {ln.kind} {ln.amount}"
+                + (f" (for {ln.period_start.isoformat()})" if ln.period_start else "")
+                for ln in st.limit_lines)
+            lines.append(f"**Spend limits on {st.limit_lines_invoice}:** {shown}")
         if st.attention:
             lines.append(f"**Needs attention:** {st.attention}")
         if st.unapplied_payments:

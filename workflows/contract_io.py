@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from models.bounds import BoundedPositive, Id, InvoiceKey
 from models.contract import Contract, ContractTerms
+from models.minimum_commitment import CommitmentProgress
 from models.operations import ContractStatus, IssuedInvoice
 from workflows.contract_state import ContractState, DroppedAmendment, UnappliedPayment
 
@@ -59,3 +60,5 @@ class ContractView(BaseModel):
     pending_amendments: list[str] = Field(default_factory=list)
     dropped_amendments: list[DroppedAmendment] = Field(default_factory=list)
     unapplied_payments: list[UnappliedPayment] = Field(default_factory=list)
+    # Spend against the minimum commitment as of the last usage invoice (SPEC 12).
+    commitment: CommitmentProgress | None = None

@@ -29,6 +29,7 @@ from models.amendments import (
     GrantCreditsAmendment,
     RateOverrideAmendment,
     SetAutoPayAmendment,
+    SetMinimumCommitmentAmendment,
     TerminateAmendment,
 )
 from models.bounds import MAX_TERM_MONTHS
@@ -42,7 +43,9 @@ from models.contract import (
     to_instant,
 )
 from models.errors import BillowValidationError
-from models.invoices import due_on
+from models.invoices import LimitLine, due_on
+from models.minimum_commitment import CommitmentProgress
+from models.minimum_terms import ScheduledMinimumCommitment, minimum_commitment_problems
 from models.money import round_money
 from models.operations import ContractStatus, DunningStep, GrantRequest, IssuedInvoice
 from models.periods import (
@@ -153,6 +156,11 @@ class ContractState(BaseModel):
     # When the workflow first started. A backdated contract gives usage of
     # its past periods one grace window from creation before closing them.
     created_at: AwareDatetime | None = None
+    # Spend against the minimum commitment as of the last usage invoice (SPEC 12).
+    commitment: CommitmentProgress | None = None
+    # The last usage invoice's minimum and maximum lines (SPEC 12), for the UI.
+    limit_lines: list[LimitLine] = Field(default_factory=list)
+    limit_lines_invoice: str | None = None
 
     # --- derived views -------------------------------------------------
     @property
@@ -309,6 +317,8 @@ def check_amendment(
             "effective", f"after the term end {t.term_end.isoformat()}: "
             f"contract {t.contract_id} has ended"
         )])
+    if isinstance(amendment, SetMinimumCommitmentAmendment):
+        _validate_minimum_commitment(state, amendment, effective)
     if effective >= t.term_end_at and not isinstance(amendment, ExtendTermAmendment):
         raise BillowValidationError(
             [("effective", f"at or after the term end {t.term_end.isoformat()}")]
@@ -352,7 +362,23 @@ def _main_field(amendment: Amendment) -> str:
         "change_payment_terms": "payment_terms_days",
         "change_billing_cycle": "billing_cycle",
         "rate_override": "override",
+        "set_minimum_commitment": "minimum_commitment",
     }.get(amendment.kind, "effective")
+
+
+def _validate_minimum_commitment(
+    state: ContractState, amendment: SetMinimumCommitmentAmendment, effective: datetime
+) -> None:
+    t = state.terms
+    problems = []
+    if amendment.minimum_commitment is not None:
+        problems = minimum_commitment_problems(
+            amendment.minimum_commitment, t.currency, "minimum_commitment")
+    if effective >= t.term_end_at:  # the term's last period is open: no boundary left
+        problems.append(("effective", f"takes effect from the next boundary, the term end "
+                                      f"{t.term_end.isoformat()}: no period is left to bill"))
+    if problems:
+        raise BillowValidationError(problems)
 
 
 def contract_grant_amendment(grant: CreditGrantSpec, effective: datetime) -> GrantCreditsAmendment:
@@ -481,7 +507,20 @@ def effective_instant(state: ContractState, amendment: Amendment, now: datetime)
         # A new cycle starts at the next boundary.
         period = state.open_period
         return period.end if period else effective
+    if isinstance(amendment, SetMinimumCommitmentAmendment):
+        return boundary_at_or_after(state, effective)
     return effective
+
+
+def boundary_at_or_after(state: ContractState, instant: datetime) -> datetime:
+    """The first period boundary (a period start, or the term end) at or after
+    ``instant``; ``instant`` itself when it is past the term end."""
+    for period in state.periods:
+        if period.start >= instant:
+            return period.start
+        if period.end >= instant:
+            return period.end
+    return instant
 
 
 def apply_terms_amendment(state: ContractState, amendment: Amendment, effective: datetime) -> None:
@@ -512,6 +551,13 @@ def apply_terms_amendment(state: ContractState, amendment: Amendment, effective:
             update={"term_months": months, "term_end": term_end_date(t.starts_on, months)}
         )
         state.recompute_periods()
+    elif isinstance(amendment, SetMinimumCommitmentAmendment):
+        # A schedule, so a closed period keeps the minimum of its start.
+        kept = [m for m in t.minimum_commitments
+                if m.effective is None or m.effective < effective]
+        entry = ScheduledMinimumCommitment(effective=effective,
+                                           commitment=amendment.minimum_commitment)
+        state.terms = t.model_copy(update={"minimum_commitments": [*kept, entry]})
     elif isinstance(amendment, TerminateAmendment):
         end = termination_end_date(effective, t.timezone)
         state.terms = t.model_copy(update={"term_end": max(end, t.starts_on)})

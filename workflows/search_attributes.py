@@ -21,6 +21,9 @@ BILLING_CYCLE = SearchAttributeKey.for_keyword("BillingCycle")
 NEXT_BILLING_AT = SearchAttributeKey.for_datetime("NextBillingAt")
 HAS_OVERDUE_INVOICE = SearchAttributeKey.for_bool("HasOverdueInvoice")
 CREDIT_BALANCE = SearchAttributeKey.for_float("CreditBalance")
+# The minimum commitment's shortfall as of the last usage invoice (SPEC 12):
+# the term's so far, or the last period's; unset without a minimum.
+COMMITMENT_SHORTFALL = SearchAttributeKey.for_float("CommitmentShortfall")
 
 ALL: tuple[SearchAttributeKey[Any], ...] = (
     CUSTOMER_ID,
@@ -30,6 +33,7 @@ ALL: tuple[SearchAttributeKey[Any], ...] = (
     NEXT_BILLING_AT,
     HAS_OVERDUE_INVOICE,
     CREDIT_BALANCE,
+    COMMITMENT_SHORTFALL,
 )
 
 # Type names as the Temporal CLI's `--search-attribute Name=Type` spells them.

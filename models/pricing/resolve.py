@@ -14,7 +14,9 @@ A discount of d% multiplies every money figure of the price by
 ``(1 - d/100)``: unit prices, tier unit prices and flat fees, package prices.
 Tier bounds and package sizes are unchanged. Results stay exact.
 
-Override windows are half-open ``[effective, until)``.
+Override windows are half-open ``[effective, until)``. Spend-limit overrides
+(``minimum_amount`` / ``maximum_amount``, SPEC 12) carry no price: they never
+take part here (`models.spend_limits` reads them).
 """
 
 from __future__ import annotations
@@ -80,8 +82,10 @@ def _shown(price: Price) -> Decimal | None:
 def relevant_overrides(
     overrides: Sequence[RateOverride], meter_key: str
 ) -> list[tuple[int, RateOverride]]:
-    """Overrides that can affect ``meter_key`` (its own and contract-wide), with indexes."""
-    return [(i, o) for i, o in enumerate(overrides) if o.meter in (None, meter_key)]
+    """Overrides that can change ``meter_key``'s prices (its own and contract-wide,
+    never a spend limit), with indexes."""
+    return [(i, o) for i, o in enumerate(overrides)
+            if o.meter in (None, meter_key) and not o.is_limit]
 
 
 def _best(

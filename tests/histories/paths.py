@@ -340,6 +340,28 @@ async def extension_refused(env: WorkflowEnvironment, engine: AsyncEngine) -> Co
     return run
 
 
+async def minimums(env: WorkflowEnvironment, engine: AsyncEngine) -> ContractRun:
+    """Spend limits with late usage and a minimum commitment changed mid-term
+    (SPEC.md section 12; "commitment-shortfall-attribute")."""
+    doc = contract_doc(term_months=3,
+                       minimum_commitment={"amount": "1000.00", "per": "billing_period"},
+                       rate_overrides=[{"meter": "tokens", "maximum_amount": "20.00"}])
+    run = ContractRun(env, engine, doc)
+    async with run:
+        await run.send_usage([event("e1", "2027-01-12T00:00:00Z", "1000")])  # 30.00, capped
+        await run.advance_to(at("2027-02-03"))
+        await run.send_usage([event("late", "2027-01-20T00:00:00Z", "100")])  # at the cap
+        await run.amend({"id": "min-term", "kind": "set_minimum_commitment",
+                         "minimum_commitment": {"amount": "5000.00", "per": "term"}})
+        await run.advance_to(at("2027-04-02"))
+    return run
+
+
+# Paths added after v4 (the release after this session's main), from v5 on.
+PATHS_V5 = {
+    "minimums": minimums,
+}
+
 PATHS_V4 = {
     "ended_before_open": ended_before_open,
     "contract_grant_top_up": contract_grant_top_up,

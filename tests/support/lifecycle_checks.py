@@ -25,6 +25,7 @@ from typing import Any
 
 from models.contract import ContractTerms
 from models.periods import local_midnight_utc
+from tests.support.lifecycle_minimum_checks import spend_limits_hold, true_ups_match
 from tests.support.lifecycle_outcome import Outcome
 from tests.support.lifecycle_spec_checks import (
     bounds_refused,
@@ -363,6 +364,8 @@ CHECKS: dict[str, Check] = {
     "state_matches_ledger": state_matches_ledger,
     "resends_consistent": resends_consistent,
     "bounds_refused": bounds_refused,
+    "spend_limits_hold": spend_limits_hold,
+    "true_ups_match": true_ups_match,
 }
 
 

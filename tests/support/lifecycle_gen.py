@@ -244,6 +244,10 @@ OVERRIDES: tuple[dict[str, Any], ...] = (
     {"meter": "requests", "tiers": {"mode": "volume", "steps": [
         {"up_to": "1", "unit_price": "1"}, {"unit_price": "0.25", "flat_fee": "1"}]}},
     {"meter": "storage", "match": {"tier": "hot"}, "package": {"size": "10", "price": "1"}},
+    # spend limits per period (SPEC 12): whole amounts, valid in every currency
+    {"meter": "tokens", "minimum_amount": "5"},
+    {"meter": "requests", "maximum_amount": "4"},
+    {"meter": "storage", "minimum_amount": "2", "maximum_amount": "9"},
 )
 # unknown meter, dimension not in group_by, no price, discount over 100
 BAD_OVERRIDES: tuple[dict[str, Any], ...] = (
@@ -251,6 +255,8 @@ BAD_OVERRIDES: tuple[dict[str, Any], ...] = (
     {"meter": "tokens", "match": {"region": "eu"}, "unit_price": "1"},
     {"meter": "tokens"},
     {"discount_percent": "150"},
+    {"meter": "tokens", "minimum_amount": "5", "maximum_amount": "1"},  # minimum above maximum
+    {"meter": "seats", "maximum_amount": "-1"},
 )
 
 
@@ -299,6 +305,26 @@ def contracts(draw: st.DrawFn, currency: str) -> dict[str, Any]:
         doc["credit_grants"] = grants
     if overrides := draw(rate_overrides(local_midnight_utc(starts_on, tz), bad)):
         doc["rate_overrides"] = overrides
+    if (minimum := draw(minimum_commitments(currency, bad))) is not None:
+        doc["minimum_commitment"] = minimum
+    return doc
+
+
+@st.composite
+def minimum_commitments(draw: st.DrawFn, currency: str, bad: bool) -> dict[str, Any] | None:
+    """SPEC 12: a postpaid minimum per term or billing period; bad ones in another
+    currency, negative or with more decimals than the currency has."""
+    if draw(st.integers(0, 2)):
+        return None
+    doc: dict[str, Any] = {
+        "amount": pick(draw, ((money(currency, 50), money(currency, 2000), "1"),
+                              ("-5", "0.0001")), bad),
+        "per": draw(st.sampled_from(["term", "billing_period"])),
+    }
+    if draw(st.booleans()):
+        doc["prorate_on_termination"] = draw(st.booleans())
+    if bad and draw(st.integers(0, 2)) == 0:
+        doc["currency"] = "GBP"
     return doc
 
 
@@ -354,7 +380,8 @@ def amendments(draw: st.DrawFn, n: int, currency: str, points: list[tuple[str, d
                grant_ids: list[str]) -> dict[str, Any]:
     kind = draw(st.sampled_from([
         "rate_override", "grant_credits", "grant_credits", "change_billing_cycle",
-        "change_payment_terms", "set_auto_pay", "extend_term", "terminate", "terminate"]))
+        "change_payment_terms", "set_auto_pay", "extend_term", "terminate", "terminate",
+        "set_minimum_commitment"]))
     a: dict[str, Any] = {"id": _id("a", n, draw(st.sampled_from([-1] * 18 + [0, 1]))),
                          "kind": kind}
     if draw(st.integers(0, 2)) == 0:
@@ -384,6 +411,9 @@ def amendments(draw: st.DrawFn, n: int, currency: str, points: list[tuple[str, d
         a["auto_pay"] = draw(st.booleans())
     elif kind == "extend_term":
         a["term_months"] = draw(st.sampled_from([1, 3, 12, 1200, 120_000]))
+    elif kind == "set_minimum_commitment":
+        a["minimum_commitment"] = draw(st.one_of(
+            st.none(), minimum_commitments(currency, draw(st.integers(0, 3)) == 0)))
     return a
 
 

@@ -59,3 +59,44 @@ async def test_contracts_are_searchable_by_their_business_attributes(
     assert any("rate usage" in s for s in summaries)
     assert any("sleep until" in s for s in summaries)
     assert timedelta(0) <= datetime.now(UTC) - desc.start_time < timedelta(minutes=5)
+
+
+async def test_commitment_progress_is_visible_and_searchable(
+    dev_temporal_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    env = dev_temporal_env
+    today = datetime.now(UTC).date()
+    start = add_months(today.replace(day=1), -2)
+    doc = contract_doc(id="vis-min", customer={"id": "vis-min", "name": "Short Inc"},
+                       starts_on=start.isoformat(), usage_grace_hours="0",
+                       minimum_commitment={"amount": "12000.00", "per": "term"},
+                       rate_overrides=[{"meter": "tokens", "minimum_amount": "100.00"}])
+    async with ContractRun(env, db, doc) as run:
+        assert run.handle is not None
+        for _ in range(100):  # the two past periods close right away
+            state = await run.state()
+            if len(state.invoices) == 2:
+                break
+            await asyncio.sleep(0.1)
+        query = "CustomerId = 'vis-min' AND CommitmentShortfall > 11000"
+        found = []
+        for _ in range(100):  # visibility is eventually consistent
+            found = [w async for w in env.client.list_workflows(query)]
+            if found:
+                break
+            await asyncio.sleep(0.1)
+        desc = await run.handle.describe()
+        details = await desc.static_details()
+        metadata = await run.handle.query("__temporal_workflow_metadata")
+
+    assert [w.id for w in found] == ["contract:vis-min"]
+    # two tokens minimums (100.00 each) are the spend so far
+    assert desc.typed_search_attributes.get(sa.COMMITMENT_SHORTFALL) == 11800.0
+    assert state.commitment is not None and state.commitment.spend == 200
+    assert "**Minimum commitment:** 12000.00 USD per term" in (details or "")
+    assert "**Spend limits per period:** tokens ≥ 100.00 USD" in (details or "")
+    assert ("**Minimum commitment (term):** spent 200.00 of 12,000.00 USD, 10 months left"
+            in metadata.current_details)
+    last = add_months(start, 1).isoformat()
+    assert (f"**Spend limits on usage:{last}:** tokens minimum 100.00"
+            in metadata.current_details)

@@ -20,7 +20,7 @@ SLEEP="${SETUP_SLEEP:-2}"
 
 # Name=Type pairs. Keep in sync with workflows/search_attributes.py
 # (tests/deploy/test_temporal_setup.py checks that they match).
-SEARCH_ATTRIBUTES="CustomerId=Keyword PlanKey=Keyword ContractStatus=Keyword BillingCycle=Keyword NextBillingAt=Datetime HasOverdueInvoice=Bool CreditBalance=Double"
+SEARCH_ATTRIBUTES="CustomerId=Keyword PlanKey=Keyword ContractStatus=Keyword BillingCycle=Keyword NextBillingAt=Datetime HasOverdueInvoice=Bool CreditBalance=Double CommitmentShortfall=Double"
 
 # retry DESCRIPTION COMMAND...: run COMMAND until it succeeds or attempts run out.
 retry() {
