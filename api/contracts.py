@@ -8,12 +8,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Query, Response
-from temporalio.client import WorkflowExecutionStatus, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.api_keys import Scope
 from activities.ledger import compute_usage_invoice
+from activities.ledger_reports import unbilled_usage
 from api.deps import AppDeps, get_deps
 from api.idempotency import IdempotencyKeyHeader
 from api.problems import ProblemError, from_billow_error, not_found, problem_responses
@@ -35,7 +36,7 @@ from api.workflow_calls import (
     workflow_status,
 )
 from models.amendments import Amendment
-from models.contract import Contract
+from models.contract import Contract, ContractTerms
 from models.errors import BillowValidationError
 from models.invoices import InvoiceDocument
 from models.operations import ContractStatus
@@ -48,7 +49,8 @@ from worker.contract_service import (
     workflow_id,
 )
 from workflows.contract import AmendmentResult, ContractView
-from workflows.contract_state import amend_update_id
+from workflows.contract_state import amend_update_id, initial_state
+from workflows.wait_labels import NextClose, state_next_close
 
 log = logging.getLogger("billow.api")
 
@@ -120,7 +122,42 @@ async def create_contract(
         contract_id=contract.id, workflow_id=wf, run_id=started.run_id, created=started.created,
         catalog_version=started.catalog_version, temporal_ui_url=deps.workflow_url(wf),
         contract=contract,
+        next_close=await _next_close(deps, client, contract, started.created),
     ), started.created
+
+
+async def _next_close(
+    deps: AppDeps, client: Client, contract: Contract, created: bool
+) -> NextClose | None:
+    """When the new contract's first period closes, as its workflow schedules it.
+
+    A fresh workflow may not have finished its first task (a query could not be
+    answered yet), so its schedule is computed here the way the workflow
+    computes it: the resolved terms' periods and the instant its start event
+    records. An existing contract is asked (amendments may have moved it).
+    Informational: any failure leaves it out rather than failing the create.
+    """
+    handle = client.get_workflow_handle(workflow_id(contract.id))
+    timeout = timedelta(seconds=min(deps.workflow_timeout_seconds, 5))
+    try:
+        if not created:
+            if await workflow_status(handle) != WorkflowExecutionStatus.RUNNING:
+                return None
+            view: ContractView = await handle.query("state", result_type=ContractView,
+                                                    rpc_timeout=timeout)
+            return view.next_close
+        async with deps.engine.connect() as conn:
+            row = await contract_row(conn, contract.id)
+        if row is None:
+            return None
+        described = await handle.describe(rpc_timeout=timeout)
+        state = initial_state(contract, ContractTerms.model_validate(row.terms),
+                              row.catalog_version, "")
+        state.created_at = described.start_time
+        return state_next_close(state)
+    except Exception as exc:  # informational only: the contract exists either way
+        log.warning("next close of %s unknown (%s)", contract.id, exc)
+        return None
 
 
 @router.post(
@@ -225,9 +262,12 @@ async def get_contract(contract_id: str, deps: Deps) -> ContractState:
                 )
     except Exception as exc:  # a read: any failure of the live path falls back to the ledger
         log.warning("state query of %s failed (%s); reading the database", wf, exc)
-    if view is None:
-        async with deps.engine.connect() as conn:
+    async with deps.engine.connect() as conn:
+        if view is None:
             return await contract_state_from_db(conn, row, wf, deps.workflow_url(wf))
+        # An ended contract's workflow keeps running while it collects: usage that
+        # arrived after its final invoice is in the ledger only (never in the state).
+        unbilled = await unbilled_usage(conn, contract_id)
     return ContractState(
         contract_id=view.contract_id, customer_id=view.customer_id, plan=view.plan,
         status=view.status, source="workflow", workflow_id=wf,
@@ -240,6 +280,8 @@ async def get_contract(contract_id: str, deps: Deps) -> ContractState:
         pending_amendments=list(view.pending_amendments),
         dropped_amendments=list(view.dropped_amendments),
         unapplied_payments=list(view.unapplied_payments),
+        next_close=view.next_close, waiting_for=view.waiting_for,
+        unbilled_usage_events=unbilled.events,
     )
 
 

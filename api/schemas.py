@@ -20,8 +20,15 @@ from models.contract import Contract, ContractTerms
 from models.money import DecimalStr
 from models.operations import ContractStatus
 from workflows.contract_state import DroppedAmendment, UnappliedPayment
+from workflows.wait_labels import NextClose
 
 _IN = ConfigDict(extra="forbid")
+
+NEXT_CLOSE_DESCRIPTION = (
+    "When the next billing period closes (is rated and invoiced): its boundary plus the "
+    "usage grace window. A contract created after some of its boundaries had passed closes "
+    "those past periods together one grace window after it was created (`catch_up: true`, "
+    "`periods` of them). None when no period is left to close.")
 
 # --- examples (shared with the route docs) -------------------------------------
 
@@ -92,6 +99,14 @@ INVOICE_SUMMARY_EXAMPLE: dict[str, Any] = {
 }
 
 
+NEXT_CLOSE_EXAMPLE: dict[str, Any] = {
+    "at": "2027-04-01T01:00:00Z", "boundary": "2027-04-01T00:00:00Z",
+    "boundary_date": "2027-04-01", "period": "2027-Q1", "periods": 1, "catch_up": False,
+    "grace_seconds": 3600,
+    "label": "close 2027-Q1 at 2027-04-01 01:00 UTC: the 2027-04-01 boundary + the 1 h "
+             "usage grace window",
+}
+
 WEBHOOK_EXAMPLE: dict[str, Any] = {
     "event": "deal.closed_won", "id": "dlv_01J9Z6", "occurred_at": "2026-12-15T10:00:00Z",
     "deal": {"id": "D-4242", "contract_id": "acme-2027",
@@ -109,6 +124,7 @@ class ContractCreated(BaseModel):
         "catalog_version": 1,
         "temporal_ui_url": "http://localhost:8233/namespaces/default/workflows/contract:acme-2027",
         "contract": CONTRACT_EXAMPLE,
+        "next_close": NEXT_CLOSE_EXAMPLE,
     }})
     contract_id: str
     workflow_id: str
@@ -117,6 +133,7 @@ class ContractCreated(BaseModel):
     catalog_version: int = Field(description="The catalog version the contract is billed by.")
     temporal_ui_url: str
     contract: Contract
+    next_close: NextClose | None = Field(default=None, description=NEXT_CLOSE_DESCRIPTION)
 
 
 class InvoiceSummary(BaseModel):
@@ -151,7 +168,8 @@ class ContractState(BaseModel):
         "next_boundary": "2027-07-01T00:00:00Z", "attention": None,
         "has_overdue_invoice": False, "terms": {"...": "the resolved contract terms"},
         "invoices": [INVOICE_SUMMARY_EXAMPLE], "amendments": ["crm-amend-0042"],
-        "pending_amendments": [],
+        "pending_amendments": [], "next_close": NEXT_CLOSE_EXAMPLE,
+        "waiting_for": "sleep until 2027-04-01 boundary + 1 h usage grace, then close 2027-Q1",
     }})
     contract_id: str
     customer_id: str
@@ -179,6 +197,11 @@ class ContractState(BaseModel):
         default_factory=list,
         description="Money a gateway took after its invoice was paid another way: kept "
                     "for ops to refund or apply.")
+    next_close: NextClose | None = Field(default=None, description=NEXT_CLOSE_DESCRIPTION)
+    waiting_for: str | None = Field(
+        default=None,
+        description="What the running workflow waits for now (its timer's label in the "
+                    "Temporal UI); None while it works or once it has closed.")
     unbilled_usage_events: int = Field(
         default=0,
         description="Events inside an ended term that arrived after its final invoice: "

@@ -44,8 +44,13 @@ USAGE_BATCH = 10_000
 # Stay under the API's 5 MB usage body limit whatever the events look like.
 USAGE_BATCH_BYTES = 4_500_000
 
-out = Console()
 err = Console(stderr=True)
+
+
+def _out() -> Console:
+    """A console for stdout made per command: its width is the terminal's (or
+    ``COLUMNS``) when the command runs, not when the module was imported."""
+    return Console()
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
 
@@ -195,7 +200,7 @@ def catalog_apply(
         _emit_json(result)
         return
     state = "created" if result["created"] else "unchanged (identical document)"
-    out.print(_kv_table("Catalog", [
+    _out().print(_kv_table("Catalog", [
         ("version", result["version"]), ("status", state),
         ("meters", ", ".join(result["meters"])), ("plans", ", ".join(result["plans"])),
     ]))
@@ -225,11 +230,17 @@ def contract_create(
     if as_json:
         _emit_json(result)
         return
-    out.print(_kv_table(f"Contract {result['contract_id']}", [
+    _out().print(_kv_table(f"Contract {result['contract_id']}", [
         ("status", "created" if result["created"] else "exists (same terms, nothing changed)"),
         ("workflow", result["workflow_id"]), ("catalog version", result["catalog_version"]),
+        ("next close", _next_close_text(result.get("next_close"))),
         ("Temporal UI", result["temporal_ui_url"]),
     ]))
+
+
+def _next_close_text(close: dict[str, Any] | None) -> str:
+    """The next close's label (its UTC time is in it); '-' when none is left."""
+    return "-" if not close else str(close["label"])
 
 
 @contract_app.command("show")
@@ -247,7 +258,7 @@ def contract_show(
         _emit_json(result)
         return
     terms = result["terms"]
-    out.print(_kv_table(f"Contract {result['contract_id']}", [
+    _out().print(_kv_table(f"Contract {result['contract_id']}", [
         ("customer", f"{terms['customer']['name']} ({result['customer_id']})"),
         ("plan", result["plan"]), ("status", result["status"]),
         ("term", f"{terms['starts_on']} -> {terms['term_end']}"),
@@ -255,8 +266,13 @@ def contract_show(
         ("payment terms", f"net-{terms['payment_terms_days']}"),
         ("credit balance", f"{result['credit_balance']} {result['currency']}"),
         ("next boundary", result.get("next_boundary") or "-"),
+        ("next close", _next_close_text(result.get("next_close"))),
+        ("waiting for", result.get("waiting_for") or "-"),
         ("needs attention", result.get("attention") or "no"),
         ("overdue invoice", "yes" if result["has_overdue_invoice"] else "no"),
+        ("unbilled usage", f"{result.get('unbilled_usage_events', 0)} events (arrived after "
+         "the final invoice; recorded, never billed)"
+         if result.get("unbilled_usage_events") else "none"),
         ("amendments", ", ".join(result["amendments"]) or "-"),
         *[(f"dropped {d['id']}", d["reason"]) for d in result.get("dropped_amendments", [])],
         *[(f"unapplied {u['invoice_key']}", f"{u['amount']} {result['currency']}: refund or "
@@ -264,7 +280,7 @@ def contract_show(
         ("source", result["source"]), ("Temporal UI", result["temporal_ui_url"]),
     ]))
     if result["invoices"]:
-        out.print(_invoice_table(result["invoices"], with_contract=False))
+        _out().print(_invoice_table(result["invoices"], with_contract=False))
 
 
 @contract_app.command("amend")
@@ -286,7 +302,7 @@ def contract_amend(
     if as_json:
         _emit_json(result)
         return
-    out.print(_kv_table(f"Amendment {result['amendment_id']}", [
+    _out().print(_kv_table(f"Amendment {result['amendment_id']}", [
         ("contract", result["contract_id"]), ("status", result["status"]),
         ("effective", result.get("effective") or "-"),
     ]))
@@ -331,7 +347,7 @@ def contract_list(
         table.add_row(c["contract_id"], c["customer_name"], c["plan"], c["status"],
                       f"{c['starts_on']} -> {c['term_end']}", str(c["open_invoices"]),
                       str(c["overdue_invoices"]), f"{c['outstanding']} {c['currency']}")
-    out.print(table)
+    _out().print(table)
 
 
 def _seg(value: str) -> str:
@@ -433,16 +449,16 @@ def usage_send(
     if as_json:
         _emit_json({**counts, "issues": issues})
     else:
-        out.print(_kv_table(f"Usage from {file.name}", list(counts.items())))
+        _out().print(_kv_table(f"Usage from {file.name}", list(counts.items())))
         if issues:
             table = Table(title="Not accepted", title_justify="left")
             for col in ("line", "id", "status", "reason"):
                 table.add_column(col)
             for i in issues[:50]:
                 table.add_row(str(i["line"]), i["id"] or "", i["status"], i["reason"] or "")
-            out.print(table)
+            _out().print(table)
             if len(issues) > 50:
-                out.print(f"... and {len(issues) - 50} more (use --json for all)")
+                _out().print(f"... and {len(issues) - 50} more (use --json for all)")
     if counts["rejected"] or counts["conflict"]:
         raise typer.Exit(EXIT_INPUT)
 
@@ -471,7 +487,7 @@ def invoice_list(
     if as_json:
         _emit_json(result)
         return
-    out.print(_invoice_table(result["invoices"], f"Invoices ({len(result['invoices'])})"))
+    _out().print(_invoice_table(result["invoices"], f"Invoices ({len(result['invoices'])})"))
 
 
 @invoice_app.command("show")
@@ -488,7 +504,7 @@ def invoice_show(
     if as_json:
         _emit_json(inv)
         return
-    out.print(_kv_table(f"Invoice {inv['number']}", [
+    _out().print(_kv_table(f"Invoice {inv['number']}", [
         ("contract", inv["contract_id"]), ("key", inv["key"]), ("kind", inv["kind"]),
         ("period", f"{inv['period']['start']} -> {inv['period']['end']}"),
         ("issued", inv["issued_on"]), ("due", inv["due_on"]), ("status", inv["status"]),
@@ -506,7 +522,7 @@ def invoice_show(
             item += " " + ",".join(f"{k}={v}" for k, v in ln["dimensions"].items())
         table.add_row(ln["kind"], item, ln.get("quantity") or "", ln.get("unit_price") or "",
                       ln["amount"])
-    out.print(table)
+    _out().print(table)
 
 
 @invoice_app.command("pay")
@@ -530,7 +546,7 @@ def invoice_pay(
     if as_json:
         _emit_json(result)
         return
-    out.print(_kv_table(f"Payment on {result['invoice_number']}", [
+    _out().print(_kv_table(f"Payment on {result['invoice_number']}", [
         ("status", result["status"]), ("amount paid", result["amount_paid"]),
         ("paid on", result.get("paid_on") or "-"),
         ("recorded", "yes" if result["applied"] else "no"),
@@ -599,7 +615,7 @@ def apikey_create(
         _emit_json({"key": new.key, "key_id": new.info.key_id, "name": new.info.name,
                     "scopes": scopes_out})
         return
-    out.print(_kv_table("API key", [("key", new.key), ("key id", new.info.key_id),
+    _out().print(_kv_table("API key", [("key", new.key), ("key id", new.info.key_id),
                                     ("scopes", ", ".join(scopes_out)),
                                     ("name", new.info.name or "-")]))
     err.print("[yellow]Store the key now: billow keeps only its hash and cannot show it "
@@ -624,7 +640,7 @@ def apikey_list(as_json: JsonOpt = False) -> None:
     for r in rows:
         table.add_row(r["key_id"], r["name"], ", ".join(r["scopes"]), r["created_at"],
                       r["revoked_at"] or "")
-    out.print(table)
+    _out().print(table)
 
 
 @apikey_app.command("revoke")
@@ -681,7 +697,7 @@ def usage_compact(
     if done.id is None:
         err.print(f"nothing new to fold before {done.folded_before:%Y-%m-%d}")
         return
-    out.print(_kv_table("Usage compaction", [(k.replace("_", " "), str(v))
+    _out().print(_kv_table("Usage compaction", [(k.replace("_", " "), str(v))
                                               for k, v in result.items()]))
 
 
