@@ -14,6 +14,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.api_keys import Scope
 from activities.ledger import compute_usage_invoice
+from activities.ledger_history import line_descriptions
 from activities.ledger_reports import unbilled_usage
 from api.deps import AppDeps, get_deps
 from api.idempotency import IdempotencyKeyHeader
@@ -26,6 +27,7 @@ from api.schemas import (
     ContractCreated,
     ContractList,
     ContractState,
+    DraftInvoice,
 )
 from api.security import require_scope
 from api.workflow_calls import (
@@ -38,7 +40,6 @@ from api.workflow_calls import (
 from models.amendments import Amendment
 from models.contract import Contract, ContractTerms
 from models.errors import BillowValidationError
-from models.invoices import InvoiceDocument
 from models.operations import ContractStatus
 from models.periods import billing_periods
 from worker.contract_service import (
@@ -375,11 +376,11 @@ def update_problem(
 @router.get(
     "/{contract_id}/draft",
     summary="The open period's draft invoice, rated now",
-    response_model=InvoiceDocument,
+    response_model=DraftInvoice,
     dependencies=_crm,
     responses=problem_responses(401, 403, 404, 503),
 )
-async def get_draft(contract_id: str, deps: Deps) -> InvoiceDocument:
+async def get_draft(contract_id: str, deps: Deps) -> DraftInvoice:
     """What the open period's invoice would say if it were finalized now: usage so
     far rated with the prices in force, late usage, fees, and the credits that
     would pay it. Nothing is written; the draft gets a number only when the
@@ -400,7 +401,10 @@ async def get_draft(contract_id: str, deps: Deps) -> InvoiceDocument:
                         "path.contract_id")
     async with deps.engine.connect() as conn:
         computed = await compute_usage_invoice(conn, t, periods[index], periods[:index], None)
-    if computed.document is None:
-        raise ProblemError(409, "needs-attention", "The draft cannot be priced",
-                           computed.attention or "", [("", computed.attention or "")])
-    return computed.document
+        if computed.document is None:
+            raise ProblemError(409, "needs-attention", "The draft cannot be priced",
+                               computed.attention or "", [("", computed.attention or "")])
+        doc = computed.document
+        lines = [ln.model_dump(mode="json") for ln in doc.lines]
+        descriptions = await line_descriptions(conn, contract_id, doc.key, lines)
+    return DraftInvoice.model_validate({**doc.model_dump(), "descriptions": descriptions})

@@ -17,6 +17,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.api_keys import Scope
 from activities.ledger import record_payment_in
+from activities.ledger_history import line_descriptions
 from activities.ledger_reports import invoice_documents
 from activities.ledger_store import lock_contract
 from api.contracts import update_problem
@@ -29,7 +30,7 @@ from api.problems import (
     problem_responses,
     validation_problem,
 )
-from api.queries import invoice_by_number, invoice_summaries, outstanding
+from api.queries import contract_row, invoice_by_number, invoice_summaries, outstanding
 from api.schemas import InvoiceDetail, InvoiceList, PaymentIn, PaymentOut
 from api.security import require_scope
 from api.workflow_calls import outcome_unknown, temporal_client, temporal_errors, workflow_status
@@ -51,7 +52,7 @@ _ops = [Depends(require_scope(Scope.OPS))]
     summary="List invoices",
     response_model=InvoiceList,
     dependencies=_read,
-    responses=problem_responses(401, 403, 422),
+    responses=problem_responses(401, 403, 404, 422),
 )
 async def list_invoices(
     deps: Deps,
@@ -62,8 +63,11 @@ async def list_invoices(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> InvoiceList:
     """Invoices in number order (held `needs_attention` invoices, which have no number
-    yet, last). Scope: `crm` or `ops`."""
+    yet, last). A `contract` that does not exist is a **404** (not an empty list).
+    Scope: `crm` or `ops`."""
     async with deps.engine.connect() as conn:
+        if contract is not None and await contract_row(conn, contract) is None:
+            raise not_found("Contract", f"no contract {contract!r}", "query.contract")
         items = await invoice_summaries(conn, contract_id=contract,
                                         status=status.value if status else None,
                                         limit=limit + 1, offset=offset)
@@ -86,11 +90,13 @@ async def get_invoice(number: str, deps: Deps) -> InvoiceDetail:
         if row is None:
             raise not_found("Invoice", f"no invoice {number!r}", "path.number")
         docs = await invoice_documents(conn, row.contract_id)
-    doc: dict[str, Any] = next(d for d in docs if d["number"] == number)
+        doc: dict[str, Any] = next(d for d in docs if d["number"] == number)
+        descriptions = await line_descriptions(conn, row.contract_id, row.key, doc["lines"])
     return InvoiceDetail.model_validate({
         **doc, "contract_id": row.contract_id, "currency": row.currency,
         "amount_paid": row.amount_paid,
         "outstanding": outstanding(row.status, row.total, row.amount_paid),
+        "descriptions": descriptions,
     })
 
 
@@ -166,9 +172,9 @@ async def pay_invoice(
                 raise
             result = None  # the workflow closed meanwhile: record in the ledger
     if result is not None:
-        return _out(number, row.contract_id, result, "workflow")
+        return _out(number, row.contract_id, row.currency, result, "workflow")
     ledger_result = await _record_in_ledger(deps, row, payment)
-    return _out(number, row.contract_id, ledger_result, "ledger")
+    return _out(number, row.contract_id, row.currency, ledger_result, "ledger")
 
 
 _UNKNOWN_INVOICE = "unknown invoice"
@@ -232,9 +238,11 @@ async def _record_in_ledger(deps: AppDeps, row: Any, payment: PaymentIn) -> Paym
                                [("amount", str(exc))]) from exc
 
 
-def _out(number: str, contract_id: str, result: PaymentResult, via: str) -> PaymentOut:
+def _out(number: str, contract_id: str, currency: str, result: PaymentResult,
+         via: str) -> PaymentOut:
     return PaymentOut.model_validate({
         "invoice_number": number, "invoice_key": result.invoice_key, "contract_id": contract_id,
+        "currency": currency,
         "status": result.status, "amount_paid": Decimal(result.amount_paid),
         "paid_on": result.paid_on, "applied": result.applied, "recorded_via": via,
     })

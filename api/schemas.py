@@ -17,6 +17,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from models.bounds import BoundedPositive, Id
 from models.contract import Contract, ContractTerms
+from models.invoices import InvoiceDocument
 from models.money import DecimalStr
 from models.operations import ContractStatus
 from workflows.contract_state import DroppedAmendment, UnappliedPayment
@@ -334,6 +335,17 @@ class InvoiceDetail(BaseModel):
     amount_paid: DecimalStr
     outstanding: DecimalStr
     paid_on: date | None
+    descriptions: list[str] = Field(
+        default_factory=list,
+        description="Each line in words, in order: the meter's or fee's name beside its key, "
+                    "what a commitment or top-up sold.")
+
+
+class DraftInvoice(InvoiceDocument):
+    """The open period's invoice as it would be finalized now (not stored)."""
+
+    descriptions: list[str] = Field(
+        default_factory=list, description="Each line in words, in order (as on invoices).")
 
 
 class PaymentIn(BaseModel):
@@ -349,11 +361,13 @@ class PaymentIn(BaseModel):
 class PaymentOut(BaseModel):
     model_config = ConfigDict(json_schema_extra={"example": {
         "invoice_number": "INV-000002", "invoice_key": "usage:2027-01-01",
-        "contract_id": "acme-2027", "status": "paid", "amount_paid": "1500.00",
+        "contract_id": "acme-2027", "currency": "USD", "status": "paid",
+        "amount_paid": "1500.00",
         "paid_on": "2027-05-20", "applied": True, "recorded_via": "workflow"}})
     invoice_number: str
     invoice_key: str
     contract_id: str
+    currency: str | None = None
     status: str
     amount_paid: DecimalStr
     paid_on: date | None

@@ -14,168 +14,48 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
-import httpx
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from worker.settings import Settings, load_settings
-
-EXIT_OK = 0
-EXIT_SERVER = 1
-EXIT_INPUT = 2
-EXIT_NOT_FOUND = 3
-EXIT_CONFLICT = 4
-
-EXIT_CODES = (
-    "Exit codes: 0 ok; 1 API or server error (unreachable, 5xx); 2 bad input or usage "
-    "(invalid file or field, missing/insufficient API key, rejected usage events); "
-    "3 not found; 4 conflict (e.g. same contract id with different terms, invoice "
-    "already paid)."
+from worker import cli_views as views
+from worker.cli_common import (
+    EXIT_CODES,
+    EXIT_INPUT,
+    EXIT_NOT_FOUND,
+    EXIT_SERVER,
+    CliFailure,
+    JsonOpt,
+    WideOpt,
+    api,
+    emit_json,
+    err,
+    fail,
+    out,
+    read_document,
+    seg,
+    show,
+    width,
 )
+from worker.cli_tables import amount as money_text
+from worker.cli_tables import kv
+from worker.settings import load_settings
 
 USAGE_BATCH = 10_000
 # Stay under the API's 5 MB usage body limit whatever the events look like.
 USAGE_BATCH_BYTES = 4_500_000
 
-err = Console(stderr=True)
-
-
-def _out() -> Console:
-    """A console for stdout made per command: its width is the terminal's (or
-    ``COLUMNS``) when the command runs, not when the module was imported."""
-    return Console()
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
-
-
-# --- talking to the API ----------------------------------------------------------------
-
-
-class CliFailure(Exception):
-    def __init__(self, code: int, message: str, problem: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.problem = problem
-
-
-def _exit_code(status: int) -> int:
-    if status == 404:
-        return EXIT_NOT_FOUND
-    if status == 409:
-        return EXIT_CONFLICT
-    if 400 <= status < 500:
-        return EXIT_INPUT
-    return EXIT_SERVER
-
-
-def fail(exc: CliFailure, as_json: bool) -> NoReturn:
-    if as_json:
-        doc = exc.problem or {"title": "error", "detail": exc.message, "errors": []}
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-    err.print(f"[red]error:[/] {exc.message}", highlight=False)
-    if exc.problem:
-        for item in exc.problem.get("errors") or []:
-            where = item.get("field") or "(document)"
-            err.print(f"  {where}: {item.get('reason')}", highlight=False, markup=False)
-    raise typer.Exit(exc.code)
-
-
-class Api:
-    def __init__(self, settings: Settings) -> None:
-        self.base_url = settings.client_api_url
-        headers = {"Accept": "application/json"}
-        if settings.api_key:
-            headers["Authorization"] = f"Bearer {settings.api_key}"
-        self.client = httpx.Client(base_url=self.base_url, headers=headers, timeout=60.0)
-
-    def __enter__(self) -> Api:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.client.close()
-
-    def call(self, method: str, path: str, *, body: Any = None,
-             params: dict[str, Any] | None = None) -> Any:
-        clean = {k: v for k, v in (params or {}).items() if v is not None}
-        try:
-            response = self.client.request(method, path, json=body, params=clean)
-        except httpx.HTTPError as exc:
-            raise CliFailure(EXIT_SERVER,
-                             f"cannot reach the billow API at {self.base_url}: {exc}") from exc
-        if response.status_code >= 400:
-            problem: dict[str, Any] | None = None
-            try:
-                parsed = response.json()
-                problem = parsed if isinstance(parsed, dict) else None
-            except ValueError:
-                problem = None
-            title = (problem or {}).get("title") or response.reason_phrase
-            detail = (problem or {}).get("detail") or response.text[:200]
-            hint = ""
-            if response.status_code == 401:
-                hint = " (set BILLOW_API_KEY; create a key with `billow apikey create`)"
-            raise CliFailure(_exit_code(response.status_code),
-                             f"{title} ({response.status_code}): {detail}{hint}", problem)
-        return response.json()
-
-
-def _api() -> Api:
-    return Api(load_settings())
-
-
-def _read_document(path: Path) -> Any:
-    """A YAML or JSON file as plain data (dates stay strings, as the loaders do)."""
-    from models._loading import parse_text, read_file
-    from models.errors import BillowValidationError
-
-    try:
-        text, fmt = read_file(path)
-        return parse_text(text, fmt)
-    except BillowValidationError as exc:
-        raise CliFailure(EXIT_INPUT, f"{path}: {exc}") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CliFailure(EXIT_INPUT, f"{path}: {exc}") from exc
-
-
-def _emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
-
-
-def _kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
-    table = Table(title=title, show_header=False, title_justify="left")
-    table.add_column(style="bold", no_wrap=True)
-    table.add_column(overflow="fold")
-    for k, v in rows:
-        table.add_row(k, "" if v is None else str(v))
-    return table
-
-
-def _invoice_table(invoices: list[dict[str, Any]], title: str = "Invoices",
-                   with_contract: bool = True) -> Table:
-    table = Table(title=title, title_justify="left")
-    columns = ["number", "key", "contract", "status", "issued", "due", "total", "paid",
-               "outstanding"]
-    if not with_contract:
-        columns.remove("contract")
-    for col in columns:
-        table.add_column(col, overflow="fold", no_wrap=col == "number",
-                         justify="right" if col in ("total", "paid", "outstanding") else "left")
-    for inv in invoices:
-        cells = {"number": inv.get("number") or "-", "key": inv["key"],
-                 "contract": inv["contract_id"], "status": inv["status"],
-                 "issued": inv.get("issued_on") or "", "due": inv.get("due_on") or "",
-                 "total": f"{inv['total']} {inv['currency']}", "paid": inv["amount_paid"],
-                 "outstanding": inv["outstanding"]}
-        table.add_row(*(cells[c] for c in columns))
-    return table
+# The shared pieces under the names the commands below use.
+_api = api
+_read_document = read_document
+_emit_json = emit_json
+_seg = seg
+_out = out
+_kv_table = kv
 
 
 # --- catalog ----------------------------------------------------------------------------
@@ -192,8 +72,8 @@ def catalog_apply(
     """Apply a catalog: a new version unless an identical one exists."""
     try:
         doc = _read_document(file)
-        with _api() as api:
-            result = api.call("PUT", "/v1/catalog", body=doc)
+        with _api() as client:
+            result = client.call("PUT", "/v1/catalog", body=doc)
     except CliFailure as exc:
         fail(exc, as_json)
     if as_json:
@@ -204,6 +84,25 @@ def catalog_apply(
         ("version", result["version"]), ("status", state),
         ("meters", ", ".join(result["meters"])), ("plans", ", ".join(result["plans"])),
     ]))
+
+
+@catalog_app.command("show")
+def catalog_show(
+    version: Annotated[int | None, typer.Option(
+        min=1, help="Catalog version (default: the latest).")] = None,
+    wide: WideOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """A catalog version: meters with their rate cards, plans with their fees."""
+    try:
+        with _api() as client:
+            doc = client.call("GET", "/v1/catalog", params={"version": version})
+    except CliFailure as exc:
+        fail(exc, as_json)
+    if as_json:
+        _emit_json(doc)
+        return
+    show(views.catalog_view(doc, width(), wide), wide)
 
 
 # --- contracts --------------------------------------------------------------------------
@@ -222,8 +121,8 @@ def contract_create(
     """Create a contract and start its workflow (a no-op if it exists with the same terms)."""
     try:
         doc = _read_document(file)
-        with _api() as api:
-            result = api.call("POST", "/v1/contracts", body=doc,
+        with _api() as client:
+            result = client.call("POST", "/v1/contracts", body=doc,
                               params={"catalog_version": catalog_version})
     except CliFailure as exc:
         fail(exc, as_json)
@@ -246,41 +145,51 @@ def _next_close_text(close: dict[str, Any] | None) -> str:
 @contract_app.command("show")
 def contract_show(
     contract_id: Annotated[str, typer.Argument(help="Contract id")],
+    credits: Annotated[bool, typer.Option(
+        "--credits", help="Also the credit history: grants, consumption per invoice, "
+        "expiries and breakage.")] = False,
+    revenue: Annotated[bool, typer.Option(
+        "--revenue", help="Also the revenue and credits summary (as `billow simulate`).")]
+    = False,
+    payments: Annotated[bool, typer.Option(
+        "--payments", help="Also each invoice's payments and reminders.")] = False,
+    everything: Annotated[bool, typer.Option(
+        "--all", help="--credits, --revenue and --payments.")] = False,
+    wide: WideOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """A contract's live state: status, credit balance, next boundary, invoices."""
+    """A contract's live state: status, credit balance, next close, invoices.
+
+    With --credits, --revenue, --payments (or --all) also what the ledger holds
+    behind it; with --json those come as the keys `credit_history`, `revenue_summary`
+    and `collection` beside the state.
+    """
+    if everything:
+        credits = revenue = payments = True
+    cid = _seg(contract_id)
     try:
-        with _api() as api:
-            result = api.call("GET", f"/v1/contracts/{_seg(contract_id)}")
+        with _api() as client:
+            result = client.call("GET", f"/v1/contracts/{cid}")
+            extra: dict[str, Any] = {}
+            if credits:
+                extra["credit_history"] = client.call("GET", f"/v1/contracts/{cid}/credits")
+            if revenue:
+                extra["revenue_summary"] = client.call("GET", f"/v1/contracts/{cid}/revenue")
+            if payments:
+                extra["collection"] = client.call("GET", f"/v1/contracts/{cid}/collection")
     except CliFailure as exc:
         fail(exc, as_json)
     if as_json:
-        _emit_json(result)
+        _emit_json({**result, **extra})
         return
-    terms = result["terms"]
-    _out().print(_kv_table(f"Contract {result['contract_id']}", [
-        ("customer", f"{terms['customer']['name']} ({result['customer_id']})"),
-        ("plan", result["plan"]), ("status", result["status"]),
-        ("term", f"{terms['starts_on']} -> {terms['term_end']}"),
-        ("billing cycle", terms["billing_cycle"]),
-        ("payment terms", f"net-{terms['payment_terms_days']}"),
-        ("credit balance", f"{result['credit_balance']} {result['currency']}"),
-        ("next boundary", result.get("next_boundary") or "-"),
-        ("next close", _next_close_text(result.get("next_close"))),
-        ("waiting for", result.get("waiting_for") or "-"),
-        ("needs attention", result.get("attention") or "no"),
-        ("overdue invoice", "yes" if result["has_overdue_invoice"] else "no"),
-        ("unbilled usage", f"{result.get('unbilled_usage_events', 0)} events (arrived after "
-         "the final invoice; recorded, never billed)"
-         if result.get("unbilled_usage_events") else "none"),
-        ("amendments", ", ".join(result["amendments"]) or "-"),
-        *[(f"dropped {d['id']}", d["reason"]) for d in result.get("dropped_amendments", [])],
-        *[(f"unapplied {u['invoice_key']}", f"{u['amount']} {result['currency']}: refund or "
-           "apply") for u in result.get("unapplied_payments", [])],
-        ("source", result["source"]), ("Temporal UI", result["temporal_ui_url"]),
-    ]))
-    if result["invoices"]:
-        _out().print(_invoice_table(result["invoices"], with_contract=False))
+    w = width()
+    show(views.contract_detail(result, w, wide), wide)
+    if "credit_history" in extra:
+        show(views.credit_history(extra["credit_history"], w, wide), wide)
+    if "revenue_summary" in extra:
+        show(views.revenue_view(extra["revenue_summary"]), wide)
+    if "collection" in extra:
+        show(views.collection_table(extra["collection"]["invoices"], w, wide), wide)
 
 
 @contract_app.command("amend")
@@ -295,8 +204,8 @@ def contract_amend(
         doc = _read_document(file)
         if not isinstance(doc, dict):
             raise CliFailure(EXIT_INPUT, f"{file}: expected one amendment (a mapping)")
-        with _api() as api:
-            result = api.call("POST", f"/v1/contracts/{_seg(contract_id)}/amendments", body=doc)
+        with _api() as client:
+            result = client.call("POST", f"/v1/contracts/{_seg(contract_id)}/amendments", body=doc)
     except CliFailure as exc:
         fail(exc, as_json)
     if as_json:
@@ -317,6 +226,7 @@ def contract_list(
         "--overdue/--not-overdue", help="Only contracts with (or without) an overdue invoice",
         show_default=False)] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many contracts")] = 100,
+    wide: WideOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Contracts from the database, with their open and overdue invoices."""
@@ -338,22 +248,7 @@ def contract_list(
     if as_json:
         _emit_json({"contracts": items})
         return
-    table = Table(title=f"Contracts ({len(items)})", title_justify="left")
-    for col in ("id", "customer", "plan", "status", "term", "open", "overdue", "outstanding"):
-        table.add_column(col, overflow="fold", no_wrap=col == "id",
-                         justify="right" if col in ("open", "overdue", "outstanding")
-                         else "left")
-    for c in items:
-        table.add_row(c["contract_id"], c["customer_name"], c["plan"], c["status"],
-                      f"{c['starts_on']} -> {c['term_end']}", str(c["open_invoices"]),
-                      str(c["overdue_invoices"]), f"{c['outstanding']} {c['currency']}")
-    _out().print(table)
-
-
-def _seg(value: str) -> str:
-    from urllib.parse import quote
-
-    return quote(value, safe="")
+    show(views.contract_table(items, width(), wide), wide)
 
 
 # --- usage ------------------------------------------------------------------------------
@@ -475,81 +370,88 @@ def invoice_list(
     status: Annotated[str | None, typer.Option(
         help="open, paid, overdue, void, needs_attention, draft")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+    wide: WideOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Invoices in number order."""
     try:
-        with _api() as api:
-            result = api.call("GET", "/v1/invoices",
-                              params={"contract": contract, "status": status, "limit": limit})
+        with _api() as client:
+            result = client.call("GET", "/v1/invoices",
+                                 params={"contract": contract, "status": status, "limit": limit})
     except CliFailure as exc:
         fail(exc, as_json)
     if as_json:
         _emit_json(result)
         return
-    _out().print(_invoice_table(result["invoices"], f"Invoices ({len(result['invoices'])})"))
+    show(views.invoice_table(result["invoices"], width(), wide,
+                             f"Invoices ({len(result['invoices'])})"), wide)
 
 
 @invoice_app.command("show")
 def invoice_show(
     number: Annotated[str, typer.Argument(help="Invoice number, e.g. INV-000002")],
+    wide: WideOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """One invoice with its lines."""
+    """One invoice with its lines, payments and reminders (`collection` in --json)."""
     try:
-        with _api() as api:
-            inv = api.call("GET", f"/v1/invoices/{_seg(number)}")
+        with _api() as client:
+            inv = client.call("GET", f"/v1/invoices/{_seg(number)}")
+            collection = client.call("GET", f"/v1/invoices/{_seg(number)}/collection")
     except CliFailure as exc:
         fail(exc, as_json)
     if as_json:
-        _emit_json(inv)
+        _emit_json({**inv, "collection": collection})
         return
-    _out().print(_kv_table(f"Invoice {inv['number']}", [
-        ("contract", inv["contract_id"]), ("key", inv["key"]), ("kind", inv["kind"]),
-        ("period", f"{inv['period']['start']} -> {inv['period']['end']}"),
-        ("issued", inv["issued_on"]), ("due", inv["due_on"]), ("status", inv["status"]),
-        ("subtotal", inv["subtotal"]), ("credits applied", inv["credits_applied"]),
-        ("total", f"{inv['total']} {inv['currency']}"), ("paid", inv["amount_paid"]),
-        ("outstanding", inv["outstanding"]), ("paid on", inv.get("paid_on") or "-"),
-    ]))
-    table = Table(title="Lines", title_justify="left")
-    for col in ("kind", "item", "quantity", "unit price", "amount"):
-        table.add_column(col, overflow="fold",
-                         justify="left" if col in ("kind", "item") else "right")
-    for ln in inv["lines"]:
-        item = ln.get("meter") or ln.get("fee") or ""
-        if ln.get("dimensions"):
-            item += " " + ",".join(f"{k}={v}" for k, v in ln["dimensions"].items())
-        table.add_row(ln["kind"], item, ln.get("quantity") or "", ln.get("unit_price") or "",
-                      ln["amount"])
-    _out().print(table)
+    show(views.invoice_detail(inv, width(), wide, collection), wide)
+
+
+@invoice_app.command("draft")
+def invoice_draft(
+    contract_id: Annotated[str, typer.Argument(help="Contract id")],
+    wide: WideOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The open period's invoice as it would be finalized now (nothing is stored)."""
+    try:
+        with _api() as client:
+            doc = client.call("GET", f"/v1/contracts/{_seg(contract_id)}/draft")
+    except CliFailure as exc:
+        fail(exc, as_json)
+    if as_json:
+        _emit_json(doc)
+        return
+    show(views.draft_detail(doc, contract_id, width(), wide), wide)
 
 
 @invoice_app.command("pay")
 def invoice_pay(
     number: Annotated[str, typer.Argument(help="Invoice number")],
-    amount: Annotated[str, typer.Option(help='Amount received, e.g. "1500.00"')],
+    received: Annotated[str, typer.Option(
+        "--amount", help='Amount received, e.g. "1500.00" or 45000')],
     payment_id: Annotated[str | None, typer.Option(
         help="Idempotency key (e.g. the bank reference): the same id twice records once")]
     = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Record a payment received for an invoice."""
-    body: dict[str, Any] = {"amount": amount}
+    body: dict[str, Any] = {"amount": received}
     if payment_id is not None:
         body["payment_id"] = payment_id
     try:
-        with _api() as api:
-            result = api.call("POST", f"/v1/invoices/{_seg(number)}/payments", body=body)
+        with _api() as client:
+            result = client.call("POST", f"/v1/invoices/{_seg(number)}/payments", body=body)
     except CliFailure as exc:
         fail(exc, as_json)
     if as_json:
         _emit_json(result)
         return
+    cur = result.get("currency") or ""
     _out().print(_kv_table(f"Payment on {result['invoice_number']}", [
-        ("status", result["status"]), ("amount paid", result["amount_paid"]),
+        ("received", money_text(received, cur)),
+        ("status", result["status"]), ("paid so far", money_text(result["amount_paid"], cur)),
         ("paid on", result.get("paid_on") or "-"),
-        ("recorded", "yes" if result["applied"] else "no"),
+        ("recorded", "yes" if result["applied"] else "no (a resend: answered as the first time)"),
         ("via", result["recorded_via"]),
     ]))
 

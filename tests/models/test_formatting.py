@@ -40,3 +40,14 @@ def test_day() -> None:
     assert day(date(2026, 12, 1)) == "Dec 1, 2026"
     assert day(date(2026, 12, 1), style="long") == "December 1, 2026"
     assert day(date(2026, 12, 1), "de_DE", "long") == "1. Dezember 2026"
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "shown"),
+    [("45000", "USD", "45,000.00"), ("0", "USD", "0.00"), ("1500", "JPY", "1,500"),
+     ("-12.5", "EUR", "-12.50")],
+)
+def test_money_amount_without_the_code(amount: str, currency: str, shown: str) -> None:
+    from models.formatting import money_amount
+
+    assert money_amount(Decimal(amount), currency) == shown
