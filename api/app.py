@@ -18,6 +18,7 @@ from sqlalchemy import text
 
 from api import catalog, contracts, invoices, ledger_views, usage, webhooks
 from api.deps import AppDeps
+from api.docs_pages import install_docs
 from api.idempotency import IdempotencyMiddleware
 from api.metrics_view import install_metrics_route
 from api.problems import PROBLEM_JSON, add_problem_schemas, install_problem_handlers
@@ -90,8 +91,11 @@ def create_app(deps: AppDeps) -> FastAPI:
         openapi_tags=TAGS,
         lifespan=lifespan,
         generate_unique_id_function=lambda route: route.name,
+        docs_url=None,  # served from bundled assets instead of a CDN (api/docs_pages.py)
+        redoc_url=None,
     )
     app.state.deps = deps
+    install_docs(app)
     install_problem_handlers(app)
     # Added last = outermost. Request metrics count every request; the API key
     # is checked from the headers before any of the body is read (an
