@@ -155,7 +155,10 @@ def create_app(deps: AppDeps) -> FastAPI:
 
 def _problem_422s(schema: dict[str, Any]) -> None:
     """FastAPI documents its 422 as ``HTTPValidationError``; billow answers problem+json."""
-    problem = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    from api.problem_examples import DEFAULT
+
+    problem = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"},
+                              "example": DEFAULT[422]}}
     for path in schema.get("paths", {}).values():
         for operation in path.values():
             responses = operation.get("responses", {})

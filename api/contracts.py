@@ -18,11 +18,13 @@ from activities.ledger_history import line_descriptions
 from activities.ledger_reports import unbilled_usage
 from api.deps import AppDeps, get_deps
 from api.idempotency import IdempotencyKeyHeader
+from api.problem_examples import AMENDMENT_CONFLICT, CONTRACT_CONFLICT
 from api.problems import ProblemError, from_billow_error, not_found, problem_responses
 from api.queries import contract_row, contract_state_from_db, list_contracts, summary_from_issued
 from api.schemas import (
     AMENDMENT_EXAMPLES,
     CONTRACT_EXAMPLE,
+    CONTRACT_EXISTS_EXAMPLE,
     AmendmentAccepted,
     ContractCreated,
     ContractList,
@@ -168,12 +170,14 @@ async def _next_close(
     response_model=ContractCreated,
     dependencies=_crm,
     responses={200: {"description": "The same contract already exists: nothing changed",
-                     "model": ContractCreated},
-               **problem_responses(401, 403, 409, 413, 422, 503)},
+                     "model": ContractCreated,
+                     "content": {"application/json": {"example": CONTRACT_EXISTS_EXAMPLE}}},
+               **problem_responses(401, 403, 409, 413, 422, 503,
+                                   examples={409: CONTRACT_CONFLICT})},
 )
 async def post_contract(
     contract: Annotated[Contract, Body(openapi_examples={
-        "acme": {"summary": "Acme on the Pro plan (SPEC.md example)",
+        "acme": {"summary": "Acme on the Pro plan (the worked example)",
                  "value": CONTRACT_EXAMPLE}})],
     response: Response,
     deps: Deps,
@@ -291,7 +295,8 @@ async def get_contract(contract_id: str, deps: Deps) -> ContractState:
     summary="Amend a running contract",
     response_model=AmendmentAccepted,
     dependencies=_crm,
-    responses=problem_responses(401, 403, 404, 409, 413, 422, 503, 504),
+    responses=problem_responses(401, 403, 404, 409, 413, 422, 503, 504,
+                                examples={409: AMENDMENT_CONFLICT}),
 )
 async def post_amendment(
     contract_id: str,
@@ -299,7 +304,8 @@ async def post_amendment(
     deps: Deps,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> AmendmentAccepted:
-    """Send an amendment (SPEC.md section 7) to the contract's workflow as the `amend`
+    """Send an amendment (docs/billing-rules.md, "Amendments") to the contract's workflow
+    as the `amend`
     update. The workflow validates it first: an invalid amendment is a **422** whose
     `errors` carry the workflow's reason, and nothing changes. The amendment `id` is an
     idempotency key: resending it changes nothing and returns the first answer.

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Body, Depends, Query
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 from temporalio.client import WorkflowExecutionStatus, WorkflowUpdateFailedError
@@ -23,6 +23,7 @@ from activities.ledger_store import lock_contract
 from api.contracts import update_problem
 from api.deps import AppDeps, get_deps
 from api.idempotency import IdempotencyKeyHeader
+from api.problem_examples import INVOICE_SETTLED, NO_INVOICE
 from api.problems import (
     ProblemError,
     not_found,
@@ -31,7 +32,7 @@ from api.problems import (
     validation_problem,
 )
 from api.queries import contract_row, invoice_by_number, invoice_summaries, outstanding
-from api.schemas import InvoiceDetail, InvoiceList, PaymentIn, PaymentOut
+from api.schemas import PAYMENT_EXAMPLES, InvoiceDetail, InvoiceList, PaymentIn, PaymentOut
 from api.security import require_scope
 from api.workflow_calls import outcome_unknown, temporal_client, temporal_errors, workflow_status
 from models.invoices import InvoiceStatus
@@ -80,11 +81,12 @@ async def list_invoices(
     summary="An invoice document",
     response_model=InvoiceDetail,
     dependencies=_read,
-    responses=problem_responses(401, 403, 404),
+    responses=problem_responses(401, 403, 404, examples={404: NO_INVOICE}),
 )
 async def get_invoice(number: str, deps: Deps) -> InvoiceDetail:
     """The finalized invoice `number` (e.g. `INV-000002`) with its lines, in the shape of
-    SPEC.md section 9, plus the amount paid and outstanding. Scope: `crm` or `ops`."""
+    `billow simulate` (docs/file-formats.md), plus the amount paid and outstanding,
+    and a description of each line. Scope: `crm` or `ops`."""
     async with deps.engine.connect() as conn:
         row = await invoice_by_number(conn, number)
         if row is None:
@@ -105,10 +107,12 @@ async def get_invoice(number: str, deps: Deps) -> InvoiceDetail:
     summary="Record a payment",
     response_model=PaymentOut,
     dependencies=_ops,
-    responses=problem_responses(401, 403, 404, 409, 413, 422, 503, 504),
+    responses=problem_responses(401, 403, 404, 409, 413, 422, 503, 504,
+                                examples={404: NO_INVOICE, 409: INVOICE_SETTLED}),
 )
 async def pay_invoice(
-    number: str, payment: PaymentIn, deps: Deps, idempotency_key: IdempotencyKeyHeader = None,
+    number: str, payment: Annotated[PaymentIn, Body(openapi_examples=PAYMENT_EXAMPLES)],
+    deps: Deps, idempotency_key: IdempotencyKeyHeader = None,
 ) -> PaymentOut:
     """Record a payment received for invoice `number`.
 

@@ -23,6 +23,7 @@ from activities.ledger_history import (
     credit_history,
 )
 from api.deps import AppDeps, get_deps
+from api.problem_examples import NO_INVOICE
 from api.problems import not_found, problem_responses
 from api.queries import contract_row, invoice_by_number
 from api.security import require_scope
@@ -107,7 +108,7 @@ async def get_contract_collection(contract_id: str, deps: Deps) -> ContractColle
     summary="An invoice's payments and reminders",
     response_model=InvoiceCollection,
     dependencies=_read,
-    responses=problem_responses(401, 403, 404),
+    responses=problem_responses(401, 403, 404, examples={404: NO_INVOICE}),
     tags=["invoices"],
 )
 async def get_invoice_collection(number: str, deps: Deps) -> InvoiceCollection:

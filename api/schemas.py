@@ -90,6 +90,38 @@ AMENDMENT_EXAMPLES: dict[str, dict[str, Any]] = {
     },
 }
 
+USAGE_EXAMPLES: dict[str, dict[str, Any]] = {
+    "tokens_and_requests": {
+        "summary": "Two events of two meters",
+        "value": {"events": [
+            {"id": "evt-0001", "customer": "acme", "meter": "tokens",
+             "timestamp": "2027-01-20T08:00:00Z", "quantity": "2000",
+             "dimensions": {"model": "gpt-3.5"}},
+            {"id": "evt-0002", "customer": "acme", "meter": "requests",
+             "timestamp": "2027-01-20T08:00:01Z", "dimensions": {"region": "eu"}},
+        ]},
+    },
+    "resend": {
+        "summary": "A resend: the same id and content is reported `duplicate`, stored once",
+        "value": {"events": [
+            {"id": "evt-0001", "customer": "acme", "meter": "tokens",
+             "timestamp": "2027-01-20T08:00:00Z", "quantity": "2000",
+             "dimensions": {"model": "gpt-3.5"}},
+        ]},
+    },
+}
+
+PAYMENT_EXAMPLES: dict[str, dict[str, Any]] = {
+    "wire": {
+        "summary": "A bank transfer, keyed by its reference",
+        "value": {"amount": "1500.00", "payment_id": "wire-2027-05-20-acme"},
+    },
+    "partial": {
+        "summary": "Part of what is owed",
+        "value": {"amount": "500.00", "payment_id": "wire-2027-05-02-acme-1"},
+    },
+}
+
 INVOICE_SUMMARY_EXAMPLE: dict[str, Any] = {
     "number": "INV-000002", "key": "usage:2027-01-01", "contract_id": "acme-2027",
     "kind": "usage", "status": "open", "currency": "USD",
@@ -118,15 +150,20 @@ WEBHOOK_EXAMPLE: dict[str, Any] = {
 # --- contracts -------------------------------------------------------------------
 
 
+CONTRACT_CREATED_EXAMPLE: dict[str, Any] = {
+    "contract_id": "acme-2027", "workflow_id": "contract:acme-2027",
+    "run_id": "0199a6b5-7c1e-7f39-9d55-3f1f8c1b2a10", "created": True,
+    "catalog_version": 1,
+    "temporal_ui_url": "http://localhost:8233/namespaces/default/workflows/contract:acme-2027",
+    "contract": CONTRACT_EXAMPLE,
+    "next_close": NEXT_CLOSE_EXAMPLE,
+}
+# The 200 answer: the same contract existed, nothing changed.
+CONTRACT_EXISTS_EXAMPLE: dict[str, Any] = {**CONTRACT_CREATED_EXAMPLE, "created": False}
+
+
 class ContractCreated(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"example": {
-        "contract_id": "acme-2027", "workflow_id": "contract:acme-2027",
-        "run_id": "0199a6b5-7c1e-7f39-9d55-3f1f8c1b2a10", "created": True,
-        "catalog_version": 1,
-        "temporal_ui_url": "http://localhost:8233/namespaces/default/workflows/contract:acme-2027",
-        "contract": CONTRACT_EXAMPLE,
-        "next_close": NEXT_CLOSE_EXAMPLE,
-    }})
+    model_config = ConfigDict(json_schema_extra={"example": CONTRACT_CREATED_EXAMPLE})
     contract_id: str
     workflow_id: str
     run_id: str | None = Field(description="None when the contract's workflow already closed.")
@@ -193,7 +230,7 @@ class ContractState(BaseModel):
     dropped_amendments: list[DroppedAmendment] = Field(
         default_factory=list,
         description="Scheduled amendments that no longer applied when they fell due, with "
-                    "the reason (SPEC.md section 7).")
+                    "the reason (docs/billing-rules.md, \"Amendments\").")
     unapplied_payments: list[UnappliedPayment] = Field(
         default_factory=list,
         description="Money a gateway took after its invoice was paid another way: kept "
@@ -206,7 +243,8 @@ class ContractState(BaseModel):
     unbilled_usage_events: int = Field(
         default=0,
         description="Events inside an ended term that arrived after its final invoice: "
-                    "recorded, never billed (SPEC.md section 3).")
+                    "recorded, never billed (docs/billing-rules.md, \"Rating\"). Counted "
+                    "while the workflow still collects too.")
 
 
 class ContractSummary(BaseModel):
@@ -263,7 +301,7 @@ class UsageBatch(BaseModel):
     ]}})
     events: list[Any] = Field(
         description="Up to 10,000 usage events `{id, customer, meter, timestamp, quantity?, "
-                    "dimensions?}` (SPEC.md section 8). Each is validated on its own: a bad "
+                    "dimensions?}` (docs/file-formats.md). Each is validated on its own: a bad "
                     "event is reported `rejected` with its reason and the rest are stored.",
         json_schema_extra={"maxItems": 10_000, "items": {"type": "object"}},
     )
@@ -306,7 +344,8 @@ class InvoicePeriodOut(BaseModel):
 
 
 class InvoiceDetail(BaseModel):
-    """The invoice document (SPEC.md section 9) plus where it stands."""
+    """The invoice document (as `billow simulate` prints it, docs/file-formats.md) plus
+    where it stands."""
 
     model_config = ConfigDict(json_schema_extra={"example": {
         "number": "INV-000002", "key": "usage:2027-01-01", "contract_id": "acme-2027",
@@ -400,7 +439,7 @@ class CatalogVersionOut(BaseModel):
 
 
 class CrmDeal(Contract):
-    """A closed-won deal: the contract fields of SPEC.md section 8, keyed by the deal.
+    """A closed-won deal: the contract fields (docs/file-formats.md), keyed by the deal.
 
     ``id`` is the CRM's deal id; the contract id is ``contract_id`` when given,
     else the deal id.

@@ -195,8 +195,8 @@ def contract_show(
 @contract_app.command("amend")
 def contract_amend(
     contract_id: Annotated[str, typer.Argument(help="Contract id")],
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
-                                         help="amendment.yaml (one amendment, SPEC.md 7-8)")],
+    file: Annotated[Path, typer.Argument(
+        exists=True, dir_okay=False, help="amendment.yaml (one amendment, docs/file-formats.md)")],
     as_json: JsonOpt = False,
 ) -> None:
     """Send an amendment to a running contract (validated by its workflow)."""
