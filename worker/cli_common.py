@@ -85,9 +85,24 @@ def fail(exc: CliFailure, as_json: bool) -> NoReturn:
     raise typer.Exit(exc.code)
 
 
+def api_base_url(settings: Settings) -> str:
+    """BILLOW_API_URL; else the API of a `billow up` running on the data directory
+    (``./.billow``); else api_host:api_port (http://127.0.0.1:8000)."""
+    from worker.stack_file import running_api_url
+
+    if settings.api_base_url:
+        return settings.api_base_url.rstrip("/")
+    running = running_api_url(settings.data_dir)
+    return (running or settings.api_url).rstrip("/")
+
+
+UNREACHABLE_HINT = ("is the API running? Start the whole stack with `billow up` (a second "
+                    "shell in the same directory finds it), or set BILLOW_API_URL")
+
+
 class Api:
     def __init__(self, settings: Settings) -> None:
-        self.base_url = settings.client_api_url
+        self.base_url = api_base_url(settings)
         headers = {"Accept": "application/json"}
         if settings.api_key:
             headers["Authorization"] = f"Bearer {settings.api_key}"
@@ -105,8 +120,8 @@ class Api:
         try:
             response = self.client.request(method, path, json=body, params=clean)
         except httpx.HTTPError as exc:
-            raise CliFailure(EXIT_SERVER,
-                             f"cannot reach the billow API at {self.base_url}: {exc}") from exc
+            raise CliFailure(EXIT_SERVER, f"cannot reach the billow API at {self.base_url} "
+                             f"({exc}): {UNREACHABLE_HINT}") from exc
         if response.status_code >= 400:
             problem: dict[str, Any] | None = None
             try:
