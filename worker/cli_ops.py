@@ -20,13 +20,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from worker import cli_views as views
 from worker.cli_common import (
     EXIT_CODES,
     EXIT_INPUT,
-    EXIT_NOT_FOUND,
     EXIT_SERVER,
     CliFailure,
     JsonOpt,
@@ -41,9 +39,8 @@ from worker.cli_common import (
     show,
     width,
 )
+from worker.cli_tables import Column, Layout, kv, render
 from worker.cli_tables import amount as money_text
-from worker.cli_tables import kv
-from worker.settings import load_settings
 
 USAGE_BATCH = 10_000
 # Stay under the API's 5 MB usage body limit whatever the events look like.
@@ -344,14 +341,15 @@ def usage_send(
     if as_json:
         _emit_json({**counts, "issues": issues})
     else:
-        _out().print(_kv_table(f"Usage from {file.name}", list(counts.items())))
+        _out().print(_kv_table(f"Usage from {file.name}", [
+            (k, f"{v:,}") for k, v in counts.items()]))
         if issues:
-            table = Table(title="Not accepted", title_justify="left")
-            for col in ("line", "id", "status", "reason"):
-                table.add_column(col)
+            layout = Layout("Not accepted", [
+                Column("line", justify="right"), Column("id"), Column("status"),
+                Column("reason", kind="text")])
             for i in issues[:50]:
-                table.add_row(str(i["line"]), i["id"] or "", i["status"], i["reason"] or "")
-            _out().print(table)
+                layout.add(i["line"], i["id"] or "", i["status"], i["reason"] or "")
+            show(render(layout, width()))
             if len(issues) > 50:
                 _out().print(f"... and {len(issues) - 50} more (use --json for all)")
     if counts["rejected"] or counts["conflict"]:
@@ -456,107 +454,6 @@ def invoice_pay(
     ]))
 
 
-# --- API keys -----------------------------------------------------------------------------
-
-apikey_app = typer.Typer(
-    help="API keys, written to the database directly (BILLOW_DATABASE_URL, or the "
-    "database of a running `billow up`).",
-    no_args_is_help=True, epilog=EXIT_CODES)
-
-
-def _database_url() -> str:
-    """BILLOW_DATABASE_URL, else the embedded database of a running `billow up`."""
-    settings = load_settings()
-    if settings.database_url:
-        return settings.database_url
-    from worker.embedded import running_url
-
-    url = running_url(settings.data_dir)
-    if url is None:
-        err.print("[red]error:[/] no database configured: set BILLOW_DATABASE_URL "
-                  "(or run `billow up` in this directory: its database is used)")
-        raise typer.Exit(EXIT_INPUT)
-    return url
-
-
-async def _with_conn(url: str, action: Any) -> Any:
-    from activities.db import make_engine
-
-    engine = make_engine(url, pool_size=1)
-    try:
-        async with engine.begin() as conn:
-            return await action(conn)
-    finally:
-        await engine.dispose()
-
-
-@apikey_app.command("create")
-def apikey_create(
-    scope: Annotated[list[str], typer.Option(
-        "--scope", "-s", help="crm, usage or ops (repeat, or comma-separate, for several)")],
-    name: Annotated[str, typer.Option(help="What the key is for")] = "",
-    as_json: JsonOpt = False,
-) -> None:
-    """Create an API key and print it — the only time it is shown."""
-    from activities.api_keys import create_api_key, parse_scopes
-
-    scopes = [s for item in scope for s in item.split(",") if s.strip()]
-    try:
-        parse_scopes(scopes)
-    except ValueError as exc:
-        err.print(f"[red]error:[/] --scope: {exc}")
-        raise typer.Exit(EXIT_INPUT) from None
-    url = _database_url()
-    try:
-        new = asyncio.run(_with_conn(url, lambda conn: create_api_key(conn, scopes, name)))
-    except Exception as exc:
-        err.print(f"[red]error:[/] cannot create the key: {exc}")
-        raise typer.Exit(EXIT_SERVER) from None
-    scopes_out = sorted(s.value for s in new.info.scopes)
-    if as_json:
-        _emit_json({"key": new.key, "key_id": new.info.key_id, "name": new.info.name,
-                    "scopes": scopes_out})
-        return
-    _out().print(_kv_table("API key", [("key", new.key), ("key id", new.info.key_id),
-                                    ("scopes", ", ".join(scopes_out)),
-                                    ("name", new.info.name or "-")]))
-    err.print("[yellow]Store the key now: billow keeps only its hash and cannot show it "
-              "again.[/]")
-
-
-@apikey_app.command("list")
-def apikey_list(as_json: JsonOpt = False) -> None:
-    """API keys (ids, scopes, status; never the keys themselves)."""
-    from activities.api_keys import list_api_keys
-
-    keys = asyncio.run(_with_conn(_database_url(), list_api_keys))
-    rows = [{"key_id": k.key_id, "name": k.name, "scopes": sorted(s.value for s in k.scopes),
-             "created_at": k.created_at.isoformat(),
-             "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None} for k in keys]
-    if as_json:
-        _emit_json({"keys": rows})
-        return
-    table = Table(title="API keys", title_justify="left")
-    for col in ("key id", "name", "scopes", "created", "revoked"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["key_id"], r["name"], ", ".join(r["scopes"]), r["created_at"],
-                      r["revoked_at"] or "")
-    _out().print(table)
-
-
-@apikey_app.command("revoke")
-def apikey_revoke(key_id: Annotated[str, typer.Argument(help="Key id (not the key)")]) -> None:
-    """Revoke a key: requests with it get 401 from now on."""
-    from activities.api_keys import revoke_api_key
-
-    done = asyncio.run(_with_conn(_database_url(), lambda conn: revoke_api_key(conn, key_id)))
-    if not done:
-        err.print(f"[red]error:[/] no active key {key_id!r}")
-        raise typer.Exit(EXIT_NOT_FOUND)
-    err.print(f"key {key_id} revoked")
-
-
 @usage_app.command("compact")
 def usage_compact(
     before: Annotated[str | None, typer.Option(
@@ -585,9 +482,11 @@ def usage_compact(
         raw = await conn.get_raw_connection()
         return await compact_usage(raw.driver_connection, before=cutoff)
 
-    url = _database_url()
+    from worker.cli_keys import database_url, with_conn
+
+    url = database_url()
     try:
-        done = asyncio.run(_with_conn(url, run))
+        done = asyncio.run(with_conn(url, run))
     except Exception as exc:
         err.print(f"[red]error:[/] compaction failed: {exc}")
         raise typer.Exit(EXIT_SERVER) from None
@@ -609,5 +508,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(contract_app, name="contract")
     app.add_typer(usage_app, name="usage")
     app.add_typer(invoice_app, name="invoice")
+    from worker.cli_keys import apikey_app
+
     app.add_typer(apikey_app, name="apikey")
     app.info.epilog = EXIT_CODES
