@@ -31,7 +31,19 @@ def asyncpg_dsn(url: str) -> str:
 
 
 def make_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:
-    return create_async_engine(async_url(url), pool_size=pool_size, pool_pre_ping=True)
+    """The engine every billow process uses.
+
+    No ``pool_pre_ping``: SQLAlchemy's asyncpg dialect pings each checkout
+    inside a transaction (BEGIN, ``;``, ROLLBACK), three round trips through a
+    worker's busy event loop on every ledger step; it made the lifecycle bench
+    3.59x its floor against 2.65x without (bench/RESULTS.md section 4). A
+    connection PostgreSQL dropped fails its first statement instead, and
+    SQLAlchemy then invalidates the whole pool: a ledger step fails one
+    attempt and Temporal retries it (activities/errors.py), a request answers
+    503 (api/problems.py). Connections are recycled hourly, before idle
+    timeouts of proxies and load balancers can cut them.
+    """
+    return create_async_engine(async_url(url), pool_size=pool_size, pool_recycle=3600)
 
 
 @asynccontextmanager

@@ -276,7 +276,7 @@ _DB_UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 
-def _db_unavailable(exc: BaseException) -> bool:
+def db_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
         return True
     return isinstance(exc, _DB_UNAVAILABLE)
@@ -286,7 +286,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     changes = request.method not in ("GET", "HEAD", "OPTIONS")
     may_apply = (" The request may or may not have taken effect: retry it with the same "
                  "Idempotency-Key (or id) to find out." if changes else "")
-    if _db_unavailable(exc):
+    if db_unavailable(exc):
         log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
         return problem_response(503, "unavailable", "Service Unavailable",
                                 "the database is unavailable." + may_apply, (),

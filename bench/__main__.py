@@ -1,5 +1,6 @@
 """``python -m bench ingest|rating|chaos [--events N] [--contracts N] ...`` and
-``python -m bench lifecycle-fuzz --examples N [--seed S]``
+``python -m bench lifecycle-fuzz --examples N [--seed S]``,
+``python -m bench lifecycle|storm|sleeping --contracts N``
 
 Defaults are small (each command finishes in well under a minute). Full
 sizes: ``python -m bench ingest --events 1000000``,
@@ -69,8 +70,20 @@ def _parser() -> argparse.ArgumentParser:
     life.add_argument("--contracts", type=int, default=50)
     life.add_argument("--periods", type=int, default=12, help="monthly periods, all over")
     life.add_argument("--grace-hours", default="0.001", help="usage_grace_hours of each contract")
-    life.add_argument("--no-pre-ping", action="store_true",
-                      help="the engine without pool_pre_ping (BEGIN/ROLLBACK per checkout)")
+    life.add_argument("--pre-ping", action="store_true",
+                      help="the engine with pool_pre_ping, as before (BEGIN/ROLLBACK per checkout)")
+    storm = sub.add_parser(
+        "storm", help="every contract closes at one instant, with API calls during it (<= 2x)"
+    )
+    storm.add_argument("--contracts", type=int, default=50)
+    storm.add_argument("--lead", type=float, default=None,
+                       help="seconds from setup to the instant (default: enough to create all)")
+    sleep = sub.add_parser(
+        "sleeping", help="contracts between boundaries: memory per contract, creation rate"
+    )
+    sleep.add_argument("--contracts", type=int, default=50)
+    sleep.add_argument("--max-cached", type=int, default=None,
+                       help="the worker's sticky cache (default: the SDK's 1000)")
     return p
 
 
@@ -123,9 +136,23 @@ async def _main(args: argparse.Namespace) -> None:
             elif args.command == "lifecycle":
                 figures = await run_lifecycle(
                     db.url, db.dsn, contracts=args.contracts, periods=args.periods,
-                    grace_hours=Decimal(args.grace_hours), pre_ping=not args.no_pre_ping,
+                    grace_hours=Decimal(args.grace_hours), pre_ping=args.pre_ping,
                 )
                 print("\n".join(lifecycle_report(figures)))
+            elif args.command == "storm":
+                from bench.storm import report as storm_report
+                from bench.storm import run_storm
+
+                storm = await run_storm(db.url, db.dsn, contracts=args.contracts,
+                                        lead_s=args.lead)
+                print("\n".join(storm_report(storm)))
+            elif args.command == "sleeping":
+                from bench.sleeping import report as sleeping_report
+                from bench.sleeping import run_sleeping
+
+                sleeping = await run_sleeping(db.url, db.dsn, contracts=args.contracts,
+                                              max_cached=args.max_cached)
+                print("\n".join(sleeping_report(sleeping)))
             elif args.command == "ingest":
                 f = await run_ingest(
                     conn,

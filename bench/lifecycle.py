@@ -138,7 +138,7 @@ async def run_lifecycle(
     periods: int,
     grace_hours: Decimal = Decimal("0.001"),
     timeout_s: float = 3600.0,
-    pre_ping: bool = True,
+    pre_ping: bool = False,
     log: bool = True,
 ) -> LifecycleFigures:
     grace_seconds = int(grace_hours * 3600)
@@ -150,10 +150,10 @@ async def run_lifecycle(
         datetime.combine(first_of_month(today, periods - i - 1), datetime.min.time(), UTC)
         for i in range(periods)
     ]
-    # billow's engine (activities/db.py) pings every connection it checks out
-    # (BEGIN; ";"; ROLLBACK): pre_ping=False measures billow without it.
-    engine = (make_engine(url, pool_size=10) if pre_ping
-              else create_async_engine(async_url(url), pool_size=10, pool_pre_ping=False))
+    # pre_ping=True measures billow as it was with `pool_pre_ping` (a BEGIN;
+    # ";"; ROLLBACK per checkout; activities/db.py says why it is gone).
+    engine = (create_async_engine(async_url(url), pool_size=10, pool_pre_ping=True) if pre_ping
+              else make_engine(url, pool_size=10))
     watcher = await asyncpg.connect(dsn)
     env = await start_dev_server()
     try:

@@ -16,6 +16,10 @@ from activities.db import asyncpg_dsn
 from bench.ingest import run_ingest
 from bench.lifecycle import run_lifecycle
 from bench.rating import run_rating
+from bench.sleeping import report as sleeping_report
+from bench.sleeping import run_sleeping
+from bench.storm import report as storm_report
+from bench.storm import run_storm
 
 
 @pytest.fixture
@@ -77,3 +81,34 @@ async def test_lifecycle_bench_closes_every_period_on_both_sides(
     )
     assert [r["number"] for r in numbers] == [f"INV-{n:06d}" for n in range(1, 5)]
     assert await conn.fetchval("SELECT count(*) FROM bench_skeleton_steps") == 2 * 3
+
+
+async def test_sleeping_bench_puts_every_contract_to_sleep_on_both_sides(
+    conn: asyncpg.Connection, database_url: str
+) -> None:
+    figures = await run_sleeping(database_url, asyncpg_dsn(database_url), contracts=3,
+                                 max_cached=10, log=False)
+    lines = sleeping_report(figures)
+    active = await conn.fetchval("SELECT count(*) FROM contracts WHERE status = 'active'")
+    opened = await conn.fetchval("SELECT count(*) FROM bench_skeleton_steps WHERE step = 0")
+    assert (active, opened) == (3, 3)
+    for side in (figures.skeleton, figures.billow):
+        assert side.create_s > 0 and side.worker_asleep > 0
+        assert side.wft.runs == 3 and side.wft.wft_failures == 0
+    assert lines[-1].startswith("ratios billow/skeleton: worker memory per contract")
+
+
+async def test_storm_bench_closes_every_contract_and_answers_during_it(
+    conn: asyncpg.Connection, database_url: str
+) -> None:
+    figures = await run_storm(database_url, asyncpg_dsn(database_url), contracts=3, lead_s=8,
+                              log=False)
+    lines = storm_report(figures)
+    assert (figures.skeleton.rows, figures.billow.rows) == (3, 3)
+    assert (figures.skeleton.runs, figures.billow.runs) == (3, 3)
+    assert sorted(c.kind for c in figures.calls) == ["amend"] * 3 + ["pay"] * 3
+    assert {c.status for c in figures.calls} == {200}, figures.calls
+    paid = await conn.fetchval(
+        "SELECT count(*) FROM invoices WHERE kind = 'commitment' AND status = 'paid'")
+    assert paid == 3
+    assert lines[-1].startswith("ratio billow/skeleton:")

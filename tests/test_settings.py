@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.testing import WorkflowEnvironment
 
 from activities.payments import ManualGateway, SimulatedCardGateway
-from worker.main import gateway_for
+from worker.main import build_worker, gateway_for
 from worker.settings import Settings
 
 
@@ -42,4 +44,22 @@ def test_the_payment_gateway_is_chosen_by_setting(monkeypatch: pytest.MonkeyPatc
     assert isinstance(gateway_for(Settings()), SimulatedCardGateway)
     monkeypatch.setenv("BILLOW_PAYMENT_GATEWAY", "stripe")
     with pytest.raises(ValidationError, match="payment_gateway"):
+        Settings()
+
+
+async def test_worker_capacity_settings_reach_the_worker(
+    monkeypatch: pytest.MonkeyPatch, temporal_env: WorkflowEnvironment, db: AsyncEngine,
+) -> None:
+    monkeypatch.setenv("BILLOW_WORKER_MAX_CACHED_WORKFLOWS", "50")
+    monkeypatch.setenv("BILLOW_WORKER_MAX_CONCURRENT_WORKFLOW_TASKS", "8")
+    monkeypatch.setenv("BILLOW_WORKER_MAX_CONCURRENT_LOCAL_ACTIVITIES", "12")
+    worker = build_worker(temporal_env.client, db, "tuning",
+                          tuning=Settings().worker_tuning())
+    config = worker.config()
+    assert (config.get("max_cached_workflows"), config.get("max_concurrent_workflow_tasks"),
+            config.get("max_concurrent_local_activities")) == (50, 8, 12)
+    default = build_worker(temporal_env.client, db, "tuning-default").config()
+    assert default.get("max_cached_workflows") == 1000  # the SDK's, when unset
+    monkeypatch.setenv("BILLOW_WORKER_MAX_CACHED_WORKFLOWS", "0")
+    with pytest.raises(ValidationError, match="worker_max_cached_workflows"):
         Settings()

@@ -35,6 +35,7 @@ from worker.schedules import ensure_compaction_schedule
 from worker.settings import Settings
 from worker.telemetry import worker_runtime
 from worker.temporal_client import connect_with_retry
+from worker.tuning import WorkerTuning
 from workflows.contract import ContractWorkflow
 from workflows.usage_compaction import UsageCompactionWorkflow
 
@@ -71,6 +72,7 @@ def build_worker(
     task_queue: str,
     gateway: PaymentGateway | None = None,
     graceful_shutdown: timedelta = timedelta(seconds=30),
+    tuning: WorkerTuning | None = None,
 ) -> Worker:
     return Worker(
         client,
@@ -80,6 +82,7 @@ def build_worker(
         # In-flight activities get this long to finish on shutdown (then they
         # are cancelled; Temporal retries them elsewhere, they are idempotent).
         graceful_shutdown_timeout=graceful_shutdown,
+        **(tuning or WorkerTuning()).worker_kwargs(),
     )
 
 
@@ -162,6 +165,7 @@ async def _serve(settings: Settings, client: Client, engine: AsyncEngine,
         settings.task_queue,
         gateway_for(settings),
         graceful_shutdown=timedelta(seconds=settings.worker_graceful_shutdown_seconds),
+        tuning=settings.worker_tuning(),
     )
     if settings.usage_compaction_minutes:
         every = timedelta(minutes=settings.usage_compaction_minutes)

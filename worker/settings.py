@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from worker.tuning import WorkerTuning
+
 
 class Settings(BaseSettings):
     """Every knob billow reads. ``None`` means "use the embedded service"."""
@@ -86,6 +88,24 @@ class Settings(BaseSettings):
         default=30, ge=0,
         description="Worker: how long in-flight activities may finish after SIGTERM.",
     )
+    # Capacity (worker/tuning.py): unset keeps the Temporal SDK's default.
+    worker_max_cached_workflows: int | None = Field(
+        default=None, ge=1,
+        description="Worker: contracts kept in memory between tasks (SDK default 1000).",
+    )
+    worker_max_concurrent_workflow_tasks: int | None = Field(
+        default=None, ge=2,
+        description="Worker: workflow tasks run at once (SDK default 100).",
+    )
+    worker_max_concurrent_local_activities: int | None = Field(
+        default=None, ge=1,
+        description="Worker: ledger steps run at once (SDK default 100; each holds a "
+                    "database connection while it runs).",
+    )
+    worker_max_concurrent_activities: int | None = Field(
+        default=None, ge=1,
+        description="Worker: payment gateway calls run at once (SDK default 100).",
+    )
     payment_gateway: Literal["manual", "simulated_card"] = Field(
         default="manual",
         description="Worker: how auto-pay charges. 'manual': no stored payment method, "
@@ -115,6 +135,14 @@ class Settings(BaseSettings):
     @property
     def api_url(self) -> str:
         return f"http://{self.api_host}:{self.api_port}"
+
+    def worker_tuning(self) -> WorkerTuning:
+        return WorkerTuning(
+            max_cached_workflows=self.worker_max_cached_workflows,
+            max_concurrent_workflow_tasks=self.worker_max_concurrent_workflow_tasks,
+            max_concurrent_local_activities=self.worker_max_concurrent_local_activities,
+            max_concurrent_activities=self.worker_max_concurrent_activities,
+        )
 
     @property
     def client_api_url(self) -> str:

@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
@@ -41,8 +41,7 @@ with workflow.unsafe.imports_passed_through():
     # Pure code, imported outside the sandbox so zoneinfo works for the
     # calendar functions (see ../shared/notes/temporal.md).
     from models.amendments import Amendment, ExtendTermAmendment, GrantCreditsAmendment
-    from models.bounds import BoundedPositive, Id, InvoiceKey
-    from models.contract import COMMITMENT_GRANT_ID, Contract, ContractTerms, to_instant
+    from models.contract import COMMITMENT_GRANT_ID, to_instant
     from models.errors import BillowValidationError
     from models.invoices import due_on
     from models.operations import (
@@ -69,6 +68,12 @@ with workflow.unsafe.imports_passed_through():
     )
     from models.periods import Period, local_midnight_utc, term_end_date
     from workflows import search_attributes as sa
+
+    # Re-exported: callers import these from here (see contract_io.py for why).
+    from workflows.contract_io import AmendmentResult as AmendmentResult
+    from workflows.contract_io import ContractView as ContractView
+    from workflows.contract_io import ContractWorkflowInput as ContractWorkflowInput
+    from workflows.contract_io import PaymentInput as PaymentInput
     from workflows.contract_state import (
         CHARGE_RETRY_DAYS,
         AmendmentConflict,
@@ -87,7 +92,7 @@ with workflow.unsafe.imports_passed_through():
         initial_state,
         validate_amendment,
     )
-    from workflows.wait_labels import NextClose, period_label, state_next_close, wait_label
+    from workflows.wait_labels import period_label, state_next_close, wait_label
 
 # Continue-as-new after this many closed periods in one run (history bound).
 PERIODS_PER_RUN = 12
@@ -109,49 +114,6 @@ _SHORT = timedelta(seconds=60)
 _REMOTE = frozenset({ActivityName.CHARGE_INVOICE})
 T = TypeVar("T")
 _LONG = timedelta(minutes=15)
-
-
-class ContractWorkflowInput(BaseModel):
-    contract: Contract
-    terms: ContractTerms
-    catalog_version: int | None = None
-    terms_digest: str
-    state: ContractState | None = None  # set when continuing as new
-
-
-class PaymentInput(BaseModel):
-    invoice: InvoiceKey  # invoice key, e.g. usage:2027-01-01
-    amount: BoundedPositive
-    payment_id: Id | None = None  # idempotency key; defaults to the update id
-
-
-class AmendmentResult(BaseModel):
-    amendment_id: str
-    status: str  # applied | scheduled | duplicate
-    effective: datetime | None = None
-
-
-class ContractView(BaseModel):
-    """The query result: live state, read without touching the database."""
-
-    contract_id: str
-    customer_id: str
-    plan: str
-    status: ContractStatus
-    terms: ContractTerms
-    credit_balance: Decimal
-    next_boundary: datetime | None
-    attention: str | None
-    has_overdue_invoice: bool
-    invoices: list[IssuedInvoice]
-    applied_amendment_ids: list[str]
-    pending_amendments: list[str] = Field(default_factory=list)
-    dropped_amendments: list[DroppedAmendment] = Field(default_factory=list)
-    unapplied_payments: list[UnappliedPayment] = Field(default_factory=list)
-    # When the next period closes (a catch-up of past periods says so) and the
-    # label of the wait the workflow is in now (its timer's summary).
-    next_close: NextClose | None = None
-    waiting_for: str | None = None
 
 
 def _rejected(exc: BillowValidationError) -> ApplicationError:

@@ -312,6 +312,10 @@ class Stack:
         fault.back_after_s = round(time.monotonic() - began, 2)
         return fault
 
+    def kill_for_good(self, target: str) -> None:
+        """kill -9 a worker or the API and leave it down (a lost machine)."""
+        self._procs[target].kill9()
+
     async def supervise(self) -> None:
         """Restart any process that died on its own (recorded as unplanned)."""
         while not self._stopping:

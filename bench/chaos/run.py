@@ -18,13 +18,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from temporalio.client import Client
+
 from activities.db import make_engine
 from bench.chaos.checks import CheckResult, run_checks
 from bench.chaos.client import Tally
 from bench.chaos.compare import Difference, compare, snapshot
 from bench.chaos.driver import Driver, RunRecord
 from bench.chaos.faults import counts, inject
-from bench.chaos.processes import Fault, Postgres, Stack, UnplannedExit
+from bench.chaos.processes import NAMESPACE, Fault, Postgres, Stack, UnplannedExit
+from bench.chaos.tasks import NONDETERMINISM, workflow_task_trouble
 from bench.chaos.workload import Workload, build_workload, grace_hours_for
 
 MIN_WINDOW_S = 15.0
@@ -50,6 +53,7 @@ class RunResult:
     faults: list[Fault]
     unplanned: list[UnplannedExit]
     checks: list[CheckResult] = field(default_factory=list)
+    tasks: dict[str, int] = field(default_factory=dict)  # workflow-task trouble (tasks.py)
 
 
 @dataclass
@@ -140,6 +144,7 @@ async def _run(cfg: ChaosConfig, workload: Workload, pg: Postgres, name: str, fa
     supervisor = asyncio.create_task(stack.supervise())
     injector = (asyncio.create_task(inject(stack, driver, faults, window_s, cfg.seed))
                 if faults else None)
+    tasks: dict[str, int] = {}
     try:
         record = await driver.run(injector)
     finally:
@@ -147,11 +152,15 @@ async def _run(cfg: ChaosConfig, workload: Workload, pg: Postgres, name: str, fa
             injector.cancel()
         supervisor.cancel()
         await asyncio.gather(supervisor, return_exceptions=True)
-        await stack.stop()
+        try:
+            tasks = await workflow_task_trouble(await Client.connect(
+                f"127.0.0.1:{stack.temporal_port}", namespace=NAMESPACE))
+        finally:
+            await stack.stop()
     quiet = f"{record.quiet_s:.1f} s" if record.quiet_s is not None else "NOT reached"
     say(f"{name}: workload sent in {record.workload_done_s} s, quiescent after {quiet}, "
         f"{len(stack.faults)} faults {counts(stack.faults)}")
-    return RunResult(record, driver.client.tally, stack.faults, stack.unplanned)
+    return RunResult(record, driver.client.tally, stack.faults, stack.unplanned, tasks=tasks)
 
 
 def _failures(r: Report) -> list[str]:
@@ -168,6 +177,9 @@ def _failures(r: Report) -> list[str]:
             out += [f"{name}: {c.name}: {f}" for f in c.failures[:10]]
         out += [f"{name}: workload stuck: {s}" for s in run.record.stuck[:10]]
         out += [f"{name}: harness: {h}" for h in run.record.harness]
+        if run.tasks.get(NONDETERMINISM):
+            out.append(f"{name}: {run.tasks[NONDETERMINISM]} workflow tasks failed on "
+                       "nondeterminism (a contract that cannot replay)")
     for d in r.differences[:20]:
         out.append(f"differs from control: {d.contract_id} {d.what}: {d.detail}")
     if len(r.differences) > 20:
@@ -187,6 +199,8 @@ def summary(r: Report) -> str:
             f"(refused {t.refused}, resets {t.resets}, timeouts {t.timeouts}, "
             f"503/504 retried {t.retried_5xx}), violations {len(t.violations)}")
         lines.append("  statuses: " + ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items())))
+        lines.append("  workflow tasks: " + (", ".join(
+            f"{k} {v}" for k, v in sorted(run.tasks.items())) or "no timeouts, no failures"))
         lines.append("  checks: " + ", ".join(
             f"{c.name} {'ok' if c.ok else 'FAILED'}" for c in run.checks))
     lines.append(f"differences from the control: {len(r.differences)}")
@@ -212,6 +226,7 @@ def _jsonable(r: Report) -> dict[str, Any]:
             "retried_5xx": x.tally.retried_5xx,
             "violations": [asdict(v) for v in x.tally.violations],
             "checks": {c.name: c.failures for c in x.checks},
+            "workflow_tasks": x.tasks,
         }
     return {"ok": r.ok, "config": r.config, "started": r.started, "machine": r.machine,
             "kinds": r.kinds, "events": r.events, "control": run(r.control),
