@@ -16,8 +16,9 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from api import catalog, contracts, events, exports, invoices, usage, webhooks
+from api import catalog, contracts, events, exports, invoices, ledger_views, usage, webhooks
 from api.deps import AppDeps
+from api.docs_pages import install_docs
 from api.idempotency import IdempotencyMiddleware
 from api.metrics_view import install_metrics_route
 from api.problems import PROBLEM_JSON, add_problem_schemas, install_problem_handlers
@@ -98,8 +99,11 @@ def create_app(deps: AppDeps) -> FastAPI:
         openapi_tags=TAGS,
         lifespan=lifespan,
         generate_unique_id_function=lambda route: route.name,
+        docs_url=None,  # served from bundled assets instead of a CDN (api/docs_pages.py)
+        redoc_url=None,
     )
     app.state.deps = deps
+    install_docs(app)
     install_problem_handlers(app)
     # Added last = outermost. Request metrics count every request; the API key
     # is checked from the headers before any of the body is read (an
@@ -111,7 +115,7 @@ def create_app(deps: AppDeps) -> FastAPI:
     app.add_middleware(HttpMetricsMiddleware)
     install_metrics_route(app, deps)
 
-    for module in (contracts, usage, invoices, catalog, webhooks):
+    for module in (contracts, ledger_views, usage, invoices, catalog, webhooks):
         app.include_router(module.router)
     app.include_router(events.events_router)
     app.include_router(events.endpoints_router)
@@ -162,7 +166,10 @@ def create_app(deps: AppDeps) -> FastAPI:
 
 def _problem_422s(schema: dict[str, Any]) -> None:
     """FastAPI documents its 422 as ``HTTPValidationError``; billow answers problem+json."""
-    problem = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    from api.problem_examples import DEFAULT
+
+    problem = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"},
+                              "example": DEFAULT[422]}}
     for path in schema.get("paths", {}).values():
         for operation in path.values():
             responses = operation.get("responses", {})

@@ -27,17 +27,21 @@ _ops = [Depends(require_scope(Scope.OPS))]
     status_code=201,
     dependencies=_ops,
     responses={200: {"description": "An identical document was already applied",
-                     "model": CatalogApplied},
+                     "model": CatalogApplied,
+                     "content": {"application/json": {"example": {
+                         "version": 2, "created": False, "meters": ["tokens", "requests"],
+                         "plans": ["pro"]}}}},
                **problem_responses(401, 403, 413, 422)},
 )
 async def put_catalog(
     catalog: Annotated[Catalog, Body(openapi_examples={
-        "acme": {"summary": "The Pro plan of the SPEC.md example", "value": CATALOG_EXAMPLE}})],
+        "acme": {"summary": "The Pro plan of the worked example (docs/file-formats.md)",
+                 "value": CATALOG_EXAMPLE}})],
     response: Response,
     deps: Deps,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> CatalogApplied:
-    """Validate and store a catalog (meters, rate cards, plans; SPEC.md section 8).
+    """Validate and store a catalog (meters, rate cards, plans; docs/file-formats.md).
 
     A new document becomes a new version (**201**); re-applying an identical document
     returns its existing version (**200**, `created: false`). Versions never change:

@@ -8,12 +8,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
-from temporalio.client import WorkflowExecutionStatus, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.api_keys import Scope
 from activities.ledger import compute_usage_invoice
+from activities.ledger_history import line_descriptions
+from activities.ledger_reports import unbilled_usage
 from api.deps import AppDeps, get_deps
 from api.documents import (
     DOCUMENT_RESPONSES,
@@ -24,11 +26,13 @@ from api.documents import (
     negotiate,
 )
 from api.idempotency import IdempotencyKeyHeader
+from api.problem_examples import AMENDMENT_CONFLICT, CONTRACT_CONFLICT
 from api.problems import ProblemError, from_billow_error, not_found, problem_responses
 from api.queries import contract_row, contract_state_from_db, list_contracts, summary_from_issued
 from api.schemas import (
     AMENDMENT_EXAMPLES,
     CONTRACT_EXAMPLE,
+    CONTRACT_EXISTS_EXAMPLE,
     AmendmentAccepted,
     ContractCreated,
     ContractList,
@@ -57,7 +61,8 @@ from worker.contract_service import (
     workflow_id,
 )
 from workflows.contract import AmendmentResult, ContractView
-from workflows.contract_state import amend_update_id
+from workflows.contract_state import amend_update_id, initial_state
+from workflows.wait_labels import NextClose, state_next_close
 
 log = logging.getLogger("billow.api")
 
@@ -129,7 +134,42 @@ async def create_contract(
         contract_id=contract.id, workflow_id=wf, run_id=started.run_id, created=started.created,
         catalog_version=started.catalog_version, temporal_ui_url=deps.workflow_url(wf),
         contract=contract,
+        next_close=await _next_close(deps, client, contract, started.created),
     ), started.created
+
+
+async def _next_close(
+    deps: AppDeps, client: Client, contract: Contract, created: bool
+) -> NextClose | None:
+    """When the new contract's first period closes, as its workflow schedules it.
+
+    A fresh workflow may not have finished its first task (a query could not be
+    answered yet), so its schedule is computed here the way the workflow
+    computes it: the resolved terms' periods and the instant its start event
+    records. An existing contract is asked (amendments may have moved it).
+    Informational: any failure leaves it out rather than failing the create.
+    """
+    handle = client.get_workflow_handle(workflow_id(contract.id))
+    timeout = timedelta(seconds=min(deps.workflow_timeout_seconds, 5))
+    try:
+        if not created:
+            if await workflow_status(handle) != WorkflowExecutionStatus.RUNNING:
+                return None
+            view: ContractView = await handle.query("state", result_type=ContractView,
+                                                    rpc_timeout=timeout)
+            return view.next_close
+        async with deps.engine.connect() as conn:
+            row = await contract_row(conn, contract.id)
+        if row is None:
+            return None
+        described = await handle.describe(rpc_timeout=timeout)
+        state = initial_state(contract, ContractTerms.model_validate(row.terms),
+                              row.catalog_version, "")
+        state.created_at = described.start_time
+        return state_next_close(state)
+    except Exception as exc:  # informational only: the contract exists either way
+        log.warning("next close of %s unknown (%s)", contract.id, exc)
+        return None
 
 
 @router.post(
@@ -139,12 +179,14 @@ async def create_contract(
     response_model=ContractCreated,
     dependencies=_crm,
     responses={200: {"description": "The same contract already exists: nothing changed",
-                     "model": ContractCreated},
-               **problem_responses(401, 403, 409, 413, 422, 503)},
+                     "model": ContractCreated,
+                     "content": {"application/json": {"example": CONTRACT_EXISTS_EXAMPLE}}},
+               **problem_responses(401, 403, 409, 413, 422, 503,
+                                   examples={409: CONTRACT_CONFLICT})},
 )
 async def post_contract(
     contract: Annotated[Contract, Body(openapi_examples={
-        "acme": {"summary": "Acme on the Pro plan (SPEC.md example)",
+        "acme": {"summary": "Acme on the Pro plan (the worked example)",
                  "value": CONTRACT_EXAMPLE}})],
     response: Response,
     deps: Deps,
@@ -234,9 +276,12 @@ async def get_contract(contract_id: str, deps: Deps) -> ContractState:
                 )
     except Exception as exc:  # a read: any failure of the live path falls back to the ledger
         log.warning("state query of %s failed (%s); reading the database", wf, exc)
-    if view is None:
-        async with deps.engine.connect() as conn:
+    async with deps.engine.connect() as conn:
+        if view is None:
             return await contract_state_from_db(conn, row, wf, deps.workflow_url(wf))
+        # An ended contract's workflow keeps running while it collects: usage that
+        # arrived after its final invoice is in the ledger only (never in the state).
+        unbilled = await unbilled_usage(conn, contract_id)
     return ContractState(
         contract_id=view.contract_id, customer_id=view.customer_id, plan=view.plan,
         status=view.status, source="workflow", workflow_id=wf,
@@ -251,6 +296,8 @@ async def get_contract(contract_id: str, deps: Deps) -> ContractState:
         unapplied_payments=list(view.unapplied_payments),
         commitment=view.commitment,
         commitment_text=commitment_text(view.commitment, view.terms, view.next_boundary),
+        next_close=view.next_close, waiting_for=view.waiting_for,
+        unbilled_usage_events=unbilled.events,
     )
 
 
@@ -271,7 +318,8 @@ def commitment_text(
     summary="Amend a running contract",
     response_model=AmendmentAccepted,
     dependencies=_crm,
-    responses=problem_responses(401, 403, 404, 409, 413, 422, 503, 504),
+    responses=problem_responses(401, 403, 404, 409, 413, 422, 503, 504,
+                                examples={409: AMENDMENT_CONFLICT}),
 )
 async def post_amendment(
     contract_id: str,
@@ -279,7 +327,8 @@ async def post_amendment(
     deps: Deps,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> AmendmentAccepted:
-    """Send an amendment (SPEC.md section 7) to the contract's workflow as the `amend`
+    """Send an amendment (docs/billing-rules.md, "Amendments") to the contract's workflow
+    as the `amend`
     update. The workflow validates it first: an invalid amendment is a **422** whose
     `errors` carry the workflow's reason, and nothing changes. The amendment `id` is an
     idempotency key: resending it changes nothing and returns the first answer.
@@ -416,8 +465,11 @@ async def _draft(contract_id: str, deps: AppDeps) -> DraftInvoice:
     async with deps.engine.connect() as conn:
         computed = await compute_usage_invoice(conn, t, periods[index], periods[:index], None,
                                                is_final=index == len(periods) - 1)
-    if computed.document is None:
-        raise ProblemError(409, "needs-attention", "The draft cannot be priced",
-                           computed.attention or "", [("", computed.attention or "")])
-    return DraftInvoice.model_validate(
-        {**dict(computed.document), "commitment": computed.commitment})
+        if computed.document is None:
+            raise ProblemError(409, "needs-attention", "The draft cannot be priced",
+                               computed.attention or "", [("", computed.attention or "")])
+        doc = computed.document
+        lines = [ln.model_dump(mode="json") for ln in doc.lines]
+        descriptions = await line_descriptions(conn, contract_id, doc.key, lines)
+    return DraftInvoice.model_validate({**doc.model_dump(), "descriptions": descriptions,
+                                        "commitment": computed.commitment})

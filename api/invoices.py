@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 from temporalio.client import WorkflowExecutionStatus, WorkflowUpdateFailedError
@@ -17,6 +17,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.api_keys import Scope
 from activities.ledger import record_payment_in
+from activities.ledger_history import line_descriptions
 from activities.ledger_reports import invoice_detail_json
 from activities.ledger_store import lock_contract
 from api.contracts import update_problem
@@ -30,6 +31,7 @@ from api.documents import (
     negotiate,
 )
 from api.idempotency import IdempotencyKeyHeader
+from api.problem_examples import INVOICE_SETTLED, NO_INVOICE
 from api.problems import (
     ProblemError,
     not_found,
@@ -37,8 +39,8 @@ from api.problems import (
     problem_responses,
     validation_problem,
 )
-from api.queries import invoice_by_number, invoice_summaries
-from api.schemas import InvoiceDetail, InvoiceList, PaymentIn, PaymentOut
+from api.queries import contract_row, invoice_by_number, invoice_summaries
+from api.schemas import PAYMENT_EXAMPLES, InvoiceDetail, InvoiceList, PaymentIn, PaymentOut
 from api.security import require_scope
 from api.workflow_calls import outcome_unknown, temporal_client, temporal_errors, workflow_status
 from models.invoices import InvoiceStatus
@@ -59,7 +61,7 @@ _ops = [Depends(require_scope(Scope.OPS))]
     summary="List invoices",
     response_model=InvoiceList,
     dependencies=_read,
-    responses=problem_responses(401, 403, 422),
+    responses=problem_responses(401, 403, 404, 422),
 )
 async def list_invoices(
     deps: Deps,
@@ -70,8 +72,11 @@ async def list_invoices(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> InvoiceList:
     """Invoices in number order (held `needs_attention` invoices, which have no number
-    yet, last). Scope: `crm` or `ops`."""
+    yet, last). A `contract` that does not exist is a **404** (not an empty list).
+    Scope: `crm` or `ops`."""
     async with deps.engine.connect() as conn:
+        if contract is not None and await contract_row(conn, contract) is None:
+            raise not_found("Contract", f"no contract {contract!r}", "query.contract")
         items = await invoice_summaries(conn, contract_id=contract,
                                         status=status.value if status else None,
                                         limit=limit + 1, offset=offset)
@@ -84,10 +89,11 @@ async def invoice_detail(deps: AppDeps, number: str) -> InvoiceDetail:
     async with deps.engine.connect() as conn:
         row = await invoice_by_number(conn, number)
         doc = None if row is None else await invoice_detail_json(conn, row.contract_id, row.key)
-    if doc is None:
-        raise not_found("Invoice", f"no invoice {number!r}", "path.number")
+        if row is None or doc is None:
+            raise not_found("Invoice", f"no invoice {number!r}", "path.number")
+        descriptions = await line_descriptions(conn, row.contract_id, row.key, doc["lines"])
     # The same builder writes the `data` of invoice events: one shape everywhere.
-    return InvoiceDetail.model_validate(doc)
+    return InvoiceDetail.model_validate({**doc, "descriptions": descriptions})
 
 
 async def _document(deps: AppDeps, number: str, fmt: DocFormat) -> Response:
@@ -102,11 +108,13 @@ async def _document(deps: AppDeps, number: str, fmt: DocFormat) -> Response:
     summary="An invoice (JSON), or its document (HTML or PDF)",
     response_model=InvoiceDetail,
     dependencies=_read,
-    responses={**DOCUMENT_RESPONSES, **problem_responses(401, 403, 404)},
+    responses={**DOCUMENT_RESPONSES,
+               **problem_responses(401, 403, 404, examples={404: NO_INVOICE})},
 )
 async def get_invoice(number: str, deps: Deps, request: Request) -> Any:
     """The finalized invoice `number` (e.g. `INV-000002`) with its lines, in the shape of
-    SPEC.md section 9, plus the amount paid and outstanding.
+    `billow simulate` (docs/file-formats.md), plus the amount paid and outstanding,
+    and a description of each line.
 
     With `Accept: text/html` or `Accept: application/pdf` the answer is the invoice's
     document instead (seller, customer, lines grouped by meter, credits, totals, amount
@@ -137,10 +145,12 @@ async def get_invoice_document(number: str, fmt: DocumentFormat, deps: Deps) -> 
     summary="Record a payment",
     response_model=PaymentOut,
     dependencies=_ops,
-    responses=problem_responses(401, 403, 404, 409, 413, 422, 503, 504),
+    responses=problem_responses(401, 403, 404, 409, 413, 422, 503, 504,
+                                examples={404: NO_INVOICE, 409: INVOICE_SETTLED}),
 )
 async def pay_invoice(
-    number: str, payment: PaymentIn, deps: Deps, idempotency_key: IdempotencyKeyHeader = None,
+    number: str, payment: Annotated[PaymentIn, Body(openapi_examples=PAYMENT_EXAMPLES)],
+    deps: Deps, idempotency_key: IdempotencyKeyHeader = None,
 ) -> PaymentOut:
     """Record a payment received for invoice `number`.
 
@@ -204,9 +214,9 @@ async def pay_invoice(
                 raise
             result = None  # the workflow closed meanwhile: record in the ledger
     if result is not None:
-        return _out(number, row.contract_id, result, "workflow")
+        return _out(number, row.contract_id, row.currency, result, "workflow")
     ledger_result = await _record_in_ledger(deps, row, payment)
-    return _out(number, row.contract_id, ledger_result, "ledger")
+    return _out(number, row.contract_id, row.currency, ledger_result, "ledger")
 
 
 _UNKNOWN_INVOICE = "unknown invoice"
@@ -270,9 +280,11 @@ async def _record_in_ledger(deps: AppDeps, row: Any, payment: PaymentIn) -> Paym
                                [("amount", str(exc))]) from exc
 
 
-def _out(number: str, contract_id: str, result: PaymentResult, via: str) -> PaymentOut:
+def _out(number: str, contract_id: str, currency: str, result: PaymentResult,
+         via: str) -> PaymentOut:
     return PaymentOut.model_validate({
         "invoice_number": number, "invoice_key": result.invoice_key, "contract_id": contract_id,
+        "currency": currency,
         "status": result.status, "amount_paid": Decimal(result.amount_paid),
         "paid_on": result.paid_on, "applied": result.applied, "recorded_via": via,
     })

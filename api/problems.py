@@ -303,22 +303,33 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected)
 
 
-def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` entries documenting problem+json errors."""
+def problem_responses(
+    *statuses: int, examples: dict[int, dict[str, Any]] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries documenting problem+json errors, each with an
+    example of its own status (``examples`` overrides the defaults per status)."""
+    from api.problem_examples import DEFAULT, RETRY_AFTER_HEADER
+
     descriptions = {
         400: "Bad request", 401: "Missing or invalid API key",
         403: "The API key lacks the required scope", 404: "Not found",
         409: "Conflict with the current state", 413: "Body or batch too large",
-        422: "Invalid input; `errors` names each field", 503: "Temporal is unavailable",
-        504: "The contract workflow did not answer in time",
+        422: "Invalid input; `errors` names each field",
+        503: "Unavailable (Temporal or the database): retry after `Retry-After`",
+        504: "The contract workflow did not answer in time; the change may still apply",
     }
-    return {
-        s: {
+    chosen = {**DEFAULT, **(examples or {})}
+    out: dict[int | str, dict[str, Any]] = {}
+    for s in statuses:
+        entry: dict[str, Any] = {
             "description": descriptions.get(s, HTTPStatus(s).phrase),
-            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"},
+                                       **({"example": chosen[s]} if s in chosen else {})}},
         }
-        for s in statuses
-    }
+        if s in (503, 504):
+            entry["headers"] = RETRY_AFTER_HEADER
+        out[s] = entry
+    return out
 
 
 def add_problem_schemas(schema: dict[str, Any]) -> None:

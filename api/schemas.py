@@ -22,8 +22,15 @@ from models.minimum_commitment import CommitmentProgress
 from models.money import DecimalStr
 from models.operations import ContractStatus
 from workflows.contract_state import DroppedAmendment, UnappliedPayment
+from workflows.wait_labels import NextClose
 
 _IN = ConfigDict(extra="forbid")
+
+NEXT_CLOSE_DESCRIPTION = (
+    "When the next billing period closes (is rated and invoiced): its boundary plus the "
+    "usage grace window. A contract created after some of its boundaries had passed closes "
+    "those past periods together one grace window after it was created (`catch_up: true`, "
+    "`periods` of them). None when no period is left to close.")
 
 # --- examples (shared with the route docs) -------------------------------------
 
@@ -90,6 +97,38 @@ AMENDMENT_EXAMPLES: dict[str, dict[str, Any]] = {
     },
 }
 
+USAGE_EXAMPLES: dict[str, dict[str, Any]] = {
+    "tokens_and_requests": {
+        "summary": "Two events of two meters",
+        "value": {"events": [
+            {"id": "evt-0001", "customer": "acme", "meter": "tokens",
+             "timestamp": "2027-01-20T08:00:00Z", "quantity": "2000",
+             "dimensions": {"model": "gpt-3.5"}},
+            {"id": "evt-0002", "customer": "acme", "meter": "requests",
+             "timestamp": "2027-01-20T08:00:01Z", "dimensions": {"region": "eu"}},
+        ]},
+    },
+    "resend": {
+        "summary": "A resend: the same id and content is reported `duplicate`, stored once",
+        "value": {"events": [
+            {"id": "evt-0001", "customer": "acme", "meter": "tokens",
+             "timestamp": "2027-01-20T08:00:00Z", "quantity": "2000",
+             "dimensions": {"model": "gpt-3.5"}},
+        ]},
+    },
+}
+
+PAYMENT_EXAMPLES: dict[str, dict[str, Any]] = {
+    "wire": {
+        "summary": "A bank transfer, keyed by its reference",
+        "value": {"amount": "1500.00", "payment_id": "wire-2027-05-20-acme"},
+    },
+    "partial": {
+        "summary": "Part of what is owed",
+        "value": {"amount": "500.00", "payment_id": "wire-2027-05-02-acme-1"},
+    },
+}
+
 INVOICE_SUMMARY_EXAMPLE: dict[str, Any] = {
     "number": "INV-000002", "key": "usage:2027-01-01", "contract_id": "acme-2027",
     "kind": "usage", "status": "open", "currency": "USD",
@@ -99,6 +138,14 @@ INVOICE_SUMMARY_EXAMPLE: dict[str, Any] = {
     "amount_paid": "0.00", "outstanding": "1500.00", "paid_on": None,
 }
 
+
+NEXT_CLOSE_EXAMPLE: dict[str, Any] = {
+    "at": "2027-04-01T01:00:00Z", "boundary": "2027-04-01T00:00:00Z",
+    "boundary_date": "2027-04-01", "period": "2027-Q1", "periods": 1, "catch_up": False,
+    "grace_seconds": 3600,
+    "label": "close 2027-Q1 at 2027-04-01 01:00 UTC: the 2027-04-01 boundary + the 1 h "
+             "usage grace window",
+}
 
 WEBHOOK_EXAMPLE: dict[str, Any] = {
     "event": "deal.closed_won", "id": "dlv_01J9Z6", "occurred_at": "2026-12-15T10:00:00Z",
@@ -110,14 +157,20 @@ WEBHOOK_EXAMPLE: dict[str, Any] = {
 # --- contracts -------------------------------------------------------------------
 
 
+CONTRACT_CREATED_EXAMPLE: dict[str, Any] = {
+    "contract_id": "acme-2027", "workflow_id": "contract:acme-2027",
+    "run_id": "0199a6b5-7c1e-7f39-9d55-3f1f8c1b2a10", "created": True,
+    "catalog_version": 1,
+    "temporal_ui_url": "http://localhost:8233/namespaces/default/workflows/contract:acme-2027",
+    "contract": CONTRACT_EXAMPLE,
+    "next_close": NEXT_CLOSE_EXAMPLE,
+}
+# The 200 answer: the same contract existed, nothing changed.
+CONTRACT_EXISTS_EXAMPLE: dict[str, Any] = {**CONTRACT_CREATED_EXAMPLE, "created": False}
+
+
 class ContractCreated(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"example": {
-        "contract_id": "acme-2027", "workflow_id": "contract:acme-2027",
-        "run_id": "0199a6b5-7c1e-7f39-9d55-3f1f8c1b2a10", "created": True,
-        "catalog_version": 1,
-        "temporal_ui_url": "http://localhost:8233/namespaces/default/workflows/contract:acme-2027",
-        "contract": CONTRACT_EXAMPLE,
-    }})
+    model_config = ConfigDict(json_schema_extra={"example": CONTRACT_CREATED_EXAMPLE})
     contract_id: str
     workflow_id: str
     run_id: str | None = Field(description="None when the contract's workflow already closed.")
@@ -125,6 +178,7 @@ class ContractCreated(BaseModel):
     catalog_version: int = Field(description="The catalog version the contract is billed by.")
     temporal_ui_url: str
     contract: Contract
+    next_close: NextClose | None = Field(default=None, description=NEXT_CLOSE_DESCRIPTION)
 
 
 class InvoiceSummary(BaseModel):
@@ -159,7 +213,8 @@ class ContractState(BaseModel):
         "next_boundary": "2027-07-01T00:00:00Z", "attention": None,
         "has_overdue_invoice": False, "terms": {"...": "the resolved contract terms"},
         "invoices": [INVOICE_SUMMARY_EXAMPLE], "amendments": ["crm-amend-0042"],
-        "pending_amendments": [],
+        "pending_amendments": [], "next_close": NEXT_CLOSE_EXAMPLE,
+        "waiting_for": "sleep until 2027-04-01 boundary + 1 h usage grace, then close 2027-Q1",
     }})
     contract_id: str
     customer_id: str
@@ -182,15 +237,21 @@ class ContractState(BaseModel):
     dropped_amendments: list[DroppedAmendment] = Field(
         default_factory=list,
         description="Scheduled amendments that no longer applied when they fell due, with "
-                    "the reason (SPEC.md section 7).")
+                    "the reason (docs/billing-rules.md, \"Amendments\").")
     unapplied_payments: list[UnappliedPayment] = Field(
         default_factory=list,
         description="Money a gateway took after its invoice was paid another way: kept "
                     "for ops to refund or apply.")
+    next_close: NextClose | None = Field(default=None, description=NEXT_CLOSE_DESCRIPTION)
+    waiting_for: str | None = Field(
+        default=None,
+        description="What the running workflow waits for now (its timer's label in the "
+                    "Temporal UI); None while it works or once it has closed.")
     unbilled_usage_events: int = Field(
         default=0,
         description="Events inside an ended term that arrived after its final invoice: "
-                    "recorded, never billed (SPEC.md section 3).")
+                    "recorded, never billed (docs/billing-rules.md, \"Rating\"). Counted "
+                    "while the workflow still collects too.")
     commitment: CommitmentProgress | None = Field(
         default=None,
         description="Spend against the minimum commitment as of the last usage invoice "
@@ -202,9 +263,11 @@ class ContractState(BaseModel):
 
 
 class DraftInvoice(InvoiceDocument):
-    """The open period's invoice as it would be finalized now (SPEC.md section 12:
-    minimum, maximum and true-up lines included)."""
+    """The open period's invoice as it would be finalized now, not stored (minimum,
+    maximum and true-up lines included)."""
 
+    descriptions: list[str] = Field(
+        default_factory=list, description="Each line in words, in order (as on invoices).")
     commitment: CommitmentProgress | None = Field(
         default=None,
         description="Spend to date against the minimum commitment in force for the "
@@ -265,7 +328,7 @@ class UsageBatch(BaseModel):
     ]}})
     events: list[Any] = Field(
         description="Up to 10,000 usage events `{id, customer, meter, timestamp, quantity?, "
-                    "dimensions?}` (SPEC.md section 8). Each is validated on its own: a bad "
+                    "dimensions?}` (docs/file-formats.md). Each is validated on its own: a bad "
                     "event is reported `rejected` with its reason and the rest are stored.",
         json_schema_extra={"maxItems": 10_000, "items": {"type": "object"}},
     )
@@ -308,7 +371,8 @@ class InvoicePeriodOut(BaseModel):
 
 
 class InvoiceDetail(BaseModel):
-    """The invoice document (SPEC.md section 9) plus where it stands."""
+    """The invoice document (as `billow simulate` prints it, docs/file-formats.md) plus
+    where it stands."""
 
     model_config = ConfigDict(json_schema_extra={"example": {
         "number": "INV-000002", "key": "usage:2027-01-01", "contract_id": "acme-2027",
@@ -337,6 +401,10 @@ class InvoiceDetail(BaseModel):
     amount_paid: DecimalStr
     outstanding: DecimalStr
     paid_on: date | None
+    descriptions: list[str] = Field(
+        default_factory=list,
+        description="Each line in words, in order: the meter's or fee's name beside its key, "
+                    "what a commitment or top-up sold.")
 
 
 class PaymentIn(BaseModel):
@@ -352,11 +420,13 @@ class PaymentIn(BaseModel):
 class PaymentOut(BaseModel):
     model_config = ConfigDict(json_schema_extra={"example": {
         "invoice_number": "INV-000002", "invoice_key": "usage:2027-01-01",
-        "contract_id": "acme-2027", "status": "paid", "amount_paid": "1500.00",
+        "contract_id": "acme-2027", "currency": "USD", "status": "paid",
+        "amount_paid": "1500.00",
         "paid_on": "2027-05-20", "applied": True, "recorded_via": "workflow"}})
     invoice_number: str
     invoice_key: str
     contract_id: str
+    currency: str | None = None
     status: str
     amount_paid: DecimalStr
     paid_on: date | None
@@ -389,7 +459,7 @@ class CatalogVersionOut(BaseModel):
 
 
 class CrmDeal(Contract):
-    """A closed-won deal: the contract fields of SPEC.md section 8, keyed by the deal.
+    """A closed-won deal: the contract fields (docs/file-formats.md), keyed by the deal.
 
     ``id`` is the CRM's deal id; the contract id is ``contract_id`` when given,
     else the deal id.

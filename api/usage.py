@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Body, Depends, Response
 
 from activities.api_keys import Scope
 from activities.usage_ingest import MAX_BATCH, BatchTooLarge, ingest_usage
 from api.deps import AppDeps, get_deps
 from api.idempotency import IdempotencyKeyHeader
+from api.problem_examples import USAGE_TOO_LARGE
 from api.problems import ProblemError, problem_responses
-from api.schemas import UsageBatch, UsageReport
+from api.schemas import USAGE_EXAMPLES, UsageBatch, UsageReport
 from api.security import require_scope
 
 router = APIRouter(prefix="/v1", tags=["usage"])
@@ -31,10 +32,11 @@ def _too_large(size: int) -> ProblemError:
     summary="Send a batch of usage events",
     response_model=UsageReport,
     dependencies=[Depends(require_scope(Scope.USAGE))],
-    responses=problem_responses(401, 403, 413, 422),
+    responses=problem_responses(401, 403, 413, 422, examples={413: USAGE_TOO_LARGE}),
 )
 async def post_usage(
-    batch: UsageBatch, deps: Deps, idempotency_key: IdempotencyKeyHeader = None
+    batch: Annotated[UsageBatch, Body(openapi_examples=USAGE_EXAMPLES)], deps: Deps,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Store up to 10,000 events (body up to 5 MB) in one transaction and report each:
 

@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.contracts import create_contract
 from api.deps import AppDeps, get_deps
+from api.problem_examples import WEBHOOK_REPLAYED, WEBHOOK_SIGNATURE
 from api.problems import ProblemError, problem_responses, request_problems, validation_problem
 from api.schemas import WEBHOOK_EXAMPLE, CrmWebhookPayload, WebhookAccepted
 
@@ -122,8 +123,14 @@ _BODY_DOC: dict[str, Any] = {
     status_code=201,
     openapi_extra=_BODY_DOC,
     responses={200: {"description": "Contract already existed, or event ignored",
-                     "model": WebhookAccepted},
-               **problem_responses(401, 409, 413, 422, 503)},
+                     "model": WebhookAccepted,
+                     "content": {"application/json": {"example": {
+                         "status": "exists", "event": "deal.closed_won",
+                         "contract_id": "acme-2027", "workflow_id": "contract:acme-2027",
+                         "temporal_ui_url": "http://localhost:8233/namespaces/default/"
+                                            "workflows/contract:acme-2027"}}}},
+               **problem_responses(401, 409, 413, 422, 503, examples={
+                   401: WEBHOOK_SIGNATURE, 409: WEBHOOK_REPLAYED})},
 )
 async def crm_webhook(
     request: Request,
@@ -140,7 +147,7 @@ async def crm_webhook(
     `POST /v1/contracts` (idempotent on the contract id: **201** created, **200** it
     already existed with the same terms, **409** different terms).
 
-    The deal carries the contract fields of SPEC.md section 8 (`customer`, `plan`,
+    The deal carries the contract fields of docs/file-formats.md (`customer`, `plan`,
     `starts_on`, `term_months`, `billing_cycle`, `commitment`, ...); `deal.id` is the
     CRM's deal id and becomes the contract id unless `deal.contract_id` is given.
     Events other than `deal.closed_won` are acknowledged (200, `status: ignored`).

@@ -9,8 +9,9 @@ Invariants:
 - Display only. Amounts arrive already rounded where SPEC.md says; these
   functions never feed a number back into billing math.
 - `money_code` always shows the ISO code ("45,000.00 USD"): unambiguous in
-  tables that mix currencies. `money` uses the locale's symbol ("$45,000.00"),
-  for documents addressed to one customer.
+  tables that mix currencies; `money_amount` leaves it to a column header
+  that names the column's one currency ("total USD"). `money` uses the
+  locale's symbol ("$45,000.00"), for documents addressed to one customer.
 - A unit price keeps every digit it has too (`unit_price`): it is exact, and
   the line amount is what was rounded.
 - A quantity keeps every significant digit it has (no display rounding):
@@ -53,3 +54,11 @@ def quantity(value: Decimal, locale: str = DEFAULT_LOCALE) -> str:
 def day(value: date, locale: str = DEFAULT_LOCALE, style: str = "medium") -> str:
     """``Dec 1, 2026`` (medium) or ``December 1, 2026`` (long)."""
     return str(format_date(value, format=style, locale=locale))
+
+
+def money_amount(amount: Decimal, currency: str, locale: str = DEFAULT_LOCALE) -> str:
+    """Grouped, to the currency's minor digits, without the code: ``45,000.00``.
+
+    For a table column whose header names the one currency of its cells.
+    """
+    return str(format_currency(amount, currency, format="#,##0.00", locale=locale))

@@ -82,10 +82,16 @@ class Stack:
         )
         return env
 
-    def start(self) -> subprocess.Popen[bytes]:
+    def start(self, background_job: bool = False) -> subprocess.Popen[bytes]:
+        """``background_job``: as ``billow up &`` in a script, through a real shell,
+        which starts a background job with SIGINT ignored (``self.proc`` is the shell,
+        which waits for the job and exits with its status)."""
+        argv = [sys.executable, "-m", "worker.cli", "up"]
+        if background_job:
+            argv = ["sh", "-c", f'"{sys.executable}" -m worker.cli up & wait $!']
         with self.out_path.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "worker.cli", "up"],
+                argv,
                 cwd=REPO,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
@@ -262,6 +268,47 @@ def test_up_stops_cleanly_and_restarts_on_the_same_data(tmp_path: Path) -> None:
         assert "api exited unexpectedly" in out
         assert str(stack.data_dir / "logs" / "api.log") in out
         _assert_all_gone(stack.data_dir, running)
+
+
+def _cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI in a second shell of the same directory: only the data dir in common
+    (no BILLOW_API_URL, no BILLOW_API_PORT)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in (*_EXTERNAL, "BILLOW_API_URL", "BILLOW_API_PORT", "BILLOW_API_KEY")}
+    env["BILLOW_DATA_DIR"] = str(stack.data_dir)
+    key = subprocess.run([sys.executable, "-m", "worker.cli", "apikey", "create", "--scope",
+                          "ops", "--json"], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    import json
+
+    env["BILLOW_API_KEY"] = json.loads(key)["key"]
+    return subprocess.run([sys.executable, "-m", "worker.cli", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_kill_int_stops_a_stack_started_in_the_background(tmp_path: Path) -> None:
+    """A background job starts with SIGINT ignored; `kill -INT` must still stop the
+    stack, promptly (the children must not ignore it either), and a second shell's
+    CLI finds the stack's API on its port meanwhile."""
+    with _stack(tmp_path) as stack:
+        shell = stack.start(background_job=True)
+        stack.wait_until_up()
+        [up] = [p for p in psutil.Process(shell.pid).children() if "up" in p.cmdline()]
+        assert stack.api_port != 8000
+        listed = _cli(stack, "contract", "list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stdout.strip().startswith("{")
+        assert (stack.data_dir / "api.url").read_text().strip().endswith(f":{stack.api_port}")
+        running = stack.descendants()
+
+        began = time.monotonic()
+        os.kill(up.pid, signal.SIGINT)
+        assert stack.wait_exit() == 0, stack.output()
+        # Children stopped by their own SIGINT handling, not killed after the grace.
+        assert time.monotonic() - began < 10, stack.output()
+        assert "SIGINT received, stopping" in stack.output()
+        _assert_all_gone(stack.data_dir, running)
+        assert not (stack.data_dir / "api.url").exists()
 
 
 def test_ctrl_c_during_startup_stops_what_was_started(tmp_path: Path) -> None:

@@ -122,7 +122,8 @@ def simulate(
         typer.Option(help="last simulated day (default: term end + payment terms + 30 days)"),
     ] = None,
     as_json: Annotated[
-        bool, typer.Option("--json", help="print the SPEC.md section 9 JSON")
+        bool, typer.Option(
+            "--json", help="print the JSON of docs/file-formats.md, 'Simulation output'")
     ] = False,
 ) -> None:
     """Run a contract's whole term on a time-skipping Temporal server and a fresh database."""

@@ -14,7 +14,9 @@ import httpx
 import typer
 from rich.console import Console
 
-from worker.cli_ops import EXIT_SERVER, Api, CliFailure, _exit_code, _seg, fail, invoice_app
+from worker.cli_common import EXIT_SERVER, Api, CliFailure, fail
+from worker.cli_common import exit_code as _exit_code
+from worker.cli_ops import _seg, invoice_app
 from worker.settings import load_settings
 
 err = Console(stderr=True)
@@ -41,7 +43,8 @@ def fetch_document(path: str) -> bytes:
         raise CliFailure(_exit_code(response.status_code),
                          f"{response.reason_phrase} ({response.status_code}): {detail}",
                          problem if isinstance(problem, dict) else None)
-    return response.content
+    content: bytes = response.content
+    return content
 
 
 def _save(content: bytes, output: Path | None, default: str) -> None:

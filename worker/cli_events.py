@@ -8,7 +8,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from worker.cli_ops import EXIT_CODES, CliFailure, JsonOpt, _api, _emit_json, _seg, fail, out
+from worker.cli_common import EXIT_CODES, CliFailure, JsonOpt, fail, out
+from worker.cli_ops import _api, _emit_json, _seg
 
 events_app = typer.Typer(help="Events and webhook endpoints.", no_args_is_help=True,
                          epilog=EXIT_CODES)
@@ -43,9 +44,9 @@ def events_list(
         about = data.get("number") or data.get("invoice_number") or data.get("status") or ""
         table.add_row(str(e["sequence"]), e["type"], e.get("contract_id") or "",
                       e["timestamp"], str(about))
-    out.print(table)
+    out().print(table)
     if result.get("next_after") is not None:
-        out.print(f"more: --after {result['next_after']}")
+        out().print(f"more: --after {result['next_after']}")
 
 
 @events_app.command("replay")
@@ -66,7 +67,7 @@ def events_replay(
     if as_json:
         _emit_json(result)
         return
-    out.print(f"endpoint {result['id']} ({result['url']}): {result['status']}, re-sending "
+    out().print(f"endpoint {result['id']} ({result['url']}): {result['status']}, re-sending "
               f"events after {result['cursor']}")
 
 
@@ -88,7 +89,7 @@ def events_endpoints(as_json: JsonOpt = False) -> None:
         table.add_row(e["id"], e["url"], ", ".join(e["event_types"]) or "*", e["status"],
                       str(e["cursor"]), str(e["delivered"]),
                       e.get("disabled_reason") or e.get("last_error") or "")
-    out.print(table)
+    out().print(table)
 
 
 @events_app.command("add-endpoint")
@@ -109,8 +110,8 @@ def events_add_endpoint(
     if as_json:
         _emit_json(result)
         return
-    out.print(json.dumps({"id": result["id"], "secret": result["secret"]}, indent=2))
-    out.print("Store the secret now: it is not shown again.")
+    out().print(json.dumps({"id": result["id"], "secret": result["secret"]}, indent=2))
+    out().print("Store the secret now: it is not shown again.")
 
 
 def register(app: typer.Typer) -> None:

@@ -9,21 +9,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from worker.cli_common import EXIT_CODES, EXIT_INPUT, CliFailure, JsonOpt, err, fail, out
 from worker.cli_documents import fetch_document
-from worker.cli_ops import (
-    EXIT_CODES,
-    EXIT_INPUT,
-    CliFailure,
-    JsonOpt,
-    _api,
-    _emit_json,
-    _kv_table,
-    _seg,
-    contract_app,
-    err,
-    fail,
-    out,
-)
+from worker.cli_ops import _api, _emit_json, _kv_table, _seg, contract_app
 
 journal_app = typer.Typer(help="The revenue journal.", no_args_is_help=True, epilog=EXIT_CODES)
 revenue_app = typer.Typer(help="Revenue reports.", no_args_is_help=True, epilog=EXIT_CODES)
@@ -90,7 +78,7 @@ def revenue_deferred(
         table.add_column(col, justify="left" if col in ("contract_id", "month") else "right")
     for r in result["months"]:
         table.add_row(*(str(r[c]) for c in cols))
-    out.print(table)
+    out().print(table)
 
 
 def contract_credits(
@@ -107,7 +95,7 @@ def contract_credits(
         _emit_json(result)
         return
     s = result["summary"]
-    out.print(_kv_table(f"Credits of {contract_id} ({result['currency']})", [
+    out().print(_kv_table(f"Credits of {contract_id} ({result['currency']})", [
         ("granted", s["granted"]), ("consumed", s["consumed"]), ("expired", s["expired"]),
         ("balance", s["balance"])]))
     table = Table(title="Movements", title_justify="left")
@@ -115,7 +103,7 @@ def contract_credits(
         table.add_column(col, justify="right" if col == "amount" else "left")
     for m in result["movements"]:
         table.add_row(str(m["at"]), m["grant_id"], m["kind"], m["amount"], m["invoice_key"] or "")
-    out.print(table)
+    out().print(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -14,163 +14,45 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
-import httpx
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from worker.settings import Settings, load_settings
-
-EXIT_OK = 0
-EXIT_SERVER = 1
-EXIT_INPUT = 2
-EXIT_NOT_FOUND = 3
-EXIT_CONFLICT = 4
-
-EXIT_CODES = (
-    "Exit codes: 0 ok; 1 API or server error (unreachable, 5xx); 2 bad input or usage "
-    "(invalid file or field, missing/insufficient API key, rejected usage events); "
-    "3 not found; 4 conflict (e.g. same contract id with different terms, invoice "
-    "already paid)."
+from worker import cli_views as views
+from worker.cli_common import (
+    EXIT_CODES,
+    EXIT_INPUT,
+    EXIT_SERVER,
+    CliFailure,
+    JsonOpt,
+    WideOpt,
+    api,
+    emit_json,
+    err,
+    fail,
+    out,
+    read_document,
+    seg,
+    show,
+    width,
 )
+from worker.cli_tables import Column, Layout, kv, render
+from worker.cli_tables import amount as money_text
 
 USAGE_BATCH = 10_000
 # Stay under the API's 5 MB usage body limit whatever the events look like.
 USAGE_BATCH_BYTES = 4_500_000
 
-out = Console()
-err = Console(stderr=True)
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
-
-
-# --- talking to the API ----------------------------------------------------------------
-
-
-class CliFailure(Exception):
-    def __init__(self, code: int, message: str, problem: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.problem = problem
-
-
-def _exit_code(status: int) -> int:
-    if status == 404:
-        return EXIT_NOT_FOUND
-    if status == 409:
-        return EXIT_CONFLICT
-    if 400 <= status < 500:
-        return EXIT_INPUT
-    return EXIT_SERVER
-
-
-def fail(exc: CliFailure, as_json: bool) -> NoReturn:
-    if as_json:
-        doc = exc.problem or {"title": "error", "detail": exc.message, "errors": []}
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-    err.print(f"[red]error:[/] {exc.message}", highlight=False)
-    if exc.problem:
-        for item in exc.problem.get("errors") or []:
-            where = item.get("field") or "(document)"
-            err.print(f"  {where}: {item.get('reason')}", highlight=False, markup=False)
-    raise typer.Exit(exc.code)
-
-
-class Api:
-    def __init__(self, settings: Settings) -> None:
-        self.base_url = settings.client_api_url
-        headers = {"Accept": "application/json"}
-        if settings.api_key:
-            headers["Authorization"] = f"Bearer {settings.api_key}"
-        self.client = httpx.Client(base_url=self.base_url, headers=headers, timeout=60.0)
-
-    def __enter__(self) -> Api:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.client.close()
-
-    def call(self, method: str, path: str, *, body: Any = None,
-             params: dict[str, Any] | None = None) -> Any:
-        clean = {k: v for k, v in (params or {}).items() if v is not None}
-        try:
-            response = self.client.request(method, path, json=body, params=clean)
-        except httpx.HTTPError as exc:
-            raise CliFailure(EXIT_SERVER,
-                             f"cannot reach the billow API at {self.base_url}: {exc}") from exc
-        if response.status_code >= 400:
-            problem: dict[str, Any] | None = None
-            try:
-                parsed = response.json()
-                problem = parsed if isinstance(parsed, dict) else None
-            except ValueError:
-                problem = None
-            title = (problem or {}).get("title") or response.reason_phrase
-            detail = (problem or {}).get("detail") or response.text[:200]
-            hint = ""
-            if response.status_code == 401:
-                hint = " (set BILLOW_API_KEY; create a key with `billow apikey create`)"
-            raise CliFailure(_exit_code(response.status_code),
-                             f"{title} ({response.status_code}): {detail}{hint}", problem)
-        return response.json()
-
-
-def _api() -> Api:
-    return Api(load_settings())
-
-
-def _read_document(path: Path) -> Any:
-    """A YAML or JSON file as plain data (dates stay strings, as the loaders do)."""
-    from models._loading import parse_text, read_file
-    from models.errors import BillowValidationError
-
-    try:
-        text, fmt = read_file(path)
-        return parse_text(text, fmt)
-    except BillowValidationError as exc:
-        raise CliFailure(EXIT_INPUT, f"{path}: {exc}") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CliFailure(EXIT_INPUT, f"{path}: {exc}") from exc
-
-
-def _emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
-
-
-def _kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
-    table = Table(title=title, show_header=False, title_justify="left")
-    table.add_column(style="bold", no_wrap=True)
-    table.add_column(overflow="fold")
-    for k, v in rows:
-        table.add_row(k, "" if v is None else str(v))
-    return table
-
-
-def _invoice_table(invoices: list[dict[str, Any]], title: str = "Invoices",
-                   with_contract: bool = True) -> Table:
-    table = Table(title=title, title_justify="left")
-    columns = ["number", "key", "contract", "status", "issued", "due", "total", "paid",
-               "outstanding"]
-    if not with_contract:
-        columns.remove("contract")
-    for col in columns:
-        table.add_column(col, overflow="fold", no_wrap=col == "number",
-                         justify="right" if col in ("total", "paid", "outstanding") else "left")
-    for inv in invoices:
-        cells = {"number": inv.get("number") or "-", "key": inv["key"],
-                 "contract": inv["contract_id"], "status": inv["status"],
-                 "issued": inv.get("issued_on") or "", "due": inv.get("due_on") or "",
-                 "total": f"{inv['total']} {inv['currency']}", "paid": inv["amount_paid"],
-                 "outstanding": inv["outstanding"]}
-        table.add_row(*(cells[c] for c in columns))
-    return table
+# The shared pieces under the names the commands below use.
+_api = api
+_read_document = read_document
+_emit_json = emit_json
+_seg = seg
+_out = out
+_kv_table = kv
 
 
 # --- catalog ----------------------------------------------------------------------------
@@ -187,18 +69,37 @@ def catalog_apply(
     """Apply a catalog: a new version unless an identical one exists."""
     try:
         doc = _read_document(file)
-        with _api() as api:
-            result = api.call("PUT", "/v1/catalog", body=doc)
+        with _api() as client:
+            result = client.call("PUT", "/v1/catalog", body=doc)
     except CliFailure as exc:
         fail(exc, as_json)
     if as_json:
         _emit_json(result)
         return
     state = "created" if result["created"] else "unchanged (identical document)"
-    out.print(_kv_table("Catalog", [
+    _out().print(_kv_table("Catalog", [
         ("version", result["version"]), ("status", state),
         ("meters", ", ".join(result["meters"])), ("plans", ", ".join(result["plans"])),
     ]))
+
+
+@catalog_app.command("show")
+def catalog_show(
+    version: Annotated[int | None, typer.Option(
+        min=1, help="Catalog version (default: the latest).")] = None,
+    wide: WideOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """A catalog version: meters with their rate cards, plans with their fees."""
+    try:
+        with _api() as client:
+            doc = client.call("GET", "/v1/catalog", params={"version": version})
+    except CliFailure as exc:
+        fail(exc, as_json)
+    if as_json:
+        _emit_json(doc)
+        return
+    show(views.catalog_view(doc, width(), wide), wide)
 
 
 # --- contracts --------------------------------------------------------------------------
@@ -217,63 +118,82 @@ def contract_create(
     """Create a contract and start its workflow (a no-op if it exists with the same terms)."""
     try:
         doc = _read_document(file)
-        with _api() as api:
-            result = api.call("POST", "/v1/contracts", body=doc,
+        with _api() as client:
+            result = client.call("POST", "/v1/contracts", body=doc,
                               params={"catalog_version": catalog_version})
     except CliFailure as exc:
         fail(exc, as_json)
     if as_json:
         _emit_json(result)
         return
-    out.print(_kv_table(f"Contract {result['contract_id']}", [
+    _out().print(_kv_table(f"Contract {result['contract_id']}", [
         ("status", "created" if result["created"] else "exists (same terms, nothing changed)"),
         ("workflow", result["workflow_id"]), ("catalog version", result["catalog_version"]),
+        ("next close", _next_close_text(result.get("next_close"))),
         ("Temporal UI", result["temporal_ui_url"]),
     ]))
+
+
+def _next_close_text(close: dict[str, Any] | None) -> str:
+    """The next close's label (its UTC time is in it); '-' when none is left."""
+    return "-" if not close else str(close["label"])
 
 
 @contract_app.command("show")
 def contract_show(
     contract_id: Annotated[str, typer.Argument(help="Contract id")],
+    credits: Annotated[bool, typer.Option(
+        "--credits", help="Also the credit history: grants, consumption per invoice, "
+        "expiries and breakage.")] = False,
+    revenue: Annotated[bool, typer.Option(
+        "--revenue", help="Also the revenue and credits summary (as `billow simulate`).")]
+    = False,
+    payments: Annotated[bool, typer.Option(
+        "--payments", help="Also each invoice's payments and reminders.")] = False,
+    everything: Annotated[bool, typer.Option(
+        "--all", help="--credits, --revenue and --payments.")] = False,
+    wide: WideOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """A contract's live state: status, credit balance, next boundary, invoices."""
+    """A contract's live state: status, credit balance, next close, invoices.
+
+    With --credits, --revenue, --payments (or --all) also what the ledger holds
+    behind it; with --json those come as the keys `credit_history`, `revenue_summary`
+    and `collection` beside the state.
+    """
+    if everything:
+        credits = revenue = payments = True
+    cid = _seg(contract_id)
     try:
-        with _api() as api:
-            result = api.call("GET", f"/v1/contracts/{_seg(contract_id)}")
+        with _api() as client:
+            result = client.call("GET", f"/v1/contracts/{cid}")
+            extra: dict[str, Any] = {}
+            if credits:
+                extra["credit_history"] = client.call("GET", f"/v1/contracts/{cid}/credits")
+            if revenue:
+                extra["revenue_summary"] = client.call("GET", f"/v1/contracts/{cid}/revenue")
+            if payments:
+                extra["collection"] = client.call("GET", f"/v1/contracts/{cid}/collection")
     except CliFailure as exc:
         fail(exc, as_json)
     if as_json:
-        _emit_json(result)
+        _emit_json({**result, **extra})
         return
-    terms = result["terms"]
-    out.print(_kv_table(f"Contract {result['contract_id']}", [
-        ("customer", f"{terms['customer']['name']} ({result['customer_id']})"),
-        ("plan", result["plan"]), ("status", result["status"]),
-        ("term", f"{terms['starts_on']} -> {terms['term_end']}"),
-        ("billing cycle", terms["billing_cycle"]),
-        ("payment terms", f"net-{terms['payment_terms_days']}"),
-        ("credit balance", f"{result['credit_balance']} {result['currency']}"),
-        *([("minimum commitment", result.get("commitment_text") or "no invoice yet")]
-          if result.get("commitment") or terms.get("minimum_commitments") else []),
-        ("next boundary", result.get("next_boundary") or "-"),
-        ("needs attention", result.get("attention") or "no"),
-        ("overdue invoice", "yes" if result["has_overdue_invoice"] else "no"),
-        ("amendments", ", ".join(result["amendments"]) or "-"),
-        *[(f"dropped {d['id']}", d["reason"]) for d in result.get("dropped_amendments", [])],
-        *[(f"unapplied {u['invoice_key']}", f"{u['amount']} {result['currency']}: refund or "
-           "apply") for u in result.get("unapplied_payments", [])],
-        ("source", result["source"]), ("Temporal UI", result["temporal_ui_url"]),
-    ]))
-    if result["invoices"]:
-        out.print(_invoice_table(result["invoices"], with_contract=False))
+    w = width()
+    show(views.contract_detail(result, w, wide), wide)
+    if "credit_history" in extra:
+        show(views.credit_history(extra["credit_history"], w, wide), wide)
+    if "revenue_summary" in extra:
+        show(views.revenue_view(extra["revenue_summary"]), wide)
+    if "collection" in extra:
+        show(views.collection_table(extra["collection"]["invoices"], w, wide), wide)
 
 
 @contract_app.command("amend")
 def contract_amend(
     contract_id: Annotated[str, typer.Argument(help="Contract id")],
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
-                                         help="amendment.yaml (one amendment, SPEC.md 7-8)")],
+    file: Annotated[Path, typer.Argument(
+        exists=True, dir_okay=False, help="amendment.yaml (one amendment, docs/file-formats.md)")],
     as_json: JsonOpt = False,
 ) -> None:
     """Send an amendment to a running contract (validated by its workflow)."""
@@ -281,14 +201,14 @@ def contract_amend(
         doc = _read_document(file)
         if not isinstance(doc, dict):
             raise CliFailure(EXIT_INPUT, f"{file}: expected one amendment (a mapping)")
-        with _api() as api:
-            result = api.call("POST", f"/v1/contracts/{_seg(contract_id)}/amendments", body=doc)
+        with _api() as client:
+            result = client.call("POST", f"/v1/contracts/{_seg(contract_id)}/amendments", body=doc)
     except CliFailure as exc:
         fail(exc, as_json)
     if as_json:
         _emit_json(result)
         return
-    out.print(_kv_table(f"Amendment {result['amendment_id']}", [
+    _out().print(_kv_table(f"Amendment {result['amendment_id']}", [
         ("contract", result["contract_id"]), ("status", result["status"]),
         ("effective", result.get("effective") or "-"),
     ]))
@@ -303,6 +223,7 @@ def contract_list(
         "--overdue/--not-overdue", help="Only contracts with (or without) an overdue invoice",
         show_default=False)] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many contracts")] = 100,
+    wide: WideOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Contracts from the database, with their open and overdue invoices."""
@@ -324,22 +245,7 @@ def contract_list(
     if as_json:
         _emit_json({"contracts": items})
         return
-    table = Table(title=f"Contracts ({len(items)})", title_justify="left")
-    for col in ("id", "customer", "plan", "status", "term", "open", "overdue", "outstanding"):
-        table.add_column(col, overflow="fold", no_wrap=col == "id",
-                         justify="right" if col in ("open", "overdue", "outstanding")
-                         else "left")
-    for c in items:
-        table.add_row(c["contract_id"], c["customer_name"], c["plan"], c["status"],
-                      f"{c['starts_on']} -> {c['term_end']}", str(c["open_invoices"]),
-                      str(c["overdue_invoices"]), f"{c['outstanding']} {c['currency']}")
-    out.print(table)
-
-
-def _seg(value: str) -> str:
-    from urllib.parse import quote
-
-    return quote(value, safe="")
+    show(views.contract_table(items, width(), wide), wide)
 
 
 # --- usage ------------------------------------------------------------------------------
@@ -435,16 +341,17 @@ def usage_send(
     if as_json:
         _emit_json({**counts, "issues": issues})
     else:
-        out.print(_kv_table(f"Usage from {file.name}", list(counts.items())))
+        _out().print(_kv_table(f"Usage from {file.name}", [
+            (k, f"{v:,}") for k, v in counts.items()]))
         if issues:
-            table = Table(title="Not accepted", title_justify="left")
-            for col in ("line", "id", "status", "reason"):
-                table.add_column(col)
+            layout = Layout("Not accepted", [
+                Column("line", justify="right"), Column("id"), Column("status"),
+                Column("reason", kind="text")])
             for i in issues[:50]:
-                table.add_row(str(i["line"]), i["id"] or "", i["status"], i["reason"] or "")
-            out.print(table)
+                layout.add(i["line"], i["id"] or "", i["status"], i["reason"] or "")
+            show(render(layout, width()))
             if len(issues) > 50:
-                out.print(f"... and {len(issues) - 50} more (use --json for all)")
+                _out().print(f"... and {len(issues) - 50} more (use --json for all)")
     if counts["rejected"] or counts["conflict"]:
         raise typer.Exit(EXIT_INPUT)
 
@@ -461,186 +368,90 @@ def invoice_list(
     status: Annotated[str | None, typer.Option(
         help="open, paid, overdue, void, needs_attention, draft")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+    wide: WideOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Invoices in number order."""
     try:
-        with _api() as api:
-            result = api.call("GET", "/v1/invoices",
-                              params={"contract": contract, "status": status, "limit": limit})
+        with _api() as client:
+            result = client.call("GET", "/v1/invoices",
+                                 params={"contract": contract, "status": status, "limit": limit})
     except CliFailure as exc:
         fail(exc, as_json)
     if as_json:
         _emit_json(result)
         return
-    out.print(_invoice_table(result["invoices"], f"Invoices ({len(result['invoices'])})"))
+    show(views.invoice_table(result["invoices"], width(), wide,
+                             f"Invoices ({len(result['invoices'])})"), wide)
 
 
 @invoice_app.command("show")
 def invoice_show(
     number: Annotated[str, typer.Argument(help="Invoice number, e.g. INV-000002")],
+    wide: WideOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """One invoice with its lines."""
+    """One invoice with its lines, payments and reminders (`collection` in --json)."""
     try:
-        with _api() as api:
-            inv = api.call("GET", f"/v1/invoices/{_seg(number)}")
+        with _api() as client:
+            inv = client.call("GET", f"/v1/invoices/{_seg(number)}")
+            collection = client.call("GET", f"/v1/invoices/{_seg(number)}/collection")
     except CliFailure as exc:
         fail(exc, as_json)
     if as_json:
-        _emit_json(inv)
+        _emit_json({**inv, "collection": collection})
         return
-    out.print(_kv_table(f"Invoice {inv['number']}", [
-        ("contract", inv["contract_id"]), ("key", inv["key"]), ("kind", inv["kind"]),
-        ("period", f"{inv['period']['start']} -> {inv['period']['end']}"),
-        ("issued", inv["issued_on"]), ("due", inv["due_on"]), ("status", inv["status"]),
-        ("subtotal", inv["subtotal"]), ("credits applied", inv["credits_applied"]),
-        ("total", f"{inv['total']} {inv['currency']}"), ("paid", inv["amount_paid"]),
-        ("outstanding", inv["outstanding"]), ("paid on", inv.get("paid_on") or "-"),
-    ]))
-    table = Table(title="Lines", title_justify="left")
-    for col in ("kind", "item", "quantity", "unit price", "amount"):
-        table.add_column(col, overflow="fold",
-                         justify="left" if col in ("kind", "item") else "right")
-    for ln in inv["lines"]:
-        item = ln.get("meter") or ln.get("fee") or ""
-        if ln.get("dimensions"):
-            item += " " + ",".join(f"{k}={v}" for k, v in ln["dimensions"].items())
-        if ln.get("period_start"):  # late usage, or a minimum/maximum adjustment for it
-            item += f" (period {ln['period_start']})"
-        table.add_row(ln["kind"], item, ln.get("quantity") or "", ln.get("unit_price") or "",
-                      ln["amount"])
-    out.print(table)
+    show(views.invoice_detail(inv, width(), wide, collection), wide)
+
+
+@invoice_app.command("draft")
+def invoice_draft(
+    contract_id: Annotated[str, typer.Argument(help="Contract id")],
+    wide: WideOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The open period's invoice as it would be finalized now (nothing is stored)."""
+    try:
+        with _api() as client:
+            doc = client.call("GET", f"/v1/contracts/{_seg(contract_id)}/draft")
+    except CliFailure as exc:
+        fail(exc, as_json)
+    if as_json:
+        _emit_json(doc)
+        return
+    show(views.draft_detail(doc, contract_id, width(), wide), wide)
 
 
 @invoice_app.command("pay")
 def invoice_pay(
     number: Annotated[str, typer.Argument(help="Invoice number")],
-    amount: Annotated[str, typer.Option(help='Amount received, e.g. "1500.00"')],
+    received: Annotated[str, typer.Option(
+        "--amount", help='Amount received, e.g. "1500.00" or 45000')],
     payment_id: Annotated[str | None, typer.Option(
         help="Idempotency key (e.g. the bank reference): the same id twice records once")]
     = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Record a payment received for an invoice."""
-    body: dict[str, Any] = {"amount": amount}
+    body: dict[str, Any] = {"amount": received}
     if payment_id is not None:
         body["payment_id"] = payment_id
     try:
-        with _api() as api:
-            result = api.call("POST", f"/v1/invoices/{_seg(number)}/payments", body=body)
+        with _api() as client:
+            result = client.call("POST", f"/v1/invoices/{_seg(number)}/payments", body=body)
     except CliFailure as exc:
         fail(exc, as_json)
     if as_json:
         _emit_json(result)
         return
-    out.print(_kv_table(f"Payment on {result['invoice_number']}", [
-        ("status", result["status"]), ("amount paid", result["amount_paid"]),
+    cur = result.get("currency") or ""
+    _out().print(_kv_table(f"Payment on {result['invoice_number']}", [
+        ("received", money_text(received, cur)),
+        ("status", result["status"]), ("paid so far", money_text(result["amount_paid"], cur)),
         ("paid on", result.get("paid_on") or "-"),
-        ("recorded", "yes" if result["applied"] else "no"),
+        ("recorded", "yes" if result["applied"] else "no (a resend: answered as the first time)"),
         ("via", result["recorded_via"]),
     ]))
-
-
-# --- API keys -----------------------------------------------------------------------------
-
-apikey_app = typer.Typer(
-    help="API keys, written to the database directly (BILLOW_DATABASE_URL, or the "
-    "database of a running `billow up`).",
-    no_args_is_help=True, epilog=EXIT_CODES)
-
-
-def _database_url() -> str:
-    """BILLOW_DATABASE_URL, else the embedded database of a running `billow up`."""
-    settings = load_settings()
-    if settings.database_url:
-        return settings.database_url
-    from worker.embedded import running_url
-
-    url = running_url(settings.data_dir)
-    if url is None:
-        err.print("[red]error:[/] no database configured: set BILLOW_DATABASE_URL "
-                  "(or run `billow up` in this directory: its database is used)")
-        raise typer.Exit(EXIT_INPUT)
-    return url
-
-
-async def _with_conn(url: str, action: Any) -> Any:
-    from activities.db import make_engine
-
-    engine = make_engine(url, pool_size=1)
-    try:
-        async with engine.begin() as conn:
-            return await action(conn)
-    finally:
-        await engine.dispose()
-
-
-@apikey_app.command("create")
-def apikey_create(
-    scope: Annotated[list[str], typer.Option(
-        "--scope", "-s", help="crm, usage or ops (repeat, or comma-separate, for several)")],
-    name: Annotated[str, typer.Option(help="What the key is for")] = "",
-    as_json: JsonOpt = False,
-) -> None:
-    """Create an API key and print it — the only time it is shown."""
-    from activities.api_keys import create_api_key, parse_scopes
-
-    scopes = [s for item in scope for s in item.split(",") if s.strip()]
-    try:
-        parse_scopes(scopes)
-    except ValueError as exc:
-        err.print(f"[red]error:[/] --scope: {exc}")
-        raise typer.Exit(EXIT_INPUT) from None
-    url = _database_url()
-    try:
-        new = asyncio.run(_with_conn(url, lambda conn: create_api_key(conn, scopes, name)))
-    except Exception as exc:
-        err.print(f"[red]error:[/] cannot create the key: {exc}")
-        raise typer.Exit(EXIT_SERVER) from None
-    scopes_out = sorted(s.value for s in new.info.scopes)
-    if as_json:
-        _emit_json({"key": new.key, "key_id": new.info.key_id, "name": new.info.name,
-                    "scopes": scopes_out})
-        return
-    out.print(_kv_table("API key", [("key", new.key), ("key id", new.info.key_id),
-                                    ("scopes", ", ".join(scopes_out)),
-                                    ("name", new.info.name or "-")]))
-    err.print("[yellow]Store the key now: billow keeps only its hash and cannot show it "
-              "again.[/]")
-
-
-@apikey_app.command("list")
-def apikey_list(as_json: JsonOpt = False) -> None:
-    """API keys (ids, scopes, status; never the keys themselves)."""
-    from activities.api_keys import list_api_keys
-
-    keys = asyncio.run(_with_conn(_database_url(), list_api_keys))
-    rows = [{"key_id": k.key_id, "name": k.name, "scopes": sorted(s.value for s in k.scopes),
-             "created_at": k.created_at.isoformat(),
-             "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None} for k in keys]
-    if as_json:
-        _emit_json({"keys": rows})
-        return
-    table = Table(title="API keys", title_justify="left")
-    for col in ("key id", "name", "scopes", "created", "revoked"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["key_id"], r["name"], ", ".join(r["scopes"]), r["created_at"],
-                      r["revoked_at"] or "")
-    out.print(table)
-
-
-@apikey_app.command("revoke")
-def apikey_revoke(key_id: Annotated[str, typer.Argument(help="Key id (not the key)")]) -> None:
-    """Revoke a key: requests with it get 401 from now on."""
-    from activities.api_keys import revoke_api_key
-
-    done = asyncio.run(_with_conn(_database_url(), lambda conn: revoke_api_key(conn, key_id)))
-    if not done:
-        err.print(f"[red]error:[/] no active key {key_id!r}")
-        raise typer.Exit(EXIT_NOT_FOUND)
-    err.print(f"key {key_id} revoked")
 
 
 @usage_app.command("compact")
@@ -671,9 +482,11 @@ def usage_compact(
         raw = await conn.get_raw_connection()
         return await compact_usage(raw.driver_connection, before=cutoff)
 
-    url = _database_url()
+    from worker.cli_keys import database_url, with_conn
+
+    url = database_url()
     try:
-        done = asyncio.run(_with_conn(url, run))
+        done = asyncio.run(with_conn(url, run))
     except Exception as exc:
         err.print(f"[red]error:[/] compaction failed: {exc}")
         raise typer.Exit(EXIT_SERVER) from None
@@ -685,7 +498,7 @@ def usage_compact(
     if done.id is None:
         err.print(f"nothing new to fold before {done.folded_before:%Y-%m-%d}")
         return
-    out.print(_kv_table("Usage compaction", [(k.replace("_", " "), str(v))
+    _out().print(_kv_table("Usage compaction", [(k.replace("_", " "), str(v))
                                               for k, v in result.items()]))
 
 
@@ -695,5 +508,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(contract_app, name="contract")
     app.add_typer(usage_app, name="usage")
     app.add_typer(invoice_app, name="invoice")
+    from worker.cli_keys import apikey_app
+
     app.add_typer(apikey_app, name="apikey")
     app.info.epilog = EXIT_CODES

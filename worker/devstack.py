@@ -42,6 +42,7 @@ from worker.embedded import (
 )
 from worker.ports import PortClaim, port_conflicts
 from worker.settings import Settings
+from worker.stack_file import forget_api_url, record_api_url
 
 # Startup bounds: generous for a cold first run (initdb, a fresh SQLite file),
 # still short enough that a wedged service fails loudly.
@@ -269,9 +270,14 @@ class Stack:
         previous = {
             sig: signal.signal(sig, self._on_signal)
             for sig in _STOP_SIGNALS
-            # An inherited "ignore" is a request (`nohup`, `cmd &` in a script):
-            # keep it, as Python itself does for SIGINT. SIGTERM always stops.
-            if sig == signal.SIGTERM or signal.getsignal(sig) != signal.SIG_IGN
+            # SIGINT and SIGTERM always stop the stack. A shell starts a
+            # background job (`billow up &` in a script, a test run sent to the
+            # background) with SIGINT ignored, and Python keeps that: `kill -INT`
+            # and Ctrl-C would do nothing, and the children (which inherit an
+            # ignored signal through exec, but not a handler) would ignore the
+            # SIGINT that stops them. An inherited "ignore" of SIGHUP is `nohup`'s
+            # request: kept.
+            if sig != signal.SIGHUP or signal.getsignal(sig) != signal.SIG_IGN
         }
         try:
             self._start()
@@ -285,6 +291,7 @@ class Stack:
             return EXIT_FAILED
         finally:
             self.stop()
+            forget_api_url(self.data_dir)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self._release_lock()
@@ -562,6 +569,8 @@ class Stack:
 
     def _announce(self) -> None:
         s = self.settings
+        # For the CLI in a second shell (BILLOW_API_URL unset): worker/stack_file.py.
+        record_api_url(self.data_dir, s.api_url)
         rows = [("API", f"{s.api_url}  (docs: {s.api_url}/docs)")]
         if self._owns("temporal"):
             rows.append(("Temporal UI", s.temporal_ui_url))

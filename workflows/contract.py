@@ -93,6 +93,7 @@ with workflow.unsafe.imports_passed_through():
         initial_state,
         validate_amendment,
     )
+    from workflows.wait_labels import period_label, state_next_close, wait_label
 
 # Continue-as-new after this many closed periods in one run (history bound).
 PERIODS_PER_RUN = 12
@@ -162,19 +163,6 @@ def _invalid(kind: str, field: str, reason: str) -> ApplicationError:
     )
 
 
-def period_label(period: Period, months: int) -> str:
-    """Human label for summaries: ``2027-Q1``, ``2027-03`` or a date range."""
-    s = period.start_date
-    if not period.is_partial and s.day == 1:
-        if months == 1:
-            return f"{s:%Y-%m}"
-        if months == 3 and s.month in (1, 4, 7, 10):
-            return f"{s.year}-Q{(s.month - 1) // 3 + 1}"
-        if months == 12 and s.month == 1:
-            return str(s.year)
-    return f"{s.isoformat()}..{period.end_date.isoformat()}"
-
-
 @workflow.defn(name="ContractWorkflow")
 class ContractWorkflow:
     @workflow.init
@@ -192,6 +180,7 @@ class ContractWorkflow:
         self._periods_this_run = 0
         self._sa_sent: dict[str, object] = {}
         self._sleeping_until: datetime | None = None
+        self._waiting_for: str | None = None  # the current wait's label (query)
         self._renewed = False  # an extend_term applied in this run
         self._last_refusal: str | None = None  # reason of the last business error
 
@@ -216,7 +205,7 @@ class ContractWorkflow:
                 st.registered = True
                 break
             await self._hold(self._last_refusal or "registration refused")
-            await self._wait_until(None, self._wake_summary())
+            await self._wait_until(None, "wait for an amendment to resolve needs_attention")
         self._resolved()
         self._publish()
 
@@ -305,12 +294,8 @@ class ContractWorkflow:
         return self.state.attention is not None and self._held_at == self._wakeup
 
     def _wake_summary(self) -> str:
-        if self._held:
-            return "wait for an amendment to resolve needs_attention"
-        st = self.state
-        if not st.term_closed and st.open_period is not None:
-            return f"sleep until {st.open_period.end_date} boundary"
-        return "sleep until next collection step"
+        # User metadata only (the timer's summary): no command changes with it.
+        return wait_label(self.state, held=self._held)
 
     async def _wait_until(self, at: datetime | None, summary: str) -> None:
         """Sleep until ``at`` or until a handler changes something."""
@@ -319,11 +304,13 @@ class ContractWorkflow:
         if delay is not None and delay <= timedelta(0):
             return
         self._sleeping_until = at
+        self._waiting_for = summary
         # Timing out is the normal way to wake up: the instant arrived.
         with contextlib.suppress(TimeoutError):
             await workflow.wait_condition(
                 lambda: self._wakeup != seen, timeout=delay, timeout_summary=summary
             )
+        self._waiting_for = None  # awake: working until the next wait
 
     async def _maybe_continue_as_new(self) -> None:
         self._periods_this_run += 1
@@ -974,6 +961,8 @@ class ContractWorkflow:
             dropped_amendments=list(st.dropped_amendments),
             unapplied_payments=list(st.unapplied_payments),
             commitment=st.commitment,
+            next_close=state_next_close(st),
+            waiting_for=self._waiting_for,
         )
 
     # --- plumbing --------------------------------------------------------------
@@ -1159,6 +1148,9 @@ class ContractWorkflow:
                 + (f" (for {ln.period_start.isoformat()})" if ln.period_start else "")
                 for ln in st.limit_lines)
             lines.append(f"**Spend limits on {st.limit_lines_invoice}:** {shown}")
+        close = state_next_close(st)
+        if close is not None:
+            lines.append(f"**Next close:** {close.label}")
         if st.attention:
             lines.append(f"**Needs attention:** {st.attention}")
         if st.unapplied_payments:

@@ -21,6 +21,7 @@ from models.contract import Contract, ContractTerms
 from models.minimum_commitment import CommitmentProgress
 from models.operations import ContractStatus, IssuedInvoice
 from workflows.contract_state import ContractState, DroppedAmendment, UnappliedPayment
+from workflows.wait_labels import NextClose
 
 
 class ContractWorkflowInput(BaseModel):
@@ -62,3 +63,7 @@ class ContractView(BaseModel):
     unapplied_payments: list[UnappliedPayment] = Field(default_factory=list)
     # Spend against the minimum commitment as of the last usage invoice (SPEC 12).
     commitment: CommitmentProgress | None = None
+    # When the next period closes (a catch-up of past periods says so) and the
+    # label of the wait the workflow is in now (its timer's summary).
+    next_close: NextClose | None = None
+    waiting_for: str | None = None

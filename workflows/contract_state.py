@@ -109,7 +109,7 @@ class AmendmentRecord(BaseModel):
 
 
 class DroppedAmendment(BaseModel):
-    """A scheduled amendment that no longer applied when it fell due (SPEC.md section 7)."""
+    """A scheduled amendment that no longer applied when it fell due (docs/billing-rules.md)."""
 
     id: str
     kind: str

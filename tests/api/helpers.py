@@ -32,11 +32,17 @@ class ApiServer:
         return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=30.0)
 
 
-async def run_cli(api: ApiServer, args: list[str], scope: str = "ops") -> Result:
-    """``billow <args>`` against the test server, from a thread (the server keeps serving)."""
+async def run_cli(api: ApiServer, args: list[str], scope: str = "ops",
+                  columns: int | None = None) -> Result:
+    """``billow <args>`` against the test server, from a thread (the server keeps serving).
+
+    ``columns``: the terminal width the tables are laid out for (``COLUMNS``).
+    """
     from worker.cli import app
 
     env = {"BILLOW_API_URL": api.url, "BILLOW_API_KEY": api.keys[scope]}
+    if columns is not None:
+        env["COLUMNS"] = str(columns)
     runner = CliRunner()
     return await asyncio.to_thread(runner.invoke, app, args, env=env, catch_exceptions=False)
 

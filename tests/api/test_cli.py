@@ -113,6 +113,10 @@ async def test_exit_codes_and_batches(api: ApiServer, tmp_path: Path) -> None:
 
     # not found -> 3, conflict -> 4
     assert (await run_cli(api, ["contract", "show", "nobody"])).exit_code == 3
+    nobody = await run_cli(api, ["invoice", "list", "--contract", "nobody", "--json"])
+    assert nobody.exit_code == 3, nobody.output  # like `contract show`, not an empty table
+    assert json.loads(nobody.stdout)["errors"] == [
+        {"field": "query.contract", "reason": "no contract 'nobody'"}]
     assert (await run_cli(api, ["invoice", "show", "INV-424242"])).exit_code == 3
     assert (await run_cli(api, ["invoice", "pay", "INV-424242", "--amount", "1"])).exit_code == 3
     bad_amount = await run_cli(api, ["invoice", "pay", "INV-424242", "--amount", "-1", "--json"])
@@ -136,6 +140,7 @@ async def test_exit_codes_and_batches(api: ApiServer, tmp_path: Path) -> None:
                                    env={"BILLOW_API_URL": "http://127.0.0.1:9",
                                         "BILLOW_API_KEY": "x"})
     assert down.exit_code == 1 and "cannot reach" in down.stderr
+    assert "`billow up`" in " ".join(down.stderr.split())  # what to do about it
 
 
 async def test_usage_compact_folds_days_before_the_date(db: AsyncEngine, database_url: str) -> None:

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from models.formatting import day, money, money_code, quantity, unit_price
+from models.formatting import day, money, money_amount, money_code, quantity, unit_price
 
 NBSP = "\u00a0"
 
@@ -49,3 +49,12 @@ def test_day() -> None:
 )
 def test_unit_price_keeps_every_digit(value: str, currency: str, locale: str, shown: str) -> None:
     assert unit_price(Decimal(value), currency, locale) == shown
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "shown"),
+    [("45000", "USD", "45,000.00"), ("0", "USD", "0.00"), ("1500", "JPY", "1,500"),
+     ("-12.5", "EUR", "-12.50")],
+)
+def test_money_amount_without_the_code(amount: str, currency: str, shown: str) -> None:
+    assert money_amount(Decimal(amount), currency) == shown

@@ -57,7 +57,7 @@ async def test_contracts_are_searchable_by_their_business_attributes(
     summaries = [e.user_metadata.summary.data.decode() for e in history.events
                  if e.HasField("user_metadata") and e.user_metadata.HasField("summary")]
     assert any("rate usage" in s for s in summaries)
-    assert any("sleep until" in s for s in summaries)
+    assert any("sleep until" in s for s in summaries), summaries
     assert timedelta(0) <= datetime.now(UTC) - desc.start_time < timedelta(minutes=5)
 
 
