@@ -4,15 +4,12 @@ credit ledger. Plain rows; the arithmetic is models/exports.py."""
 from __future__ import annotations
 
 from datetime import date
-from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from models.money import plain
-
-__all__ = ["credit_ledger", "journal_entries"]
+__all__ = ["journal_entries"]
 
 
 async def journal_entries(
@@ -48,40 +45,3 @@ async def journal_entries(
             "lines": []})
         entry["lines"].append({"account": r.account, "debit": r.debit, "credit": r.credit})
     return list(entries.values())
-
-
-async def credit_ledger(conn: AsyncConnection, contract_id: str) -> dict[str, Any]:
-    """A contract's credit grants and every movement of them (grants, consumption
-    per invoice, expiries), oldest first."""
-    grants = (await conn.execute(text(
-        """
-        SELECT g.grant_id, g.credits, g.price, g.priority, g.effective, g.expires,
-               g.invoice_key,
-               coalesce(sum(-l.amount) FILTER (WHERE l.kind = 'consume'), 0) AS consumed,
-               coalesce(sum(-l.amount) FILTER (WHERE l.kind = 'expire'), 0) AS expired
-        FROM credit_grants g LEFT JOIN credit_ledger l
-          ON l.contract_id = g.contract_id AND l.grant_id = g.grant_id
-        WHERE g.contract_id = :cid GROUP BY g.id ORDER BY g.id
-        """), {"cid": contract_id})).all()
-    moves = (await conn.execute(text(
-        "SELECT id, grant_id, kind, amount, invoice_key, created_at FROM credit_ledger "
-        "WHERE contract_id = :cid ORDER BY id"), {"cid": contract_id})).all()
-    breakage: dict[str, Decimal] = {r[0]: r[1] for r in (await conn.execute(text(
-        "SELECT e.grant_id, sum(l.debit) FROM journal_entries e JOIN journal_lines l "
-        "ON l.entry_id = e.id WHERE e.contract_id = :cid AND e.kind = 'breakage' "
-        "AND l.account = 'deferred_revenue' GROUP BY e.grant_id"),
-        {"cid": contract_id})).all()}
-    return {
-        "grants": [{
-            "grant_id": g.grant_id, "credits": plain(g.credits), "price": plain(g.price),
-            "priority": g.priority, "effective": g.effective, "expires": g.expires,
-            "invoice_key": g.invoice_key, "consumed": plain(g.consumed),
-            "expired": plain(g.expired),
-            "balance": plain(g.credits - g.consumed - g.expired),
-            "breakage_revenue": plain(breakage.get(g.grant_id) or Decimal(0)),
-        } for g in grants],
-        "movements": [{
-            "id": m.id, "grant_id": m.grant_id, "kind": m.kind, "amount": plain(m.amount),
-            "invoice_key": m.invoice_key, "at": m.created_at,
-        } for m in moves],
-    }

@@ -15,13 +15,10 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from activities.api_keys import Scope
-from activities.exports import credit_ledger, journal_entries
-from activities.ledger_reports import credit_summary
+from activities.exports import journal_entries
 from api.deps import AppDeps, get_deps
-from api.problems import not_found, problem_responses, validation_problem
-from api.queries import contract_row
+from api.problems import problem_responses, validation_problem
 from api.security import require_scope
-from models.credits import CreditSummary
 from models.exports import AccountTotal, RollForwardMonth, deferred_rollforward, journal_totals
 from models.money import plain
 
@@ -73,14 +70,6 @@ class DeferredRevenue(BaseModel):
     deferred_balance: dict[str, str] = Field(
         description="Per contract, deferred revenue after every movement booked (the last "
                     "month's closing when the range reaches it).")
-
-
-class CreditLedger(BaseModel):
-    contract_id: str
-    currency: str
-    summary: CreditSummary
-    grants: list[dict[str, Any]]
-    movements: list[dict[str, Any]]
 
 
 def _wants_csv(request: Request, fmt: str | None) -> bool:
@@ -187,20 +176,3 @@ async def deferred_revenue(
         return _csv(fields, [[_text(getattr(r, f)) for f in fields] for r in rows],
                     "deferred-revenue.csv")
     return DeferredRevenue(months=rows, deferred_balance=balances)
-
-
-@router.get("/v1/contracts/{contract_id}/credits", summary="A contract's credit ledger",
-            response_model=CreditLedger, dependencies=_read,
-            responses=problem_responses(401, 403, 404))
-async def contract_credits(contract_id: str, deps: Deps) -> CreditLedger:
-    """Every grant (credits, price, window, consumed, expired, balance, breakage) and every
-    movement: the grant itself, what each invoice consumed, expiries. Scope: `crm` or
-    `ops`."""
-    async with deps.engine.connect() as conn:
-        row = await contract_row(conn, contract_id)
-        if row is None:
-            raise not_found("Contract", f"no contract {contract_id!r}", "path.contract_id")
-        ledger = await credit_ledger(conn, contract_id)
-        summary = await credit_summary(conn, contract_id)
-    return CreditLedger(contract_id=contract_id, currency=row.currency, summary=summary,
-                        **ledger)

@@ -254,8 +254,8 @@ class ContractState(BaseModel):
                     "while the workflow still collects too.")
     commitment: CommitmentProgress | None = Field(
         default=None,
-        description="Spend against the minimum commitment as of the last usage invoice "
-                    "(SPEC.md section 12): `minimum`, `spend` (the term's so far, or the "
+        description="Spend against the minimum commitment as of the last usage invoice: "
+                    "`minimum`, `spend` (the term's so far, or the "
                     "period's), `shortfall` and the `true_up` that invoice billed.")
     commitment_text: str | None = Field(
         default=None, description="The same for people: 'spent 180,000.00 of 250,000.00 "

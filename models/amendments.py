@@ -98,7 +98,7 @@ class TerminateAmendment(_Base):
 
 
 class SetMinimumCommitmentAmendment(_Base):
-    """Set, change or (with ``null``) remove the minimum commitment (SPEC 12).
+    """Set, change or (with ``null``) remove the minimum commitment.
 
     It takes effect from a boundary: the first period start at or after its
     ``effective``, so a period always keeps the minimum of its start."""

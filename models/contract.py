@@ -263,7 +263,7 @@ class RateOverride(PriceFields, LimitFields):
 
     @property
     def is_limit(self) -> bool:
-        """A spend-limit override: no price, no discount (SPEC 12)."""
+        """A spend-limit override: no price, no discount."""
         return self.sets_limit
 
     def in_force(self, at: datetime) -> bool:

@@ -98,7 +98,7 @@ class LateUsageLine(BaseModel):
 
 
 class MinimumLine(BaseModel):
-    """Raises a meter's lines of a period to its ``minimum_amount`` (SPEC 12)."""
+    """Raises a meter's lines of a period to its ``minimum_amount``."""
 
     model_config = _FROZEN
     kind: Literal["minimum"] = "minimum"
@@ -121,7 +121,7 @@ class MaximumLine(BaseModel):
 
 
 class TrueUpLine(BaseModel):
-    """The shortfall of spend under the contract's minimum commitment (SPEC 12)."""
+    """The shortfall of spend under the contract's minimum commitment."""
 
     model_config = _FROZEN
     kind: Literal["true_up"] = "true_up"

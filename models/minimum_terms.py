@@ -35,7 +35,7 @@ class CommitmentPer(StrEnum):
 
 
 class MinimumCommitment(BaseModel):
-    """A postpaid promise to spend at least ``amount`` on usage (SPEC 12)."""
+    """A postpaid promise to spend at least ``amount`` on usage."""
 
     model_config = _FROZEN
     amount: BoundedPositive

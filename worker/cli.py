@@ -30,7 +30,7 @@ err = Console(stderr=True)
 register_ops_commands(app)
 register_document_commands()  # invoice pdf|html|preview
 register_event_commands(app)  # events list|replay|endpoints|add-endpoint
-register_export_commands(app)  # journal export, revenue deferred, contract credits
+register_export_commands(app)  # journal export, revenue deferred
 
 
 def _require_database_url(settings: Settings) -> str:

@@ -1,4 +1,6 @@
-"""``billow journal export``, ``billow revenue deferred``, ``billow contract credits``."""
+"""``billow journal export`` and ``billow revenue deferred``.
+
+The credit history is `billow contract show --credits` (worker/cli_ops.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from rich.table import Table
 
 from worker.cli_common import EXIT_CODES, EXIT_INPUT, CliFailure, JsonOpt, err, fail, out
 from worker.cli_documents import fetch_document
-from worker.cli_ops import _api, _emit_json, _kv_table, _seg, contract_app
+from worker.cli_ops import _api, _emit_json
 
 journal_app = typer.Typer(help="The revenue journal.", no_args_is_help=True, epilog=EXIT_CODES)
 revenue_app = typer.Typer(help="Revenue reports.", no_args_is_help=True, epilog=EXIT_CODES)
@@ -81,32 +83,6 @@ def revenue_deferred(
     out().print(table)
 
 
-def contract_credits(
-    contract_id: Annotated[str, typer.Argument(help="Contract id")],
-    as_json: JsonOpt = False,
-) -> None:
-    """A contract's credit ledger: grants, consumption per invoice, expiries."""
-    try:
-        with _api() as api:
-            result = api.call("GET", f"/v1/contracts/{_seg(contract_id)}/credits")
-    except CliFailure as exc:
-        fail(exc, as_json)
-    if as_json:
-        _emit_json(result)
-        return
-    s = result["summary"]
-    out().print(_kv_table(f"Credits of {contract_id} ({result['currency']})", [
-        ("granted", s["granted"]), ("consumed", s["consumed"]), ("expired", s["expired"]),
-        ("balance", s["balance"])]))
-    table = Table(title="Movements", title_justify="left")
-    for col in ("at", "grant", "kind", "amount", "invoice"):
-        table.add_column(col, justify="right" if col == "amount" else "left")
-    for m in result["movements"]:
-        table.add_row(str(m["at"]), m["grant_id"], m["kind"], m["amount"], m["invoice_key"] or "")
-    out().print(table)
-
-
 def register(app: typer.Typer) -> None:
     app.add_typer(journal_app, name="journal")
     app.add_typer(revenue_app, name="revenue")
-    contract_app.command("credits")(contract_credits)

@@ -85,7 +85,7 @@ async def test_acme_journal_and_deferred_revenue(
             "commitment", D("120000.00"), D(0))
         kinds = [m["kind"] for m in credits["movements"]]
         assert kinds[0] == "grant" and kinds[-1] == "expire" and "consume" in kinds
-        assert D(grant["breakage_revenue"]) == D(revenue.breakage)
+        assert D(grant["breakage"]) == D(revenue.breakage)
         problem(await http.get("/v1/contracts/nope/credits"), 404)
         problem(await http.get("/v1/journal", headers={
             "Authorization": f"Bearer {api.keys['crm']}"}), 403)
@@ -96,5 +96,5 @@ async def test_acme_journal_and_deferred_revenue(
     assert json.loads(cli.output)["entries"] == q1["entries"]
     cli = await run_cli(api, ["revenue", "deferred", "--json"])
     assert json.loads(cli.output)["months"] == months
-    cli = await run_cli(api, ["contract", "credits", "acme-2027", "--json"])
-    assert json.loads(cli.output)["summary"] == credits["summary"]
+    cli = await run_cli(api, ["contract", "show", "acme-2027", "--credits", "--json"])
+    assert json.loads(cli.output)["credit_history"]["summary"] == credits["summary"]
