@@ -219,7 +219,7 @@ class LedgerActivities:
             await lock_contract(conn, req.contract_id)
             state = await load_credit_state(conn, req.contract_id)
             state, _ = state.expire_all()
-            await _write_expiries_and_breakage(conn, req.contract_id, state, req.on)
+            await write_expiries_and_breakage(conn, req.contract_id, state, req.on)
             await save_contract_row(
                 conn,
                 UpdateContractRequest(
@@ -301,7 +301,7 @@ class LedgerActivities:
             )
             await post_journal(conn, cid, entries, req.issued_on, key)
             if computed.expired_before:
-                await _write_expiries_and_breakage(conn, cid, state, req.issued_on)
+                await write_expiries_and_breakage(conn, cid, state, req.issued_on)
             if req.next_period is not None:
                 await open_draft(conn, terms, req.next_period)
             # The number is the transaction's last statement: the series lock
@@ -574,7 +574,8 @@ async def record_payment_in(conn: AsyncConnection, req: PaymentRequest) -> Payme
     )
     if inserted is None:
         return await _payment_resent(conn, req)
-    outstanding = row.total - row.amount_paid
+    # What credit notes took off the amount owed is not owed (SPEC.md section 11).
+    outstanding = row.total - row.amount_paid - row.credit_allocated
     if row.status in ("paid", "void", "draft", "needs_attention") or req.amount > outstanding:
         # The insert above is rolled back with the caller's transaction.
         raise ApplicationError(
@@ -584,7 +585,7 @@ async def record_payment_in(conn: AsyncConnection, req: PaymentRequest) -> Payme
             non_retryable=True,
         )
     paid = row.amount_paid + req.amount
-    settled = paid >= row.total
+    settled = paid + row.credit_allocated >= row.total
     updated = (
         await conn.execute(
             text(
@@ -864,24 +865,48 @@ def _line_params(invoice_id: int, position: int, ln: Line) -> dict[str, Any]:
     }
 
 
-async def _write_expiries_and_breakage(
+async def write_expiries_and_breakage(
     conn: AsyncConnection, cid: str, state: CreditState, booked_on: date
 ) -> None:
-    """Ledger expiry rows for expired credits and breakage for their deferred revenue."""
+    """Ledger expiry rows for newly expired credits and breakage for their deferred revenue.
+
+    ``state`` is the credit state after expiring; only what the ledger has not
+    recorded as expired yet is written, so a grant can expire again after a
+    correction returned credits to it (SPEC.md section 11), and repeating the
+    call writes nothing.
+    """
+    written = {
+        r.grant_id: (r.expired, r.n)
+        for r in (
+            await conn.execute(
+                text(
+                    "SELECT grant_id, coalesce(sum(-amount), 0) AS expired, count(*) AS n "
+                    "FROM credit_ledger WHERE contract_id = :cid AND kind = 'expire' "
+                    "GROUP BY grant_id"
+                ),
+                {"cid": cid},
+            )
+        ).all()
+    }
     journal = await load_journal(conn, cid)
     recognized = recognized_by_grant(journal)
+    keys = {e.key for e in journal}
     for grant, balance in zip(state.grants, state.balances, strict=True):
-        if balance.expired <= 0:
+        done, n = written.get(grant.id, (Decimal(0), 0))
+        delta = balance.expired - done
+        if delta <= 0:
             continue
         await insert_ledger_entry(
             conn,
-            entry_key=f"expire:{cid}:{grant.id}",
+            entry_key=f"expire:{cid}:{grant.id}" if n == 0 else f"expire:{cid}:{grant.id}:{n + 1}",
             contract_id=cid,
             grant_id=grant.id,
             kind="expire",
-            amount=-balance.expired,
+            amount=-delta,
             invoice_key=None,
         )
         entry = breakage(grant, recognized.get(grant.id, Decimal(0)))
         if entry is not None:
+            if entry.key in keys:  # the grant expired before: this is breakage again
+                entry = entry.model_copy(update={"key": f"{entry.key}:{n + 1}"})
             await post_journal(conn, cid, [entry], booked_on)

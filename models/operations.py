@@ -68,6 +68,8 @@ class ActivityName(StrEnum):
     CHARGE_CARD = "charge_card"
     RECORD_CHARGE = "record_charge"
     COMPACT_USAGE = "compact_usage"
+    CORRECT_INVOICE = "correct_invoice"
+    REFUND = "refund"
 
 
 class ContractStatus(StrEnum):
@@ -103,10 +105,17 @@ class IssuedInvoice(BaseModel):
     total: Decimal
     amount_paid: Decimal = Decimal(0)
     paid_on: date | None = None
+    # Corrections (SPEC.md section 11): the sum of its credit notes, and what
+    # they took off the amount owed.
+    credited: Decimal = Decimal(0)
+    credit_allocated: Decimal = Decimal(0)
 
     @property
     def outstanding(self) -> Decimal:
-        return self.total - self.amount_paid
+        """total - paid - what credit notes took off; 0 once void."""
+        if self.status == "void":
+            return Decimal(0)
+        return self.total - self.amount_paid - self.credit_allocated
 
 
 class RegisterContractRequest(BaseModel):

@@ -43,6 +43,18 @@ with workflow.unsafe.imports_passed_through():
     from models.amendments import Amendment, ExtendTermAmendment, GrantCreditsAmendment
     from models.bounds import BoundedPositive, Id, InvoiceKey
     from models.contract import COMMITMENT_GRANT_ID, Contract, ContractTerms, to_instant
+    from models.corrections import (
+        CorrectCredit,
+        Correction,
+        CorrectionOutcome,
+        CorrectionRecord,
+        CorrectionResult,
+        CorrectReissue,
+        CorrectVoid,
+        RefundRequest,
+        RefundView,
+        correction_digest,
+    )
     from models.errors import BillowValidationError
     from models.invoices import due_on
     from models.operations import (
@@ -87,6 +99,14 @@ with workflow.unsafe.imports_passed_through():
         initial_state,
         validate_amendment,
     )
+    from workflows.corrections import (
+        CorrectionConflict,
+        check_correction,
+        correction_request,
+        learn_outcome,
+        record_refund,
+        resend_answer,
+    )
 
 # Continue-as-new after this many closed periods in one run (history bound).
 PERIODS_PER_RUN = 12
@@ -105,7 +125,7 @@ _CHARGE_RETRY = RetryPolicy(
     maximum_attempts=3,
 )
 _SHORT = timedelta(seconds=60)
-_REMOTE = frozenset({ActivityName.CHARGE_INVOICE})
+_REMOTE = frozenset({ActivityName.CHARGE_INVOICE, ActivityName.REFUND})
 T = TypeVar("T")
 _LONG = timedelta(minutes=15)
 
@@ -984,6 +1004,92 @@ class ContractWorkflow:
             await self._pay(payment)
         except ApplicationError as exc:
             workflow.logger.warning("payment for %s rejected: %s", payment.invoice, exc)
+
+    # --- corrections (SPEC.md section 11) -----------------------------------------
+    @workflow.update(name="correct")
+    async def correct(self, correction: Correction) -> CorrectionResult:
+        """Void, reissue or credit a finalized invoice; idempotent on the correction id."""
+        return await self._correct(correction)
+
+    @correct.validator
+    def _validate_correct(self, correction: Correction) -> None:
+        self._check_correction(correction)
+
+    def _check_correction(self, correction: CorrectVoid | CorrectReissue | CorrectCredit) -> None:
+        try:
+            check_correction(self.state, correction)
+        except CorrectionConflict as exc:
+            raise ApplicationError(
+                str(exc), [{"field": f, "reason": r} for f, r in exc.problems],
+                type="CorrectionConflict", non_retryable=True) from exc
+        except BillowValidationError as exc:
+            raise ApplicationError(
+                str(exc), [{"field": f, "reason": r} for f, r in exc.problems],
+                type="InvoiceState", non_retryable=True) from exc
+
+    async def _correct(self, correction: CorrectVoid | CorrectReissue | CorrectCredit
+                       ) -> CorrectionResult:
+        st = self.state
+        self._check_correction(correction)
+        answer = resend_answer(st, correction)
+        if answer is not None:
+            return answer
+        async with self._lock:
+            # Decided under the lock: a close or a payment may have changed the invoice.
+            self._check_correction(correction)
+            answer = resend_answer(st, correction)
+            if answer is not None:
+                return answer
+            request = correction_request(st, correction, workflow.now())
+            try:
+                outcome = await self._call(
+                    ActivityName.CORRECT_INVOICE, request, CorrectionOutcome,
+                    summary=f"{correction.kind} {correction.invoice} ({correction.id})",
+                )
+            except _ACTIVITY_FAILURES as exc:
+                # The ledger refused it: fail this update, never the contract.
+                cause = _cause(exc)
+                raise ApplicationError(
+                    cause.message if cause else str(exc),
+                    *(cause.details if cause else ()),
+                    type=cause.type if cause and cause.type else "InvalidCorrection",
+                    non_retryable=True,
+                ) from exc
+            for key in learn_outcome(st, outcome):
+                reissued = next(i for i in outcome.invoices if i.key == key)
+                await self._issued(reissued)
+            st.correction_records.append(CorrectionRecord(
+                id=correction.id, digest=correction_digest(correction), result=outcome.result))
+        result = outcome.result
+        if outcome.refund is not None:
+            refund = await self._refund(outcome.refund)
+            if refund is not None:
+                record_refund(st, correction.id, refund)
+                result = resend_answer(st, correction) or result
+        # A correction can only remove collection steps or add a reissue's.
+        if self._next_wake() != self._sleeping_until:
+            self._wakeup += 1
+        self._publish()
+        return result
+
+    async def _refund(self, request: RefundRequest) -> RefundView | None:
+        """Pay a credit note's refund through the gateway, outside the contract lock.
+
+        A few attempts; if the gateway keeps failing the refund stays pending in
+        the ledger (shown to ops), and sending the credit again retries it.
+        """
+        try:
+            refund = await workflow.execute_activity(
+                ActivityName.REFUND.value, request, result_type=RefundView,
+                start_to_close_timeout=_SHORT, retry_policy=_CHARGE_RETRY,
+                summary=f"refund {request.amount} {request.currency} ({request.refund_key})",
+            )
+        except ActivityError as exc:
+            workflow.logger.warning("refund %s not paid yet: %s", request.refund_key,
+                                    _refusal(exc))
+            return None
+        assert isinstance(refund, RefundView)
+        return refund
 
     @workflow.query(name="state")
     def query_state(self) -> ContractView:

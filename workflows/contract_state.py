@@ -41,6 +41,7 @@ from models.contract import (
     add_rate_override,
     to_instant,
 )
+from models.corrections import CorrectionRecord
 from models.errors import BillowValidationError
 from models.invoices import due_on
 from models.money import round_money
@@ -147,6 +148,8 @@ class ContractState(BaseModel):
     amendment_records: list[AmendmentRecord] = Field(default_factory=list)
     dropped_amendments: list[DroppedAmendment] = Field(default_factory=list)
     unapplied_payments: list[UnappliedPayment] = Field(default_factory=list)
+    # Answers given per correction id (void, reissue, credit: SPEC.md section 11).
+    correction_records: list[CorrectionRecord] = Field(default_factory=list)
     credit_balance: Decimal = Decimal(0)
     attention: str | None = None
     terminated_at: AwareDatetime | None = None
