@@ -7,18 +7,23 @@ note as `CreditNoteView`, in issue (number) order.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from models.contract import ContractTerms
 from models.corrections import (
+    Correction,
+    CorrectionRequest,
     CreditNoteAllocation,
     CreditNoteLineView,
     CreditNoteView,
     RefundView,
 )
 from models.credit_notes import Consumption, InvoiceLineState
+from models.periods import Period, local_date, local_midnight_utc
 from models.revenue import JournalEntry
 
 __all__ = [
@@ -30,6 +35,7 @@ __all__ = [
     "invoice_consumption",
     "invoice_journal",
     "invoice_lines_for_credit",
+    "ledger_request",
     "number_credit_note",
 ]
 
@@ -203,3 +209,34 @@ async def credit_notes_of(conn: AsyncConnection, contract_id: str) -> list[Credi
     """The contract's credit notes in issue order."""
     return [await credit_note_view(conn, r)
             for r in await credit_note_rows(conn, contract_id=contract_id)]
+
+
+async def ledger_request(
+    conn: AsyncConnection, contract_id: str, correction: Correction, now: datetime
+) -> CorrectionRequest:
+    """The request the contract's workflow would send, built from the ledger (for
+    corrections after the workflow has completed: SPEC.md section 11)."""
+    row = (
+        await conn.execute(
+            text("SELECT status, terms FROM contracts WHERE id = :id"), {"id": contract_id})
+    ).one()
+    terms = ContractTerms.model_validate(row.terms)
+    spans = (
+        await conn.execute(
+            text("SELECT DISTINCT period_start, period_end FROM invoices WHERE contract_id = :c "
+                 "AND kind = 'usage' AND number IS NOT NULL ORDER BY period_start"),
+            {"c": contract_id},
+        )
+    ).all()
+    periods = [
+        Period(start=local_midnight_utc(s.period_start, terms.timezone),
+               end=local_midnight_utc(s.period_end, terms.timezone),
+               start_date=s.period_start, end_date=s.period_end,
+               full_start_date=s.period_start, full_end_date=s.period_end)
+        for s in spans
+    ]
+    return CorrectionRequest(
+        contract_id=contract_id, correction=correction, at=now,
+        on=local_date(now, terms.timezone), terms=terms, invoiced_periods=periods,
+        term_closed=row.status in ("ended", "terminated"),
+    )

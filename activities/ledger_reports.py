@@ -4,6 +4,7 @@ summaries. Used by ``billow simulate``, the API and tests."""
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel
@@ -60,6 +61,12 @@ async def invoice_documents(conn: AsyncConnection, contract_id: str) -> list[dic
             "total": plain(inv.total),
             "status": inv.status,
             "paid_on": inv.paid_on.isoformat() if inv.paid_on else None,
+            # Corrections (SPEC.md section 11): the sum of its credit notes and
+            # what is still owed (total - paid - what the notes took off).
+            "credited": plain(inv.credited),
+            "outstanding": plain(
+                max(inv.total - inv.amount_paid - inv.credit_allocated, Decimal(0))
+                if inv.status in ("open", "overdue") else Decimal(0)),
         }
         for inv in invoices
     ]

@@ -16,7 +16,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from api import catalog, contracts, invoices, usage, webhooks
+from api import catalog, contracts, corrections, invoices, usage, webhooks
 from api.deps import AppDeps
 from api.idempotency import IdempotencyMiddleware
 from api.metrics_view import install_metrics_route
@@ -103,7 +103,7 @@ def create_app(deps: AppDeps) -> FastAPI:
     app.add_middleware(HttpMetricsMiddleware)
     install_metrics_route(app, deps)
 
-    for module in (contracts, usage, invoices, catalog, webhooks):
+    for module in (contracts, usage, invoices, corrections, catalog, webhooks):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness and dependency check")

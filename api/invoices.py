@@ -89,8 +89,8 @@ async def get_invoice(number: str, deps: Deps) -> InvoiceDetail:
     doc: dict[str, Any] = next(d for d in docs if d["number"] == number)
     return InvoiceDetail.model_validate({
         **doc, "contract_id": row.contract_id, "currency": row.currency,
-        "amount_paid": row.amount_paid,
-        "outstanding": outstanding(row.status, row.total, row.amount_paid),
+        "amount_paid": row.amount_paid, "credited": row.credited,
+        "outstanding": outstanding(row.status, row.total, row.amount_paid, row.credit_allocated),
     })
 
 

@@ -20,12 +20,13 @@ _ZERO = Decimal(0)
 
 _INVOICE_COLUMNS = (
     "contract_id, key, number, kind, status, currency, period_start, period_end, issued_on, "
-    "due_on, subtotal, credits_applied, total, amount_paid, paid_on"
+    "due_on, subtotal, credits_applied, total, amount_paid, paid_on, credited, credit_allocated"
 )
 
 
-def outstanding(status: str, total: Decimal, paid: Decimal) -> Decimal:
-    return max(total - paid, _ZERO) if status in _OWED else _ZERO
+def outstanding(status: str, total: Decimal, paid: Decimal, allocated: Decimal = _ZERO) -> Decimal:
+    """What is still owed: total - paid - what credit notes took off (SPEC.md section 11)."""
+    return max(total - paid - allocated, _ZERO) if status in _OWED else _ZERO
 
 
 def _summary(row: Any) -> InvoiceSummary:
@@ -34,8 +35,8 @@ def _summary(row: Any) -> InvoiceSummary:
         status=row.status, currency=row.currency, period_start=row.period_start,
         period_end=row.period_end, issued_on=row.issued_on, due_on=row.due_on,
         subtotal=row.subtotal, credits_applied=row.credits_applied, total=row.total,
-        amount_paid=row.amount_paid, outstanding=outstanding(row.status, row.total,
-                                                             row.amount_paid),
+        amount_paid=row.amount_paid, credited=row.credited,
+        outstanding=outstanding(row.status, row.total, row.amount_paid, row.credit_allocated),
         paid_on=row.paid_on,
     )
 
@@ -46,8 +47,9 @@ def summary_from_issued(contract_id: str, inv: IssuedInvoice) -> InvoiceSummary:
         status=inv.status, currency=inv.currency, period_start=inv.period_start,
         period_end=inv.period_end, issued_on=inv.issued_on, due_on=inv.due_on,
         subtotal=inv.subtotal, credits_applied=inv.credits_applied, total=inv.total,
-        amount_paid=inv.amount_paid,
-        outstanding=outstanding(inv.status, inv.total, inv.amount_paid), paid_on=inv.paid_on,
+        amount_paid=inv.amount_paid, credited=inv.credited,
+        outstanding=outstanding(inv.status, inv.total, inv.amount_paid, inv.credit_allocated),
+        paid_on=inv.paid_on,
     )
 
 
@@ -159,7 +161,7 @@ async def list_contracts(
                c.currency, c.starts_on, c.term_end, c.catalog_version,
                count(i.id) FILTER (WHERE i.status IN ('open', 'overdue')) AS open_invoices,
                count(i.id) FILTER (WHERE i.status = 'overdue') AS overdue_invoices,
-               coalesce(sum(greatest(i.total - i.amount_paid, 0))
+               coalesce(sum(greatest(i.total - i.amount_paid - i.credit_allocated, 0))
                         FILTER (WHERE i.status IN ('open', 'overdue')), 0) AS outstanding
         FROM contracts c
         JOIN customers cu ON cu.id = c.customer_id

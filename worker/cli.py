@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from worker.cli_corrections import register as register_correction_commands
 from worker.cli_ops import register as register_ops_commands
 from worker.settings import Settings, load_settings
 
@@ -25,6 +26,8 @@ app = typer.Typer(
 err = Console(stderr=True)
 # catalog, contract, usage, invoice, apikey (worker/cli_ops.py)
 register_ops_commands(app)
+# invoice void|reissue|credit, credit-note list|show (worker/cli_corrections.py)
+register_correction_commands(app)
 
 
 def _require_database_url(settings: Settings) -> str:
