@@ -44,6 +44,7 @@ __all__ = [
     "CreditNoteAllocation",
     "CreditNoteLineView",
     "CreditNoteView",
+    "PendingRefund",
     "Reason",
     "RefundRequest",
     "RefundView",
@@ -218,6 +219,15 @@ class RefundRequest(BaseModel):
     amount: Decimal
     currency: str
     on: date
+
+
+class PendingRefund(BaseModel):
+    """A refund the gateway did not pay yet: the contract retries it on a schedule."""
+
+    request: RefundRequest
+    correction_id: str
+    attempts: int = 1
+    next_at: AwareDatetime | None = None  # None: given up, left pending for ops
 
 
 class CorrectionOutcome(BaseModel):

@@ -211,14 +211,17 @@ def plan_credit_note(
     rest = total - returned
     reduced = min(rest, max(invoice.outstanding, _ZERO))
     left = rest - reduced
+    def money(x: Decimal) -> Decimal:  # zeros too carry the currency's scale: "0.00"
+        return round_money(x, invoice.currency)
+
     return CreditNotePlan(
         lines=tuple(note_lines),
-        total=total,
-        usage_credited=usage,
-        credits_returned=returned,
-        outstanding_reduced=reduced,
-        refunded=left if remainder == "refund" else _ZERO,
-        customer_credit=left if remainder == "credit" else _ZERO,
+        total=money(total),
+        usage_credited=money(usage),
+        credits_returned=money(returned),
+        outstanding_reduced=money(reduced),
+        refunded=money(left if remainder == "refund" else _ZERO),
+        customer_credit=money(left if remainder == "credit" else _ZERO),
     )
 
 

@@ -51,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
         CorrectionResult,
         CorrectReissue,
         CorrectVoid,
+        PendingRefund,
         RefundRequest,
         RefundView,
         correction_digest,
@@ -107,6 +108,9 @@ with workflow.unsafe.imports_passed_through():
         record_refund,
         resend_answer,
     )
+
+# A refund the gateway declined is tried again this many days after the note.
+REFUND_RETRY_DAYS: tuple[int, ...] = (1, 3, 7)
 
 # Continue-as-new after this many closed periods in one run (history bound).
 PERIODS_PER_RUN = 12
@@ -315,7 +319,9 @@ class ContractWorkflow:
                     await self._maybe_continue_as_new()
                     continue
             await self._run_due_collection()
-            if st.term_closed and not st.collections and not st.pending_amendments:
+            await self._run_due_refunds()
+            if (st.term_closed and not st.collections and not st.pending_amendments
+                    and st.next_refund_at() is None):
                 break
             # A long idle stretch (an annual contract with many updates) can
             # grow one run's history too: the server's suggestion is honoured
@@ -348,7 +354,7 @@ class ContractWorkflow:
 
     def _next_wake(self) -> datetime | None:
         st = self.state
-        candidates = [st.next_amendment_at(), st.next_collection_at()]
+        candidates = [st.next_amendment_at(), st.next_collection_at(), st.next_refund_at()]
         if not st.term_closed and st.open_period is not None and not self._held:
             candidates.append(st.close_at(st.open_period))
         return min((c for c in candidates if c is not None), default=None)
@@ -1038,39 +1044,73 @@ class ContractWorkflow:
             # Decided under the lock: a close or a payment may have changed the invoice.
             self._check_correction(correction)
             answer = resend_answer(st, correction)
-            if answer is not None:
-                return answer
-            request = correction_request(st, correction, workflow.now())
-            try:
-                outcome = await self._call(
-                    ActivityName.CORRECT_INVOICE, request, CorrectionOutcome,
-                    summary=f"{correction.kind} {correction.invoice} ({correction.id})",
-                )
-            except _ACTIVITY_FAILURES as exc:
-                # The ledger refused it: fail this update, never the contract.
-                cause = _cause(exc)
-                raise ApplicationError(
-                    cause.message if cause else str(exc),
-                    *(cause.details if cause else ()),
-                    type=cause.type if cause and cause.type else "InvalidCorrection",
-                    non_retryable=True,
-                ) from exc
-            for key in learn_outcome(st, outcome):
-                reissued = next(i for i in outcome.invoices if i.key == key)
-                await self._issued(reissued)
-            st.correction_records.append(CorrectionRecord(
-                id=correction.id, digest=correction_digest(correction), result=outcome.result))
+            if answer is None:
+                outcome = await self._apply_correction(correction)
+        if answer is not None:  # a concurrent send of the same id applied it meanwhile
+            return answer
         result = outcome.result
         if outcome.refund is not None:
             refund = await self._refund(outcome.refund)
             if refund is not None:
                 record_refund(st, correction.id, refund)
                 result = resend_answer(st, correction) or result
+            else:
+                st.pending_refunds.append(PendingRefund(
+                    request=outcome.refund, correction_id=correction.id,
+                    next_at=workflow.now() + timedelta(days=REFUND_RETRY_DAYS[0])))
         # A correction can only remove collection steps or add a reissue's.
         if self._next_wake() != self._sleeping_until:
             self._wakeup += 1
         self._publish()
         return result
+
+    async def _apply_correction(self, correction: CorrectVoid | CorrectReissue | CorrectCredit
+                                ) -> CorrectionOutcome:
+        """The ledger step of a correction, under the lock; its outcome into the state."""
+        st = self.state
+        request = correction_request(st, correction, workflow.now())
+        try:
+            outcome = await self._call(
+                ActivityName.CORRECT_INVOICE, request, CorrectionOutcome,
+                summary=f"{correction.kind} {correction.invoice} ({correction.id})",
+            )
+        except _ACTIVITY_FAILURES as exc:
+            # The ledger refused it: fail this update, never the contract.
+            cause = _cause(exc)
+            raise ApplicationError(
+                cause.message if cause else str(exc),
+                *(cause.details if cause else ()),
+                type=cause.type if cause and cause.type else "InvalidCorrection",
+                non_retryable=True,
+            ) from exc
+        for key in learn_outcome(st, outcome):
+            reissued = next(i for i in outcome.invoices if i.key == key)
+            await self._issued(reissued)
+        st.correction_records.append(CorrectionRecord(
+            id=correction.id, digest=correction_digest(correction), result=outcome.result))
+        return outcome
+
+    async def _run_due_refunds(self) -> None:
+        """Retry refunds the gateway did not pay (1, 3 and 7 days after the note,
+        then left pending in the ledger for ops)."""
+        st = self.state
+        now = workflow.now()
+        for pending in list(st.pending_refunds):
+            if pending.next_at is None or pending.next_at > now:
+                continue
+            pending.next_at = None
+            # Booked the day it is paid back, not the day of the note.
+            refund = await self._refund(
+                pending.request.model_copy(update={"on": st.local_date(now)}))
+            if refund is not None:
+                st.pending_refunds.remove(pending)
+                record_refund(st, pending.correction_id, refund)
+            elif pending.attempts < len(REFUND_RETRY_DAYS):
+                pending.next_at = now + timedelta(days=REFUND_RETRY_DAYS[pending.attempts])
+                pending.attempts += 1
+            else:
+                workflow.logger.error("refund %s given up after %d attempts: pending for ops",
+                                      pending.request.refund_key, pending.attempts)
 
     async def _refund(self, request: RefundRequest) -> RefundView | None:
         """Pay a credit note's refund through the gateway, outside the contract lock.

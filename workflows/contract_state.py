@@ -41,7 +41,7 @@ from models.contract import (
     add_rate_override,
     to_instant,
 )
-from models.corrections import CorrectionRecord
+from models.corrections import CorrectionRecord, PendingRefund
 from models.errors import BillowValidationError
 from models.invoices import due_on
 from models.money import round_money
@@ -150,6 +150,8 @@ class ContractState(BaseModel):
     unapplied_payments: list[UnappliedPayment] = Field(default_factory=list)
     # Answers given per correction id (void, reissue, credit: SPEC.md section 11).
     correction_records: list[CorrectionRecord] = Field(default_factory=list)
+    # Credit note refunds the gateway has not paid yet, retried on a schedule.
+    pending_refunds: list[PendingRefund] = Field(default_factory=list)
     credit_balance: Decimal = Decimal(0)
     attention: str | None = None
     terminated_at: AwareDatetime | None = None
@@ -203,6 +205,10 @@ class ContractState(BaseModel):
 
     def next_amendment_at(self) -> datetime | None:
         return min((p.effective for p in self.pending_amendments), default=None)
+
+    def next_refund_at(self) -> datetime | None:
+        return min((p.next_at for p in self.pending_refunds if p.next_at is not None),
+                   default=None)
 
     def next_collection_at(self) -> datetime | None:
         instants = [

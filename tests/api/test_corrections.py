@@ -96,3 +96,51 @@ async def test_void_over_http_through_the_workflow_then_the_ledger(
     assert refused.exit_code == 4, refused.output
     assert fields(json.loads(refused.stdout)) == ["path.number"]
     assert await ledger_problems(api.deps.engine, cid) == []
+
+
+async def test_credit_notes_over_http_and_the_cli(api: ApiServer, worker: None) -> None:
+    cid, invoices = await _contract(api)
+    n1, n2 = invoices[0]["number"], invoices[1]["number"]
+    async with api.http("ops") as ops:
+        r = await ops.post(f"/v1/invoices/{n1}/credit-notes", json={
+            "id": "cn-1", "reason": "billing_error", "lines": [{"line": 1, "amount": "10.00"}]})
+        assert r.status_code == 200, r.text
+        note = r.json()["credit_note"]
+        assert (note["number"], note["total"], note["invoice_number"]) == (
+            "CN-000001", "10.00", n1)
+        assert note["allocation"] == {"credits_returned": "0.00", "outstanding_reduced": "10.00",
+                                      "refunded": "0.00", "customer_credit": "0.00"}
+        over = problem(await ops.post(f"/v1/invoices/{n1}/credit-notes", json={
+            "id": "cn-2", "reason": "billing_error", "lines": [{"line": 1, "amount": "20.01"}]}),
+            422)
+        assert fields(over) == ["lines[0].amount"]
+        both = problem(await ops.post(f"/v1/invoices/{n1}/credit-notes", json={
+            "id": "cn-3", "reason": "other", "amount": "1.00",
+            "lines": [{"line": 1, "amount": "1.00"}]}), 422)
+        assert both["errors"]
+        bad_reason = problem(await ops.post(f"/v1/invoices/{n1}/credit-notes", json={
+            "id": "cn-4", "reason": "because", "amount": "1.00"}), 422)
+        assert fields(bad_reason) == ["reason"]
+        assert (await ops.post(f"/v1/invoices/{n2}/void", json={"id": "v"})).status_code == 200
+        on_void = problem(await ops.post(f"/v1/invoices/{n2}/credit-notes", json={
+            "id": "cn-5", "reason": "other", "amount": "1.00"}), 409)
+        assert fields(on_void) == ["path.number"]
+        listed = (await ops.get("/v1/credit-notes", params={"contract": cid})).json()
+        assert [n["number"] for n in listed["credit_notes"]] == ["CN-000001"]
+        shown = (await ops.get("/v1/credit-notes/CN-000001")).json()
+        assert shown == note
+        problem(await ops.get("/v1/credit-notes/CN-999999"), 404)
+        inv = (await ops.get(f"/v1/invoices/{n1}")).json()
+        assert (inv["credited"], inv["outstanding"]) == ("10.00", "520.00")
+    cli = await run_cli(api, ["invoice", "credit", n1, "--id", "cn-6", "--reason", "goodwill",
+                              "--line", "2=20.00", "--json"])
+    assert cli.exit_code == 0, cli.output
+    assert json.loads(cli.stdout)["credit_note"]["number"] == "CN-000002"
+    table = await run_cli(api, ["credit-note", "list", "--contract", cid])
+    assert table.exit_code == 0 and "CN-000002" in table.stdout
+    show = await run_cli(api, ["credit-note", "show", "CN-000002"])
+    assert show.exit_code == 0 and "goodwill" in show.stdout
+    bad = await run_cli(api, ["invoice", "credit", n1, "--id", "cn-7", "--reason", "other",
+                              "--line", "two=1"])
+    assert bad.exit_code == 2
+    assert await ledger_problems(api.deps.engine, cid) == []

@@ -13,7 +13,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.correction_store import credit_notes_of
-from activities.payments import SimulatedCardGateway
+from activities.payments import GatewayResult, SimulatedCardGateway
 from tests.support.correction_checks import ledger_problems, rows
 from tests.support.scenario import ContractRun, at, contract_doc, event
 
@@ -232,3 +232,44 @@ async def test_credit_twice_concurrently_and_the_refusals(
     jan = next(i for i in state.invoices if i.key == "usage:2027-01-01")
     assert (jan.status, jan.outstanding) == ("overdue", D("500.00"))
     assert state.has_overdue_invoice and state.attention is None
+
+
+class RefundsDeclinedOnce(SimulatedCardGateway):
+    """A card gateway whose first refund is declined (the card was closed, say)."""
+
+    async def refund(self, *, customer_id: str, amount: Decimal, currency: str,
+                     idempotency_key: str) -> GatewayResult:
+        if not getattr(self, "declined", False):
+            self.declined = True
+            return GatewayResult(accepted=False, reason="card_closed")
+        return await super().refund(customer_id=customer_id, amount=amount,
+                                    currency=currency, idempotency_key=idempotency_key)
+
+
+async def test_a_declined_refund_stays_pending_and_is_retried_once_paid(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    gateway = RefundsDeclinedOnce()
+    async with ContractRun(ts_env, db, contract_doc(term_months=2), gateway=gateway) as run:
+        await run.advance_to(at("2027-02-05"))
+        await run.pay("usage:2027-01-01", "500.00", payment_id="wire-1")
+        note = {"kind": "credit", "id": "cn-r", "invoice": "usage:2027-01-01",
+                "reason": "goodwill", "amount": "50.00"}
+        first = await run.correct(note)
+        pending = await rows(db, "SELECT status FROM refunds")
+        again = await run.correct(note)  # a resend: the first answer
+        await run.advance_to(at("2027-02-07"))  # retried one day after the note
+        refunded = await rows(db, "SELECT status, refunded_on FROM refunds")
+        later = await run.correct(note)
+        entries = await rows(db, "SELECT count(*) AS n FROM journal_entries WHERE kind = 'refund'")
+        problems = await ledger_problems(db, "c-1")
+    assert first.credit_note is not None and first.credit_note.refund is not None
+    assert first.credit_note.refund.status == "pending"
+    assert [r.status for r in pending] == ["pending"]
+    assert again == first
+    assert [(r.status, r.refunded_on.isoformat()) for r in refunded] == [
+        ("refunded", "2027-02-06")]
+    assert later.credit_note is not None and later.credit_note.refund is not None
+    assert gateway.refunds == [("cust-1", D("50.00"))]
+    assert entries[0].n == 1
+    assert problems == []
