@@ -39,7 +39,6 @@ from activities.usage_query import (
 )
 from models.catalog import Meter
 from models.contract import ContractTerms
-from models.invoices import invoice_key_usage
 from models.periods import Period
 from models.rating import BilledUsage, split_points
 
@@ -57,9 +56,10 @@ def _key(meter: str, part_start: datetime, dims: dict[str, str]) -> _GroupKey:
 
 
 async def billed_usage(conn: AsyncConnection, cid: str, period: Period) -> list[Any]:
-    """What finalized invoices billed for ``period`` (its usage invoice and
-    late_usage lines naming it): rows of meter, dimensions, part_start (ISO
-    text, None for an unsplit period), quantity ``q`` and ``amount``."""
+    """What finalized invoices billed for ``period`` (its usage invoice, or the
+    reissue that replaced it, and late_usage lines naming it; a void invoice
+    billed nothing): rows of meter, dimensions, part_start (ISO text, None for
+    an unsplit period), quantity ``q`` and ``amount``."""
     rows = await conn.execute(
         text(
             """
@@ -67,12 +67,13 @@ async def billed_usage(conn: AsyncConnection, cid: str, period: Period) -> list[
                    sum(l.quantity) AS q, sum(l.amount) AS amount
             FROM invoice_lines l JOIN invoices i ON i.id = l.invoice_id
             WHERE i.contract_id = :cid AND i.number IS NOT NULL AND l.meter IS NOT NULL
-              AND ((l.kind = 'usage' AND i.key = :key)
+              AND i.status <> 'void'
+              AND ((l.kind = 'usage' AND i.kind = 'usage' AND i.period_start = :start)
                    OR (l.kind = 'late_usage' AND l.line_period_start = :start))
             GROUP BY 1, 2, 3
             """
         ),
-        {"cid": cid, "key": invoice_key_usage(period.start_date), "start": period.start_date},
+        {"cid": cid, "start": period.start_date},
     )
     return list(rows)
 

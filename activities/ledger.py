@@ -205,7 +205,7 @@ class LedgerActivities:
             lines=[line],
             issued_on=req.issued_on,
         )
-        invoice_id = await _store_finalized(conn, req.contract_id, doc, req.issued_on, req.due_on)
+        invoice_id = await store_finalized(conn, req.contract_id, doc, req.issued_on, req.due_on)
         await post_journal(
             conn, req.contract_id, [entry] if req.price > 0 else [], req.issued_on, req.invoice_key
         )
@@ -274,7 +274,7 @@ class LedgerActivities:
                 )
             assert computed.document is not None and computed.application is not None
             doc, application, state = computed.document, computed.application, computed.state
-            invoice_id = await _store_finalized(
+            invoice_id = await store_finalized(
                 conn, cid, doc, req.issued_on, req.due_on, watermark=computed.watermark
             )
             for part in application.per_grant:
@@ -773,7 +773,7 @@ async def _hold(
     return issued_from_row(row)
 
 
-async def _store_finalized(
+async def store_finalized(
     conn: AsyncConnection,
     cid: str,
     doc: InvoiceDocument,
