@@ -19,7 +19,7 @@ Refusals are non-retryable ``ApplicationError``s whose details list
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -99,8 +99,15 @@ class CorrectionActivities:
             return await apply_correction(conn, req)
 
 
-async def apply_correction(conn: AsyncConnection, req: CorrectionRequest) -> CorrectionOutcome:
-    """Apply one correction in the caller's transaction (idempotent on its id)."""
+async def apply_correction(
+    conn: AsyncConnection, req: CorrectionRequest,
+    automatic: Mapping[int, Decimal] | None = None,
+) -> CorrectionOutcome:
+    """Apply one correction in the caller's transaction (idempotent on its id).
+
+    ``automatic``: the note is billow's own, for a fall in late usage; per
+    credited line (1-based), the quantity it takes back.
+    """
     c = req.correction
     cid = req.contract_id
     found = await conn.scalar(
@@ -132,7 +139,7 @@ async def apply_correction(conn: AsyncConnection, req: CorrectionRequest) -> Cor
     stored: dict[str, Any] = {}
     to_number: int | None = None
     if isinstance(c, CorrectCredit):
-        stored["note_id"] = await _credit(conn, req, c, row)
+        stored["note_id"] = await _credit(conn, req, c, row, automatic)
     else:
         if isinstance(c, CorrectVoid):
             await _void(conn, req, row)
@@ -292,7 +299,7 @@ async def _expire_returned(conn: AsyncConnection, req: CorrectionRequest,
 
 
 async def _credit(conn: AsyncConnection, req: CorrectionRequest, c: CorrectCredit,
-                  row: Any) -> int:
+                  row: Any, automatic: Mapping[int, Decimal] | None = None) -> int:
     """Issue a credit note (unnumbered; the caller numbers it last). Returns its id."""
     cid, key = req.contract_id, row.key
     if row.status == "void":
@@ -329,7 +336,7 @@ async def _credit(conn: AsyncConnection, req: CorrectionRequest, c: CorrectCredi
     elif plan.credits_returned > 0:
         reversals = await _return_credits(conn, req, key, plan.credits_returned)
         returned = [gid for gid, _ in reversals]
-    note_id = await _insert_note(conn, req, c, row, plan)
+    note_id = await _insert_note(conn, req, c, row, plan, automatic)
     new_grant = None
     if plan.customer_credit > 0:
         new_grant = await _customer_credit(conn, req, plan.customer_credit)
@@ -424,26 +431,29 @@ async def _return_credits(conn: AsyncConnection, req: CorrectionRequest, key: st
 
 
 async def _insert_note(conn: AsyncConnection, req: CorrectionRequest, c: CorrectCredit,
-                       row: Any, plan: CreditNotePlan) -> int:
+                       row: Any, plan: CreditNotePlan,
+                       automatic: Mapping[int, Decimal] | None) -> int:
     note_id = await conn.scalar(
         text(
             """
             INSERT INTO credit_notes (contract_id, correction_id, invoice_id, invoice_key,
                 currency, issued_on, reason, total, credits_returned, outstanding_reduced,
-                refunded, customer_credit)
-            VALUES (:cid, :id, :iid, :key, :cur, :on, :reason, :total, :ret, :red, :ref, :cc)
+                refunded, customer_credit, automatic)
+            VALUES (:cid, :id, :iid, :key, :cur, :on, :reason, :total, :ret, :red, :ref, :cc,
+                :auto)
             RETURNING id
             """
         ),
         {"cid": req.contract_id, "id": c.id, "iid": row.id, "key": row.key,
          "cur": row.currency, "on": req.on, "reason": c.reason, "total": plan.total,
          "ret": plan.credits_returned, "red": plan.outstanding_reduced,
-         "ref": plan.refunded, "cc": plan.customer_credit},
+         "ref": plan.refunded, "cc": plan.customer_credit, "auto": automatic is not None},
     )
     await conn.execute(
-        text("INSERT INTO credit_note_lines (credit_note_id, position, invoice_line, kind, amount) "
-             "VALUES (:nid, :pos, :line, :kind, :amount)"),
-        [{"nid": note_id, "pos": i, "line": ln.position, "kind": ln.kind, "amount": ln.amount}
+        text("INSERT INTO credit_note_lines (credit_note_id, position, invoice_line, kind, "
+             "amount, quantity) VALUES (:nid, :pos, :line, :kind, :amount, :q)"),
+        [{"nid": note_id, "pos": i, "line": ln.position, "kind": ln.kind, "amount": ln.amount,
+          "q": None if automatic is None else automatic.get(ln.position, Decimal(0))}
          for i, ln in enumerate(plan.lines)],
     )
     return int(note_id)

@@ -24,7 +24,7 @@ from temporalio.exceptions import ApplicationError
 from activities import metrics
 from activities.contract_overlap import overlapping_contract
 from activities.errors import BusinessError, business_errors
-from activities.late_usage import billed_groups, late_rows, non_additive_late_rows
+from activities.late_usage import LateFall, billed_groups, late_rows, non_additive_late_rows
 from activities.ledger_store import (
     find_invoice,
     insert_ledger_entry,
@@ -304,11 +304,23 @@ class LedgerActivities:
                 await write_expiries_and_breakage(conn, cid, state, req.issued_on)
             if req.next_period is not None:
                 await open_draft(conn, terms, req.next_period)
+            corrected = []
+            if computed.falls:
+                # A fall in late usage is credited, dated this invoice's day
+                # (SPEC.md section 11); the notes take their numbers here.
+                from activities.auto_credit import credit_falls
+
+                corrected = await credit_falls(conn, req, key, computed.falls,
+                                               list(req.earlier_periods))
+                state = await load_credit_state(conn, cid)
             # The number is the transaction's last statement: the series lock
             # it takes is held only until the COMMIT that follows (issue 13).
             issued = await next_invoice_number(conn, invoice_id)
         metrics.invoice_finalized(issued)
-        return ClosePeriodResult(invoice=issued, attention=None, credits=state.summary())
+        return ClosePeriodResult(
+            invoice=issued, attention=None, credits=state.summary(),
+            credited=[i for o in corrected for i in o.invoices],
+            refunds=[o.refund for o in corrected if o.refund is not None])
 
     # --- collection ----------------------------------------------------------------
     @activity.defn(name=ActivityName.RECORD_PAYMENT.value)
@@ -450,6 +462,8 @@ class ComputedInvoice:
     state: CreditState  # credits after this invoice drew them down
     application: CreditApplication | None
     expired_before: bool
+    # Groups of earlier periods whose non-additive figure fell (credited at close).
+    falls: tuple[LateFall, ...] = ()
 
 
 async def compute_usage_invoice(
@@ -469,8 +483,9 @@ async def compute_usage_invoice(
         {"cid": cid},
     )
     rating = rate_period(terms, period, await _usage_parts(raw, terms, period, watermark))
+    falls: list[LateFall] = []
     late_lines, late_unpriced = await _late_lines(
-        conn, raw, terms, earlier_periods, previous, watermark
+        conn, raw, terms, earlier_periods, previous, watermark, falls
     )
     credits_before = await load_credit_state(conn, cid)
     unpriced = [*rating.unpriced, *late_unpriced]
@@ -496,7 +511,7 @@ async def compute_usage_invoice(
         status=InvoiceStatus.DRAFT,
     )
     return ComputedInvoice(doc, None, watermark, credits_before, state, application,
-                           bool(expired))
+                           bool(expired), tuple(falls))
 
 
 async def open_draft(conn: AsyncConnection, terms: ContractTerms, period: Period) -> None:
@@ -711,12 +726,14 @@ async def _late_lines(
     earlier: Sequence[Period],
     previous_watermark: int | None,
     watermark: int,
+    falls: list[LateFall] | None = None,
 ) -> tuple[list[LateUsageLine], list[UnpricedGroup]]:
     """Events that arrived after their period's invoice: rated at the prices in
     force at their own time, billed once (watermarks never overlap). Late
     usage without a price is returned too: it holds the invoice like any.
     For max/unique_count/latest meters the late quantity is the rise of the
-    period's figure over what was billed (`activities.late_usage`)."""
+    period's figure over what was billed (`activities.late_usage`); a fall is
+    appended to ``falls`` (the close credits it)."""
     if not earlier or previous_watermark is None:
         return [], []
     # Additive meters: the late events' own aggregate is the delta. The
@@ -726,9 +743,11 @@ async def _late_lines(
     if additive:
         for row in await late_rows(raw, terms, additive, earlier, previous_watermark, watermark):
             by_period.setdefault(row.period_index, []).append(row)
-    others = await non_additive_late_rows(
+    others, found = await non_additive_late_rows(
         conn, raw, terms, earlier, previous_watermark, watermark
     )
+    if falls is not None:  # a fall is credited by the close that finds it
+        falls.extend(found)
     for index, extra in others.items():
         by_period.setdefault(index, []).extend(extra)
     lines: list[LateUsageLine] = []

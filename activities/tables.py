@@ -406,6 +406,7 @@ class CreditNoteLine(SQLModel, table=True):
     invoice_line: int  # 1-based position on the invoice
     kind: str
     amount: Decimal = _numeric()
+    quantity: Decimal | None = _numeric(nullable=True)  # automatic notes: taken back
 
 
 class Refund(SQLModel, table=True):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 from datetime import date
-from decimal import Decimal
 from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
@@ -27,7 +26,7 @@ from models.bounds import BoundedPositive, Id, InvoiceKey
 from models.contract import ContractTerms
 from models.credits import CreditSummary
 from models.money import DecimalStr
-from models.operations import IssuedInvoice
+from models.operations import IssuedInvoice, RefundRequest
 from models.periods import Period
 
 __all__ = [
@@ -207,18 +206,6 @@ class CorrectionRequest(BaseModel):
     # The contract's invoiced periods (a reissue rates one of them again).
     invoiced_periods: list[Period] = Field(default_factory=list)
     term_closed: bool = False
-
-
-class RefundRequest(BaseModel):
-    """A refund the ledger recorded as pending; the gateway pays it."""
-
-    model_config = _IN
-    contract_id: str
-    customer_id: str
-    refund_key: str
-    amount: Decimal
-    currency: str
-    on: date
 
 
 class PendingRefund(BaseModel):

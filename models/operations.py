@@ -19,7 +19,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from models.amendments import Amendment
 from models.contract import Contract, ContractTerms
@@ -46,6 +46,7 @@ __all__ = [
     "PaymentRequest",
     "PaymentResult",
     "RecordAmendmentRequest",
+    "RefundRequest",
     "RegisterContractRequest",
     "ReserveTermRequest",
     "UpdateContractRequest",
@@ -181,12 +182,28 @@ class ClosePeriodRequest(BaseModel):
     next_period: Period | None = None
 
 
+class RefundRequest(BaseModel):
+    """A credit note's refund the ledger recorded as pending; the gateway pays it."""
+
+    model_config = _FROZEN
+    contract_id: str
+    customer_id: str
+    refund_key: str
+    amount: Decimal
+    currency: str
+    on: date
+
+
 class ClosePeriodResult(BaseModel):
     model_config = _FROZEN
     invoice: IssuedInvoice
     # Set when the invoice is held: unpriced usage or another business error.
     attention: str | None
     credits: CreditSummary
+    # Automatic credit notes for falls in late usage (SPEC.md section 11): the
+    # invoices they credited, as they are now, and the refunds they owe.
+    credited: list[IssuedInvoice] = Field(default_factory=list)
+    refunds: list[RefundRequest] = Field(default_factory=list)
 
 
 class PaymentRequest(BaseModel):

@@ -104,6 +104,7 @@ with workflow.unsafe.imports_passed_through():
         CorrectionConflict,
         check_correction,
         correction_request,
+        learn_credited,
         learn_outcome,
         record_refund,
         resend_answer,
@@ -528,6 +529,15 @@ class ContractWorkflow:
         st.periods = st.periods[1:]
         st.invoiced_periods.append(period)
         await self._issued(result.invoice)
+        if result.credited or result.refunds:
+            # The close credited a fall in late usage (automatic credit notes).
+            learn_credited(st, result.credited)
+            st.pending_refunds += [
+                PendingRefund(request=r, correction_id=r.refund_key.removeprefix("refund:"),
+                              next_at=workflow.now())
+                for r in result.refunds
+            ]
+            self._publish()
 
     async def _close_term(self) -> CreditSummary | None:
         st = self.state

@@ -30,12 +30,14 @@ from models.corrections import (
     correction_digest,
 )
 from models.errors import BillowValidationError
+from models.operations import IssuedInvoice
 from workflows.contract_state import ContractState
 
 __all__ = [
     "CorrectionConflict",
     "check_correction",
     "correction_request",
+    "learn_credited",
     "learn_outcome",
     "record_refund",
     "resend_answer",
@@ -120,6 +122,14 @@ def learn_outcome(state: ContractState, outcome: CorrectionOutcome) -> list[str]
             state.collections = [c for c in state.collections if c.invoice_key != inv.key]
     state.credit_balance = outcome.credits.balance
     return new
+
+
+def learn_credited(state: ContractState, credited: list[IssuedInvoice]) -> None:
+    """Invoices an automatic credit note changed (a close found a fall in late usage)."""
+    for inv in credited:
+        state.put_invoice(inv)
+        if inv.status not in ("open", "overdue") or inv.outstanding <= 0:
+            state.collections = [c for c in state.collections if c.invoice_key != inv.key]
 
 
 def record_refund(state: ContractState, correction_id: str, refund: RefundView) -> None:

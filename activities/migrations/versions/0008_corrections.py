@@ -90,6 +90,9 @@ def upgrade() -> None:
         sa.Column("invoice_line", sa.Integer(), nullable=False),
         sa.Column("kind", sa.String(), nullable=False),
         sa.Column("amount", sa.Numeric(), nullable=False),
+        # Set on automatic notes (a fall in late usage): the quantity taken back,
+        # which later late-usage comparisons subtract from what was billed.
+        sa.Column("quantity", sa.Numeric(), nullable=True),
         sa.PrimaryKeyConstraint("credit_note_id", "position"),
     )
     op.create_table(
