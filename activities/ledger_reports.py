@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from activities.ledger_store import INVOICE_NUMBER_ORDER, load_credit_state, load_journal
 from models.contract import ContractTerms
 from models.credits import CreditSummary
-from models.money import plain
+from models.money import plain, round_money
 from models.revenue import RevenueSummary, summarize
 
 
@@ -63,10 +63,10 @@ async def invoice_documents(conn: AsyncConnection, contract_id: str) -> list[dic
             "paid_on": inv.paid_on.isoformat() if inv.paid_on else None,
             # Corrections (SPEC.md section 11): the sum of its credit notes and
             # what is still owed (total - paid - what the notes took off).
-            "credited": plain(inv.credited),
-            "outstanding": plain(
+            "credited": plain(round_money(inv.credited, inv.currency)),
+            "outstanding": plain(round_money(
                 max(inv.total - inv.amount_paid - inv.credit_allocated, Decimal(0))
-                if inv.status in ("open", "overdue") else Decimal(0)),
+                if inv.status in ("open", "overdue") else Decimal(0), inv.currency)),
         }
         for inv in invoices
     ]
