@@ -36,7 +36,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.db import make_engine
 from activities.payments import SimulatedCardGateway
-from tests.histories.paths import PATHS, PATHS_V4
+from tests.histories.paths import PATHS, PATHS_V4, PATHS_V5
 from tests.support.scenario import ContractRun, at, contract_doc, event
 from worker.main import build_worker
 from worker.simulate import fresh_database
@@ -168,6 +168,7 @@ SCENARIOS: dict[str, Scenario] = {
     "usage_compaction": usage_compaction,
     **PATHS,
     **PATHS_V4,
+    **PATHS_V5,
 }
 
 

@@ -21,7 +21,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from tests.histories.paths import PATHS, PATHS_V4
+from tests.histories.paths import PATHS, PATHS_V4, PATHS_V5
 from workflows.contract import ContractWorkflow
 from workflows.usage_compaction import UsageCompactionWorkflow
 
@@ -66,6 +66,7 @@ def test_every_changed_path_is_saved_for_every_release() -> None:
     missing = {f"{name}.{v}" for name in [*PATHS, "renewal"] for v in ("v1", "v2", "v3", "v4")}
     # Paths this release (v4) added behind workflow.patched exist from v4 on.
     missing |= {f"{name}.v4" for name in PATHS_V4}
+    missing |= {f"{name}.v5" for name in PATHS_V5}  # corrections exist from v5 on
     assert not missing - saved
 
 
