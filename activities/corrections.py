@@ -48,6 +48,7 @@ from activities.ledger_store import (
 )
 from activities.reissue import reissue_invoice
 from models.corrections import (
+    CUSTOMER_CREDIT_GRANT_PREFIX,
     CorrectCredit,
     CorrectionOutcome,
     CorrectionRequest,
@@ -464,7 +465,7 @@ async def _customer_credit(conn: AsyncConnection, req: CorrectionRequest,
     """The remainder kept as credit: a grant at cost basis 1, priority 0, effective
     at the note, expiring at the term end."""
     cid = req.contract_id
-    gid = f"credit_note:{req.correction.id}"
+    gid = f"{CUSTOMER_CREDIT_GRANT_PREFIX}{req.correction.id}"
     await conn.execute(
         text(
             """

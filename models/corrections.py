@@ -30,6 +30,7 @@ from models.operations import IssuedInvoice, RefundRequest
 from models.periods import Period
 
 __all__ = [
+    "CUSTOMER_CREDIT_GRANT_PREFIX",
     "REASONS",
     "CorrectCredit",
     "CorrectReissue",
@@ -53,6 +54,9 @@ __all__ = [
 ]
 
 _IN = ConfigDict(extra="forbid", frozen=True)
+
+# Grants that keep a credit note's remainder as customer credit: ``credit_note:<id>``.
+CUSTOMER_CREDIT_GRANT_PREFIX = "credit_note:"
 
 Reason = Literal["billing_error", "duplicate", "service_issue", "goodwill", "other"]
 REASONS: tuple[str, ...] = ("billing_error", "duplicate", "service_issue", "goodwill", "other")

@@ -1329,6 +1329,10 @@ class ContractWorkflow:
             lines.append(f"**Unapplied payments:** {len(st.unapplied_payments)} ({total} "
                          f"{st.terms.currency}) taken by the gateway after their invoice was "
                          "paid: refund or apply")
+        if st.pending_refunds:
+            total = sum((p.request.amount for p in st.pending_refunds), Decimal(0))
+            lines.append(f"**Pending refunds:** {len(st.pending_refunds)} ({total} "
+                         f"{st.terms.currency}) the gateway has not paid back yet")
         if open_invoices:
             lines.append("**Open invoices:**")
             lines += [

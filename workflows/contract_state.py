@@ -41,7 +41,7 @@ from models.contract import (
     add_rate_override,
     to_instant,
 )
-from models.corrections import CorrectionRecord, PendingRefund
+from models.corrections import CUSTOMER_CREDIT_GRANT_PREFIX, CorrectionRecord, PendingRefund
 from models.errors import BillowValidationError
 from models.invoices import due_on
 from models.money import round_money
@@ -445,6 +445,9 @@ def _validate_grant(state: ContractState, amendment: GrantCreditsAmendment,
         for p in others
         if isinstance(p.amendment, GrantCreditsAmendment)
     }
+    if grant_id.startswith(CUSTOMER_CREDIT_GRANT_PREFIX):
+        problems.append(("grant_id", f"{CUSTOMER_CREDIT_GRANT_PREFIX!r} grant ids are reserved "
+                                     "for customer credit from credit notes"))
     own = amendment.id == f"{CONTRACT_GRANT_AMENDMENT_PREFIX}{grant_id}"  # the contract's own grant
     if not own and (grant_id in state.reserved_grant_ids or grant_id in pending_ids):
         problems.append(("grant_id", f"a grant {grant_id!r} exists already or is reserved"))
