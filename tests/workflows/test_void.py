@@ -178,3 +178,27 @@ async def test_void_sent_twice_and_concurrently_applies_once(
     assert kind == "CorrectionConflict"
     assert details == [{"field": "id", "reason": "correction 'void-7' was sent before with "
                         "other content"}]
+
+
+async def test_credits_returned_after_the_term_ended_expire_again_as_breakage(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    doc = contract_doc(term_months=1, commitment={"amount": "1000.00"})
+    async with ContractRun(ts_env, db, doc) as run:
+        await run.send_usage([event("e1", "2027-01-10T00:00:00Z", "10000")])  # 300.00
+        await run.advance_to(at("2027-02-05"))  # closed: 700.00 expired at term end
+        before = (await run.report())["revenue"]
+        await run.correct({"kind": "void", "id": "v", "invoice": "usage:2027-01-01"})
+        report = await run.report()
+        expiries = await rows(db, "SELECT entry_key, amount FROM credit_ledger "
+                                  "WHERE kind = 'expire' ORDER BY id")
+        problems = await ledger_problems(db, "c-1")
+    assert (D(before["usage_from_credits"]), D(before["breakage"])) == (D("300.00"),
+                                                                       D("700.00"))
+    assert [(e.entry_key, e.amount) for e in expiries] == [
+        ("expire:c-1:commitment", D("-700.00")), ("expire:c-1:commitment:2", D("-300.00"))]
+    assert {k: D(v) for k, v in report["credits"].items()} == {
+        "granted": D("1000.00"), "consumed": 0, "expired": D("1000.00"), "balance": 0}
+    assert (D(report["revenue"]["usage_from_credits"]), D(report["revenue"]["breakage"]),
+            D(report["revenue"]["deferred_balance"])) == (0, D("1000.00"), 0)
+    assert problems == []
