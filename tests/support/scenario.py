@@ -169,10 +169,16 @@ class ContractRun:
         )
         return result
 
-    async def correct(self, correction: dict[str, Any]) -> CorrectionResult:
-        """Send a void, reissue or credit as the API does (update id from its content)."""
+    async def correct(self, correction: dict[str, Any], *, settled: bool = False
+                      ) -> CorrectionResult:
+        """Send a void, reissue or credit as the API does (update id from its content).
+
+        ``settled``: the caller let the workflow settle already (sends run
+        concurrently must not sleep the time-skipping server concurrently).
+        """
         assert self.handle is not None
-        await settle(self.env, self.handle)
+        if not settled:
+            await settle(self.env, self.handle)
         parsed = CORRECTION.validate_python(correction)
         result: CorrectionResult = await self.handle.execute_update(
             ContractWorkflow.correct, parsed, id=correct_update_id(parsed)

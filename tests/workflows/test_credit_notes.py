@@ -16,6 +16,7 @@ from activities.correction_store import credit_notes_of
 from activities.payments import GatewayResult, SimulatedCardGateway
 from tests.support.correction_checks import ledger_problems, rows
 from tests.support.scenario import ContractRun, at, contract_doc, event
+from worker.simulate import settle
 
 D = Decimal
 
@@ -197,7 +198,10 @@ async def test_credit_twice_concurrently_and_the_refusals(
         await run.advance_to(at("2027-03-05"))  # both invoices issued, January overdue
         note = {"kind": "credit", "id": "cn-1", "invoice": "usage:2027-01-01",
                 "reason": "billing_error", "lines": [{"line": 1, "amount": "30.00"}]}
-        a, b = await asyncio.gather(run.correct(note), run.correct(note))
+        assert run.handle is not None
+        await settle(run.env, run.handle)
+        a, b = await asyncio.gather(run.correct(note, settled=True),
+                                    run.correct(note, settled=True))
         c = await run.correct(note)
         refusals: dict[str, ApplicationError] = {}
         for name, body in {

@@ -13,7 +13,9 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.payments import SimulatedCardGateway
 from tests.support.correction_checks import ledger_problems, rows
-from tests.support.scenario import ContractRun, at, contract_doc, event
+from tests.support.scenario import CORRECTION, ContractRun, at, contract_doc, event
+from worker.simulate import settle
+from workflows.contract import ContractWorkflow
 
 D = Decimal
 
@@ -163,17 +165,29 @@ async def test_void_sent_twice_and_concurrently_applies_once(
     ts_env: WorkflowEnvironment, db: AsyncEngine
 ) -> None:
     async with ContractRun(ts_env, db, contract_doc(term_months=2)) as run:
-        await run.advance_to(at("2027-02-05"))
+        await run.advance_to(at("2027-03-05"))
         void = {"kind": "void", "id": "void-7", "invoice": "usage:2027-01-01"}
-        first, second = await asyncio.gather(run.correct(void), run.correct(void))
+        assert run.handle is not None
+        await settle(run.env, run.handle)
+        first, second = await asyncio.gather(run.correct(void, settled=True),
+                                             run.correct(void, settled=True))
         third = await run.correct(void)
         with pytest.raises(WorkflowUpdateFailedError) as conflict:
             await run.correct({**void, "reissue": True})
+        # The same correction under other update ids (Temporal cannot deduplicate
+        # them: the contract's records do), concurrently.
+        parsed = CORRECTION.validate_python({**void, "id": "void-8",
+                                             "invoice": "usage:2027-02-01"})
+        await settle(run.env, run.handle)
+        fourth, fifth = await asyncio.gather(*(
+            run.handle.execute_update(ContractWorkflow.correct, parsed, id=f"other-{i}")
+            for i in (1, 2)))
         entries = await rows(db, "SELECT count(*) AS n FROM journal_entries "
                                  "WHERE kind = 'invoice_voided'")
         corrections = await rows(db, "SELECT count(*) AS n FROM corrections")
     assert first == second == third
-    assert entries[0].n == 1 and corrections[0].n == 1
+    assert fourth == fifth and fourth.invoice == "usage:2027-02-01"
+    assert entries[0].n == 2 and corrections[0].n == 2
     kind, details = _refusal(conflict.value)
     assert kind == "CorrectionConflict"
     assert details == [{"field": "id", "reason": "correction 'void-7' was sent before with "
