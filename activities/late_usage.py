@@ -13,8 +13,9 @@ Invariants:
   once as a ``late_usage`` line naming the period; the next comparison for
   the period includes that line, so nothing is billed twice;
 - a negative difference (a ``latest`` value that went down) is not billed:
-  lowering a finalized amount needs a credit note, which billow does not
-  issue. It is logged for ops;
+  it is returned as a `LateFall`, and the close that finds it issues a credit
+  note for it (`activities.auto_credit`), whose quantity later comparisons
+  subtract from what was billed;
 - only periods that received a late event of such a meter are recomputed.
 """
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -39,11 +41,11 @@ from activities.usage_query import (
 )
 from models.catalog import Meter
 from models.contract import ContractTerms
-from models.invoices import invoice_key_usage
 from models.periods import Period
 from models.rating import BilledUsage, split_points
 
-__all__ = ["NON_ADDITIVE", "billed_groups", "billed_usage", "late_rows", "non_additive_late_rows"]
+__all__ = ["NON_ADDITIVE", "LateFall", "billed_groups", "billed_usage", "late_rows",
+           "non_additive_late_rows"]
 
 NON_ADDITIVE = frozenset({"max", "unique_count", "latest"})
 
@@ -57,22 +59,33 @@ def _key(meter: str, part_start: datetime, dims: dict[str, str]) -> _GroupKey:
 
 
 async def billed_usage(conn: AsyncConnection, cid: str, period: Period) -> list[Any]:
-    """What finalized invoices billed for ``period`` (its usage invoice and
-    late_usage lines naming it): rows of meter, dimensions, part_start (ISO
-    text, None for an unsplit period), quantity ``q`` and ``amount``."""
+    """What finalized invoices billed for ``period`` (its usage invoice, or the
+    reissue that replaced it, and late_usage lines naming it; a void invoice
+    billed nothing; what automatic credit notes took back is netted): rows of
+    meter, dimensions, part_start (ISO text, None for an unsplit period),
+    quantity ``q`` and ``amount``."""
     rows = await conn.execute(
         text(
             """
             SELECT l.meter, l.dimensions, l.document ->> 'part_start' AS part_start,
-                   sum(l.quantity) AS q, sum(l.amount) AS amount
+                   sum(l.quantity) - coalesce(sum(c.q), 0) AS q,
+                   sum(l.amount) - coalesce(sum(c.a), 0) AS amount
             FROM invoice_lines l JOIN invoices i ON i.id = l.invoice_id
+            LEFT JOIN LATERAL (
+                -- what automatic credit notes took back of the line (a fall)
+                SELECT sum(cl.quantity) AS q, sum(cl.amount) AS a
+                FROM credit_note_lines cl JOIN credit_notes n ON n.id = cl.credit_note_id
+                WHERE n.invoice_id = l.invoice_id AND cl.invoice_line = l.position + 1
+                  AND cl.quantity IS NOT NULL
+            ) c ON true
             WHERE i.contract_id = :cid AND i.number IS NOT NULL AND l.meter IS NOT NULL
-              AND ((l.kind = 'usage' AND i.key = :key)
+              AND i.status <> 'void'
+              AND ((l.kind = 'usage' AND i.kind = 'usage' AND i.period_start = :start)
                    OR (l.kind = 'late_usage' AND l.line_period_start = :start))
             GROUP BY 1, 2, 3
             """
         ),
-        {"cid": cid, "key": invoice_key_usage(period.start_date), "start": period.start_date},
+        {"cid": cid, "start": period.start_date},
     )
     return list(rows)
 
@@ -119,16 +132,27 @@ async def late_rows(
 
 async def _billed_by_group(
     conn: AsyncConnection, cid: str, period: Period, meters: list[str]
-) -> dict[_GroupKey, Decimal]:
-    """What finalized invoices billed for ``period``, per meter, part and group."""
-    billed: dict[_GroupKey, Decimal] = {}
+) -> dict[_GroupKey, tuple[Decimal, Decimal]]:
+    """What finalized invoices billed for ``period``, per meter, part and group:
+    (quantity, amount)."""
+    billed: dict[_GroupKey, tuple[Decimal, Decimal]] = {}
     for r in await billed_usage(conn, cid, period):
         if r.meter not in meters:
             continue
         # a line of an unsplit period names no part: its part starts with the period
         part_start = datetime.fromisoformat(r.part_start) if r.part_start else period.start
-        billed[_key(r.meter, part_start, r.dimensions or {})] = r.q
+        billed[_key(r.meter, part_start, r.dimensions or {})] = (r.q, r.amount)
     return billed
+
+
+@dataclass(frozen=True)
+class LateFall:
+    """A group of a non-additive meter whose figure is now below what was billed."""
+
+    period_index: int  # into the earlier periods
+    now: AggregateRow  # the group's aggregate now
+    billed_quantity: Decimal
+    billed_amount: Decimal
 
 
 async def non_additive_late_rows(
@@ -138,14 +162,17 @@ async def non_additive_late_rows(
     earlier: Sequence[Period],
     previous_watermark: int,
     watermark: int,
-) -> dict[int, list[AggregateRow]]:
+) -> tuple[dict[int, list[AggregateRow]], list[LateFall]]:
     """Per index into ``earlier``: the quantities still to bill for its
-    non-additive meters, as aggregate rows (quantity = the positive delta)."""
+    non-additive meters, as aggregate rows (quantity = the positive delta);
+    and the groups whose figure fell below what was billed, which a credit
+    note credits (SPEC.md sections 3 and 11)."""
     meters = [m for m in terms.meters if str(m.aggregation) in NON_ADDITIVE]
     if not meters or not earlier:
-        return {}
+        return {}, []
     late = await late_rows(raw, terms, meters, earlier, previous_watermark, watermark)
     out: dict[int, list[AggregateRow]] = {}
+    falls: list[LateFall] = []
     for index in sorted({r.period_index for r in late}):
         period = earlier[index]
         now = await aggregate_usage(
@@ -161,15 +188,15 @@ async def non_additive_late_rows(
         )
         rows = []
         for r in now:
-            delta = r.quantity - billed.get(_key(r.meter, r.part_start, r.dimensions), Decimal(0))
+            quantity, amount = billed.get(_key(r.meter, r.part_start, r.dimensions),
+                                          (Decimal(0), Decimal(0)))
+            delta = r.quantity - quantity
             if delta > 0:
                 rows.append(dataclasses.replace(r, quantity=delta))
             elif delta < 0:
-                log.warning(
-                    "contract %s: late usage lowers %s %s for %s by %s; not credited "
-                    "(credit notes are not issued)",
-                    terms.contract_id, r.meter, r.dimensions, period.start_date, -delta,
-                )
+                log.info("contract %s: late usage lowers %s %s for %s by %s: credited",
+                         terms.contract_id, r.meter, r.dimensions, period.start_date, -delta)
+                falls.append(LateFall(index, r, quantity, amount))
         if rows:
             out[index] = rows
-    return out
+    return out, falls

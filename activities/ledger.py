@@ -25,7 +25,7 @@ from activities import metrics
 from activities.contract_overlap import overlapping_contract
 from activities.errors import BusinessError, business_errors
 from activities.events import emit_contract_event, emit_event, emit_invoice_event
-from activities.late_usage import billed_groups, late_rows, non_additive_late_rows
+from activities.late_usage import LateFall, billed_groups, late_rows, non_additive_late_rows
 from activities.ledger_store import (
     find_invoice,
     insert_ledger_entry,
@@ -217,7 +217,7 @@ class LedgerActivities:
             lines=[line],
             issued_on=req.issued_on,
         )
-        invoice_id = await _store_finalized(conn, req.contract_id, doc, req.issued_on, req.due_on)
+        invoice_id = await store_finalized(conn, req.contract_id, doc, req.issued_on, req.due_on)
         await post_journal(
             conn, req.contract_id, [entry] if req.price > 0 else [], req.issued_on, req.invoice_key
         )
@@ -231,7 +231,7 @@ class LedgerActivities:
             await lock_contract(conn, req.contract_id)
             state = await load_credit_state(conn, req.contract_id)
             state, _ = state.expire_all()
-            await _write_expiries_and_breakage(conn, req.contract_id, state, req.on)
+            await write_expiries_and_breakage(conn, req.contract_id, state, req.on)
             await save_contract_row(
                 conn,
                 UpdateContractRequest(
@@ -289,7 +289,7 @@ class LedgerActivities:
                 )
             assert computed.document is not None and computed.application is not None
             doc, application, state = computed.document, computed.application, computed.state
-            invoice_id = await _store_finalized(
+            invoice_id = await store_finalized(
                 conn, cid, doc, req.issued_on, req.due_on, watermark=computed.watermark
             )
             for part in application.per_grant:
@@ -316,9 +316,18 @@ class LedgerActivities:
             )
             await post_journal(conn, cid, entries, req.issued_on, key)
             if computed.expired_before:
-                await _write_expiries_and_breakage(conn, cid, state, req.issued_on)
+                await write_expiries_and_breakage(conn, cid, state, req.issued_on)
             if req.next_period is not None:
                 await open_draft(conn, terms, req.next_period)
+            corrected = []
+            if computed.falls:
+                # A fall in late usage is credited, dated this invoice's day
+                # (SPEC.md section 11); the notes take their numbers here.
+                from activities.auto_credit import credit_falls
+
+                corrected = await credit_falls(conn, req, key, computed.falls,
+                                               list(req.earlier_periods))
+                state = await load_credit_state(conn, cid)
             await _credits_low(conn, terms, computed.credits_before, state, key)
             events = await _finalized_events(conn, cid, key)
             # The number is the transaction's last statement: the series lock
@@ -328,7 +337,9 @@ class LedgerActivities:
         return ClosePeriodResult(
             invoice=issued, attention=None, credits=state.summary(),
             commitment=computed.commitment,
-            limit_lines=[ln for ln in doc.lines if isinstance(ln, MinimumLine | MaximumLine)])
+            limit_lines=[ln for ln in doc.lines if isinstance(ln, MinimumLine | MaximumLine)],
+            credited=[i for o in corrected for i in o.invoices],
+            refunds=[o.refund for o in corrected if o.refund is not None])
 
     # --- collection ----------------------------------------------------------------
     @activity.defn(name=ActivityName.RECORD_PAYMENT.value)
@@ -478,6 +489,8 @@ class ComputedInvoice:
     expired_before: bool
     # Spend against the minimum commitment in force (SPEC 12); None without one.
     commitment: CommitmentProgress | None = None
+    # Groups of earlier periods whose non-additive figure fell (credited at close).
+    falls: tuple[LateFall, ...] = ()
 
 
 async def compute_usage_invoice(
@@ -499,8 +512,9 @@ async def compute_usage_invoice(
         {"cid": cid},
     )
     rating = rate_period(terms, period, await _usage_parts(raw, terms, period, watermark))
+    falls: list[LateFall] = []
     late_lines, late_unpriced = await _late_lines(
-        conn, raw, terms, earlier_periods, previous, watermark
+        conn, raw, terms, earlier_periods, previous, watermark, falls
     )
     credits_before = await load_credit_state(conn, cid)
     unpriced = [*rating.unpriced, *late_unpriced]
@@ -530,7 +544,7 @@ async def compute_usage_invoice(
         status=InvoiceStatus.DRAFT,
     )
     return ComputedInvoice(doc, None, watermark, credits_before, state, application,
-                           bool(expired), progress)
+                           bool(expired), progress, tuple(falls))
 
 
 async def open_draft(conn: AsyncConnection, terms: ContractTerms, period: Period) -> None:
@@ -631,7 +645,8 @@ async def record_payment_in(conn: AsyncConnection, req: PaymentRequest) -> Payme
     )
     if inserted is None:
         return await _payment_resent(conn, req)
-    outstanding = row.total - row.amount_paid
+    # What credit notes took off the amount owed is not owed (SPEC.md section 11).
+    outstanding = row.total - row.amount_paid - row.credit_allocated
     if row.status in ("paid", "void", "draft", "needs_attention") or req.amount > outstanding:
         # The insert above is rolled back with the caller's transaction.
         raise ApplicationError(
@@ -641,7 +656,7 @@ async def record_payment_in(conn: AsyncConnection, req: PaymentRequest) -> Payme
             non_retryable=True,
         )
     paid = row.amount_paid + req.amount
-    settled = paid >= row.total
+    settled = paid + row.credit_allocated >= row.total
     updated = (
         await conn.execute(
             text(
@@ -775,12 +790,14 @@ async def _late_lines(
     earlier: Sequence[Period],
     previous_watermark: int | None,
     watermark: int,
+    falls: list[LateFall] | None = None,
 ) -> tuple[list[Line], list[UnpricedGroup]]:
     """Events that arrived after their period's invoice: rated at the prices in
     force at their own time, billed once (watermarks never overlap). Late
     usage without a price is returned too: it holds the invoice like any.
     For max/unique_count/latest meters the late quantity is the rise of the
-    period's figure over what was billed (`activities.late_usage`)."""
+    period's figure over what was billed (`activities.late_usage`); a fall is
+    appended to ``falls`` (the close credits it)."""
     if not earlier or previous_watermark is None:
         return [], []
     # Additive meters: the late events' own aggregate is the delta. The
@@ -790,9 +807,11 @@ async def _late_lines(
     if additive:
         for row in await late_rows(raw, terms, additive, earlier, previous_watermark, watermark):
             by_period.setdefault(row.period_index, []).append(row)
-    others = await non_additive_late_rows(
+    others, found = await non_additive_late_rows(
         conn, raw, terms, earlier, previous_watermark, watermark
     )
+    if falls is not None:  # a fall is credited by the close that finds it
+        falls.extend(found)
     for index, extra in others.items():
         by_period.setdefault(index, []).extend(extra)
     lines: list[Line] = []
@@ -840,7 +859,7 @@ async def _hold(
     return issued_from_row(row)
 
 
-async def _store_finalized(
+async def store_finalized(
     conn: AsyncConnection,
     cid: str,
     doc: InvoiceDocument,
@@ -932,30 +951,54 @@ def _line_params(invoice_id: int, position: int, ln: Line) -> dict[str, Any]:
     }
 
 
-async def _write_expiries_and_breakage(
+async def write_expiries_and_breakage(
     conn: AsyncConnection, cid: str, state: CreditState, booked_on: date
 ) -> None:
-    """Ledger expiry rows for expired credits and breakage for their deferred revenue."""
+    """Ledger expiry rows for newly expired credits and breakage for their deferred revenue.
+
+    ``state`` is the credit state after expiring; only what the ledger has not
+    recorded as expired yet is written, so a grant can expire again after a
+    correction returned credits to it (SPEC.md section 11), and repeating the
+    call writes nothing.
+    """
+    written = {
+        r.grant_id: (r.expired, r.n)
+        for r in (
+            await conn.execute(
+                text(
+                    "SELECT grant_id, coalesce(sum(-amount), 0) AS expired, count(*) AS n "
+                    "FROM credit_ledger WHERE contract_id = :cid AND kind = 'expire' "
+                    "GROUP BY grant_id"
+                ),
+                {"cid": cid},
+            )
+        ).all()
+    }
     journal = await load_journal(conn, cid)
     recognized = recognized_by_grant(journal)
     expired: list[dict[str, Any]] = []
+    keys = {e.key for e in journal}
     for grant, balance in zip(state.grants, state.balances, strict=True):
-        if balance.expired <= 0:
+        done, n = written.get(grant.id, (Decimal(0), 0))
+        delta = balance.expired - done
+        if delta <= 0:
             continue
         if not await insert_ledger_entry(
             conn,
-            entry_key=f"expire:{cid}:{grant.id}",
+            entry_key=f"expire:{cid}:{grant.id}" if n == 0 else f"expire:{cid}:{grant.id}:{n + 1}",
             contract_id=cid,
             grant_id=grant.id,
             kind="expire",
-            amount=-balance.expired,
+            amount=-delta,
             invoice_key=None,
         ):
             continue  # written by an earlier call: its breakage and event too
         entry = breakage(grant, recognized.get(grant.id, Decimal(0)))
         if entry is not None:
+            if entry.key in keys:  # the grant expired before: this is breakage again
+                entry = entry.model_copy(update={"key": f"{entry.key}:{n + 1}"})
             await post_journal(conn, cid, [entry], booked_on)
-        expired.append({"grant_id": grant.id, "credits": balance.expired,
+        expired.append({"grant_id": grant.id, "credits": delta,
                         "breakage": entry.amount if entry is not None else Decimal(0)})
     if expired:
         await emit_event(conn, EventType.CREDITS_EXPIRED, cid, {

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from activities.ledger_store import INVOICE_NUMBER_ORDER, load_credit_state, load_journal
 from models.contract import ContractTerms
 from models.credits import CreditSummary
-from models.money import plain
+from models.money import plain, round_money
 from models.revenue import RevenueSummary, summarize
 
 # Keys shown only when set: split-part instants (lines of a split period) and
@@ -49,12 +49,21 @@ def _invoice_json(inv: Any, lines: list[dict[str, Any]]) -> dict[str, Any]:
         "total": plain(inv.total),
         "status": inv.status,
         "paid_on": inv.paid_on.isoformat() if inv.paid_on else None,
+        # Corrections (SPEC.md section 11): the sum of its credit notes and what is
+        # still owed (total - paid - what the notes took off).
+        "credited": plain(round_money(inv.credited, inv.currency)),
+        "outstanding": plain(round_money(
+            outstanding(inv.status, inv.total, inv.amount_paid, inv.credit_allocated),
+            inv.currency)),
     }
 
 
-def outstanding(status: str, total: Decimal, paid: Decimal) -> Decimal:
-    """What is still owed: nothing unless the invoice is open or overdue."""
-    return max(total - paid, Decimal(0)) if status in ("open", "overdue") else Decimal(0)
+def outstanding(status: str, total: Decimal, paid: Decimal,
+                allocated: Decimal = Decimal(0)) -> Decimal:
+    """What is still owed: total - paid - what credit notes took off; nothing unless
+    the invoice is open or overdue."""
+    return (max(total - paid - allocated, Decimal(0)) if status in ("open", "overdue")
+            else Decimal(0))
 
 
 async def invoice_documents(conn: AsyncConnection, contract_id: str) -> list[dict[str, Any]]:
@@ -108,7 +117,6 @@ async def invoice_detail_json(
         "number": doc.pop("number"), "key": doc.pop("key"), "contract_id": contract_id,
         "kind": doc.pop("kind"), "currency": inv.currency, **doc,
         "amount_paid": plain(inv.amount_paid),
-        "outstanding": plain(outstanding(inv.status, inv.total, inv.amount_paid)),
     }
 
 

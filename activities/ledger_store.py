@@ -30,14 +30,26 @@ async def lock_contract(conn: AsyncConnection, contract_id: str) -> None:
 
 
 async def load_credit_state(conn: AsyncConnection, contract_id: str) -> CreditState:
-    """The contract's grants with balances summed from the append-only ledger."""
+    """The contract's grants with balances summed from the append-only ledger.
+
+    Corrections (SPEC.md section 11) move credits too: ``return`` rows give
+    credits a voided or credited invoice consumed back to their grant (they
+    count against ``consumed``), ``revoke`` rows take unused credits out of
+    ``granted`` and lower the grant's amount paid (``price_amount``). A grant
+    with nothing left granted (a voided commitment) is no longer listed.
+    """
     rows = (
         await conn.execute(
             text(
                 """
                 SELECT g.grant_id, g.credits, g.price, g.priority, g.effective, g.expires,
-                       coalesce(sum(-l.amount) FILTER (WHERE l.kind = 'consume'), 0) AS consumed,
-                       coalesce(sum(-l.amount) FILTER (WHERE l.kind = 'expire'), 0) AS expired
+                       coalesce(sum(-l.amount) FILTER (WHERE l.kind = 'consume'), 0)
+                       - coalesce(sum(l.amount) FILTER (WHERE l.kind = 'return'), 0)
+                           AS consumed,
+                       coalesce(sum(-l.amount) FILTER (WHERE l.kind = 'expire'), 0) AS expired,
+                       coalesce(sum(-l.amount) FILTER (WHERE l.kind = 'revoke'), 0) AS revoked,
+                       coalesce(sum(l.price_amount) FILTER (WHERE l.kind = 'revoke'), 0)
+                           AS price_removed
                 FROM credit_grants g
                 LEFT JOIN credit_ledger l
                   ON l.contract_id = g.contract_id AND l.grant_id = g.grant_id
@@ -52,11 +64,14 @@ async def load_credit_state(conn: AsyncConnection, contract_id: str) -> CreditSt
     grants: list[CreditGrant] = []
     balances: list[CreditBalance] = []
     for seq, r in enumerate(rows):
+        granted = r.credits - r.revoked
+        if granted <= 0:
+            continue
         grants.append(
             CreditGrant(
                 id=r.grant_id,
-                credits=r.credits,
-                price=r.price,
+                credits=granted,
+                price=r.price - r.price_removed,
                 priority=r.priority,
                 effective=r.effective,
                 expires=r.expires,
@@ -66,10 +81,10 @@ async def load_credit_state(conn: AsyncConnection, contract_id: str) -> CreditSt
         balances.append(
             CreditBalance(
                 grant_id=r.grant_id,
-                granted=r.credits,
+                granted=granted,
                 consumed=r.consumed,
                 expired=r.expired,
-                remaining=r.credits - r.consumed - r.expired,
+                remaining=granted - r.consumed - r.expired,
             )
         )
     return CreditState(grants=grants, balances=balances)
@@ -84,13 +99,15 @@ async def insert_ledger_entry(
     kind: str,
     amount: Decimal,
     invoice_key: str | None,
+    price_amount: Decimal | None = None,
 ) -> bool:
     """Append one credit movement; False if its key was already written."""
     inserted = await conn.scalar(
         text(
             """
-            INSERT INTO credit_ledger (entry_key, contract_id, grant_id, kind, amount, invoice_key)
-            VALUES (:key, :cid, :gid, :kind, :amount, :inv)
+            INSERT INTO credit_ledger (entry_key, contract_id, grant_id, kind, amount, invoice_key,
+                price_amount)
+            VALUES (:key, :cid, :gid, :kind, :amount, :inv, :price)
             ON CONFLICT (entry_key) DO NOTHING RETURNING id
             """
         ),
@@ -101,6 +118,7 @@ async def insert_ledger_entry(
             "kind": kind,
             "amount": amount,
             "inv": invoice_key,
+            "price": price_amount,
         },
     )
     return inserted is not None
@@ -137,8 +155,8 @@ async def post_journal(
             continue
         await conn.execute(
             text(
-                "INSERT INTO journal_lines (entry_id, position, account, debit, credit) "
-                "VALUES (:eid, :pos, :account, :debit, :credit)"
+                "INSERT INTO journal_lines (entry_id, position, account, debit, credit, grant_id) "
+                "VALUES (:eid, :pos, :account, :debit, :credit, :gid)"
             ),
             [
                 {
@@ -147,6 +165,7 @@ async def post_journal(
                     "account": ln.account.value,
                     "debit": ln.debit,
                     "credit": ln.credit,
+                    "gid": ln.grant_id,
                 }
                 for i, ln in enumerate(entry.lines)
             ],
@@ -159,7 +178,8 @@ async def load_journal(conn: AsyncConnection, contract_id: str) -> list[JournalE
         await conn.execute(
             text(
                 """
-                SELECT e.entry_key, e.kind, e.grant_id, l.account, l.debit, l.credit
+                SELECT e.entry_key, e.kind, e.grant_id, l.account, l.debit, l.credit,
+                       l.grant_id AS line_grant_id
                 FROM journal_entries e JOIN journal_lines l ON l.entry_id = e.id
                 WHERE e.contract_id = :cid ORDER BY e.id, l.position
                 """
@@ -173,7 +193,8 @@ async def load_journal(conn: AsyncConnection, contract_id: str) -> list[JournalE
         entry = grouped.setdefault(
             key, {"key": key, "kind": r.kind, "grant_id": r.grant_id, "lines": []}
         )
-        entry["lines"].append({"account": r.account, "debit": r.debit, "credit": r.credit})
+        entry["lines"].append({"account": r.account, "debit": r.debit, "credit": r.credit,
+                               "grant_id": r.line_grant_id})
     return [JournalEntry.model_validate(e) for e in grouped.values()]
 
 
@@ -250,4 +271,6 @@ def issued_from_row(row: Any) -> IssuedInvoice:
         total=row.total,
         amount_paid=row.amount_paid,
         paid_on=row.paid_on,
+        credited=getattr(row, "credited", None) or Decimal(0),
+        credit_allocated=getattr(row, "credit_allocated", None) or Decimal(0),
     )

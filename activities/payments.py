@@ -23,6 +23,7 @@ from activities import metrics
 from activities.errors import business_errors
 from activities.ledger import record_payment_in
 from activities.ledger_store import lock_contract, post_journal
+from models.corrections import RefundRequest, RefundView
 from models.operations import (
     ActivityName,
     CardCharge,
@@ -30,7 +31,7 @@ from models.operations import (
     ChargeResult,
     PaymentRequest,
 )
-from models.revenue import payment_received
+from models.revenue import payment_received, refund_paid
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,13 @@ class PaymentGateway(Protocol):
         self, *, customer_id: str, amount: Decimal, currency: str, idempotency_key: str
     ) -> GatewayResult: ...
 
+    async def refund(
+        self, *, customer_id: str, amount: Decimal, currency: str, idempotency_key: str
+    ) -> GatewayResult:
+        """Pay ``amount`` back to the customer (a credit note's remainder, SPEC.md
+        section 11); deduplicated on ``idempotency_key`` like a charge."""
+        ...
+
 
 class ManualGateway:
     """No stored payment method: auto-pay always falls back to invoices."""
@@ -57,6 +65,12 @@ class ManualGateway:
         self, *, customer_id: str, amount: Decimal, currency: str, idempotency_key: str
     ) -> GatewayResult:
         return GatewayResult(accepted=False, reason="no payment method on file")
+
+    async def refund(
+        self, *, customer_id: str, amount: Decimal, currency: str, idempotency_key: str
+    ) -> GatewayResult:
+        # Paid out by hand (a bank transfer): billow records that it is owed and done.
+        return GatewayResult(accepted=True, reference=None)
 
 
 @dataclass
@@ -70,6 +84,7 @@ class SimulatedCardGateway:
 
     declines: dict[str, int] = field(default_factory=dict)
     name: str = "simulated_card"
+    refunds: list[tuple[str, Decimal]] = field(default_factory=list)  # what it paid back
     _seen: dict[str, GatewayResult] = field(default_factory=dict)
 
     async def charge(
@@ -82,6 +97,16 @@ class SimulatedCardGateway:
             result = GatewayResult(accepted=False, reason="card_declined")
         else:
             result = GatewayResult(accepted=True, reference=f"sim_{len(self._seen) + 1}")
+        self._seen[idempotency_key] = result
+        return result
+
+    async def refund(
+        self, *, customer_id: str, amount: Decimal, currency: str, idempotency_key: str
+    ) -> GatewayResult:
+        if idempotency_key in self._seen:
+            return self._seen[idempotency_key]
+        self.refunds.append((customer_id, amount))
+        result = GatewayResult(accepted=True, reference=f"sim_refund_{len(self.refunds)}")
         self._seen[idempotency_key] = result
         return result
 
@@ -114,6 +139,40 @@ async def record_unapplied(conn: AsyncConnection, req: PaymentRequest, reason: s
         await post_journal(conn, req.contract_id,
                            [payment_received(f"unapplied:{req.payment_key}", req.amount)],
                            req.received_on)
+
+
+async def record_refund(conn: AsyncConnection, req: RefundRequest, *, method: str,
+                        reference: str | None) -> RefundView:
+    """The gateway paid a pending refund back: mark it and settle what the
+    receivable owed the customer (Dr receivable / Cr cash). Idempotent."""
+    row = (
+        await conn.execute(
+            text(
+                """
+                UPDATE refunds SET status = 'refunded', method = :method, gateway_ref = :ref,
+                    refunded_on = :on
+                WHERE contract_id = :cid AND refund_key = :key AND status = 'pending'
+                RETURNING *
+                """
+            ),
+            {"method": method, "ref": reference, "on": req.on, "cid": req.contract_id,
+             "key": req.refund_key},
+        )
+    ).one_or_none()
+    if row is not None:
+        invoice_key = await conn.scalar(
+            text("SELECT invoice_key FROM credit_notes WHERE id = :id"), {"id": row.credit_note_id})
+        await post_journal(conn, req.contract_id, [refund_paid(req.refund_key, row.amount)],
+                           req.on, invoice_key)
+    else:
+        row = (
+            await conn.execute(
+                text("SELECT * FROM refunds WHERE contract_id = :cid AND refund_key = :key"),
+                {"cid": req.contract_id, "key": req.refund_key},
+            )
+        ).one()
+    return RefundView(refund_key=row.refund_key, amount=row.amount, status=row.status,
+                      method=row.method, gateway_ref=row.gateway_ref, refunded_on=row.refunded_on)
 
 
 class PaymentActivities:
@@ -163,6 +222,27 @@ class PaymentActivities:
         )
         metrics.unapplied_payment()
         return ChargeResult(accepted=True, reason=reason, payment=None, unapplied=True)
+
+    @activity.defn(name=ActivityName.REFUND.value)
+    @business_errors
+    async def refund(self, req: RefundRequest) -> RefundView:
+        """Pay a credit note's refund back through the gateway, then record it.
+
+        The gateway deduplicates on the refund key (``refund:<correction id>``),
+        so a retried activity never pays twice; a declined refund stays
+        pending in the ledger for ops (and a resend of the credit retries it).
+        """
+        result = await self.gateway.refund(
+            customer_id=req.customer_id, amount=req.amount, currency=req.currency,
+            idempotency_key=f"{req.contract_id}:{req.refund_key}",
+        )
+        if not result.accepted:
+            raise ApplicationError(f"refund {req.refund_key}: {result.reason or 'declined'}",
+                                   type="RefundDeclined", non_retryable=True)
+        async with self.engine.begin() as conn:
+            await lock_contract(conn, req.contract_id)
+            return await record_refund(conn, req, method=self.gateway.name,
+                                       reference=result.reference)
 
     @activity.defn(name=ActivityName.CHARGE_INVOICE.value)
     @business_errors

@@ -227,6 +227,15 @@ class Invoice(SQLModel, table=True):
     paid_on: date | None = None
     attention_reason: str | None = None
     usage_watermark: int | None = Field(default=None, sa_type=BigInteger)
+    # Corrections (SPEC.md section 11): the sum of the invoice's credit notes,
+    # what they took off the amount owed, when it was voided, and (on a
+    # reissue) the key of the voided invoice it replaces.
+    credited: Decimal = Field(sa_type=Numeric(asdecimal=True), nullable=False,
+                              sa_column_kwargs={"server_default": "0"})
+    credit_allocated: Decimal = Field(sa_type=Numeric(asdecimal=True), nullable=False,
+                                      sa_column_kwargs={"server_default": "0"})
+    voided_on: date | None = None
+    reissue_of: str | None = None
     created_at: datetime = _now_column()
     finalized_at: datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
@@ -275,6 +284,8 @@ class CreditLedgerEntry(SQLModel, table=True):
     kind: str
     amount: Decimal = _numeric()
     invoice_key: str | None = None
+    # On a ``revoke`` row: how much the grant's amount paid falls with it.
+    price_amount: Decimal | None = _numeric(nullable=True)
     created_at: datetime = _now_column()
 
 
@@ -340,6 +351,83 @@ class JournalLine(SQLModel, table=True):
     account: str
     debit: Decimal = _numeric()
     credit: Decimal = _numeric()
+    # The grant whose deferred revenue the line moves, when its entry moves
+    # several grants' (a void's reversal); else the entry's ``grant_id``.
+    grant_id: str | None = None
+
+
+class Correction(SQLModel, table=True):
+    """A void, reissue or credit: idempotent on its id (one id space for the three)."""
+
+    __tablename__ = "corrections"
+    __table_args__ = (
+        UniqueConstraint("contract_id", "correction_id", name="uq_corrections_contract_id"),
+    )
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
+    contract_id: str = Field(foreign_key="contracts.id")
+    correction_id: str
+    kind: str
+    invoice_key: str
+    digest: str
+    document: dict[str, Any] = _jsonb()
+    result: dict[str, Any] = _jsonb()
+    created_at: datetime = _now_column()
+
+
+class CreditNote(SQLModel, table=True):
+    """A credit note against a finalized invoice, numbered in the ``CN-`` series."""
+
+    __tablename__ = "credit_notes"
+    __table_args__ = (
+        UniqueConstraint("contract_id", "correction_id", name="uq_credit_notes_contract_id"),
+    )
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
+    contract_id: str = Field(foreign_key="contracts.id")
+    correction_id: str
+    number: str | None = Field(default=None, unique=True)
+    invoice_id: int = Field(sa_type=BigInteger, foreign_key="invoices.id", index=True)
+    invoice_key: str
+    currency: str
+    issued_on: date
+    reason: str
+    total: Decimal = _numeric()
+    credits_returned: Decimal = _numeric()
+    outstanding_reduced: Decimal = _numeric()
+    refunded: Decimal = _numeric()
+    customer_credit: Decimal = _numeric()
+    automatic: bool = Field(default=False, sa_column_kwargs={"server_default": "false"})
+    created_at: datetime = _now_column()
+
+
+class CreditNoteLine(SQLModel, table=True):
+    __tablename__ = "credit_note_lines"
+    credit_note_id: int = Field(sa_type=BigInteger, primary_key=True,
+                                foreign_key="credit_notes.id")
+    position: int = Field(primary_key=True)
+    invoice_line: int  # 1-based position on the invoice
+    kind: str
+    amount: Decimal = _numeric()
+    quantity: Decimal | None = _numeric(nullable=True)  # automatic notes: taken back
+
+
+class Refund(SQLModel, table=True):
+    """Money paid back through the payment gateway; idempotent on its key."""
+
+    __tablename__ = "refunds"
+    __table_args__ = (
+        UniqueConstraint("contract_id", "refund_key", name="uq_refunds_contract_key"),
+    )
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
+    contract_id: str = Field(foreign_key="contracts.id")
+    refund_key: str
+    credit_note_id: int = Field(sa_type=BigInteger, foreign_key="credit_notes.id")
+    amount: Decimal = _numeric()
+    currency: str
+    status: str
+    method: str | None = None
+    gateway_ref: str | None = None
+    refunded_on: date | None = None
+    created_at: datetime = _now_column()
 
 
 class DunningEvent(SQLModel, table=True):

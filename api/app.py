@@ -16,7 +16,17 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from api import catalog, contracts, events, exports, invoices, ledger_views, usage, webhooks
+from api import (
+    catalog,
+    contracts,
+    corrections,
+    events,
+    exports,
+    invoices,
+    ledger_views,
+    usage,
+    webhooks,
+)
 from api.deps import AppDeps
 from api.docs_pages import install_docs
 from api.idempotency import IdempotencyMiddleware
@@ -115,7 +125,7 @@ def create_app(deps: AppDeps) -> FastAPI:
     app.add_middleware(HttpMetricsMiddleware)
     install_metrics_route(app, deps)
 
-    for module in (contracts, ledger_views, usage, invoices, catalog, webhooks):
+    for module in (contracts, ledger_views, usage, invoices, corrections, catalog, webhooks):
         app.include_router(module.router)
     app.include_router(events.events_router)
     app.include_router(events.endpoints_router)

@@ -18,7 +18,7 @@ from workflows.contract_state import UnappliedPayment
 
 _INVOICE_COLUMNS = (
     "contract_id, key, number, kind, status, currency, period_start, period_end, issued_on, "
-    "due_on, subtotal, credits_applied, total, amount_paid, paid_on"
+    "due_on, subtotal, credits_applied, total, amount_paid, paid_on, credited, credit_allocated"
 )
 
 
@@ -28,8 +28,8 @@ def _summary(row: Any) -> InvoiceSummary:
         status=row.status, currency=row.currency, period_start=row.period_start,
         period_end=row.period_end, issued_on=row.issued_on, due_on=row.due_on,
         subtotal=row.subtotal, credits_applied=row.credits_applied, total=row.total,
-        amount_paid=row.amount_paid, outstanding=outstanding(row.status, row.total,
-                                                             row.amount_paid),
+        amount_paid=row.amount_paid, credited=row.credited,
+        outstanding=outstanding(row.status, row.total, row.amount_paid, row.credit_allocated),
         paid_on=row.paid_on,
     )
 
@@ -40,8 +40,9 @@ def summary_from_issued(contract_id: str, inv: IssuedInvoice) -> InvoiceSummary:
         status=inv.status, currency=inv.currency, period_start=inv.period_start,
         period_end=inv.period_end, issued_on=inv.issued_on, due_on=inv.due_on,
         subtotal=inv.subtotal, credits_applied=inv.credits_applied, total=inv.total,
-        amount_paid=inv.amount_paid,
-        outstanding=outstanding(inv.status, inv.total, inv.amount_paid), paid_on=inv.paid_on,
+        amount_paid=inv.amount_paid, credited=inv.credited,
+        outstanding=outstanding(inv.status, inv.total, inv.amount_paid, inv.credit_allocated),
+        paid_on=inv.paid_on,
     )
 
 
@@ -157,7 +158,7 @@ async def list_contracts(
                c.currency, c.starts_on, c.term_end, c.catalog_version,
                count(i.id) FILTER (WHERE i.status IN ('open', 'overdue')) AS open_invoices,
                count(i.id) FILTER (WHERE i.status = 'overdue') AS overdue_invoices,
-               coalesce(sum(greatest(i.total - i.amount_paid, 0))
+               coalesce(sum(greatest(i.total - i.amount_paid - i.credit_allocated, 0))
                         FILTER (WHERE i.status IN ('open', 'overdue')), 0) AS outstanding
         FROM contracts c
         JOIN customers cu ON cu.id = c.customer_id

@@ -11,6 +11,7 @@ below 10^18 with at most 12 decimals.
 from __future__ import annotations
 
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -198,6 +199,7 @@ class InvoiceSummary(BaseModel):
     credits_applied: DecimalStr
     total: DecimalStr
     amount_paid: DecimalStr
+    credited: DecimalStr = Field(default=Decimal(0), description="Sum of its credit notes.")
     outstanding: DecimalStr
     paid_on: date | None
 
@@ -399,6 +401,7 @@ class InvoiceDetail(BaseModel):
     total: DecimalStr
     status: str
     amount_paid: DecimalStr
+    credited: DecimalStr = Field(default=Decimal(0), description="Sum of its credit notes.")
     outstanding: DecimalStr
     paid_on: date | None
     descriptions: list[str] = Field(

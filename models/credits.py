@@ -21,6 +21,7 @@ Rules:
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from decimal import Decimal
 
@@ -173,6 +174,16 @@ class CreditState(BaseModel):
                 )
                 out.append(GrantAmount(grant_id=g.id, amount=b.remaining))
         return CreditState(grants=self.grants, balances=balances), out
+
+    def expire_grants(self, grant_ids: Collection[str]) -> CreditState:
+        """Expire what remains of the named grants now (credits a correction
+        returned to a grant that had expired meanwhile, SPEC.md section 11)."""
+        balances = [
+            b.model_copy(update={"remaining": Decimal(0), "expired": b.expired + b.remaining})
+            if b.grant_id in grant_ids and b.remaining > 0 else b
+            for b in self.balances
+        ]
+        return CreditState(grants=self.grants, balances=balances)
 
     def expire(self, at: datetime) -> tuple[CreditState, list[GrantAmount]]:
         """Expire the remainder of every grant with ``expires <= at``."""

@@ -48,6 +48,7 @@ __all__ = [
     "PaymentRequest",
     "PaymentResult",
     "RecordAmendmentRequest",
+    "RefundRequest",
     "RegisterContractRequest",
     "ReserveTermRequest",
     "UpdateContractRequest",
@@ -73,6 +74,8 @@ class ActivityName(StrEnum):
     WAIT_FOR_EVENTS = "wait_for_events"
     DELIVER_EVENTS = "deliver_events"
     DISABLE_ENDPOINT = "disable_endpoint"
+    CORRECT_INVOICE = "correct_invoice"
+    REFUND = "refund"
 
 
 class ContractStatus(StrEnum):
@@ -108,10 +111,17 @@ class IssuedInvoice(BaseModel):
     total: Decimal
     amount_paid: Decimal = Decimal(0)
     paid_on: date | None = None
+    # Corrections (SPEC.md section 11): the sum of its credit notes, and what
+    # they took off the amount owed.
+    credited: Decimal = Decimal(0)
+    credit_allocated: Decimal = Decimal(0)
 
     @property
     def outstanding(self) -> Decimal:
-        return self.total - self.amount_paid
+        """total - paid - what credit notes took off; 0 once void."""
+        if self.status == "void":
+            return Decimal(0)
+        return self.total - self.amount_paid - self.credit_allocated
 
 
 class RegisterContractRequest(BaseModel):
@@ -177,6 +187,18 @@ class ClosePeriodRequest(BaseModel):
     next_period: Period | None = None
 
 
+class RefundRequest(BaseModel):
+    """A credit note's refund the ledger recorded as pending; the gateway pays it."""
+
+    model_config = _FROZEN
+    contract_id: str
+    customer_id: str
+    refund_key: str
+    amount: Decimal
+    currency: str
+    on: date
+
+
 class ClosePeriodResult(BaseModel):
     model_config = _FROZEN
     invoice: IssuedInvoice
@@ -187,6 +209,10 @@ class ClosePeriodResult(BaseModel):
     commitment: CommitmentProgress | None = None
     # Its minimum and maximum lines (SPEC 12), for the workflow's details.
     limit_lines: list[LimitLine] = Field(default_factory=list)
+    # Automatic credit notes for falls in late usage (SPEC.md section 11): the
+    # invoices they credited, as they are now, and the refunds they owe.
+    credited: list[IssuedInvoice] = Field(default_factory=list)
+    refunds: list[RefundRequest] = Field(default_factory=list)
 
 
 class PaymentRequest(BaseModel):

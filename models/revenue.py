@@ -14,7 +14,18 @@ breakage_revenue. Movements:
 - breakage: Dr deferred_revenue / Cr breakage_revenue = price minus
   everything already recognized from the grant, so recognized + breakage =
   price to the cent;
-- payment: Dr cash / Cr receivable.
+- payment: Dr cash / Cr receivable;
+- corrections (SPEC.md section 11): a void reverses every line its invoice
+  posted in one entry; a credit note debits the revenue accounts that
+  recognized the credited lines (and deferred revenue, for the share paid
+  with credits or a commitment's price) against receivable, or deferred
+  revenue of a new grant for customer credit; a refund is Dr receivable /
+  Cr cash; re-expiring returned credits is breakage again.
+
+A line may name the grant whose deferred revenue it moves (``grant_id``);
+otherwise it belongs to its entry's grant. Revenue recognized from a grant is
+the net credit of the revenue accounts on its lines, so a reversal counts
+against it and a price reduction (a commitment's credit note) does not.
 
 Invariants: every `JournalEntry` balances (checked at construction); each
 line is a debit or a credit, positive; zero movements produce no entry;
@@ -42,7 +53,10 @@ __all__ = [
     "commitment_invoiced",
     "deferred_by_grant",
     "payment_received",
+    "rebreakage",
     "recognized_by_grant",
+    "refund_paid",
+    "reversal",
     "summarize",
     "top_up_invoiced",
     "usage_invoiced",
@@ -68,6 +82,9 @@ class EntryKind(StrEnum):
     FEES = "fees"
     BREAKAGE = "breakage"
     PAYMENT = "payment"
+    INVOICE_VOIDED = "invoice_voided"
+    CREDIT_NOTE = "credit_note"
+    REFUND = "refund"
 
 
 class JournalLine(BaseModel):
@@ -75,6 +92,7 @@ class JournalLine(BaseModel):
     account: Account
     debit: NonNegativeDecimal = Decimal(0)
     credit: NonNegativeDecimal = Decimal(0)
+    grant_id: str | None = None  # set when the entry moves several grants' balances
 
     @model_validator(mode="after")
     def _one_side(self) -> JournalLine:
@@ -149,21 +167,61 @@ def payment_received(key: str, amount: Decimal) -> JournalEntry:
     return _entry(key, EntryKind.PAYMENT, Account.CASH, Account.RECEIVABLE, amount)
 
 
-def recognized_by_grant(entries: Iterable[JournalEntry]) -> dict[str, Decimal]:
-    """Revenue already recognized out of each grant's deferred balance."""
-    out: dict[str, Decimal] = {}
+_REVENUE = frozenset({Account.USAGE_REVENUE, Account.FEE_REVENUE, Account.BREAKAGE_REVENUE})
+
+
+def _grant_lines(entries: Iterable[JournalEntry]) -> Iterable[tuple[str, JournalLine]]:
+    """Every line that belongs to a grant, with that grant's id."""
     for e in entries:
-        if e.grant_id is not None and e.kind in (EntryKind.USAGE_FROM_CREDITS, EntryKind.BREAKAGE):
-            out[e.grant_id] = out.get(e.grant_id, Decimal(0)) - e.net(Account.DEFERRED_REVENUE)
+        for ln in e.lines:
+            gid = ln.grant_id or e.grant_id
+            if gid is not None:
+                yield gid, ln
+
+
+def recognized_by_grant(entries: Iterable[JournalEntry]) -> dict[str, Decimal]:
+    """Revenue recognized out of each grant's deferred balance, net of reversals."""
+    out: dict[str, Decimal] = {}
+    for gid, ln in _grant_lines(entries):
+        if ln.account in _REVENUE:
+            out[gid] = out.get(gid, Decimal(0)) + ln.credit - ln.debit
     return out
 
 
 def deferred_by_grant(entries: Iterable[JournalEntry]) -> dict[str, Decimal]:
     out: dict[str, Decimal] = {}
-    for e in entries:
-        if e.grant_id is not None:
-            out[e.grant_id] = out.get(e.grant_id, Decimal(0)) + e.net(Account.DEFERRED_REVENUE)
+    for gid, ln in _grant_lines(entries):
+        if ln.account is Account.DEFERRED_REVENUE:
+            out[gid] = out.get(gid, Decimal(0)) + ln.credit - ln.debit
     return out
+
+
+def reversal(key: str, entries: Iterable[JournalEntry]) -> JournalEntry | None:
+    """One entry that reverses every line of ``entries`` (a void, SPEC.md section 11).
+
+    Each line keeps the grant it belonged to, so the deferred revenue of
+    every grant the invoice recognized from goes back to that grant.
+    """
+    lines = [
+        JournalLine(account=ln.account, debit=ln.credit, credit=ln.debit,
+                    grant_id=ln.grant_id or e.grant_id)
+        for e in entries
+        for ln in e.lines
+    ]
+    if not lines:
+        return None
+    return JournalEntry(key=key, kind=EntryKind.INVOICE_VOIDED, lines=lines)
+
+
+def refund_paid(key: str, amount: Decimal) -> JournalEntry:
+    """Money paid back to the customer: what the receivable owed them is settled."""
+    return _entry(key, EntryKind.REFUND, Account.RECEIVABLE, Account.CASH, amount)
+
+
+def rebreakage(key: str, grant_id: str, amount: Decimal) -> JournalEntry:
+    """Deferred revenue of credits returned to an expired grant: breakage again."""
+    return _entry(key, EntryKind.BREAKAGE, Account.DEFERRED_REVENUE, Account.BREAKAGE_REVENUE,
+                  amount, grant_id)
 
 
 def usage_invoiced(
@@ -255,16 +313,23 @@ class RevenueSummary(BaseModel):
 
 
 def summarize(entries: Iterable[JournalEntry], currency: str = "USD") -> RevenueSummary:
-    entries = list(entries)
-
-    def by_kind(kind: EntryKind) -> Decimal:
-        return sum((e.amount for e in entries if e.kind is kind), Decimal(0))
-
-    ufc = by_kind(EntryKind.USAGE_FROM_CREDITS)
-    billed = by_kind(EntryKind.USAGE_BILLED)
-    fees = by_kind(EntryKind.FEES)
-    brk = by_kind(EntryKind.BREAKAGE)
-    deferred = sum((e.net(Account.DEFERRED_REVENUE) for e in entries), Decimal(0))
+    """Revenue by account, net of corrections: usage revenue on a grant's lines
+    came from credits, the rest was billed."""
+    ufc = billed = fees = brk = deferred = Decimal(0)
+    for e in entries:
+        for ln in e.lines:
+            net = ln.credit - ln.debit
+            if ln.account is Account.USAGE_REVENUE:
+                if (ln.grant_id or e.grant_id) is not None:
+                    ufc += net
+                else:
+                    billed += net
+            elif ln.account is Account.FEE_REVENUE:
+                fees += net
+            elif ln.account is Account.BREAKAGE_REVENUE:
+                brk += net
+            elif ln.account is Account.DEFERRED_REVENUE:
+                deferred += net
 
     def r(x: Decimal) -> Decimal:
         return round_money(x, currency)

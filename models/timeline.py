@@ -1,4 +1,4 @@
-"""Simulation timelines (SPEC 8): ``pay`` and ``amend`` actions at instants.
+"""Simulation timelines (SPEC 8): ``pay``, ``amend``, ``void`` and ``credit`` actions at instants.
 
 Invariants:
 - Each action's ``at`` is an aware instant (normalized to UTC).
@@ -11,16 +11,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from models._loading import Format, parse_text, read_file, validate_with
 from models.amendments import Amendment
-from models.bounds import BoundedPositive, Instant, InvoiceKey
+from models.bounds import BoundedPositive, Id, Instant, InvoiceKey
+from models.corrections import CorrectCredit, CorrectVoid, CreditLine, Reason
 
 __all__ = [
     "AmendAction",
+    "CreditAction",
     "PayAction",
     "TimelineAction",
+    "VoidAction",
     "load_timeline",
     "load_timeline_file",
     "parse_timeline_text",
@@ -42,7 +45,45 @@ class AmendAction(BaseModel):
     amendment: Amendment
 
 
-TimelineAction = Annotated[PayAction | AmendAction, Field(discriminator="action")]
+class VoidAction(BaseModel):
+    """Void an invoice (SPEC.md section 11); ``reissue`` rates its period again."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    at: Instant
+    action: Literal["void"]
+    id: Id
+    invoice: InvoiceKey
+    reissue: bool = False
+
+    def correction(self) -> CorrectVoid:
+        return CorrectVoid(id=self.id, invoice=self.invoice, reissue=self.reissue)
+
+
+class CreditAction(BaseModel):
+    """Issue a credit note (SPEC.md section 11): ``lines`` or one ``amount``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    at: Instant
+    action: Literal["credit"]
+    id: Id
+    invoice: InvoiceKey
+    reason: Reason
+    lines: list[CreditLine] | None = None
+    amount: BoundedPositive | None = None
+    remainder: Literal["refund", "credit"] = "refund"
+
+    @model_validator(mode="after")
+    def _valid(self) -> CreditAction:
+        self.correction()  # the same rules as the API's
+        return self
+
+    def correction(self) -> CorrectCredit:
+        return CorrectCredit(id=self.id, invoice=self.invoice, reason=self.reason,
+                             lines=self.lines, amount=self.amount, remainder=self.remainder)
+
+
+TimelineAction = Annotated[PayAction | AmendAction | VoidAction | CreditAction,
+                           Field(discriminator="action")]
 _ADAPTER: TypeAdapter[list[TimelineAction]] = TypeAdapter(list[TimelineAction])
 
 

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from worker.cli_corrections import register as register_correction_commands
 from worker.cli_documents import register as register_document_commands
 from worker.cli_events import register as register_event_commands
 from worker.cli_exports import register as register_export_commands
@@ -31,6 +32,8 @@ register_ops_commands(app)
 register_document_commands()  # invoice pdf|html|preview
 register_event_commands(app)  # events list|replay|endpoints|add-endpoint
 register_export_commands(app)  # journal export, revenue deferred
+# invoice void|reissue|credit, credit-note list|show (worker/cli_corrections.py)
+register_correction_commands(app)
 
 
 def _require_database_url(settings: Settings) -> str:

@@ -20,6 +20,7 @@ from temporalio.runtime import Runtime
 from temporalio.service import RPCError
 from temporalio.worker import Worker
 
+from activities.corrections import CorrectionActivities
 from activities.db import make_engine
 from activities.ledger import LedgerActivities
 from activities.payments import (
@@ -51,6 +52,7 @@ def activities_for(engine: AsyncEngine, gateway: PaymentGateway) -> Sequence[Any
     payments = PaymentActivities(engine, gateway)
     usage = UsageActivities(engine)
     webhooks = WebhookActivities(engine)
+    corrections = CorrectionActivities(engine)
     return [
         ledger.register_contract,
         ledger.update_contract,
@@ -64,6 +66,8 @@ def activities_for(engine: AsyncEngine, gateway: PaymentGateway) -> Sequence[Any
         payments.charge_invoice,
         payments.charge_card,
         payments.record_charge,
+        payments.refund,
+        corrections.correct_invoice,
         usage.compact_usage,
         webhooks.wait_for_events,
         webhooks.deliver_events,

@@ -37,10 +37,12 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 from activities.catalog_store import apply_catalog
+from activities.correction_store import credit_notes_of, ledger_request
+from activities.corrections import apply_correction
 from activities.db import asyncpg_dsn, make_engine
 from activities.ledger_reports import credit_summary, invoice_documents, revenue_summary
 from activities.migrate import upgrade_async
-from activities.payments import SimulatedCardGateway
+from activities.payments import SimulatedCardGateway, record_refund
 from activities.usage_ingest import IngestReport, IngestResult, IngestStatus, ingest_usage
 from activities.usage_rollup import compact_usage, utc_midnight
 from models.amendments import (
@@ -50,8 +52,9 @@ from models.amendments import (
 )
 from models.catalog import Catalog
 from models.contract import Contract, resolve_terms
+from models.corrections import CorrectCredit, CorrectVoid, correct_update_id
 from models.periods import local_date, local_midnight_utc, term_end_date, termination_end_date
-from models.timeline import AmendAction, PayAction, TimelineAction
+from models.timeline import AmendAction, CreditAction, PayAction, TimelineAction, VoidAction
 from models.usage import UsageEvent
 from worker.contract_service import start_contract
 from worker.main import build_worker
@@ -260,7 +263,7 @@ async def simulate_on(
                 continue
             await advance_to(env, action.at, show)
             await settle(env, handle)
-            problems = await send_action(handle, action)
+            problems = await send_action(handle, action, engine)
             if problems is not None:
                 refused.append(refusal(index, action, problems))
         if sim.until is None:
@@ -285,14 +288,26 @@ def _indexes(refused: Sequence[dict[str, Any]]) -> set[int]:
 
 async def contract_report(conn: AsyncConnection, contract_id: str, currency: str) -> dict[str, Any]:
     """The SPEC.md section 9 object for one contract, read from the ledger."""
-    return {
+    report: dict[str, Any] = {
         "contract_id": contract_id,
         "currency": currency,
         "until": None,
         "invoices": await invoice_documents(conn, contract_id),
-        "credits": (await credit_summary(conn, contract_id)).model_dump(mode="json"),
-        "revenue": (await revenue_summary(conn, contract_id, currency)).model_dump(mode="json"),
     }
+    notes = await credit_notes_of(conn, contract_id)
+    if notes:  # only when there is one, so a plain run has exactly the section 9 keys
+        report["credit_notes"] = [
+            note.model_dump(mode="json", include=_NOTE_FIELDS) for note in notes
+        ]
+    report["credits"] = (await credit_summary(conn, contract_id)).model_dump(mode="json")
+    report["revenue"] = (await revenue_summary(conn, contract_id, currency)).model_dump(
+        mode="json")
+    return report
+
+
+# What `billow simulate` prints of a credit note (SPEC.md section 11).
+_NOTE_FIELDS = {"id", "number", "invoice", "issued_on", "reason", "lines", "total",
+                "allocation"}
 
 
 async def advance_to(
@@ -335,15 +350,28 @@ async def settle(env: WorkflowEnvironment, handle: WorkflowHandle[Any, Any]) -> 
 Problems = list[tuple[str, str]]
 
 
-async def send_action(handle: WorkflowHandle[Any, Any], action: TimelineAction) -> Problems | None:
+async def send_action(handle: WorkflowHandle[Any, Any], action: TimelineAction,
+                      engine: AsyncEngine | None = None) -> Problems | None:
     """Send a timeline action the way the API sends it: as a workflow update.
 
     Returns None when the contract took it, else the ``(field, reason)``
-    problems it was refused with (an update error; the run goes on).
+    problems it was refused with (an update error; the run goes on). A void
+    or credit after the workflow has completed goes to the ledger, as the
+    API's does.
     """
     try:
+        if isinstance(action, VoidAction | CreditAction):
+            correction = action.correction()
+            try:
+                _: object = await handle.execute_update(
+                    ContractWorkflow.correct, correction, id=correct_update_id(correction))
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND or engine is None:
+                    raise
+                return await _correct_in_ledger(engine, handle, correction, action.at)
+            return None
         if isinstance(action, PayAction):
-            _: object = await handle.execute_update(
+            _ = await handle.execute_update(
                 ContractWorkflow.pay,
                 PaymentInput(
                     invoice=action.invoice,
@@ -365,6 +393,26 @@ async def send_action(handle: WorkflowHandle[Any, Any], action: TimelineAction) 
             raise
         # The workflow completed (term closed, nothing left to collect).
         return [("", f"the contract's workflow has completed: {exc.message}")]
+    return None
+
+
+async def _correct_in_ledger(engine: AsyncEngine, handle: WorkflowHandle[Any, Any],
+                             correction: CorrectVoid | CorrectCredit,
+                             now: datetime) -> Problems | None:
+    """A correction once the contract's workflow has completed: the ledger applies it
+    (a refund is then recorded as a manual one, as the API does)."""
+    contract_id = handle.id.removeprefix("contract:")
+    async with engine.begin() as conn:
+        request = await ledger_request(conn, contract_id, correction, now)
+        try:
+            outcome = await apply_correction(conn, request)
+        except ApplicationError as exc:
+            listed = exc.details[0] if exc.details else None
+            if isinstance(listed, list):
+                return [(str(d.get("field") or ""), str(d.get("reason") or "")) for d in listed]
+            return [("", exc.message)]
+        if outcome.refund is not None:
+            await record_refund(conn, outcome.refund, method="manual", reference=None)
     return None
 
 
@@ -403,6 +451,9 @@ def refusal(index: int, action: TimelineAction, problems: Problems) -> dict[str,
     if isinstance(action, AmendAction):
         entry["kind"] = action.amendment.kind
         entry["id"] = action.amendment.id
+    elif isinstance(action, VoidAction | CreditAction):
+        entry["invoice"] = action.invoice
+        entry["id"] = action.id
     else:
         entry["invoice"] = action.invoice
         entry["id"] = payment_id(action)

@@ -42,6 +42,19 @@ with workflow.unsafe.imports_passed_through():
     # calendar functions (see ../shared/notes/temporal.md).
     from models.amendments import Amendment, ExtendTermAmendment, GrantCreditsAmendment
     from models.contract import COMMITMENT_GRANT_ID, to_instant
+    from models.corrections import (
+        CorrectCredit,
+        Correction,
+        CorrectionOutcome,
+        CorrectionRecord,
+        CorrectionResult,
+        CorrectReissue,
+        CorrectVoid,
+        PendingRefund,
+        RefundRequest,
+        RefundView,
+        correction_digest,
+    )
     from models.errors import BillowValidationError
     from models.invoices import due_on
     from models.minimum_commitment import months_left, progress_text
@@ -93,7 +106,19 @@ with workflow.unsafe.imports_passed_through():
         initial_state,
         validate_amendment,
     )
+    from workflows.corrections import (
+        CorrectionConflict,
+        check_correction,
+        correction_request,
+        learn_credited,
+        learn_outcome,
+        record_refund,
+        resend_answer,
+    )
     from workflows.wait_labels import period_label, state_next_close, wait_label
+
+# A refund the gateway declined is tried again this many days after the note.
+REFUND_RETRY_DAYS: tuple[int, ...] = (1, 3, 7)
 
 # Continue-as-new after this many closed periods in one run (history bound).
 PERIODS_PER_RUN = 12
@@ -112,7 +137,7 @@ _CHARGE_RETRY = RetryPolicy(
     maximum_attempts=3,
 )
 _SHORT = timedelta(seconds=60)
-_REMOTE = frozenset({ActivityName.CHARGE_INVOICE})
+_REMOTE = frozenset({ActivityName.CHARGE_INVOICE, ActivityName.REFUND})
 T = TypeVar("T")
 _LONG = timedelta(minutes=15)
 
@@ -251,7 +276,9 @@ class ContractWorkflow:
                     await self._maybe_continue_as_new()
                     continue
             await self._run_due_collection()
-            if st.term_closed and not st.collections and not st.pending_amendments:
+            await self._run_due_refunds()
+            if (st.term_closed and not st.collections and not st.pending_amendments
+                    and st.next_refund_at() is None):
                 break
             # A long idle stretch (an annual contract with many updates) can
             # grow one run's history too: the server's suggestion is honoured
@@ -284,7 +311,7 @@ class ContractWorkflow:
 
     def _next_wake(self) -> datetime | None:
         st = self.state
-        candidates = [st.next_amendment_at(), st.next_collection_at()]
+        candidates = [st.next_amendment_at(), st.next_collection_at(), st.next_refund_at()]
         if not st.term_closed and st.open_period is not None and not self._held:
             candidates.append(st.close_at(st.open_period))
         return min((c for c in candidates if c is not None), default=None)
@@ -459,6 +486,15 @@ class ContractWorkflow:
         st.limit_lines = list(result.limit_lines)
         st.limit_lines_invoice = result.invoice.key if result.limit_lines else None
         await self._issued(result.invoice)
+        if result.credited or result.refunds:
+            # The close credited a fall in late usage (automatic credit notes).
+            learn_credited(st, result.credited)
+            st.pending_refunds += [
+                PendingRefund(request=r, correction_id=r.refund_key.removeprefix("refund:"),
+                              next_at=workflow.now())
+                for r in result.refunds
+            ]
+            self._publish()
 
     async def _close_term(self) -> CreditSummary | None:
         st = self.state
@@ -942,6 +978,126 @@ class ContractWorkflow:
         except ApplicationError as exc:
             workflow.logger.warning("payment for %s rejected: %s", payment.invoice, exc)
 
+    # --- corrections (SPEC.md section 11) -----------------------------------------
+    @workflow.update(name="correct")
+    async def correct(self, correction: Correction) -> CorrectionResult:
+        """Void, reissue or credit a finalized invoice; idempotent on the correction id."""
+        return await self._correct(correction)
+
+    @correct.validator
+    def _validate_correct(self, correction: Correction) -> None:
+        self._check_correction(correction)
+
+    def _check_correction(self, correction: CorrectVoid | CorrectReissue | CorrectCredit) -> None:
+        try:
+            check_correction(self.state, correction)
+        except CorrectionConflict as exc:
+            raise ApplicationError(
+                str(exc), [{"field": f, "reason": r} for f, r in exc.problems],
+                type="CorrectionConflict", non_retryable=True) from exc
+        except BillowValidationError as exc:
+            raise ApplicationError(
+                str(exc), [{"field": f, "reason": r} for f, r in exc.problems],
+                type="InvoiceState", non_retryable=True) from exc
+
+    async def _correct(self, correction: CorrectVoid | CorrectReissue | CorrectCredit
+                       ) -> CorrectionResult:
+        st = self.state
+        self._check_correction(correction)
+        answer = resend_answer(st, correction)
+        if answer is not None:
+            return answer
+        async with self._lock:
+            # Decided under the lock: a close or a payment may have changed the invoice.
+            self._check_correction(correction)
+            answer = resend_answer(st, correction)
+            if answer is None:
+                outcome = await self._apply_correction(correction)
+        if answer is not None:  # a concurrent send of the same id applied it meanwhile
+            return answer
+        result = outcome.result
+        if outcome.refund is not None:
+            refund = await self._refund(outcome.refund)
+            if refund is not None:
+                record_refund(st, correction.id, refund)
+                result = resend_answer(st, correction) or result
+            else:
+                st.pending_refunds.append(PendingRefund(
+                    request=outcome.refund, correction_id=correction.id,
+                    next_at=workflow.now() + timedelta(days=REFUND_RETRY_DAYS[0])))
+        # A correction can only remove collection steps or add a reissue's.
+        if self._next_wake() != self._sleeping_until:
+            self._wakeup += 1
+        self._publish()
+        return result
+
+    async def _apply_correction(self, correction: CorrectVoid | CorrectReissue | CorrectCredit
+                                ) -> CorrectionOutcome:
+        """The ledger step of a correction, under the lock; its outcome into the state."""
+        st = self.state
+        request = correction_request(st, correction, workflow.now())
+        try:
+            outcome = await self._call(
+                ActivityName.CORRECT_INVOICE, request, CorrectionOutcome,
+                summary=f"{correction.kind} {correction.invoice} ({correction.id})",
+            )
+        except _ACTIVITY_FAILURES as exc:
+            # The ledger refused it: fail this update, never the contract.
+            cause = _cause(exc)
+            raise ApplicationError(
+                cause.message if cause else str(exc),
+                *(cause.details if cause else ()),
+                type=cause.type if cause and cause.type else "InvalidCorrection",
+                non_retryable=True,
+            ) from exc
+        for key in learn_outcome(st, outcome):
+            reissued = next(i for i in outcome.invoices if i.key == key)
+            await self._issued(reissued)
+        st.correction_records.append(CorrectionRecord(
+            id=correction.id, digest=correction_digest(correction), result=outcome.result))
+        return outcome
+
+    async def _run_due_refunds(self) -> None:
+        """Retry refunds the gateway did not pay (1, 3 and 7 days after the note,
+        then left pending in the ledger for ops)."""
+        st = self.state
+        now = workflow.now()
+        for pending in list(st.pending_refunds):
+            if pending.next_at is None or pending.next_at > now:
+                continue
+            pending.next_at = None
+            # Booked the day it is paid back, not the day of the note.
+            refund = await self._refund(
+                pending.request.model_copy(update={"on": st.local_date(now)}))
+            if refund is not None:
+                st.pending_refunds.remove(pending)
+                record_refund(st, pending.correction_id, refund)
+            elif pending.attempts < len(REFUND_RETRY_DAYS):
+                pending.next_at = now + timedelta(days=REFUND_RETRY_DAYS[pending.attempts])
+                pending.attempts += 1
+            else:
+                workflow.logger.error("refund %s given up after %d attempts: pending for ops",
+                                      pending.request.refund_key, pending.attempts)
+
+    async def _refund(self, request: RefundRequest) -> RefundView | None:
+        """Pay a credit note's refund through the gateway, outside the contract lock.
+
+        A few attempts; if the gateway keeps failing the refund stays pending in
+        the ledger (shown to ops), and sending the credit again retries it.
+        """
+        try:
+            refund = await workflow.execute_activity(
+                ActivityName.REFUND.value, request, result_type=RefundView,
+                start_to_close_timeout=_SHORT, retry_policy=_CHARGE_RETRY,
+                summary=f"refund {request.amount} {request.currency} ({request.refund_key})",
+            )
+        except ActivityError as exc:
+            workflow.logger.warning("refund %s not paid yet: %s", request.refund_key,
+                                    _refusal(exc))
+            return None
+        assert isinstance(refund, RefundView)
+        return refund
+
     @workflow.query(name="state")
     def query_state(self) -> ContractView:
         st = self.state
@@ -1158,6 +1314,10 @@ class ContractWorkflow:
             lines.append(f"**Unapplied payments:** {len(st.unapplied_payments)} ({total} "
                          f"{st.terms.currency}) taken by the gateway after their invoice was "
                          "paid: refund or apply")
+        if st.pending_refunds:
+            total = sum((p.request.amount for p in st.pending_refunds), Decimal(0))
+            lines.append(f"**Pending refunds:** {len(st.pending_refunds)} ({total} "
+                         f"{st.terms.currency}) the gateway has not paid back yet")
         if open_invoices:
             lines.append("**Open invoices:**")
             lines += [

@@ -42,6 +42,7 @@ from models.contract import (
     add_rate_override,
     to_instant,
 )
+from models.corrections import CUSTOMER_CREDIT_GRANT_PREFIX, CorrectionRecord, PendingRefund
 from models.errors import BillowValidationError
 from models.invoices import LimitLine, due_on
 from models.minimum_commitment import CommitmentProgress
@@ -150,6 +151,10 @@ class ContractState(BaseModel):
     amendment_records: list[AmendmentRecord] = Field(default_factory=list)
     dropped_amendments: list[DroppedAmendment] = Field(default_factory=list)
     unapplied_payments: list[UnappliedPayment] = Field(default_factory=list)
+    # Answers given per correction id (void, reissue, credit: SPEC.md section 11).
+    correction_records: list[CorrectionRecord] = Field(default_factory=list)
+    # Credit note refunds the gateway has not paid yet, retried on a schedule.
+    pending_refunds: list[PendingRefund] = Field(default_factory=list)
     credit_balance: Decimal = Decimal(0)
     attention: str | None = None
     terminated_at: AwareDatetime | None = None
@@ -208,6 +213,10 @@ class ContractState(BaseModel):
 
     def next_amendment_at(self) -> datetime | None:
         return min((p.effective for p in self.pending_amendments), default=None)
+
+    def next_refund_at(self) -> datetime | None:
+        return min((p.next_at for p in self.pending_refunds if p.next_at is not None),
+                   default=None)
 
     def next_collection_at(self) -> datetime | None:
         instants = [
@@ -462,6 +471,9 @@ def _validate_grant(state: ContractState, amendment: GrantCreditsAmendment,
         for p in others
         if isinstance(p.amendment, GrantCreditsAmendment)
     }
+    if grant_id.startswith(CUSTOMER_CREDIT_GRANT_PREFIX):
+        problems.append(("grant_id", f"{CUSTOMER_CREDIT_GRANT_PREFIX!r} grant ids are reserved "
+                                     "for customer credit from credit notes"))
     own = amendment.id == f"{CONTRACT_GRANT_AMENDMENT_PREFIX}{grant_id}"  # the contract's own grant
     if not own and (grant_id in state.reserved_grant_ids or grant_id in pending_ids):
         problems.append(("grant_id", f"a grant {grant_id!r} exists already or is reserved"))

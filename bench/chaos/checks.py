@@ -79,7 +79,8 @@ async def _numbers(conn: AsyncConnection) -> list[str]:
         "AND status NOT IN ('draft', 'needs_attention')")
     out += [f"{r.contract_id} {r.key} is {r.status} without a number"
             for r in unnumbered[:_MAX_LISTED]]
-    series = await _rows(conn, "SELECT series, next_value FROM invoice_number_series")
+    series = await _rows(conn, "SELECT series, next_value FROM invoice_number_series "
+                               "WHERE series = 'default'")
     for s in series:
         if values and s.next_value != max(values) + 1:
             out.append(f"series {s.series} would issue {s.next_value} next; "
@@ -92,7 +93,8 @@ async def _duplicates(conn: AsyncConnection) -> list[str]:
         "invoice key": "SELECT contract_id, key, count(*) AS n FROM invoices "
                        "GROUP BY 1, 2 HAVING count(*) > 1",
         "usage invoice period": "SELECT contract_id, period_start, count(*) AS n FROM invoices "
-                                "WHERE kind = 'usage' GROUP BY 1, 2 HAVING count(*) > 1",
+                                "WHERE kind = 'usage' AND status <> 'void' "
+                                "GROUP BY 1, 2 HAVING count(*) > 1",
         "grant": "SELECT contract_id, grant_id, count(*) AS n FROM credit_grants "
                  "GROUP BY 1, 2 HAVING count(*) > 1",
         "amendment": "SELECT contract_id, amendment_id, count(*) AS n FROM amendments "

@@ -309,6 +309,9 @@ async def test_openapi_is_documented(api: ApiServer) -> None:
         ("POST", "/v1/usage"),
         ("GET", "/v1/invoices"), ("GET", "/v1/invoices/{number}"),
         ("POST", "/v1/invoices/{number}/payments"),
+        ("POST", "/v1/invoices/{number}/void"), ("POST", "/v1/invoices/{number}/reissue"),
+        ("POST", "/v1/invoices/{number}/credit-notes"),
+        ("GET", "/v1/credit-notes"), ("GET", "/v1/credit-notes/{number}"),
         ("PUT", "/v1/catalog"), ("GET", "/v1/catalog"),
         ("POST", "/v1/webhooks/crm"),
         # documents, events and exports (SPEC.md section 13)

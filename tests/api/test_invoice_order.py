@@ -16,7 +16,8 @@ from tests.support.paths import ACME
 
 async def test_invoices_sort_by_their_sequence_not_as_text(api: ApiServer, worker: None) -> None:
     async with api.deps.engine.begin() as conn:
-        await conn.execute(text("UPDATE invoice_number_series SET next_value = 999999"))
+        await conn.execute(text(
+            "UPDATE invoice_number_series SET next_value = 999999 WHERE series = 'default'"))
     suffix = uuid.uuid4().hex[:8]
     cid = f"order-{suffix}"
     today = datetime.now(UTC).date()

@@ -49,7 +49,8 @@ async def test_database_is_migrated_to_head(db: AsyncEngine, database_url: str) 
     head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
     async with db.connect() as conn:
         version = await conn.scalar(text("SELECT version_num FROM alembic_version"))
-        series = await conn.scalar(text("SELECT next_value FROM invoice_number_series"))
+        series = await conn.scalar(
+            text("SELECT next_value FROM invoice_number_series WHERE series = 'default'"))
     assert version == head
     assert series == 1
 

@@ -357,9 +357,36 @@ async def minimums(env: WorkflowEnvironment, engine: AsyncEngine) -> ContractRun
     return run
 
 
-# Paths added after v4 (the release after this session's main), from v5 on.
+async def corrections(env: WorkflowEnvironment, engine: AsyncEngine) -> ContractRun:
+    """Void with a reissue after a backdated override, a refunded credit note and one
+    kept as customer credit (the ``correct`` update; SPEC.md section 11)."""
+    doc = contract_doc(term_months=2, commitment={"amount": "1000.00"})
+    run = ContractRun(env, engine, doc)
+    async with run:
+        await run.send_usage([event("j1", "2027-01-10T00:00:00Z", "100000"),
+                              event("f1", "2027-02-10T00:00:00Z", "1000")])
+        await run.advance_to(at("2027-02-05"))
+        await run.amend({"id": "rate-fix", "kind": "rate_override",
+                         "effective": TERM_START,
+                         "override": {"meter": "tokens", "match": {"model": "gpt-4"},
+                                      "unit_price": "0.01"}})
+        await run.correct({"kind": "void", "id": "v-jan", "invoice": "usage:2027-01-01",
+                           "reissue": True})
+        await run.pay("usage:2027-01-01/2", "500.00", payment_id="wire-1")
+        await run.correct({"kind": "credit", "id": "cn-1", "invoice": "usage:2027-01-01/2",
+                           "reason": "goodwill", "lines": [{"line": 2, "amount": "50.00"}]})
+        await run.correct({"kind": "credit", "id": "cn-2", "invoice": "usage:2027-01-01/2",
+                           "reason": "service_issue", "amount": "20.00",
+                           "remainder": "credit"})
+        await run.advance_to(at("2027-03-05"))
+    return run
+
+
+# Paths v5 added: minimum commitments and spend limits, corrections (void,
+# reissue, credit notes, refunds). Saved from v5 on.
 PATHS_V5 = {
     "minimums": minimums,
+    "corrections": corrections,
 }
 
 PATHS_V4 = {

@@ -66,7 +66,7 @@ def test_every_changed_path_is_saved_for_every_release() -> None:
     missing = {f"{name}.{v}" for name in [*PATHS, "renewal"] for v in ("v1", "v2", "v3", "v4")}
     # Paths this release (v4) added behind workflow.patched exist from v4 on.
     missing |= {f"{name}.v4" for name in PATHS_V4}
-    # ... and the paths added after it (minimum commitments, SPEC.md 12) from v5 on.
+    # ... and the paths v5 added (minimums, corrections) from v5 on.
     missing |= {f"{name}.v5" for name in PATHS_V5}
     assert not missing - saved
 

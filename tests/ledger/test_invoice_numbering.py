@@ -62,7 +62,8 @@ async def test_a_blocked_finalization_does_not_hold_up_the_others(db: AsyncEngin
     # Numbers follow the order in which finalizations committed.
     assert slow_result.invoice.number == "INV-000002"
     async with db.connect() as conn:
-        series = await conn.scalar(text("SELECT next_value FROM invoice_number_series"))
+        series = await conn.scalar(
+            text("SELECT next_value FROM invoice_number_series WHERE series = 'default'"))
         draft = await conn.scalar(
             text("SELECT status FROM invoices WHERE contract_id = 'c-slow' "
                  "AND key = 'usage:2027-02-01'")
@@ -85,7 +86,8 @@ async def test_numbers_past_six_digits_keep_every_digit(db: AsyncEngine) -> None
     ledger = Ledger(db)
     await ledger.register()
     async with db.begin() as conn:
-        await conn.execute(text("UPDATE invoice_number_series SET next_value = 999999"))
+        await conn.execute(text(
+            "UPDATE invoice_number_series SET next_value = 999999 WHERE series = 'default'"))
     a = await run(ledger.acts.close_period, ledger.close_request(0))
     b = await run(ledger.acts.close_period, ledger.close_request(1))
     assert (a.invoice.number, b.invoice.number) == ("INV-999999", "INV-1000000")

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from activities.correction_store import credit_notes_of
 from activities.ledger_reports import invoice_documents
 from tests.ledger.test_ledger_activities import Ledger, run
 from tests.support.scenario import PRO_CATALOG, event
@@ -76,7 +77,7 @@ async def test_only_the_rise_of_the_periods_figure_is_billed_late(ledger: Ledger
         storage("g2", "2027-01-07T00:00:00Z", "40"),  # below the max: nothing
         storage("g3", "2027-01-08T00:00:00Z", "70"),  # a new max: +20
         nodes("n2", "2027-01-10T00:00:00Z", "9"),  # older than the latest: nothing
-        nodes("n3", "2027-01-25T00:00:00Z", "1"),  # the latest goes down: not credited
+        nodes("n3", "2027-01-25T00:00:00Z", "1"),  # the latest goes down by 2: credited
     ])
     feb = await run(ledger.acts.close_period, ledger.close_request(1))
     again = await run(ledger.acts.close_period, ledger.close_request(1))  # a retry
@@ -85,6 +86,16 @@ async def test_only_the_rise_of_the_periods_figure_is_billed_late(ledger: Ledger
         ("seats", "1", "10.00", "2027-01-01"),
         ("storage_gb", "20", "40.00", "2027-01-01"),
     ]
+    # The fall is credited by a note dated February's invoice (issued on Mar 1),
+    # against January's line.
+    async with ledger.engine.connect() as conn:
+        notes = await credit_notes_of(conn, ledger.terms.contract_id)
+    assert [(n.number, n.invoice, n.issued_on.isoformat(), n.reason, n.automatic,
+             [(ln.line, ln.amount) for ln in n.lines], n.allocation.outstanding_reduced)
+            for n in notes] == [
+        ("CN-000001", "usage:2027-01-01", "2027-03-01", "billing_error", True,
+         [(3, Decimal("2.00"))], Decimal("2.00"))]
+    assert [(i.key, i.credited) for i in feb.credited] == [("usage:2027-01-01", Decimal("2.00"))]
 
     # A later late event raises January's max again: billed from 70, not 50.
     await ingest_all(ledger.engine, [storage("g4", "2027-01-09T00:00:00Z", "80")])

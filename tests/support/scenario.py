@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 import yaml
+from pydantic import TypeAdapter
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import WorkflowHandle
@@ -24,6 +25,7 @@ from activities.payments import PaymentGateway, SimulatedCardGateway
 from models.amendments import parse_amendment
 from models.catalog import Catalog, load_catalog
 from models.contract import Contract, load_contract
+from models.corrections import Correction, CorrectionResult, correct_update_id
 from models.operations import PaymentResult
 from worker.contract_service import start_contract
 from worker.main import build_worker
@@ -31,6 +33,7 @@ from worker.simulate import advance_to, contract_report, ingest_all, settle
 from workflows.contract import AmendmentResult, ContractView, ContractWorkflow, PaymentInput
 
 TASK_QUEUE = "scenario"
+CORRECTION: TypeAdapter[Correction] = TypeAdapter(Correction)
 
 PRO_CATALOG = yaml.safe_load(
     """
@@ -163,6 +166,22 @@ class ContractRun:
         await settle(self.env, self.handle)
         result: AmendmentResult = await self.handle.execute_update(
             ContractWorkflow.amend, parse_amendment(amendment)
+        )
+        return result
+
+    async def correct(self, correction: dict[str, Any], *, settled: bool = False
+                      ) -> CorrectionResult:
+        """Send a void, reissue or credit as the API does (update id from its content).
+
+        ``settled``: the caller let the workflow settle already (sends run
+        concurrently must not sleep the time-skipping server concurrently).
+        """
+        assert self.handle is not None
+        if not settled:
+            await settle(self.env, self.handle)
+        parsed = CORRECTION.validate_python(correction)
+        result: CorrectionResult = await self.handle.execute_update(
+            ContractWorkflow.correct, parsed, id=correct_update_id(parsed)
         )
         return result
 

@@ -1,0 +1,100 @@
+"""Void and reissue of a usage invoice after a backdated rate override (SPEC.md section 11)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+
+from tests.support.correction_checks import ledger_problems
+from tests.support.scenario import ContractRun, at, contract_doc, event
+
+D = Decimal
+
+
+async def test_void_and_reissue_after_a_backdated_rate_override(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    doc = contract_doc(term_months=3, commitment={"amount": "1000.00"})
+    async with ContractRun(ts_env, db, doc) as run:
+        await run.send_usage([
+            event("j1", "2027-01-10T00:00:00Z", "100000"),  # 3000.00 at 0.03
+            event("f1", "2027-02-10T00:00:00Z", "10000"),   # February
+        ])
+        await run.advance_to(at("2027-02-05", 9))
+        jan = await run.invoice("usage:2027-01-01")
+        assert (jan["number"], jan["credits_applied"], jan["total"]) == (
+            "INV-000002", "1000.00", "2500.00")
+        # The negotiated rate was 0.01 from the start: a backdated override. The open
+        # period (February) takes it from its start; January needs a reissue.
+        await run.amend({"id": "rate-fix", "kind": "rate_override",
+                         "effective": "2027-01-01T00:00:00Z",
+                         "override": {"meter": "tokens", "match": {"model": "gpt-4"},
+                                      "unit_price": "0.01"}})
+        result = await run.correct({"kind": "void", "id": "void-jan",
+                                    "invoice": "usage:2027-01-01", "reissue": True})
+        state = await run.state()
+        with pytest.raises(WorkflowUpdateFailedError) as again:
+            await run.correct({"kind": "reissue", "id": "re-again",
+                               "invoice": "usage:2027-01-01"})
+        await run.advance_to(at("2027-03-01", 3))
+        invoices = await run.invoices()
+        report = await run.report()
+        problems = await ledger_problems(db, "c-1")
+    assert result.invoice_status == "void" and result.reissued is not None
+    reissued = result.reissued
+    assert (reissued.key, reissued.number, reissued.issued_on.isoformat(),
+            reissued.due_on and reissued.due_on.isoformat()) == (
+        "usage:2027-01-01/2", "INV-000003", "2027-02-05", "2027-03-07")
+    by_key = {i["key"]: i for i in invoices}
+    jan_void, jan2, feb = (by_key["usage:2027-01-01"], by_key["usage:2027-01-01/2"],
+                           by_key["usage:2027-02-01"])
+    assert (jan_void["status"], jan_void["number"]) == ("void", "INV-000002")
+    # 100000 tokens at 0.01 = 1000.00, all paid by the credits the void gave back.
+    assert [(ln["kind"], ln.get("unit_price"), ln["amount"]) for ln in jan2["lines"]] == [
+        ("usage", "0.01", "1000.00"), ("fee", None, "500.00")]
+    assert (jan2["period"], jan2["subtotal"], jan2["credits_applied"], jan2["total"],
+            jan2["status"]) == ({"start": "2027-01-01", "end": "2027-02-01"}, "1500.00",
+                                "1000.00", "500.00", "open")
+    assert [(ln["kind"], ln.get("unit_price"), ln["amount"]) for ln in feb["lines"]] == [
+        ("usage", "0.01", "100.00"), ("fee", None, "500.00")]
+    assert (feb["number"], feb["credits_applied"], feb["total"]) == ("INV-000004", "0.00",
+                                                                    "600.00")
+    assert {k: D(v) for k, v in report["credits"].items()} == {
+        "granted": D("1000.00"), "consumed": D("1000.00"), "expired": 0, "balance": 0}
+    assert {k: D(v) for k, v in report["revenue"].items()} == {
+        "usage_from_credits": D("1000.00"), "usage_billed": D("100.00"), "fees": D("1000.00"),
+        "breakage": 0, "total": D("2100.00"), "deferred_balance": 0}
+    # The contract collects the reissue, not the voided invoice.
+    keys = [i.key for i in state.invoices if i.status in ("open", "overdue")]
+    assert "usage:2027-01-01/2" in keys and "usage:2027-01-01" not in keys
+    assert state.credit_balance == 0
+    cause = again.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "InvalidCorrection"
+    assert cause.details[0] == [{"field": "invoice", "reason": "the period of "
+                                 "usage:2027-01-01 is already invoiced by usage:2027-01-01/2"}]
+    assert problems == []
+
+
+async def test_reissue_later_and_its_refusals(ts_env: WorkflowEnvironment, db: AsyncEngine
+                                              ) -> None:
+    async with ContractRun(ts_env, db, contract_doc(term_months=2)) as run:
+        await run.send_usage([event("j1", "2027-01-10T00:00:00Z", "1000")])  # 30.00
+        await run.advance_to(at("2027-02-03"))
+        with pytest.raises(WorkflowUpdateFailedError) as not_void:
+            await run.correct({"kind": "reissue", "id": "r0", "invoice": "usage:2027-01-01"})
+        await run.correct({"kind": "void", "id": "v1", "invoice": "usage:2027-01-01"})
+        await run.advance_to(at("2027-02-08"))
+        result = await run.correct({"kind": "reissue", "id": "r1",
+                                    "invoice": "usage:2027-01-01"})
+        problems = await ledger_problems(db, "c-1")
+    cause = not_void.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "InvoiceState"
+    assert result.reissued is not None
+    assert (result.reissued.key, result.reissued.issued_on.isoformat(),
+            result.reissued.total) == ("usage:2027-01-01/2", "2027-02-08", D("530.00"))
+    assert problems == []
