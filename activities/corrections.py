@@ -37,6 +37,7 @@ from activities.correction_store import (
     number_credit_note,
 )
 from activities.errors import business_errors
+from activities.events import emit_event, emit_invoice_event
 from activities.ledger import write_expiries_and_breakage
 from activities.ledger_store import (
     insert_ledger_entry,
@@ -69,6 +70,7 @@ from models.credit_notes import (
     reversed_recognition,
 )
 from models.errors import BillowValidationError
+from models.events import EventType
 from models.operations import ActivityName, IssuedInvoice
 from models.revenue import EntryKind, deferred_by_grant, recognized_by_grant, reversal
 
@@ -164,12 +166,22 @@ async def apply_correction(
         {"cid": cid, "id": c.id, "kind": c.kind, "key": c.invoice, "digest": digest,
          "doc": c.model_dump_json(), "res": json.dumps(stored)},
     )
-    # (events, issue 16: the outbox row of invoice.voided / credit_note.issued goes here)
+    # Events in the same transaction (SPEC.md section 13). The reissue's
+    # invoice.finalized is written before its number, which the numbering
+    # statement fills in; a credit note's event after its own number.
+    if isinstance(c, CorrectVoid):
+        await emit_invoice_event(conn, EventType.INVOICE_VOIDED, cid, c.invoice)
+    finalized = ([await emit_invoice_event(conn, EventType.INVOICE_FINALIZED, cid,
+                                           stored["reissued_key"])]
+                 if to_number is not None else [])
     # Numbers last: the series lock is then held only until COMMIT.
     if "note_id" in stored:
         await number_credit_note(conn, stored["note_id"])
+        note_rows = await credit_note_rows(conn, note_id=int(stored["note_id"]))
+        note = await credit_note_view(conn, note_rows[0])
+        await emit_event(conn, EventType.CREDIT_NOTE_ISSUED, cid, note.model_dump(mode="json"))
     if to_number is not None:
-        await next_invoice_number(conn, to_number)
+        await next_invoice_number(conn, to_number, events=finalized)
     return await _answer(conn, req, stored, duplicate=False)
 
 
