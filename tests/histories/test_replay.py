@@ -6,9 +6,11 @@ recorded by ``python -m tests.histories.record <version>`` from a released
 version of the workflow; this test fails on any non-determinism. Changes go
 behind ``workflow.patched(...)`` and new histories are added, never swapped.
 
-Released versions: v1 = 519b4dc, v2 = c0dd874, v3 = 632682c, v4 = this session's main
-(issue 11/12 work; PATHS_V4 are the paths it added behind workflow.patched). paths.py holds
-the lifecycles whose commands changed between them, each saved per version.
+Released versions: v1 = 519b4dc, v2 = c0dd874, v3 = 632682c, v4 = the issue 11/12 release
+(PATHS_V4 are the paths it added behind workflow.patched), v5 = the release after it
+(the creation instant from the start event, minimum commitments and spend limits,
+corrections; PATHS_V5 are its new paths). paths.py holds the lifecycles whose commands
+changed between them, each saved per version.
 """
 
 from __future__ import annotations
