@@ -35,6 +35,7 @@ from activities.ledger_store import (
     load_journal,
     post_journal,
 )
+from activities.spend import term_spend
 from models.amendments import RateOverrideAmendment, parse_amendment
 from models.contract import Contract, ContractTerms, add_rate_override
 from models.corrections import CorrectionRequest, reissue_key
@@ -43,12 +44,15 @@ from models.invoices import (
     InvoiceKind,
     InvoicePeriod,
     InvoiceStatus,
+    Line,
     build_invoice,
     due_on,
 )
+from models.minimum_commitment import commitment_progress, true_up_lines
 from models.periods import Period, local_midnight_utc
 from models.rating import rate_period
 from models.revenue import recognized_by_grant, usage_invoiced
+from models.spend_limits import with_limit_lines
 
 __all__ = ["reissue_invoice", "reissue_terms"]
 
@@ -138,14 +142,21 @@ async def reissue_invoice(conn: AsyncConnection, req: CorrectionRequest,
     fees = [FeeLine.model_validate(r.document) for r in (await conn.execute(
         text("SELECT document FROM invoice_lines WHERE invoice_id = :id AND kind = 'fee' "
              "ORDER BY position"), {"id": voided.id})).all()]
-    usage_lines = [*rating.lines, *late]
+    # The rules of the period's close (activities/ledger.compute_usage_invoice):
+    # each limited meter's minimum or maximum line after its lines, credits for
+    # usage-kind lines, then the minimum commitment's true-up (never credit-paid),
+    # against the spend of the other live invoices (the voided one is void now).
+    usage_lines: list[Line] = [*with_limit_lines(terms, period, rating.lines), *late]
     state = await load_credit_state(conn, cid)
     usage_amount = sum((ln.amount for ln in usage_lines), Decimal(0))
     state, application = state.apply(usage_amount, period.end)
+    progress = commitment_progress(terms, period, usage_amount, await term_spend(conn, cid),
+                                   is_final=voided.period_end >= terms.term_end)
     doc = build_invoice(
         key=key, kind=InvoiceKind.USAGE, currency=terms.currency,
         period=InvoicePeriod(start=voided.period_start, end=voided.period_end),
-        lines=[*usage_lines, *fees], credits_applied=application.applied_total,
+        lines=[*usage_lines, *fees, *true_up_lines(progress)],
+        credits_applied=application.applied_total,
         issued_on=req.on, status=InvoiceStatus.DRAFT,
     )
     invoice_id = await store_finalized(conn, cid, doc, req.on,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -97,4 +98,32 @@ async def test_reissue_later_and_its_refusals(ts_env: WorkflowEnvironment, db: A
     assert result.reissued is not None
     assert (result.reissued.key, result.reissued.issued_on.isoformat(),
             result.reissued.total) == ("usage:2027-01-01/2", "2027-02-08", D("530.00"))
+    assert problems == []
+
+
+async def test_a_reissue_keeps_the_spend_limit_and_true_up_lines_of_its_period(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    """Reissued, a period is billed by the same rules as at its close: the meter's
+    cap line and the minimum commitment's true-up come back (SPEC sections 11, 12)."""
+    doc = contract_doc(term_months=2,
+                       minimum_commitment={"amount": "5000.00", "per": "billing_period"},
+                       rate_overrides=[{"meter": "tokens", "maximum_amount": "2000.00"}])
+    async with ContractRun(ts_env, db, doc) as run:
+        await run.send_usage([event("e1", "2027-01-10T00:00:00Z", "100000")])  # 3000.00
+        await run.advance_to(at("2027-02-05"))
+        jan = await run.invoice("usage:2027-01-01")
+        await run.correct({"kind": "void", "id": "v-1", "invoice": "usage:2027-01-01",
+                           "reissue": True})
+        again = await run.invoice("usage:2027-01-01/2")
+        problems = await ledger_problems(db, "c-1")
+
+    def kinds(inv: dict[str, Any]) -> list[tuple[str, str]]:
+        return [(ln["kind"], ln["amount"]) for ln in inv["lines"]]
+
+    # 3000.00 of tokens capped at 2000.00; 2000 + 500 fee... the minimum counts usage
+    # spend (2000.00) and trues up to 5000.00.
+    assert ("maximum", "-1000.00") in kinds(jan) and ("true_up", "3000.00") in kinds(jan)
+    assert kinds(again) == kinds(jan)
+    assert again["total"] == jan["total"]
     assert problems == []
