@@ -17,7 +17,7 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request, Response
 from temporalio.client import WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
@@ -29,6 +29,13 @@ from activities.ledger_store import lock_contract
 from activities.payments import record_refund
 from api.correction_schemas import CorrectionOut, CreditIn, CreditNoteList, ReissueIn, VoidIn
 from api.deps import AppDeps, get_deps
+from api.documents import (
+    DOCUMENT_RESPONSES,
+    DocFormat,
+    DocumentFormat,
+    contract_terms,
+    negotiate,
+)
 from api.idempotency import IdempotencyKeyHeader
 from api.problems import ProblemError, not_found, problem_responses, validation_problem
 from api.queries import invoice_by_number
@@ -39,6 +46,9 @@ from api.workflow_calls import (
     temporal_errors,
     workflow_status,
 )
+from documents.credit_note import credit_note_view as credit_note_document
+from documents.html import render_html
+from documents.pdf import render_pdf
 from models.corrections import (
     CorrectCredit,
     CorrectionResult,
@@ -209,13 +219,48 @@ async def list_credit_notes(
     return CreditNoteList(credit_notes=notes, next_offset=offset + limit if more else None)
 
 
-@router.get("/v1/credit-notes/{number}", summary="A credit note", response_model=CreditNoteView,
-            dependencies=_read, responses=problem_responses(401, 403, 404))
-async def get_credit_note(number: str, deps: Deps) -> CreditNoteView:
+@router.get("/v1/credit-notes/{number}", summary="A credit note (JSON), or its document",
+            response_model=CreditNoteView, dependencies=_read,
+            responses={**DOCUMENT_RESPONSES, **problem_responses(401, 403, 404)})
+async def get_credit_note(number: str, deps: Deps, request: Request) -> Any:
     """The credit note `number` (e.g. `CN-000001`) with its lines and allocation.
-    Scope: `crm` or `ops`."""
+
+    With `Accept: text/html` or `Accept: application/pdf` the answer is its document
+    (the same as `.../document.html` and `.../document.pdf`). Scope: `crm` or `ops`."""
+    fmt = negotiate(request.headers.get("accept"))
+    note = await _credit_note(deps, number)
+    if fmt is DocFormat.JSON:
+        return note
+    return await _note_document(deps, note, fmt)
+
+
+@router.get("/v1/credit-notes/{number}/document.{fmt}",
+            summary="A credit note's document as HTML or PDF", response_class=Response,
+            dependencies=_read,
+            responses={200: {"content": {"text/html": {}, "application/pdf": {}},
+                             "description": "The document"},
+                       **problem_responses(401, 403, 404, 422)})
+async def get_credit_note_document(number: str, fmt: DocumentFormat, deps: Deps) -> Response:
+    """`document.pdf` or `document.html`: the credit note's document. The same note
+    always renders to the same bytes. Scope: `crm` or `ops`."""
+    return await _note_document(deps, await _credit_note(deps, number), DocFormat(fmt.value))
+
+
+async def _credit_note(deps: AppDeps, number: str) -> CreditNoteView:
     async with deps.engine.connect() as conn:
         found = await credit_note_rows(conn, number=number)
         if not found:
             raise not_found("Credit note", f"no credit note {number!r}", "path.number")
         return await credit_note_view(conn, found[0])
+
+
+async def _note_document(deps: AppDeps, note: CreditNoteView, fmt: DocFormat) -> Response:
+    async with deps.engine.connect() as conn:
+        terms = await contract_terms(conn, note.contract_id)
+    view = credit_note_document(note.model_dump(mode="json"), terms, deps.seller,
+                                deps.document_locale)
+    body = render_pdf(view) if fmt is DocFormat.PDF else render_html(view)
+    media = "application/pdf" if fmt is DocFormat.PDF else "text/html; charset=utf-8"
+    return Response(body, media_type=media, headers={
+        "Content-Disposition": f'inline; filename="{note.number}.{fmt.value}"',
+        "Vary": "Accept"})

@@ -147,7 +147,7 @@ def _lines_table(view: InvoiceView) -> Table:
 
 def _totals(view: InvoiceView) -> Table:
     rows = [[_p(label), _p(value, "num")] for label, value in view.totals]
-    rows.append([_p("Amount due", "due"), _p(view.amount_due, "duenum")])
+    rows.append([_p(view.amount_label, "due"), _p(view.amount_due, "duenum")])
     table = Table(rows, colWidths=[40 * mm, 36 * mm], hAlign="RIGHT")
     table.setStyle([("LINEABOVE", (0, len(rows) - 1), (-1, len(rows) - 1), 1.2, colors.black),
                     ("VALIGN", (0, 0), (-1, -1), "TOP")])
@@ -197,7 +197,7 @@ def render_pdf(view: InvoiceView) -> bytes:
         invariant=1, pageCompression=1,
     )
     story: list[Any] = [_header(view), Spacer(1, 9 * mm),
-                        *_party(view.customer.name, view.customer.lines, "Bill to"),
+                        *_party(view.customer.name, view.customer.lines, view.bill_to_label),
                         Spacer(1, 7 * mm), _lines_table(view), Spacer(1, 5 * mm),
                         KeepTogether([_totals(view)])]
     if view.due_line:

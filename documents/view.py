@@ -82,6 +82,8 @@ class InvoiceView(BaseModel):
     payment_instructions: list[str]
     footer: str
     locale: str
+    amount_label: str = "Amount due"  # a credit note's: "Refunded"
+    bill_to_label: str = "Bill to"
 
 
 _STAMPS = {"paid": "PAID", "void": "VOID", "overdue": "OVERDUE", "draft": "DRAFT"}

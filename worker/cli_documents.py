@@ -57,9 +57,10 @@ def _save(content: bytes, output: Path | None, default: str) -> None:
     err.print(f"wrote {target} ({len(content):,} bytes)")
 
 
-def _document(number: str, fmt: str, output: Path | None) -> None:
+def _document(number: str, fmt: str, output: Path | None,
+              collection: str = "invoices") -> None:
     try:
-        content = fetch_document(f"/v1/invoices/{_seg(number)}/document.{fmt}")
+        content = fetch_document(f"/v1/{collection}/{_seg(number)}/document.{fmt}")
     except CliFailure as exc:
         fail(exc, False)
     _save(content, output, f"{number}.{fmt}")
@@ -93,8 +94,29 @@ def invoice_preview(
     _save(content, output, f"draft-{contract_id}.html")
 
 
+def credit_note_pdf(
+    number: Annotated[str, typer.Argument(help="Credit note number, e.g. CN-000001")],
+    output: OutOpt = None,
+) -> None:
+    """Save a credit note's PDF document (the same bytes every time)."""
+    _document(number, "pdf", output, "credit-notes")
+
+
+def credit_note_html(
+    number: Annotated[str, typer.Argument(help="Credit note number, e.g. CN-000001")],
+    output: OutOpt = None,
+) -> None:
+    """Save a credit note's HTML document."""
+    _document(number, "html", output, "credit-notes")
+
+
 def register() -> None:
-    """Add ``pdf``, ``html`` and ``preview`` to the ``billow invoice`` group."""
+    """Add ``pdf``, ``html`` and ``preview`` to ``billow invoice``, and ``pdf`` and
+    ``html`` to ``billow credit-note``."""
+    from worker.cli_corrections import credit_note_app
+
     invoice_app.command("pdf")(invoice_pdf)
     invoice_app.command("html")(invoice_html)
     invoice_app.command("preview")(invoice_preview)
+    credit_note_app.command("pdf")(credit_note_pdf)
+    credit_note_app.command("html")(credit_note_html)
