@@ -189,7 +189,7 @@ async def credit_invoice(number: str, body: CreditIn, deps: Deps,
     """Issue a credit note against the finalized invoice `number` (`open`, `overdue` or
     `paid`): `lines` by their 1-based position with an amount each (at most what is still
     uncredited on the line), or one `amount` for the whole invoice. Numbered `CN-000001`,
-    ... in its own series. Allocation (SPEC.md section 11): the share paid with credits
+    ... in its own series. Allocation: the share paid with credits
     returns to the grants, then the amount still owed is reduced, then the rest is
     refunded (`remainder: refund`) or kept as customer credit (`remainder: credit`).
 
