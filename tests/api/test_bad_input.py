@@ -312,6 +312,7 @@ async def test_openapi_is_documented(api: ApiServer) -> None:
         ("POST", "/v1/invoices/{number}/void"), ("POST", "/v1/invoices/{number}/reissue"),
         ("POST", "/v1/invoices/{number}/credit-notes"),
         ("GET", "/v1/credit-notes"), ("GET", "/v1/credit-notes/{number}"),
+        ("GET", "/v1/credit-notes/{number}/document.{fmt}"),
         ("PUT", "/v1/catalog"), ("GET", "/v1/catalog"),
         ("POST", "/v1/webhooks/crm"),
         # documents, events and exports (SPEC.md section 13)
