@@ -7,7 +7,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.bounds import BoundedPositive, Id
-from models.corrections import CorrectionResult, CreditLine, CreditNoteView, Reason
+from models.corrections import (
+    CorrectionResult,
+    CreditLine,
+    CreditNoteView,
+    Reason,
+    check_credit_form,
+)
 
 CREDIT_NOTE_EXAMPLE: dict[str, Any] = {
     "id": "cn-0008", "number": "CN-000001", "contract_id": "acme-2027",
@@ -53,14 +59,7 @@ class CreditIn(BaseModel):
 
     @model_validator(mode="after")
     def _one_form(self) -> CreditIn:
-        if (self.lines is None) == (self.amount is None):
-            raise ValueError("give either lines or amount (the whole invoice), not both")
-        if self.lines is not None:
-            if not self.lines:
-                raise ValueError("lines: at least one line")
-            positions = [ln.line for ln in self.lines]
-            if len(set(positions)) != len(positions):
-                raise ValueError("lines: a line is named more than once")
+        check_credit_form(self.lines, self.amount)
         return self
 
 

@@ -35,6 +35,7 @@ from api.documents import (
     DocumentFormat,
     contract_terms,
     negotiate,
+    view_response,
 )
 from api.idempotency import IdempotencyKeyHeader
 from api.problems import ProblemError, not_found, problem_responses, validation_problem
@@ -47,8 +48,6 @@ from api.workflow_calls import (
     workflow_status,
 )
 from documents.credit_note import credit_note_view as credit_note_document
-from documents.html import render_html
-from documents.pdf import render_pdf
 from models.corrections import (
     CorrectCredit,
     CorrectionResult,
@@ -259,8 +258,4 @@ async def _note_document(deps: AppDeps, note: CreditNoteView, fmt: DocFormat) ->
         terms = await contract_terms(conn, note.contract_id)
     view = credit_note_document(note.model_dump(mode="json"), terms, deps.seller,
                                 deps.document_locale)
-    body = render_pdf(view) if fmt is DocFormat.PDF else render_html(view)
-    media = "application/pdf" if fmt is DocFormat.PDF else "text/html; charset=utf-8"
-    return Response(body, media_type=media, headers={
-        "Content-Disposition": f'inline; filename="{note.number}.{fmt.value}"',
-        "Vary": "Accept"})
+    return view_response(view, note.number, fmt)

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from api.deps import AppDeps
 from documents.html import render_html
 from documents.pdf import render_pdf
-from documents.view import invoice_view
+from documents.view import InvoiceView, invoice_view
 from models.contract import ContractTerms
 
 __all__ = [
@@ -99,8 +99,12 @@ def document_response(deps: AppDeps, invoice: dict[str, Any], terms: ContractTer
                       fmt: DocFormat) -> Response:
     """The invoice's document in ``fmt`` (HTML or PDF), inline, with a file name."""
     view = invoice_view(invoice, terms, deps.seller, deps.document_locale)
-    name = f"{invoice.get('number') or 'draft-' + terms.contract_id}.{fmt.value}"
+    return view_response(view, str(invoice.get("number") or "draft-" + terms.contract_id), fmt)
+
+
+def view_response(view: InvoiceView, name: str, fmt: DocFormat) -> Response:
+    """A document view (an invoice's or a credit note's) rendered inline as ``name.fmt``."""
     body = render_pdf(view) if fmt is DocFormat.PDF else render_html(view)
     media = _MEDIA[fmt] + ("; charset=utf-8" if fmt is DocFormat.HTML else "")
     return Response(body, media_type=media, headers={
-        "Content-Disposition": f'inline; filename="{name}"', "Vary": "Accept"})
+        "Content-Disposition": f'inline; filename="{name}.{fmt.value}"', "Vary": "Accept"})

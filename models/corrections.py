@@ -84,6 +84,21 @@ class CorrectReissue(BaseModel):
     invoice: InvoiceKey
 
 
+def check_credit_form(lines: list[CreditLine] | None, amount: object) -> None:
+    """A credit names either lines or one amount for the whole invoice, each line once.
+
+    The one rule both the API's body and the workflow's correction check.
+    """
+    if (lines is None) == (amount is None):
+        raise ValueError("give either lines or amount (the whole invoice), not both")
+    if lines is not None:
+        if not lines:
+            raise ValueError("lines: at least one line")
+        positions = [ln.line for ln in lines]
+        if len(set(positions)) != len(positions):
+            raise ValueError("lines: a line is named more than once")
+
+
 class CorrectCredit(BaseModel):
     model_config = _IN
     kind: Literal["credit"] = "credit"
@@ -96,14 +111,7 @@ class CorrectCredit(BaseModel):
 
     @model_validator(mode="after")
     def _one_form(self) -> CorrectCredit:
-        if (self.lines is None) == (self.amount is None):
-            raise ValueError("give either lines or amount (the whole invoice), not both")
-        if self.lines is not None:
-            if not self.lines:
-                raise ValueError("lines: at least one line")
-            positions = [ln.line for ln in self.lines]
-            if len(set(positions)) != len(positions):
-                raise ValueError("lines: a line is named more than once")
+        check_credit_form(self.lines, self.amount)
         return self
 
 
