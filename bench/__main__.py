@@ -20,6 +20,7 @@ from pathlib import Path
 import asyncpg  # type: ignore[import-untyped, unused-ignore]  # no stubs shipped
 
 from bench._pg import bench_database, machine_details
+from bench.bytecode import precompile
 from bench.ingest import run_ingest
 from bench.lifecycle import report as lifecycle_report
 from bench.lifecycle import run_lifecycle
@@ -119,6 +120,7 @@ def _chaos(args: argparse.Namespace) -> int:
 
 
 async def _main(args: argparse.Namespace) -> None:
+    precompile()  # as the image does: see bench/bytecode.py
     async with bench_database() as db:
         conn = await asyncpg.connect(db.dsn)
         try:

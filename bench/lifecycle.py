@@ -85,6 +85,7 @@ class SideFigures:
     wft_timeout_kinds: dict[str, int] = field(default_factory=dict)
     commits: int = 0
     rollbacks: int = 0
+    statements: int | None = None  # every statement the side ran (pg_stat_statements)
 
     def lateness(self, q: float) -> float:
         xs = sorted(self.lateness_s)
@@ -191,6 +192,7 @@ async def run_lifecycle(
         _say(log, f"skeleton done: {skeleton.elapsed_s:.1f}s")
 
         if statements_on:
+            skeleton.statements = await _statement_count(watcher)
             await watcher.execute("SELECT pg_stat_statements_reset()")
         billow = SideFigures("billow")
 
@@ -214,6 +216,8 @@ async def run_lifecycle(
             for (cid, _key), (at, _close) in seen.items()
         ]
         statements = await _top_statements(watcher) if statements_on else None
+        if statements_on:
+            billow.statements = await _statement_count(watcher)
         _say(log, f"billow done: {billow.elapsed_s:.1f}s")
     finally:
         await watcher.close()
@@ -329,6 +333,17 @@ async def _reset_statements(conn: asyncpg.Connection) -> bool:
     return True
 
 
+async def _statement_count(conn: asyncpg.Connection) -> int:
+    """Statements the side sent, BEGIN and COMMIT included: each is a round trip
+    through the worker's event loop, which is where a close's cost goes (RESULTS 9)."""
+    return int(await conn.fetchval(
+        """
+        SELECT coalesce(sum(calls), 0) FROM pg_stat_statements
+        WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND query NOT ILIKE '%pg_stat%'
+        """))
+
+
 async def _top_statements(conn: asyncpg.Connection) -> list[tuple[str, int, float, float]]:
     rows = await conn.fetch(
         """
@@ -373,6 +388,8 @@ def report(f: LifecycleFigures) -> list[str]:
             f"runs {s.runs}  wft timeouts {s.wft_timeouts} {s.wft_timeout_kinds or ''}  "
             f"wft failures {s.wft_failures}  "
             f"commits {s.commits}  rollbacks {s.rollbacks}"
+            + (f"  statements/period {s.statements / s.rows:.1f}"
+               if s.statements is not None and s.rows else "")
         )
     lines.append(f"ratio billow/skeleton: {f.ratio:.2f}x  (goal <= 1.5x, 0 wft timeouts)")
     if f.statements is not None:
