@@ -72,6 +72,8 @@ class WebhookActivities:
 
         Sequences committed events while it looks (one sequencer at a time),
         and heartbeats, so a worker that dies here is noticed within seconds.
+        A disabled endpoint is waited on like an idle one: a replay enables it
+        while its workflow runs, and the workflow must then deliver, not end.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + req.max_wait_seconds
@@ -79,9 +81,15 @@ class WebhookActivities:
             async with self.engine.begin() as conn:
                 await sequence_events(conn)
             endpoint = await self._endpoint(req.endpoint_id)
-            if endpoint is None or endpoint.status != "enabled":
+            if endpoint is None or endpoint.status not in ("enabled", "disabled"):
                 return WaitForEventsResult(
                     status="missing" if endpoint is None else endpoint.status, pending=False)
+            if endpoint.status == "disabled":
+                if loop.time() >= deadline:
+                    return WaitForEventsResult(status="disabled", pending=False)
+                activity.heartbeat()
+                await asyncio.sleep(req.poll_seconds)
+                continue
             async with self.engine.connect() as conn:
                 pending = await conn.scalar(
                     text("SELECT 1 FROM event_outbox WHERE seq > :c LIMIT 1"),

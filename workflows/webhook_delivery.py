@@ -4,9 +4,13 @@
 heartbeats) until the endpoint has events after its cursor, then deliver them
 (an activity that POSTs them one by one). A delivery that fails is retried by
 Temporal with exponential backoff until ``give_up_after_seconds`` (three
-days) have passed; then the endpoint is disabled, ops are told (error log,
-``billow_webhook_endpoints_disabled_total``) and the workflow ends. A replay
-through the API re-enables it and starts the workflow again.
+days) have passed; then the endpoint is disabled and ops are told (error log,
+``billow_webhook_endpoints_disabled_total``). The workflow then waits for a
+replay through the API, which re-enables the endpoint, and delivers again. It
+used to end there, and a replay sent while it was ending found it running,
+started none, and left the endpoint enabled with nothing delivering it
+(``disabled-endpoint-waits``; old runs keep their ending on replay). Only a
+deleted endpoint ends its workflow.
 
 The cursor lives in the database, not here: the workflow carries nothing but
 the endpoint id and its options, so continue-as-new and a restart lose
@@ -42,6 +46,10 @@ def endpoint_workflow_id(endpoint_id: str) -> str:
     return f"webhook-endpoint:{endpoint_id}"
 
 
+def _waits_when_disabled() -> bool:
+    return workflow.patched("disabled-endpoint-waits")
+
+
 @workflow.defn(name="WebhookEndpoint")
 class WebhookEndpointWorkflow:
     @workflow.run
@@ -59,6 +67,8 @@ class WebhookEndpointWorkflow:
                 retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=1)),
                 summary="wait for events",
             )
+            if waited.status == "disabled" and _waits_when_disabled():
+                continue
             if waited.status != "enabled":
                 return waited.status
             if not waited.pending:
@@ -89,6 +99,7 @@ class WebhookEndpointWorkflow:
                     start_to_close_timeout=timedelta(seconds=30),
                     summary="disable endpoint",
                 )
-                return "disabled"
+                if not _waits_when_disabled():
+                    return "disabled"
         await workflow.wait_condition(workflow.all_handlers_finished)
         workflow.continue_as_new(inp)

@@ -286,3 +286,53 @@ async def test_bad_endpoints_are_refused(api: ApiServer, db: AsyncEngine) -> Non
         problem(await http.post("/v1/webhook-endpoints", json={"url": "http://x"}), 403)
     async with db.connect() as conn:
         assert await conn.scalar(text("SELECT count(*) FROM webhook_endpoints")) == 0
+
+
+async def _history_has(api: ApiServer, endpoint: str, event_type: str, n: int) -> bool:
+    from temporalio.api.enums.v1 import EventType as HistoryEvent
+
+    handle = api.client.get_workflow_handle(f"webhook-endpoint:{endpoint}")
+    wanted = HistoryEvent.Value(f"EVENT_TYPE_{event_type}")
+    history = await handle.fetch_history()
+    return sum(1 for e in history.events if e.event_type == wanted) >= n
+
+
+async def test_a_replay_while_the_disabled_endpoints_workflow_is_still_ending_delivers(
+    api: ApiServer, receiver: Receiver, db: AsyncEngine
+) -> None:
+    """The endpoint's row says disabled a moment before its workflow ends. A replay
+    in that moment found the workflow running (so started none) and the workflow
+    then ended: the endpoint stayed enabled with nothing delivering it, forever.
+
+    The moment is held open by running activities and workflows on separate
+    workers and stopping the workflow worker: the row goes disabled, the wait
+    activity sees it, and the workflow task that would end the run waits for a
+    worker while the replay is sent."""
+    from temporalio.worker import Worker
+
+    from activities.payments import ManualGateway
+    from worker.main import WORKFLOWS, activities_for
+
+    endpoint = await _register(api, receiver)
+    activities = Worker(api.client, task_queue=api.task_queue,
+                        activities=activities_for(db, ManualGateway()))
+    async with activities:
+        async with Worker(api.client, task_queue=api.task_queue, workflows=WORKFLOWS):
+            async with asyncio.timeout(20):  # the workflow is waiting for events
+                while not await _history_has(api, endpoint, "ACTIVITY_TASK_STARTED", 1):  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)
+        async with db.begin() as conn:  # what the disable step writes
+            await conn.execute(text("UPDATE webhook_endpoints SET status = 'disabled', "
+                                    "disabled_reason = 'test' WHERE id = :id"),
+                               {"id": endpoint})
+        async with asyncio.timeout(20):  # the wait saw it; its workflow task is queued
+            while not await _history_has(api, endpoint, "ACTIVITY_TASK_COMPLETED", 1):  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        async with api.http("ops") as http:
+            r = await http.post(f"/v1/webhook-endpoints/{endpoint}/replay", json={"after": 0})
+            assert r.status_code == 200 and r.json()["status"] == "enabled"
+            await _emit(db, "c-r", 1)
+            async with Worker(api.client, task_queue=api.task_queue, workflows=WORKFLOWS):
+                await _until(lambda: len(receiver.unique_ids()) == 1)
+                shown = (await http.get(f"/v1/webhook-endpoints/{endpoint}")).json()
+    assert shown["status"] == "enabled" and shown["delivered"] == 1

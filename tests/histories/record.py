@@ -37,6 +37,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.db import make_engine
 from activities.payments import SimulatedCardGateway
 from tests.histories.paths import PATHS, PATHS_V4, PATHS_V5
+from tests.histories.webhook_paths import WEBHOOK_PATHS
 from tests.support.scenario import ContractRun, at, contract_doc, event
 from worker.main import build_worker
 from worker.simulate import fresh_database
@@ -169,6 +170,7 @@ SCENARIOS: dict[str, Scenario] = {
     **PATHS,
     **PATHS_V4,
     **PATHS_V5,
+    **WEBHOOK_PATHS,
 }
 
 

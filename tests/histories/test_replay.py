@@ -9,8 +9,9 @@ behind ``workflow.patched(...)`` and new histories are added, never swapped.
 Released versions: v1 = 519b4dc, v2 = c0dd874, v3 = 632682c, v4 = the issue 11/12 release
 (PATHS_V4 are the paths it added behind workflow.patched), v5 = the release after it
 (the creation instant from the start event, minimum commitments and spend limits,
-corrections; PATHS_V5 are its new paths). paths.py holds the lifecycles whose commands
-changed between them, each saved per version.
+corrections; PATHS_V5 are its new paths), v6 = the release after it (a disabled webhook
+endpoint's workflow waits for a replay; webhook_paths.py). paths.py holds the lifecycles
+whose commands changed between them, each saved per version.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from tests.histories.paths import PATHS, PATHS_V4, PATHS_V5
+from tests.histories.webhook_paths import WEBHOOK_PATHS
 from workflows.contract import ContractWorkflow
 from workflows.usage_compaction import UsageCompactionWorkflow
+from workflows.webhook_delivery import WebhookEndpointWorkflow
 
 HISTORIES = sorted(Path(__file__).parent.glob("*.json"))
 
@@ -70,6 +73,8 @@ def test_every_changed_path_is_saved_for_every_release() -> None:
     missing |= {f"{name}.v4" for name in PATHS_V4}
     # ... and the paths v5 added (minimums, corrections) from v5 on.
     missing |= {f"{name}.v5" for name in PATHS_V5}
+    # Webhook endpoint paths: before and after each change behind workflow.patched.
+    missing |= {f"{name}.{v}" for name in WEBHOOK_PATHS for v in ("v5", "v6")}
     assert not missing - saved
 
 
@@ -84,7 +89,7 @@ def _case(path: Path) -> object:
 async def test_saved_history_replays_on_current_code(path: Path) -> None:
     saved = json.loads(path.read_text())
     replayer = Replayer(
-        workflows=[ContractWorkflow, UsageCompactionWorkflow],
+        workflows=[ContractWorkflow, UsageCompactionWorkflow, WebhookEndpointWorkflow],
         data_converter=pydantic_data_converter,
     )
     for run in saved["runs"]:
