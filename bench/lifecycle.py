@@ -162,7 +162,7 @@ async def run_lifecycle(
         async with engine.begin() as conn:
             await conn.execute(text(SKELETON_TABLE))
             version, _ = await apply_catalog(conn, load_catalog(CATALOG))
-        statements_on = await _reset_statements(watcher)
+        statements_on = await reset_statements(watcher)
 
         skeleton = SideFigures("skeleton")
         worker = Worker(
@@ -192,7 +192,7 @@ async def run_lifecycle(
         _say(log, f"skeleton done: {skeleton.elapsed_s:.1f}s")
 
         if statements_on:
-            skeleton.statements = await _statement_count(watcher)
+            skeleton.statements = await statement_count(watcher)
             await watcher.execute("SELECT pg_stat_statements_reset()")
         billow = SideFigures("billow")
 
@@ -217,7 +217,7 @@ async def run_lifecycle(
         ]
         statements = await _top_statements(watcher) if statements_on else None
         if statements_on:
-            billow.statements = await _statement_count(watcher)
+            billow.statements = await statement_count(watcher)
         _say(log, f"billow done: {billow.elapsed_s:.1f}s")
     finally:
         await watcher.close()
@@ -323,7 +323,7 @@ async def _xacts(conn: asyncpg.Connection) -> tuple[int, int]:
     return int(row["xact_commit"]), int(row["xact_rollback"])
 
 
-async def _reset_statements(conn: asyncpg.Connection) -> bool:
+async def reset_statements(conn: asyncpg.Connection) -> bool:
     """pg_stat_statements, when the server preloads it (see bench/RESULTS.md)."""
     try:
         await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
@@ -333,7 +333,7 @@ async def _reset_statements(conn: asyncpg.Connection) -> bool:
     return True
 
 
-async def _statement_count(conn: asyncpg.Connection) -> int:
+async def statement_count(conn: asyncpg.Connection) -> int:
     """Statements the side sent, BEGIN and COMMIT included: each is a round trip
     through the worker's event loop, which is where a close's cost goes (RESULTS 9)."""
     return int(await conn.fetchval(

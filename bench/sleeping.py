@@ -45,7 +45,14 @@ from activities.api_keys import create_api_key
 from activities.catalog_store import apply_catalog
 from activities.db import make_engine
 from api.app import AppDeps, create_app
-from bench.lifecycle import CATALOG, CREATORS, SideFigures, _count_histories
+from bench.lifecycle import (
+    CATALOG,
+    CREATORS,
+    SideFigures,
+    _count_histories,
+    reset_statements,
+    statement_count,
+)
 from bench.skeleton import SKELETON_TABLE, SkeletonInput, SkeletonWorkflow
 from models.catalog import load_catalog
 from worker.temporal_envs import start_dev_server
@@ -68,6 +75,7 @@ class SleepSide:
     postgres_before: int = 0
     postgres_after: int = 0
     wft: SideFigures = field(default_factory=lambda: SideFigures("-"))
+    statements: int | None = None  # creation and first task (pg_stat_statements)
 
     @property
     def create_rate(self) -> float:
@@ -103,6 +111,7 @@ async def run_sleeping(url: str, dsn: str, *, contracts: int, max_cached: int | 
         month_end = _next_month_start(datetime.now(UTC))
 
         skeleton = SleepSide("skeleton", contracts)
+        statements_on = await reset_statements(watcher)
 
         async def start_skeleton(i: int, _http: httpx.AsyncClient) -> None:
             await env.client.start_workflow(
@@ -116,6 +125,9 @@ async def run_sleeping(url: str, dsn: str, *, contracts: int, max_cached: int | 
                     temporal, start_skeleton, "SELECT count(*) FROM bench_skeleton_steps",
                     None, timeout_s, log)
         await _count_histories(env.client, "BenchSkeletonWorkflow", contracts, skeleton.wft)
+        if statements_on:
+            skeleton.statements = await statement_count(watcher)
+            await watcher.execute("SELECT pg_stat_statements_reset()")
 
         billow = SleepSide("billow", contracts)
         starts_on = datetime.now(UTC).date().replace(day=1).isoformat()
@@ -135,6 +147,8 @@ async def run_sleeping(url: str, dsn: str, *, contracts: int, max_cached: int | 
                         "SELECT count(*) FROM contracts WHERE status = 'active'",
                         (base, crm_key), timeout_s, log)
         await _count_histories(env.client, "ContractWorkflow", contracts, billow.wft)
+        if statements_on:
+            billow.statements = await statement_count(watcher)
     finally:
         await watcher.close()
         await env.shutdown()
@@ -302,6 +316,8 @@ def report(f: SleepingFigures) -> list[str]:
             f"db {each(side.db_before, side.db_after)}  "
             f"postgres {each(side.postgres_before, side.postgres_after)}  "
             f"wft timeouts {side.wft.wft_timeouts}  failures {side.wft.wft_failures}"
+            + (f"  statements/contract {side.statements / side.contracts:.1f}"
+               if side.statements is not None else "")
         )
 
     def ratio(x: float, y: float) -> str:
