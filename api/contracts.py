@@ -57,6 +57,7 @@ from worker.contract_service import (
     ContractConflictError,
     ContractOverlapError,
     ContractStartUncertainError,
+    StartedContract,
     start_contract,
     workflow_id,
 )
@@ -134,12 +135,12 @@ async def create_contract(
         contract_id=contract.id, workflow_id=wf, run_id=started.run_id, created=started.created,
         catalog_version=started.catalog_version, temporal_ui_url=deps.workflow_url(wf),
         contract=contract,
-        next_close=await _next_close(deps, client, contract, started.created),
+        next_close=await _next_close(deps, client, contract, started),
     ), started.created
 
 
 async def _next_close(
-    deps: AppDeps, client: Client, contract: Contract, created: bool
+    deps: AppDeps, client: Client, contract: Contract, started: StartedContract
 ) -> NextClose | None:
     """When the new contract's first period closes, as its workflow schedules it.
 
@@ -152,19 +153,14 @@ async def _next_close(
     handle = client.get_workflow_handle(workflow_id(contract.id))
     timeout = timedelta(seconds=min(deps.workflow_timeout_seconds, 5))
     try:
-        if not created:
+        if not started.created or started.terms is None:
             if await workflow_status(handle) != WorkflowExecutionStatus.RUNNING:
                 return None
             view: ContractView = await handle.query("state", result_type=ContractView,
                                                     rpc_timeout=timeout)
             return view.next_close
-        async with deps.engine.connect() as conn:
-            row = await contract_row(conn, contract.id)
-        if row is None:
-            return None
         described = await handle.describe(rpc_timeout=timeout)
-        state = initial_state(contract, ContractTerms.model_validate(row.terms),
-                              row.catalog_version, "")
+        state = initial_state(contract, started.terms, started.catalog_version, "")
         state.created_at = described.start_time
         return state_next_close(state)
     except Exception as exc:  # informational only: the contract exists either way

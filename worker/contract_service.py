@@ -96,6 +96,9 @@ class StartedContract:
     run_id: str | None
     created: bool
     catalog_version: int
+    # The terms the rows hold (resolved at registration): the API's answer
+    # computes the first close from them without reading the row back.
+    terms: ContractTerms | None = None
 
 
 def workflow_id(contract_id: str) -> str:
@@ -294,7 +297,8 @@ async def start_contract(
         if reg.created:
             await _forget_refused(client, engine, contract)
         raise
-    return StartedContract(contract.id, wf_id, handle.result_run_id, reg.created, version)
+    return StartedContract(contract.id, wf_id, handle.result_run_id, reg.created, version,
+                           terms)
 
 
 async def _forget_refused(client: Client, engine: AsyncEngine, contract: Contract) -> None:
