@@ -26,6 +26,7 @@ from activities.contract_overlap import overlapping_contract
 from activities.errors import BusinessError, business_errors
 from activities.events import emit_contract_event, emit_event, emit_invoice_event
 from activities.late_usage import LateFall, billed_groups, late_rows, non_additive_late_rows
+from activities.ledger_reports import invoice_detail_json
 from activities.ledger_store import (
     find_invoice,
     insert_ledger_entry,
@@ -302,15 +303,18 @@ class LedgerActivities:
                     amount=-part.amount,
                     invoice_key=key,
                 )
-            journal = await load_journal(conn, cid)
             grants = {g.id: g for g in state.grants}
+            # What credits recognized so far matters only to the grants this
+            # invoice consumed: without any, the journal is not read (issue 13).
+            recognized = (recognized_by_grant(await load_journal(conn, cid))
+                          if application.per_grant else {})
             entries = usage_invoiced(
                 key,
                 currency=terms.currency,
                 usage_billed=doc.usage_billed,
                 fees=doc.fee_amount,
                 consumption=[(grants[p.grant_id], p.amount) for p in application.per_grant],
-                recognized_so_far=recognized_by_grant(journal),
+                recognized_so_far=recognized,
                 exhausted={b.grant_id for b in state.balances
                            if b.remaining == 0 and b.expired == 0},
             )
@@ -531,8 +535,10 @@ async def compute_usage_invoice(
     state, expired = credits_before.expire(period.end - _JUST_BEFORE)
     usage_amount = sum((ln.amount for ln in usage_lines), Decimal(0))
     state, application = state.apply(usage_amount, period.end)
-    progress = commitment_progress(terms, period, usage_amount, await term_spend(conn, cid),
-                                   is_final=is_final)
+    # The term's spend so far is read only under a minimum commitment (issue 13).
+    spent = (await term_spend(conn, cid) if terms.minimum_commitment_at(period.start)
+             else Decimal(0))
+    progress = commitment_progress(terms, period, usage_amount, spent, is_final=is_final)
     doc = build_invoice(
         key=invoice_key_usage(period.start_date),
         kind=InvoiceKind.USAGE,
@@ -1009,12 +1015,12 @@ async def write_expiries_and_breakage(
 async def _finalized_events(conn: AsyncConnection, cid: str, key: str) -> list[int]:
     """invoice.finalized (and invoice.paid for one paid at issue: a zero total),
     written before the number, which `next_invoice_number` fills in."""
-    events = [await emit_invoice_event(conn, EventType.INVOICE_FINALIZED, cid, key)]
-    status = await conn.scalar(
-        text("SELECT status FROM invoices WHERE contract_id = :cid AND key = :key"),
-        {"cid": cid, "key": key})
-    if status == "paid":
-        events.append(await emit_invoice_event(conn, EventType.INVOICE_PAID, cid, key))
+    data = await invoice_detail_json(conn, cid, key)
+    if data is None:
+        raise LookupError(f"invoice {key!r} of contract {cid!r} not found")
+    events = [await emit_event(conn, EventType.INVOICE_FINALIZED, cid, data)]
+    if data["status"] == "paid":  # the same invoice, read once for both (issue 13)
+        events.append(await emit_event(conn, EventType.INVOICE_PAID, cid, data))
     return events
 
 
