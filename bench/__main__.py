@@ -79,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     storm.add_argument("--contracts", type=int, default=50)
     storm.add_argument("--lead", type=float, default=None,
                        help="seconds from setup to the instant (default: enough to create all)")
+    storm.add_argument("--workers", type=int, default=0,
+                       help="worker processes per side (default 0: one worker in this process)")
     sleep = sub.add_parser(
         "sleeping", help="contracts between boundaries: memory per contract, creation rate"
     )
@@ -146,7 +148,7 @@ async def _main(args: argparse.Namespace) -> None:
                 from bench.storm import run_storm
 
                 storm = await run_storm(db.url, db.dsn, contracts=args.contracts,
-                                        lead_s=args.lead)
+                                        lead_s=args.lead, workers=args.workers)
                 print("\n".join(storm_report(storm)))
             elif args.command == "sleeping":
                 from bench.sleeping import report as sleeping_report

@@ -23,10 +23,12 @@ from the histories; the ratio billow/skeleton; the API's latency figures.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
@@ -34,6 +36,7 @@ from decimal import ROUND_CEILING, Decimal
 import asyncpg  # type: ignore[import-untyped, unused-ignore]  # no stubs shipped
 import httpx
 from sqlalchemy import text
+from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.api_keys import create_api_key
@@ -49,7 +52,7 @@ from bench.lifecycle import (
     first_of_month,
 )
 from bench.skeleton import SKELETON_TABLE, SkeletonActivities, SkeletonInput, SkeletonWorkflow
-from bench.sleeping import _api
+from bench.sleeping import _api, _worker_process
 from models.catalog import load_catalog
 from worker.main import build_worker
 from worker.temporal_envs import start_dev_server
@@ -74,6 +77,7 @@ class StormFigures:
     billow: SideFigures
     calls: list[Call] = field(default_factory=list)
     created_late: int = 0  # billow contracts created after T (their close is later)
+    workers: int = 0  # worker processes per side (0: one in the bench's process)
     load: tuple[tuple[float, ...], tuple[float, ...]] = ((), ())
 
     @property
@@ -90,8 +94,25 @@ def lead_for(contracts: int) -> float:
     return contracts / 25 + 20
 
 
+@contextlib.asynccontextmanager
+async def _side_workers(n: int, side: str, client: Client, url: str, task_queue: str,
+                        in_process: Callable[[], Worker]) -> AsyncIterator[None]:
+    """The side's workers: one in this process (``n`` = 0, as before), or ``n``
+    worker processes on the task queue (`bench.sleeping_worker`, with the
+    ``BILLOW_WORKER_*`` capacity settings on both sides). A worker is one event
+    loop: more processes use more of the machine's cores."""
+    address = client.service_client.config.target_host
+    async with contextlib.AsyncExitStack() as stack:
+        if n == 0:
+            await stack.enter_async_context(in_process())
+        for _ in range(n):
+            await stack.enter_async_context(_worker_process(side, address, task_queue, url, None))
+        yield
+
+
 async def run_storm(url: str, dsn: str, *, contracts: int, lead_s: float | None = None,
-                    timeout_s: float = 3600.0, log: bool = True) -> StormFigures:
+                    timeout_s: float = 3600.0, log: bool = True,
+                    workers: int = 0) -> StormFigures:
     lead = lead_s if lead_s is not None else lead_for(contracts)
     load_start = os.getloadavg()
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -99,7 +120,8 @@ async def run_storm(url: str, dsn: str, *, contracts: int, lead_s: float | None 
     watcher = await asyncpg.connect(dsn)
     env = await start_dev_server()
     client = env.client
-    figures = StormFigures(contracts, lead, SideFigures("skeleton"), SideFigures("billow"))
+    figures = StormFigures(contracts, lead, SideFigures("skeleton"), SideFigures("billow"),
+                           workers=workers)
     try:
         async with engine.begin() as conn:
             await conn.execute(text(SKELETON_TABLE))
@@ -118,9 +140,12 @@ async def run_storm(url: str, dsn: str, *, contracts: int, lead_s: float | None 
                                   grace_seconds=0),
                     id=f"skeleton:storm-{i}", task_queue="bench-skeleton")
 
-        worker = Worker(client, task_queue="bench-skeleton", workflows=[SkeletonWorkflow],
-                        activities=[SkeletonActivities(engine).step])
-        async with worker:
+        def skeleton_worker() -> Worker:
+            return Worker(client, task_queue="bench-skeleton", workflows=[SkeletonWorkflow],
+                          activities=[SkeletonActivities(engine).step])
+
+        async with _side_workers(workers, "skeleton", client, url, "bench-skeleton",
+                                 skeleton_worker):
             await asyncio.gather(*(start_skeleton(i) for i in range(contracts)))
             await _storm(figures.skeleton, watcher, storm_at, contracts, timeout_s, log,
                          "SELECT contract_id, step::text AS key FROM bench_skeleton_steps "
@@ -134,7 +159,8 @@ async def run_storm(url: str, dsn: str, *, contracts: int, lead_s: float | None 
         async with _api(client, url, "bench-storm") as base, \
                 httpx.AsyncClient(base_url=base, timeout=60,
                                   headers={"Authorization": f"Bearer {key}"}) as http, \
-                build_worker(client, engine, "bench-storm"):
+                _side_workers(workers, "billow", client, url, "bench-storm",
+                              lambda: build_worker(client, engine, "bench-storm")):
 
             async def create(i: int) -> None:
                 async with gate:
@@ -246,7 +272,8 @@ def _say(log: bool, message: str) -> None:
 def report(f: StormFigures) -> list[str]:
     lines = [
         f"contracts: {f.contracts}, one period each closing at the same instant "
-        f"{f.lead_s:.0f}s after setup; {f.created_late} billow contracts created after it",
+        f"{f.lead_s:.0f}s after setup; {f.created_late} billow contracts created after it; "
+        + (f"{f.workers} worker processes per side" if f.workers else "one worker in-process"),
         "load average (1/5/15 min) at start " + "/".join(f"{x:.1f}" for x in f.load[0])
         + ", at end " + "/".join(f"{x:.1f}" for x in f.load[1]),
     ]
