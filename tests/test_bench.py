@@ -101,7 +101,7 @@ async def test_sleeping_bench_puts_every_contract_to_sleep_on_both_sides(
 async def test_storm_bench_closes_every_contract_and_answers_during_it(
     conn: asyncpg.Connection, database_url: str
 ) -> None:
-    figures = await run_storm(database_url, asyncpg_dsn(database_url), contracts=3, lead_s=8,
+    figures = await run_storm(database_url, asyncpg_dsn(database_url), contracts=3, lead_s=4,
                               log=False)
     lines = storm_report(figures)
     assert (figures.skeleton.rows, figures.billow.rows) == (3, 3)
