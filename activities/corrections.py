@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.breakage import write_expiries_and_breakage
 from activities.correction_store import (
     credit_note_rows,
     credit_note_view,
@@ -38,7 +39,6 @@ from activities.correction_store import (
 )
 from activities.errors import business_errors
 from activities.events import emit_event, emit_invoice_event
-from activities.ledger import write_expiries_and_breakage
 from activities.ledger_store import (
     insert_ledger_entry,
     issued_from_row,

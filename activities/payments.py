@@ -21,8 +21,8 @@ from temporalio.exceptions import ApplicationError
 
 from activities import metrics
 from activities.errors import business_errors
-from activities.ledger import record_payment_in
 from activities.ledger_store import lock_contract, post_journal
+from activities.payment_record import record_payment_in
 from models.corrections import RefundRequest, RefundView
 from models.operations import (
     ActivityName,

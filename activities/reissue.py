@@ -28,7 +28,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 from temporalio.exceptions import ApplicationError
 
-from activities.ledger import _asyncpg, _late_lines, _usage_parts, store_finalized
+from activities.invoice_store import store_finalized
 from activities.ledger_store import (
     insert_ledger_entry,
     load_credit_state,
@@ -36,6 +36,7 @@ from activities.ledger_store import (
     post_journal,
 )
 from activities.spend import term_spend
+from activities.usage_invoice import late_usage_lines, raw_connection, usage_parts
 from models.amendments import RateOverrideAmendment, parse_amendment
 from models.contract import Contract, ContractTerms, add_rate_override
 from models.corrections import CorrectionRequest, reissue_key
@@ -126,15 +127,15 @@ async def reissue_invoice(conn: AsyncConnection, req: CorrectionRequest,
     key = reissue_key(voided.key, int(existing or 0))
     terms = await reissue_terms(conn, cid, req.terms)
     period, earlier = _period(req, voided)
-    raw = await _asyncpg(conn)
+    raw = await raw_connection(conn)
     watermark = int(voided.usage_watermark)
     previous = await conn.scalar(
         text("SELECT max(usage_watermark) FROM invoices WHERE contract_id = :cid "
              "AND kind = 'usage' AND number IS NOT NULL AND usage_watermark < :wm"),
         {"cid": cid, "wm": watermark},
     )
-    rating = rate_period(terms, period, await _usage_parts(raw, terms, period, watermark))
-    late, late_unpriced = await _late_lines(conn, raw, terms, earlier, previous, watermark)
+    rating = rate_period(terms, period, await usage_parts(raw, terms, period, watermark))
+    late, late_unpriced = await late_usage_lines(conn, raw, terms, earlier, previous, watermark)
     unpriced = [*rating.unpriced, *late_unpriced]
     if unpriced:
         groups = "; ".join(f"{u.meter} {u.dimensions}" for u in unpriced)
@@ -142,7 +143,7 @@ async def reissue_invoice(conn: AsyncConnection, req: CorrectionRequest,
     fees = [FeeLine.model_validate(r.document) for r in (await conn.execute(
         text("SELECT document FROM invoice_lines WHERE invoice_id = :id AND kind = 'fee' "
              "ORDER BY position"), {"id": voided.id})).all()]
-    # The rules of the period's close (activities/ledger.compute_usage_invoice):
+    # The rules of the period's close (activities/usage_invoice.compute_usage_invoice):
     # each limited meter's minimum or maximum line after its lines, credits for
     # usage-kind lines, then the minimum commitment's true-up (never credit-paid),
     # against the spend of the other live invoices (the voided one is void now).

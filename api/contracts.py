@@ -13,9 +13,9 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.api_keys import Scope
-from activities.ledger import compute_usage_invoice
 from activities.ledger_history import line_descriptions
 from activities.ledger_reports import unbilled_usage
+from activities.usage_invoice import compute_usage_invoice
 from api.deps import AppDeps, get_deps
 from api.documents import (
     DOCUMENT_RESPONSES,

@@ -16,10 +16,10 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.api_keys import Scope
-from activities.ledger import record_payment_in
 from activities.ledger_history import line_descriptions
 from activities.ledger_reports import invoice_detail_json
 from activities.ledger_store import lock_contract
+from activities.payment_record import record_payment_in
 from api.contracts import update_problem
 from api.deps import AppDeps, get_deps
 from api.documents import (

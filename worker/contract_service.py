@@ -33,7 +33,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.catalog_store import load_catalog_version
 from activities.contract_overlap import overlapping_contract
-from activities.ledger import register_contract_rows
+from activities.contract_rows import register_contract_rows
 from models.contract import Contract, ContractTerms, resolve_terms
 from models.operations import ContractStatus, RegisterContractRequest
 from workflows import search_attributes as sa

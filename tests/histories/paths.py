@@ -23,7 +23,7 @@ from temporalio.client import WorkflowUpdateFailedError, WorkflowUpdateStage
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from activities.ledger import record_payment_in
+from activities.payment_record import record_payment_in
 from activities.payments import GatewayResult, SimulatedCardGateway
 from models.operations import PaymentRequest
 from tests.support.scenario import ContractRun, at, contract_doc, event

@@ -37,7 +37,7 @@ class WireArrivesDuringTheCharge:
 
     async def charge(self, *, customer_id: str, amount: Decimal, currency: str,
                      idempotency_key: str) -> Any:
-        from activities.ledger import record_payment_in
+        from activities.payment_record import record_payment_in
         from activities.payments import GatewayResult
         from models.operations import PaymentRequest
 
