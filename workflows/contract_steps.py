@@ -66,23 +66,24 @@ T = TypeVar("T")
 LONG = timedelta(minutes=15)
 
 
-def rejected(exc: BillowValidationError) -> ApplicationError:
-    """An invalid amendment: the caller gets every ``field: reason``."""
+def _refused(exc: BillowValidationError, kind: str) -> ApplicationError:
+    """The caller gets every ``field: reason`` of the refusal in the details."""
     return ApplicationError(
         str(exc),
         [{"field": path, "reason": reason} for path, reason in exc.problems],
-        type="InvalidAmendment",
+        type=kind,
         non_retryable=True,
     )
+
+
+def rejected(exc: BillowValidationError) -> ApplicationError:
+    """An invalid amendment."""
+    return _refused(exc, "InvalidAmendment")
 
 
 def conflict(exc: AmendmentConflict) -> ApplicationError:
-    return ApplicationError(
-        str(exc),
-        [{"field": path, "reason": reason} for path, reason in exc.problems],
-        type="AmendmentConflict",
-        non_retryable=True,
-    )
+    """An amendment id sent before with other content."""
+    return _refused(exc, "AmendmentConflict")
 
 
 # How a failed activity reaches workflow code: a regular activity's failure as
