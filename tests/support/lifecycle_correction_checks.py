@@ -144,7 +144,9 @@ def _notes_of(inv: dict[str, Any], notes: list[dict[str, Any]], lines: list[dict
             out.append(f"{name}: allocation {parts} for a total of {n['total']}")
         if _sum(n["lines"], "amount") != _d(n["total"]):
             out.append(f"{name}: lines sum to {_sum(n['lines'], 'amount')}, total {n['total']}")
-        if not all(_whole(x, cur) for x in [*parts, _d(n["total"])]):
+        # Whole minor units: the note and what it returns; the rest follows what
+        # was owed to its last decimal (a payment may carry more, SPEC 6).
+        if not all(_whole(x, cur) for x in (_d(n["total"]), parts[0], sum(parts[1:], ZERO))):
             out.append(f"{name}: amounts {parts} not in whole minor units of {cur}")
         usage = ZERO
         for ln in n["lines"]:

@@ -492,6 +492,9 @@ LINE_AMOUNTS = ("all", "all", "half", "cent", "over", "tiny")
 LINE_REFS = ("first", "last", "usage", "usage", "fee", "grant", "beyond")
 # After the term: once the workflow has completed, corrections go to the ledger.
 AFTER_END = (timedelta(days=40), timedelta(days=75), timedelta(days=120))
+# A correction names a finalized invoice: mostly after a boundary and its grace
+# window (0 to 48 hours), while the invoice it finalized is open or overdue.
+AFTER_BOUNDARY = tuple(timedelta(hours=h) for h in (3, 12, 26, 50, 24 * 5, 24 * 12, 24 * 40))
 
 
 @st.composite
@@ -502,8 +505,11 @@ def corrections(draw: st.DrawFn, n: int, points: list[tuple[str, datetime]],
                                  "credit"]))
     c: dict[str, Any] = {"do": "correct", "kind": kind,
                          "id": _id("k", n, draw(st.sampled_from([-1] * 18 + [0, 1])))}
-    if draw(st.integers(0, 4)) == 0:
+    when = draw(st.integers(0, 4))
+    if when == 0 and points[-1][1] - points[0][1] < timedelta(days=5 * 365):
         at = points[-1][1] + draw(st.sampled_from(AFTER_END))
+    elif when in (1, 2) and len(points) > 2:
+        at = draw(st.sampled_from(points[1:-1]))[1] + draw(st.sampled_from(AFTER_BOUNDARY))
     c["at"] = iso(at)
     # A reissue mostly names a void invoice (else it is refused: not void).
     refs = ("void",) * 4 + CORRECT_REFS if kind == "reissue" else CORRECT_REFS
