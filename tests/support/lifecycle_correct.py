@@ -187,16 +187,11 @@ def pick_invoice(invoices: list[dict[str, Any]], ref: str, kind: str, starts_on:
         pool = [inv for inv in finalized if inv["kind"] == base]
     if base not in ("paid", "void"):  # there the invoice's state is the point
         pool = [inv for inv in pool if inv["status"] in _APPLIES_TO[kind]] or pool
-    if not pool and base in ("paid", "void", "reissued", "latest"):
-        pool = finalized
-    chosen = None
-    if nth and int(nth) < len(pool):
-        chosen = pool[int(nth)]
-    elif not nth and pool:
-        chosen = pool[-1]
-    if chosen is not None:
-        return str(chosen["key"])
-    return f"{base if base in ('usage', 'commitment', 'top_up') else 'usage'}:{starts_on}"
+    if not pool:  # none of that kind (yet): any finalized invoice, as for payments
+        pool = [inv for inv in finalized if inv["status"] in _APPLIES_TO[kind]] or finalized
+    if not pool:
+        return f"usage:{starts_on}"  # nothing finalized yet
+    return str(pool[min(int(nth), len(pool) - 1)]["key"] if nth else pool[-1]["key"])
 
 
 async def _invoice_lines(engine: AsyncEngine, cid: str, key: str
