@@ -155,7 +155,7 @@ async def _invoices(engine: AsyncEngine, handle: WorkflowHandle[Any, Any],
     cid = handle.id.removeprefix("contract:")
     async with engine.connect() as conn:
         rows = (await conn.execute(text(
-            "SELECT key, kind, status, number FROM invoices WHERE contract_id = :cid "
+            "SELECT key, kind, status, number, subtotal FROM invoices WHERE contract_id = :cid "
             "ORDER BY id"), {"cid": cid})).all()
         starts_on = await conn.scalar(
             text("SELECT starts_on FROM contracts WHERE id = :cid"), {"cid": cid})
@@ -166,6 +166,10 @@ async def _invoices(engine: AsyncEngine, handle: WorkflowHandle[Any, Any],
 # credit anything but a void one, a reissue a void one.
 _APPLIES_TO = {"void": ("open", "overdue"), "credit": ("open", "overdue", "paid"),
                "reissue": ("void",)}
+
+
+def _applies(inv: dict[str, Any], kind: str) -> bool:
+    return str(inv["status"]) in _APPLIES_TO[kind]
 
 
 def pick_invoice(invoices: list[dict[str, Any]], ref: str, kind: str, starts_on: str) -> str:
@@ -186,9 +190,11 @@ def pick_invoice(invoices: list[dict[str, Any]], ref: str, kind: str, starts_on:
     else:
         pool = [inv for inv in finalized if inv["kind"] == base]
     if base not in ("paid", "void"):  # there the invoice's state is the point
-        pool = [inv for inv in pool if inv["status"] in _APPLIES_TO[kind]] or pool
+        pool = [inv for inv in pool if _applies(inv, kind)] or pool
     if not pool:  # none of that kind (yet): any finalized invoice, as for payments
-        pool = [inv for inv in finalized if inv["status"] in _APPLIES_TO[kind]] or finalized
+        pool = [inv for inv in finalized if _applies(inv, kind)] or finalized
+    if kind == "credit":  # one with something to credit, if there is one
+        pool = [inv for inv in pool if Decimal(inv["subtotal"]) > 0] or pool
     if not pool:
         return f"usage:{starts_on}"  # nothing finalized yet
     return str(pool[min(int(nth), len(pool) - 1)]["key"] if nth else pool[-1]["key"])

@@ -505,10 +505,10 @@ def corrections(draw: st.DrawFn, n: int, points: list[tuple[str, datetime]],
                                  "credit"]))
     c: dict[str, Any] = {"do": "correct", "kind": kind,
                          "id": _id("k", n, draw(st.sampled_from([-1] * 18 + [0, 1])))}
-    when = draw(st.integers(0, 4))
+    when = draw(st.integers(0, 5))
     if when == 0 and points[-1][1] - points[0][1] < timedelta(days=5 * 365):
         at = points[-1][1] + draw(st.sampled_from(AFTER_END))
-    elif when in (1, 2) and len(points) > 2:
+    elif when in (1, 2, 3) and len(points) > 2:
         at = draw(st.sampled_from(points[1:-1]))[1] + draw(st.sampled_from(AFTER_BOUNDARY))
     c["at"] = iso(at)
     # A reissue mostly names a void invoice (else it is refused: not void).
@@ -552,6 +552,14 @@ def actions(draw: st.DrawFn, contract: dict[str, Any], currency: str) -> list[di
                     correction = original | {"at": correction["at"]}
                 else:  # the same id, other content: a conflict
                     correction["id"] = original["id"]
+            if correction["kind"] == "reissue" and draw(st.booleans()):
+                # A void first (a day before), so the reissue has one to rate again.
+                void = {"do": "correct", "kind": "void", "id": f"{correction['id']}v",
+                        "invoice": draw(st.sampled_from(["latest", "usage#0", "usage#1"])),
+                        "reissue": False, "at": iso(datetime.fromisoformat(
+                            correction["at"].replace("Z", "+00:00")) - timedelta(days=1))}
+                sent_corrections.append(void)
+                out.append(void)
             sent_corrections.append(correction)
             out.append(correction)
         elif what == "resend" and sent_amendments:
