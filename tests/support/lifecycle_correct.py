@@ -185,8 +185,9 @@ def pick_invoice(invoices: list[dict[str, Any]], ref: str, kind: str, starts_on:
         pool = [inv for inv in finalized if inv["status"] == "void"]
     elif base == "reissued":
         pool = [inv for inv in finalized if "/" in inv["key"]]
-    elif base == "latest":
-        pool = finalized
+    elif base == "latest":  # a void or reissue: the latest usage invoice, if any
+        pool = ([inv for inv in finalized if inv["kind"] == "usage"] or finalized
+                if kind in ("void", "reissue") else finalized)
     else:
         pool = [inv for inv in finalized if inv["kind"] == base]
     if base not in ("paid", "void"):  # there the invoice's state is the point
