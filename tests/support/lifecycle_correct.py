@@ -155,7 +155,8 @@ async def _invoices(engine: AsyncEngine, handle: WorkflowHandle[Any, Any],
     cid = handle.id.removeprefix("contract:")
     async with engine.connect() as conn:
         rows = (await conn.execute(text(
-            "SELECT key, kind, status, number, subtotal FROM invoices WHERE contract_id = :cid "
+            "SELECT key, kind, status, number, subtotal, total FROM invoices "
+            "WHERE contract_id = :cid "
             "ORDER BY id"), {"cid": cid})).all()
         starts_on = await conn.scalar(
             text("SELECT starts_on FROM contracts WHERE id = :cid"), {"cid": cid})
@@ -194,8 +195,9 @@ def pick_invoice(invoices: list[dict[str, Any]], ref: str, kind: str, starts_on:
         pool = [inv for inv in pool if _applies(inv, kind)] or pool
     if not pool:  # none of that kind (yet): any finalized invoice, as for payments
         pool = [inv for inv in finalized if _applies(inv, kind)] or finalized
-    if kind == "credit":  # one with something to credit, if there is one
-        pool = [inv for inv in pool if Decimal(inv["subtotal"]) > 0] or pool
+    if kind == "credit":  # one with something owed or paid to credit, if there is one
+        pool = ([inv for inv in pool if Decimal(inv["total"]) > 0]
+                or [inv for inv in pool if Decimal(inv["subtotal"]) > 0] or pool)
     if not pool:
         return f"usage:{starts_on}"  # nothing finalized yet
     return str(pool[min(int(nth), len(pool) - 1)]["key"] if nth else pool[-1]["key"])

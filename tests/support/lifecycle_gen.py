@@ -512,7 +512,9 @@ def corrections(draw: st.DrawFn, n: int, points: list[tuple[str, datetime]],
         at = draw(st.sampled_from(points[1:-1]))[1] + draw(st.sampled_from(AFTER_BOUNDARY))
     c["at"] = iso(at)
     # A reissue mostly names a void invoice (else it is refused: not void).
-    refs = ("void",) * 4 + CORRECT_REFS if kind == "reissue" else CORRECT_REFS
+    # A credit names a paid one more often: what is left after the amount owed
+    # is then refunded or kept as customer credit.
+    refs = {"reissue": ("void",) * 4, "credit": ("paid",) * 2}.get(kind, ()) + CORRECT_REFS
     c["invoice"] = draw(st.sampled_from(refs))
     if kind == "void":
         c["reissue"] = draw(st.booleans())
