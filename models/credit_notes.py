@@ -18,7 +18,9 @@ Invariants (checked by the table test in tests/models/test_credit_notes.py):
 - credits_returned + outstanding_reduced + refunded + customer_credit = total;
 - a line is never credited beyond its amount; usage-kind lines together never
   beyond their net total; credits returned never beyond credits_applied;
-- every amount is in whole minor units of the currency;
+- the note's lines, total and credits returned are in whole minor units of
+  the currency; what reduces the outstanding amount never exceeds it, so it
+  and the remainder carry a payment's extra decimals when there are any;
 - the journal entry balances and reverses revenue in the accounts that
   recognized it: usage revenue for usage-kind lines (from each grant's
   deferred revenue for the share paid with credits), fee revenue for fees,
@@ -208,20 +210,28 @@ def plan_credit_note(
                             invoice.currency)
         returned = min(share, invoice.credits_applied - invoice.credits_returned)
         returned = max(returned, _ZERO)
-    rest = total - returned
-    reduced = min(rest, max(invoice.outstanding, _ZERO))
-    left = rest - reduced
     def money(x: Decimal) -> Decimal:  # zeros too carry the currency's scale: "0.00"
         return round_money(x, invoice.currency)
 
+    def exact(x: Decimal) -> Decimal:
+        """``x`` at the currency's scale when that keeps it exact, else as it is."""
+        return money(x) if money(x) == x else x
+
+    total, returned = money(total), money(returned)
+    rest = total - returned
+    # Never more than is owed, to the last decimal: a payment may carry more
+    # decimals than the currency (SPEC.md section 6), and rounding what is owed
+    # up would leave the invoice owing less than nothing.
+    reduced = exact(min(rest, max(invoice.outstanding, _ZERO)))
+    left = exact(rest - reduced)
     return CreditNotePlan(
         lines=tuple(note_lines),
-        total=money(total),
+        total=total,
         usage_credited=money(usage),
-        credits_returned=money(returned),
-        outstanding_reduced=money(reduced),
-        refunded=money(left if remainder == "refund" else _ZERO),
-        customer_credit=money(left if remainder == "credit" else _ZERO),
+        credits_returned=returned,
+        outstanding_reduced=reduced,
+        refunded=left if remainder == "refund" else money(_ZERO),
+        customer_credit=left if remainder == "credit" else money(_ZERO),
     )
 
 

@@ -4,7 +4,10 @@ One function per invariant; each takes the run's `Outcome` and returns a list
 of violations (plain sentences, empty when the invariant holds). `CHECKS`
 lists them in the order a failing example is classified by (its first
 violated invariant). The first ten are the issue's list; the rest are rules
-of SPEC.md the same data can check for free (lifecycle_spec_checks.py).
+of SPEC.md the same data can check for free (lifecycle_spec_checks.py), and
+those of corrections (SPEC.md section 11, issue 14:
+lifecycle_correction_checks.py). Checks that a correction legitimately
+changes say why in their docstrings.
 
 Scope notes (why some things are not checked):
 - "every stored event on exactly one invoice line" is checked quantity by
@@ -25,8 +28,15 @@ from typing import Any
 
 from models.contract import ContractTerms
 from models.periods import local_midnight_utc
+from tests.support.lifecycle_correction_checks import (
+    corrections_idempotent,
+    credit_notes_allocated,
+    note_numbers_gapless,
+    outstanding_matches,
+    voids_reverse_everything,
+)
 from tests.support.lifecycle_minimum_checks import spend_limits_hold, true_ups_match
-from tests.support.lifecycle_outcome import Outcome
+from tests.support.lifecycle_outcome import Outcome, ledger_corrected
 from tests.support.lifecycle_spec_checks import (
     bounds_refused,
     invoice_arithmetic,
@@ -137,7 +147,15 @@ def journal_balanced(o: Outcome) -> list[str]:
 # --- 6. granted = consumed + expired + balance --------------------------------------
 
 
+def _sum(moves: list[dict[str, Any]], kind: str, field: str = "amount") -> Decimal:
+    return sum((_d(m[field] or 0) for m in moves if m["kind"] == kind), Decimal(0))
+
+
 def credits_identity(o: Outcome) -> list[str]:
+    """SPEC 4 with SPEC 11: ``return`` rows give credits a void or a credit note
+    took back from an invoice to their grant, so they count back against
+    ``consumed``; ``revoke`` rows take unused credits of a voided or credited
+    commitment or top-up out of ``granted``. The identity holds with both."""
     snap = o.ledger
     if snap is None or snap.contract is None:
         return []
@@ -146,25 +164,36 @@ def credits_identity(o: Outcome) -> list[str]:
     total_balance = Decimal(0)
     for g in snap.grants:
         moves = [m for m in snap.credit_ledger if m["grant_id"] == g["grant_id"]]
-        granted = sum((_d(m["amount"]) for m in moves if m["kind"] == "grant"), Decimal(0))
-        consumed = -sum((_d(m["amount"]) for m in moves if m["kind"] == "consume"), Decimal(0))
-        expired = -sum((_d(m["amount"]) for m in moves if m["kind"] == "expire"), Decimal(0))
-        balance = _d(g["credits"]) - consumed - expired
+        recorded = _sum(moves, "grant")
+        revoked = -_sum(moves, "revoke")
+        granted = _d(g["credits"]) - revoked
+        consumed = -_sum(moves, "consume") - _sum(moves, "return")
+        expired = -_sum(moves, "expire")
+        balance = granted - consumed - expired
         total_balance += balance
         name = f"grant {g['grant_id']}"
-        if granted != _d(g["credits"]):
-            out.append(f"{name}: ledger grants {granted}, the grant has {g['credits']}")
-        if consumed < 0 or expired < 0 or balance < 0:
-            out.append(f"{name}: consumed {consumed}, expired {expired}, balance {balance}")
+        if recorded != _d(g["credits"]):
+            out.append(f"{name}: ledger grants {recorded}, the grant has {g['credits']}")
+        if min(consumed, expired, balance, revoked, granted) < 0:
+            out.append(f"{name}: granted {granted} (revoked {revoked}), consumed {consumed}, "
+                       f"expired {expired}, balance {balance}")
         if ended and balance != 0:
             out.append(f"{name}: {balance} credits left after the term ended (no breakage)")
     for inv in snap.invoices:
-        used = -sum((_d(m["amount"]) for m in snap.credit_ledger
-                     if m["kind"] == "consume" and m["invoice_key"] == inv["key"]), Decimal(0))
+        mine = [m for m in snap.credit_ledger if m["invoice_key"] == inv["key"]]
+        used = -_sum(mine, "consume")
         if inv["number"] is not None and used != _d(inv["credits_applied"]):
             out.append(f"{inv['key']}: credits_applied {inv['credits_applied']}, "
                        f"credits consumed {used}")
-    if o.view is not None and _d(o.view["credit_balance"]) != total_balance:
+        for gid in {m["grant_id"] for m in mine}:
+            of_grant = [m for m in mine if m["grant_id"] == gid]
+            if _sum(of_grant, "return") > -_sum(of_grant, "consume"):
+                out.append(f"{inv['key']}: returns {_sum(of_grant, 'return')} credits to "
+                           f"{gid}, consumed {-_sum(of_grant, 'consume')}")
+    # After the workflow completed, corrections go to the ledger alone: the
+    # state's balance is the one it completed with.
+    if o.view is not None and not ledger_corrected(o) and _d(
+            o.view["credit_balance"]) != total_balance:
         out.append(f"state credit balance {o.view['credit_balance']}, ledger {total_balance}")
     return out
 
@@ -172,48 +201,87 @@ def credits_identity(o: Outcome) -> list[str]:
 # --- 7. no grant's deferred revenue below zero ---------------------------------------
 
 
+def line_grant(e: dict[str, Any], ln: dict[str, Any]) -> str | None:
+    """The grant a journal line belongs to: its own (a void's or a credit note's
+    entry moves several grants, SPEC.md 11), else its entry's."""
+    gid = ln.get("grant_id") or e["grant_id"]
+    return None if gid is None else str(gid)
+
+
+def _deferred_by_grant(e: dict[str, Any]) -> dict[str | None, Decimal]:
+    out: dict[str | None, Decimal] = {}
+    for ln in e["lines"]:
+        if ln["account"] == "deferred_revenue":
+            gid = line_grant(e, ln)
+            out[gid] = out.get(gid, Decimal(0)) + _d(ln["credit"]) - _d(ln["debit"])
+    return out
+
+
 def _deferred_net(e: dict[str, Any]) -> Decimal:
-    return sum((_d(ln["credit"]) - _d(ln["debit"]) for ln in e["lines"]
-                if ln["account"] == "deferred_revenue"), Decimal(0))
+    return sum(_deferred_by_grant(e).values(), Decimal(0))
 
 
 def deferred_never_negative(o: Outcome) -> list[str]:
+    """Per grant, after every entry; a line's own grant counts (corrections)."""
     out: list[str] = []
     running: dict[str, Decimal] = {}
     for e in o.ledger.journal if o.ledger else []:
-        net = _deferred_net(e)
-        if net == 0:
-            continue
-        if e["grant_id"] is None:
-            out.append(f"entry {e['entry_key']} moves deferred revenue of no grant")
-            continue
-        running[e["grant_id"]] = running.get(e["grant_id"], Decimal(0)) + net
-        if running[e["grant_id"]] < 0:
-            out.append(f"grant {e['grant_id']}: deferred revenue {running[e['grant_id']]} "
-                       f"after {e['entry_key']}")
+        for gid, net in _deferred_by_grant(e).items():
+            if net == 0:
+                continue
+            if gid is None:
+                out.append(f"entry {e['entry_key']} moves deferred revenue of no grant")
+                continue
+            running[gid] = running.get(gid, Decimal(0)) + net
+            if running[gid] < 0:
+                out.append(f"grant {gid}: deferred revenue {running[gid]} after {e['entry_key']}")
     return out[:5]
 
 
 # --- 8. recognized + breakage = paid for every grant at term end -------------------
 
+REVENUE_ACCOUNTS = ("usage_revenue", "fee_revenue", "breakage_revenue")
+
 
 def grant_revenue_closes(o: Outcome) -> list[str]:
+    """SPEC 5 with SPEC 11. What a grant was paid is its price less what credit
+    notes and voids took off it (the ``price_amount`` of its ``revoke`` rows);
+    the journal must have invoiced exactly that into its deferred revenue: its
+    commitment or top-up invoice's entry, less the void or notes on that invoice
+    (or, for customer credit, the note that made it). At term end its revenue
+    (recognized, net of what returned credits reversed, plus breakage) is what
+    it was paid."""
     snap = o.ledger
     if snap is None or snap.contract is None:
         return []
+    cid = snap.contract["id"]
     out = []
     for g in snap.grants:
-        entries = [e for e in snap.journal if e["grant_id"] == g["grant_id"]]
-        paid = sum((_deferred_net(e) for e in entries
-                    if e["kind"] in ("commitment_invoiced", "top_up_invoiced")), Decimal(0))
-        recognized = -sum((_deferred_net(e) for e in entries
-                           if e["kind"] == "usage_from_credits"), Decimal(0))
-        broken = -sum((_deferred_net(e) for e in entries if e["kind"] == "breakage"), Decimal(0))
-        if paid != _d(g["price"]):
-            out.append(f"grant {g['grant_id']}: price {g['price']} but {paid} invoiced for it")
-        if snap.contract["status"] in ENDED and recognized + broken != paid:
-            out.append(f"grant {g['grant_id']}: recognized {recognized} + breakage {broken} "
-                       f"!= paid {paid}")
+        gid = g["grant_id"]
+        removed = _sum([m for m in snap.credit_ledger if m["grant_id"] == gid], "revoke",
+                       "price_amount")
+        paid = _d(g["price"]) - removed
+        funded = Decimal(0)
+        revenue = Decimal(0)
+        for e in snap.journal:
+            funds = (e["kind"] in ("commitment_invoiced", "top_up_invoiced")
+                     or (e["kind"] in ("invoice_voided", "credit_note")
+                         and g["invoice_key"] is not None
+                         and e["invoice_key"] == g["invoice_key"])
+                     or e["entry_key"] == f"{cid}:{gid}")  # a note's customer credit
+            for ln in e["lines"]:
+                if line_grant(e, ln) != gid:
+                    continue
+                net = _d(ln["credit"]) - _d(ln["debit"])
+                if funds and ln["account"] == "deferred_revenue":
+                    funded += net
+                elif ln["account"] in REVENUE_ACCOUNTS:
+                    revenue += net
+        if funded != paid:
+            out.append(f"grant {gid}: price {g['price']} less {removed} credited is {paid}, "
+                       f"but {funded} invoiced for it")
+        if snap.contract["status"] in ENDED and revenue != paid:
+            out.append(f"grant {gid}: recognized + breakage {revenue} != paid {paid}")
     return out
 
 
@@ -284,8 +352,14 @@ def events_billed_once(o: Outcome) -> list[str]:
     ended = snap.contract["status"] in ENDED
     meters = {m.key: m for m in terms.meters}
     usage = [i for i in snap.invoices if i["kind"] == "usage"]
-    finalized = [i for i in usage if i["number"] is not None]
-    marks = [i["usage_watermark"] for i in finalized if i["usage_watermark"] is not None]
+    # SPEC 11: a void reverses the money of an invoice, not the record of what it
+    # rated, and a reissue rates the same events again in its place. So an
+    # event is billed by its period's live invoice, or by its voided one when
+    # no reissue replaced it; the lines of a replaced invoice bill nothing.
+    replaced = {i["reissue_of"] for i in snap.invoices if i["reissue_of"] is not None}
+    finalized = [i for i in usage if i["number"] is not None and i["key"] not in replaced]
+    marks = [i["usage_watermark"] for i in usage
+             if i["number"] is not None and i["usage_watermark"] is not None]
     top = max(marks) if marks else None
     start, end = terms.term_start_at, terms.term_end_at
     expected: dict[tuple[date, str, tuple[tuple[str, str], ...]], Decimal] = {}
@@ -297,7 +371,7 @@ def events_billed_once(o: Outcome) -> list[str]:
             if meter is None or not start <= ts < end:
                 continue
             home = [i for i in usage if _at(i["period_start"], tz) <= ts < _at(i["period_end"], tz)]
-            done = [i for i in home if i["number"] is not None]
+            done = [i for i in home if i["number"] is not None and i["key"] not in replaced]
             if len(done) > 1:
                 out.append(f"event {e['event_id'][:40]} lies in {len(done)} invoiced periods")
             if done:
@@ -363,6 +437,11 @@ CHECKS: dict[str, Check] = {
     "invoice_arithmetic": invoice_arithmetic,
     "state_matches_ledger": state_matches_ledger,
     "resends_consistent": resends_consistent,
+    "outstanding_matches": outstanding_matches,
+    "credit_notes_allocated": credit_notes_allocated,
+    "note_numbers_gapless": note_numbers_gapless,
+    "voids_reverse_everything": voids_reverse_everything,
+    "corrections_idempotent": corrections_idempotent,
     "bounds_refused": bounds_refused,
     "spend_limits_hold": spend_limits_hold,
     "true_ups_match": true_ups_match,

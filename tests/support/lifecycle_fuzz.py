@@ -90,8 +90,11 @@ def features(o: Outcome) -> set[str]:
     out = {"created" if o.created else "refused at creation"}
     for a in o.answers:
         act = o.lifecycle.actions[a.index]
-        kind = act.get("amendment", {}).get("kind", "")
+        kind = act.get("amendment", {}).get("kind", "") or (
+            act.get("kind", "") if a.do == "correct" else "")
         out.add(f"{a.do}{' ' + kind if kind else ''}: {a.status}")
+        if a.do == "correct" and a.status == "ok" and isinstance(a.result, dict):
+            out.add(f"correct via {a.result.get('recorded_via')}")
     if len(o.histories) > 1:
         out.add("continued as new")
     if o.horizon_capped:
@@ -112,6 +115,12 @@ def features(o: Outcome) -> set[str]:
         out |= {f"payment {p['method']}" for p in snap.payments}
         if snap.unbilled_events:
             out.add("unbilled usage")
+        for n in snap.credit_notes:
+            out.add("credit note automatic" if n["automatic"] else f"credit note {n['reason']}")
+            out |= {f"credit note {part}" for part in ("credits_returned", "outstanding_reduced",
+                                                        "refunded", "customer_credit") if n[part]}
+        if any(i["reissue_of"] for i in snap.invoices):
+            out.add("invoice reissued")
     return out
 
 

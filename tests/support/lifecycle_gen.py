@@ -19,7 +19,14 @@ valid and invalid alike:
   invoice it meant;
 - usage at and around boundaries (a microsecond before, exactly at), outside
   the term, late after finalization, with the catalog's ``group_by``
-  dimensions, unpriced values, and quantities at the bounds.
+  dimensions, unpriced values, and quantities at the bounds;
+- corrections (SPEC.md section 11): void (with or without reissue), reissue
+  and credit notes (line by line or one amount; every reason; refund or
+  customer credit), named like payments and resolved when sent, also long
+  after the term (the ledger takes them then); resent with the same id and
+  content, with the same id and other content, and the refusals (credit more
+  than is uncredited, void a paid invoice, credit a void one, reissue one
+  that is not void).
 
 Instants are drawn as (anchor, offset) pairs so that shrinking moves them
 towards the term start. Everything is computed with the pure ``models``
@@ -35,6 +42,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from models.corrections import REASONS
 from models.periods import (
     BillingAnchor,
     BillingCycle,
@@ -466,6 +474,63 @@ QUANTITIES = ("1", "1000", "250.5", "0", "0.000000000001", "0.0000000000001",
               "999999999999999999", "1000000000000000000", "3")
 
 
+# --- corrections (SPEC.md section 11) -------------------------------------------
+
+# Invoices are named by what they are, resolved against the workflow's state
+# (the ledger once it has completed) when sent, as payments are:
+# ``usage#1`` is the second finalized usage invoice the correction applies to
+# (open or overdue for a void, not void for a credit, void for a reissue;
+# else of all of them); ``paid``/``void``/``reissued`` one in that state (the
+# refusal, or the reissue's own correction, is the point).
+CORRECT_REFS = ("usage#0", "usage#1", "usage#2", "commitment", "top_up#0", "latest", "latest",
+                "latest", "paid", "void", "reissued", "unknown")
+# Amounts by what they mean on the invoice when sent: all that is uncredited,
+# half of it, one minor unit, what is still owed, one minor unit too much, a
+# fraction of a minor unit, zero.
+CREDIT_AMOUNTS = ("all", "all", "half", "half", "cent", "outstanding", "over", "tiny", "zero")
+LINE_AMOUNTS = ("all", "all", "half", "cent", "over", "tiny")
+LINE_REFS = ("first", "last", "usage", "usage", "fee", "grant", "beyond")
+# After the term: once the workflow has completed, corrections go to the ledger.
+AFTER_END = (timedelta(days=40), timedelta(days=75), timedelta(days=120))
+# A correction names a finalized invoice: mostly after a boundary and its grace
+# window (0 to 48 hours), while the invoice it finalized is open or overdue.
+AFTER_BOUNDARY = tuple(timedelta(hours=h) for h in (3, 12, 26, 50, 24 * 5, 24 * 12, 24 * 40))
+
+
+@st.composite
+def corrections(draw: st.DrawFn, n: int, points: list[tuple[str, datetime]],
+                at: datetime) -> dict[str, Any]:
+    """One void, reissue or credit, its invoice and amounts named symbolically."""
+    kind = draw(st.sampled_from(["void", "void", "reissue", "credit", "credit", "credit",
+                                 "credit"]))
+    c: dict[str, Any] = {"do": "correct", "kind": kind,
+                         "id": _id("k", n, draw(st.sampled_from([-1] * 18 + [0, 1])))}
+    when = draw(st.integers(0, 5))
+    if when == 0 and points[-1][1] - points[0][1] < timedelta(days=5 * 365):
+        at = points[-1][1] + draw(st.sampled_from(AFTER_END))
+    elif when in (1, 2, 3) and len(points) > 2:
+        at = draw(st.sampled_from(points[1:-1]))[1] + draw(st.sampled_from(AFTER_BOUNDARY))
+    c["at"] = iso(at)
+    # A reissue mostly names a void invoice (else it is refused: not void).
+    # A credit names a paid one more often: what is left after the amount owed
+    # is then refunded or kept as customer credit.
+    refs = {"reissue": ("void",) * 4, "credit": ("paid",) * 2}.get(kind, ()) + CORRECT_REFS
+    c["invoice"] = draw(st.sampled_from(refs))
+    if kind == "void":
+        c["reissue"] = draw(st.booleans())
+    elif kind == "credit":
+        c["reason"] = draw(st.sampled_from(REASONS + REASONS + ("oops",)))
+        if draw(st.booleans()):
+            c["amount"] = draw(st.sampled_from(CREDIT_AMOUNTS))
+        else:
+            c["lines"] = [{"line": draw(st.sampled_from(LINE_REFS)),
+                           "amount": draw(st.sampled_from(LINE_AMOUNTS))}
+                          for _ in range(draw(st.sampled_from([1, 1, 1, 2])))]
+        if (remainder := draw(st.sampled_from([None, "refund", "credit", "credit"]))):
+            c["remainder"] = remainder
+    return c
+
+
 @st.composite
 def actions(draw: st.DrawFn, contract: dict[str, Any], currency: str) -> list[dict[str, Any]]:
     points = anchors(contract)
@@ -475,12 +540,31 @@ def actions(draw: st.DrawFn, contract: dict[str, Any], currency: str) -> list[di
     sent_amendments: list[dict[str, Any]] = []
     pay_ids: list[str] = []
     sent_events: list[dict[str, Any]] = []
+    sent_corrections: list[dict[str, Any]] = []
     n_events = 0
     for n in range(draw(st.integers(0, 12))):
         at = draw(instants(points))
         what = draw(st.sampled_from(["amend", "amend", "amend", "pay", "usage", "usage",
-                                     "resend", "compact"]))
-        if what == "resend" and sent_amendments:
+                                     "resend", "compact", "correct"]))
+        if what == "correct":
+            correction = draw(corrections(n, points, at))
+            if sent_corrections and draw(st.integers(0, 3)) == 0:
+                original = draw(st.sampled_from(sent_corrections))
+                if draw(st.booleans()):  # the same id and content again: a resend
+                    correction = original | {"at": correction["at"]}
+                else:  # the same id, other content: a conflict
+                    correction["id"] = original["id"]
+            if correction["kind"] == "reissue" and draw(st.booleans()):
+                # A void first (a day before), so the reissue has one to rate again.
+                void = {"do": "correct", "kind": "void", "id": f"{correction['id']}v",
+                        "invoice": draw(st.sampled_from(["latest", "usage#0", "usage#1"])),
+                        "reissue": False, "at": iso(datetime.fromisoformat(
+                            correction["at"].replace("Z", "+00:00")) - timedelta(days=1))}
+                sent_corrections.append(void)
+                out.append(void)
+            sent_corrections.append(correction)
+            out.append(correction)
+        elif what == "resend" and sent_amendments:
             original = draw(st.sampled_from(sent_amendments))
             amendment = dict(original)
             if draw(st.booleans()):  # same id, other content: a conflict (known case 13)

@@ -40,6 +40,12 @@ class LedgerSnapshot:
     payments: list[dict[str, Any]] = field(default_factory=list)
     series_next: int = 1
     unbilled_events: int = 0
+    # Corrections (SPEC.md section 11): credit notes with their ``lines`` and
+    # ``refund`` (the refunds row or None), the corrections' id records, and the
+    # next value of the ``CN-`` series.
+    credit_notes: list[dict[str, Any]] = field(default_factory=list)
+    corrections: list[dict[str, Any]] = field(default_factory=list)
+    note_series_next: int = 1
 
 
 def _rows(result: Any) -> list[dict[str, Any]]:
@@ -55,6 +61,8 @@ async def read_ledger(engine: AsyncEngine, contract_doc: dict[str, Any]) -> Ledg
         snap = LedgerSnapshot(contract=found[0] if found else None)
         snap.series_next = int(await conn.scalar(text(
             "SELECT next_value FROM invoice_number_series WHERE series = 'default'")) or 1)
+        snap.note_series_next = int(await conn.scalar(text(
+            "SELECT next_value FROM invoice_number_series WHERE series = 'credit_notes'")) or 1)
         if snap.contract is None:
             return snap
         p = {"cid": cid}
@@ -84,4 +92,17 @@ async def read_ledger(engine: AsyncEngine, contract_doc: dict[str, Any]) -> Ledg
         snap.payments = _rows(await conn.execute(
             text("SELECT * FROM payments WHERE contract_id = :cid ORDER BY id"), p))
         snap.unbilled_events = (await unbilled_usage(conn, cid)).events
+        # Every note in the database (it is emptied per example): the series check
+        # must see a note of no contract too.
+        notes = _rows(await conn.execute(text("SELECT * FROM credit_notes ORDER BY id")))
+        note_lines = _rows(await conn.execute(text(
+            "SELECT * FROM credit_note_lines ORDER BY credit_note_id, position")))
+        refunds = {r["credit_note_id"]: r for r in _rows(await conn.execute(
+            text("SELECT * FROM refunds ORDER BY id")))}
+        snap.credit_notes = [n | {"lines": [ln for ln in note_lines
+                                            if ln["credit_note_id"] == n["id"]],
+                                  "refund": refunds.get(n["id"])} for n in notes]
+        snap.corrections = _rows(await conn.execute(text(
+            "SELECT correction_id, kind, invoice_key, digest, result, created_at FROM corrections "
+            "WHERE contract_id = :cid ORDER BY id"), p))
     return snap

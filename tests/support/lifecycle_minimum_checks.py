@@ -99,10 +99,32 @@ def true_ups_match(o: Outcome) -> list[str]:
     lines: dict[int, list[dict[str, Any]]] = {}
     for ln in o.ledger.lines:
         lines.setdefault(ln["invoice_id"], []).append(ln)
-    out, before = [], Decimal(0)
+
+    def spend_of(inv: dict[str, Any]) -> Decimal:
+        return sum((_d(ln["amount"]) for ln in lines.get(inv["id"], [])
+                    if ln["kind"] in USAGE_KINDS), Decimal(0))
+
+    # The term's true-up is computed once, when the final invoice is issued,
+    # against the invoices live then (SPEC 12). A later void or reissue (SPEC
+    # 11) changes spend from then on, not that invoice. So "before" is the
+    # spend of the other usage invoices finalized before it and not voided by
+    # then (both instants are the database's clock; a void and its reissue are
+    # one transaction, so the voided invoice is gone for its reissue).
+    voided_at = {r["invoice_key"]: r["created_at"] for r in o.ledger.corrections
+                 if r["kind"] == "void"}
+    usage = [i for i in o.ledger.invoices if i["kind"] == "usage" and i["number"] is not None]
+
+    def spend_before(inv: dict[str, Any]) -> Decimal:
+        at = inv["finalized_at"]
+        return sum((spend_of(x) for x in usage
+                    if (x["finalized_at"], x["id"]) < (at, inv["id"])
+                    and not (x["key"] in voided_at and voided_at[x["key"]] <= at)), Decimal(0))
+
+    out = []
     for inv in finalized:
         own = lines.get(inv["id"], [])
-        spend = sum((_d(ln["amount"]) for ln in own if ln["kind"] in USAGE_KINDS), Decimal(0))
+        spend = spend_of(inv)
+        before = spend_before(inv)
         got = sum((_d(ln["amount"]) for ln in own if ln["kind"] == "true_up"), Decimal(0))
         period = grid.get(inv["period_start"])
         if period is not None and period.end_date == inv["period_end"]:
@@ -118,5 +140,4 @@ def true_ups_match(o: Outcome) -> list[str]:
         if _d(inv["credits_applied"]) > spend:
             out.append(f"{inv['key']}: credits {inv['credits_applied']} pay more than the "
                        f"usage-kind lines {spend}")
-        before += spend
     return out[:8]

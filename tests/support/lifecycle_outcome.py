@@ -77,6 +77,24 @@ class Outcome:
     wall_s: float = 0.0
 
 
+def ledger_corrected(o: Outcome) -> set[str]:
+    """Invoices a correction changed in the ledger alone, after the workflow had
+    completed (SPEC.md section 11): the workflow's final state no longer follows
+    them. A resend of an id answered before changes nothing and is not counted."""
+    keys: set[str] = set()
+    answered: set[str] = set()
+    for a in o.answers:
+        if a.do != "correct" or a.status != "ok" or not isinstance(a.result, dict):
+            continue
+        cid = str(a.result.get("correction_id"))
+        if a.result.get("recorded_via") == "ledger" and cid not in answered:
+            keys.add(str(a.result.get("invoice")))
+            if isinstance(a.result.get("reissued"), dict):
+                keys.add(str(a.result["reissued"]["key"]))
+        answered.add(cid)
+    return keys
+
+
 class Recorder:
     def __init__(self) -> None:
         self.records: dict[tuple[str, str], ActivityRecord] = {}
@@ -140,6 +158,15 @@ class FailingGateway:
             self.failures -= 1
             raise ConnectionError("gateway unreachable")
         return await self.inner.charge(customer_id=customer_id, amount=amount,
+                                       currency=currency, idempotency_key=idempotency_key)
+
+    async def refund(self, *, customer_id: str, amount: Decimal, currency: str,
+                     idempotency_key: str) -> GatewayResult:
+        # A credit note's refund goes through the same gateway (SPEC.md section 11).
+        if self.failures > 0:
+            self.failures -= 1
+            raise ConnectionError("gateway unreachable")
+        return await self.inner.refund(customer_id=customer_id, amount=amount,
                                        currency=currency, idempotency_key=idempotency_key)
 
 

@@ -50,6 +50,14 @@ REGRESSIONS: dict[str, Lifecycle] = {
         currency="USD", fee=None, contract=_contract(),
         actions=(_amend("2027-03-01T00:00:00Z", id="a0", kind="grant_credits",
                         credits="100.00", price="0"),)),
+    # F11 (issue 14): 0.001 paid (amounts may have 12 decimals), then the whole invoice
+    # credited: the note rounded 499.999 owed up to 500.00 and left -0.001 owed, unpaid.
+    "credit after a fraction of a cent was paid": Lifecycle(
+        currency="USD", fee="500.00", contract=_contract(),
+        actions=({"at": "2027-04-02T00:00:00Z", "do": "pay", "invoice": "latest",
+                  "amount": "0.001", "payment_id": "p0", "via": "update"},
+                 {"at": "2027-04-03T00:00:00Z", "do": "correct", "kind": "credit", "id": "k0",
+                  "invoice": "latest", "reason": "goodwill", "amount": "all"})),
     # F10: a priced contract grant and a top-up on its day: the grant was never invoiced.
     "contract grant and top-up on one day": Lifecycle(
         currency="USD", fee="500.00",

@@ -8,7 +8,9 @@ interceptor (`lifecycle_outcome.CountAttempts`). Actions are delivered as
 ``billow simulate`` and the API deliver them: usage through `ingest_all`,
 amendments as the ``amend`` update with the API's update id (or the
 ``amend_signal`` signal), payments as the ``pay`` update with the API's
-update id (or ``pay_signal``), each one second after its instant (`settle`:
+update id (or ``pay_signal``), corrections as the ``correct`` update with the
+API's update id or, once the workflow has completed, straight to the ledger
+(tests/support/lifecycle_correct.py), each one second after its instant (`settle`:
 the time-skipping server 1.40 fails a workflow task that cancels a timer in
 the instant it started; see worker/simulate.py). Amendments carry
 ``received_at`` = the action's ``at``, the default ``effective`` in a
@@ -48,7 +50,6 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
 )
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.exceptions import ApplicationError
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
@@ -65,6 +66,7 @@ from models.catalog import load_catalog
 from models.contract import load_contract
 from models.errors import BillowValidationError
 from models.periods import billing_periods, local_midnight_utc
+from tests.support.lifecycle_correct import Memo, send_correction, update_problems
 from tests.support.lifecycle_gen import Lifecycle
 from tests.support.lifecycle_ledger import read_ledger, truncate_all
 from tests.support.lifecycle_outcome import (
@@ -192,6 +194,7 @@ async def _drive(env: WorkflowEnvironment, engine: AsyncEngine, lc: Lifecycle,
         out.creation = Answer(-1, "", "create", "error", message=f"{type(exc).__name__}: {exc}")
         return
     handle = env.client.get_workflow_handle(f"contract:{contract.id}")
+    memo: Memo = {}  # what each correction's first send resolved to
     for i, action in enumerate(lc.actions):
         at = datetime.fromisoformat(action["at"].replace("Z", "+00:00"))
         if at > out.started_at + MAX_WORKFLOW_AGE:
@@ -199,7 +202,7 @@ async def _drive(env: WorkflowEnvironment, engine: AsyncEngine, lc: Lifecycle,
                                       message="past the test server's 10-year limit"))
             continue
         await advance(env, at)
-        out.answers.append(await _send(env, engine, handle, i, action))
+        out.answers.append(await _send(env, engine, handle, i, action, memo, lc.currency))
     # Run on to the end: term end + payment terms + 31 days, as `billow simulate`.
     until, capped = await _horizon(env, handle, lc)
     if out.started_at is not None and until > out.started_at + MAX_WORKFLOW_AGE:
@@ -220,8 +223,15 @@ async def advance(env: WorkflowEnvironment, at: datetime) -> None:
 
 
 async def _send(env: WorkflowEnvironment, engine: AsyncEngine, handle: WorkflowHandle[Any, Any],
-                i: int, action: dict[str, Any]) -> Answer:
+                i: int, action: dict[str, Any], memo: Memo, currency: str) -> Answer:
     at, do = action["at"], action["do"]
+    if do == "correct":
+        # As the API: the update while the workflow runs, else the ledger.
+        running = await _status(env.client, handle.id) == WorkflowExecutionStatus.RUNNING
+        if running:
+            await settle(env, handle)
+        return await send_correction(engine, handle, i, action, memo, running=running,
+                                     now=await env.get_current_time(), currency=currency)
     if do == "usage":
         try:
             report = await ingest_all(engine, action["events"])
@@ -274,7 +284,7 @@ async def _call(i: int, at: str, do: str, sent: Any, call: Any) -> Answer:
     except WorkflowUpdateFailedError as exc:
         cause = exc.cause
         message = getattr(cause, "message", None) or str(exc)
-        return Answer(i, at, do, "refused", problems=_problems(cause, message),
+        return Answer(i, at, do, "refused", problems=update_problems(cause, message),
                       message=message, sent=sent)
     except TimeoutError:
         return Answer(i, at, do, "error", message=f"no answer within {UPDATE_WALL_S:.0f} s",
@@ -291,15 +301,6 @@ async def _call(i: int, at: str, do: str, sent: Any, call: Any) -> Answer:
                       sent=sent)
     dumped = result.model_dump(mode="json") if hasattr(result, "model_dump") else result
     return Answer(i, at, do, "ok", result=dumped, sent=sent)
-
-
-def _problems(cause: BaseException | None, message: str) -> list[tuple[str, str]]:
-    """``(field, reason)`` from the failure's details, else from its message (as the API)."""
-    if isinstance(cause, ApplicationError) and cause.details:
-        first = cause.details[0]
-        if isinstance(first, list) and all(isinstance(p, dict) for p in first):
-            return [(str(p.get("field", "")), str(p.get("reason", ""))) for p in first]
-    return reasons_from_message(message)
 
 
 async def _view(handle: WorkflowHandle[Any, Any], wait_s: float = UPDATE_WALL_S) -> ContractView:

@@ -13,7 +13,7 @@ from typing import Any
 from models.contract import ContractTerms
 from models.money import round_money
 from models.periods import local_midnight_utc, term_end_date
-from tests.support.lifecycle_outcome import Outcome
+from tests.support.lifecycle_outcome import Outcome, ledger_corrected
 
 ENDED = ("ended", "terminated")
 BOUND = Decimal(10) ** 18
@@ -30,14 +30,31 @@ def _terms(o: Outcome) -> ContractTerms | None:
 
 
 def periods_tile_term(o: Outcome) -> list[str]:
-    """SPEC 2: the finalized usage invoices of an ended term tile it exactly."""
+    """SPEC 2: the finalized usage invoices of an ended term tile it exactly.
+
+    SPEC 11: a voided invoice keeps its number and its period stays invoiced
+    (billed, then voided); a reissue ``usage:<start>/2`` takes the voided
+    invoice's place in the tiling. So each period counts once, by its live
+    invoice or else by its void one, and no period has two live invoices."""
     terms = _terms(o)
     if terms is None or o.ledger is None or (o.ledger.contract or {}).get("status") not in ENDED:
         return []
-    spans = sorted((i["period_start"], i["period_end"]) for i in o.ledger.invoices
-                   if i["kind"] == "usage" and i["number"] is not None)
-    cursor, out = terms.starts_on, []
-    for s, e in spans:
+    numbered = [i for i in o.ledger.invoices if i["kind"] == "usage" and i["number"] is not None]
+    out = []
+    by_start: dict[date, list[dict[str, Any]]] = {}
+    for i in numbered:
+        by_start.setdefault(i["period_start"], []).append(i)
+    tiles = []
+    for start, invs in sorted(by_start.items()):
+        live = [i for i in invs if i["status"] != "void"]
+        if len(live) > 1:
+            out.append(f"period {start} invoiced twice: {[i['key'] for i in live]}")
+        ends = {i["period_end"] for i in invs}
+        if len(ends) > 1:
+            out.append(f"period {start}: its invoices end on {sorted(ends)}")
+        tiles.append((start, (live or invs)[0]["period_end"]))
+    cursor = terms.starts_on
+    for s, e in tiles:
         if s != cursor:
             out.append(f"usage periods jump from {cursor} to {s}")
         if e <= s:
@@ -48,8 +65,29 @@ def periods_tile_term(o: Outcome) -> list[str]:
     return out
 
 
+ISSUE_KINDS = ("usage_from_credits", "usage_billed", "fees", "commitment_invoiced",
+               "top_up_invoiced")
+
+
+def _account(lines: list[dict[str, Any]], account: str, side: str) -> Decimal:
+    return sum((_d(ln[side]) for ln in lines if ln["account"] == account), Decimal(0))
+
+
+def owed(inv: dict[str, Any]) -> Decimal:
+    """SPEC 11: outstanding = total - paid - what credit notes allocated to it; 0 once void."""
+    if inv["status"] == "void" or inv["number"] is None:
+        return Decimal(0)
+    return _d(inv["total"]) - _d(inv["amount_paid"]) - _d(inv["credit_allocated"])
+
+
 def journal_matches_invoices(o: Outcome) -> list[str]:
-    """SPEC 5/6: each finalized invoice's total is receivable; each payment is cash."""
+    """SPEC 5/6: each finalized invoice's total is receivable; each payment is cash.
+
+    SPEC 11: corrections post entries of their own on the invoice, never edit
+    its issue: a void's entry reverses the receivable, a note's takes off what
+    it allocated to the amount owed and to a refund, a refund paid settles
+    that (receivable against cash). So the issue entries still post the total,
+    and what is left receivable is what is owed less refunds not paid yet."""
     snap = o.ledger
     if snap is None:
         return []
@@ -57,9 +95,9 @@ def journal_matches_invoices(o: Outcome) -> list[str]:
     for inv in snap.invoices:
         entries = [e for e in snap.journal if e["invoice_key"] == inv["key"]]
         lines = [ln for e in entries for ln in e["lines"]]
-        receivable = sum((_d(ln["debit"]) for ln in lines if ln["account"] == "receivable"),
-                         Decimal(0))
-        cash = sum((_d(ln["debit"]) for ln in lines if ln["account"] == "cash"), Decimal(0))
+        issued = [ln for e in entries if e["kind"] in ISSUE_KINDS for ln in e["lines"]]
+        receivable = _account(issued, "receivable", "debit")
+        cash = _account(lines, "cash", "debit")
         total = _d(inv["total"]) if inv["number"] is not None else Decimal(0)
         if receivable != total:
             out.append(f"{inv['key']}: total {total}, receivable posted {receivable}")
@@ -71,6 +109,19 @@ def journal_matches_invoices(o: Outcome) -> list[str]:
             out.append(f"{inv['key']}: amount_paid {inv['amount_paid']}, payments {paid}")
         if _d(inv["amount_paid"]) > total and inv["number"] is not None:
             out.append(f"{inv['key']}: paid {inv['amount_paid']} of {total}")
+        refunds = [n["refund"] for n in snap.credit_notes
+                   if n["invoice_id"] == inv["id"] and n["refund"] is not None]
+        pending = sum((_d(r["amount"]) for r in refunds if r["status"] == "pending"),
+                      Decimal(0))
+        repaid = sum((_d(r["amount"]) for r in refunds if r["status"] == "refunded"),
+                     Decimal(0))
+        left = _account(lines, "receivable", "debit") - _account(lines, "receivable", "credit")
+        if left != owed(inv) - pending:
+            out.append(f"{inv['key']}: receivable {left}, outstanding {owed(inv)} less "
+                       f"pending refunds {pending}")
+        if _account(lines, "cash", "credit") != repaid:
+            out.append(f"{inv['key']}: cash paid out {_account(lines, 'cash', 'credit')}, "
+                       f"refunds paid {repaid}")
     return out
 
 
@@ -107,7 +158,8 @@ def invoice_arithmetic(o: Outcome) -> list[str]:
                 if want != _d(ln["amount"]) and ln["kind"] in ("usage", "late_usage"):
                     out.append(f"{key} line {ln['position']}: {ln['quantity']} x "
                                f"{ln['unit_price']} = {want}, billed {ln['amount']}")
-        paid = _d(inv["amount_paid"]) >= _d(inv["total"])
+        # SPEC 11: a credit note that clears what is owed makes the invoice paid.
+        paid = _d(inv["amount_paid"]) + _d(inv["credit_allocated"]) >= _d(inv["total"])
         if (inv["status"] == "paid") != paid and inv["status"] != "void":
             out.append(f"{key}: status {inv['status']}, paid {inv['amount_paid']} of "
                        f"{inv['total']}")
@@ -122,25 +174,32 @@ def invoice_arithmetic(o: Outcome) -> list[str]:
 
 
 def state_matches_ledger(o: Outcome) -> list[str]:
-    """SPEC 10: queries show the ledger's invoices (statuses, numbers, amounts)."""
+    """SPEC 10: queries show the ledger's invoices (statuses, numbers, amounts).
+
+    SPEC 11: also what credit notes credited and allocated. An invoice a
+    correction changed in the ledger after the workflow completed is not the
+    state's any more (the workflow has ended; the API goes to the ledger)."""
     if o.view is None or o.ledger is None:
         return []
     rows = {i["key"]: i for i in o.ledger.invoices}
+    after_end = ledger_corrected(o)
     out = []
     for inv in o.view["invoices"]:
         row = rows.get(inv["key"])
         if row is None:
             out.append(f"state shows {inv['key']}, the ledger has no such invoice")
             continue
+        if inv["key"] in after_end:
+            continue
         for f in ("number", "status"):
             if inv[f] != row[f]:
                 out.append(f"{inv['key']}: state {f} {inv[f]}, ledger {row[f]}")
-        for f in ("total", "amount_paid"):
+        for f in ("total", "amount_paid", "credited", "credit_allocated"):
             if _d(inv[f]) != _d(row[f]):
                 out.append(f"{inv['key']}: state {f} {inv[f]}, ledger {row[f]}")
     shown = {i["key"] for i in o.view["invoices"]}
     out += [f"{k}: finalized in the ledger, not in the state" for k, r in rows.items()
-            if r["number"] is not None and k not in shown]
+            if r["number"] is not None and k not in shown and k not in after_end]
     return out
 
 

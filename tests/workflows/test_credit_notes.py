@@ -277,3 +277,35 @@ async def test_a_declined_refund_stays_pending_and_is_retried_once_paid(
     assert gateway.refunds == [("cust-1", D("50.00"))]
     assert entries[0].n == 1
     assert problems == []
+
+
+async def test_a_note_takes_off_no_more_than_is_owed_after_a_fraction_of_a_cent_was_paid(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    """Found by the random-lifecycle fuzz (issue 14). Payments may carry up to 12
+    decimals (SPEC.md section 6), so 0.001 paid on a 500.00 invoice leaves 499.999
+    owed. A note of 500.00 then reduces the outstanding by exactly that (not by the
+    499.999 rounded up to 500.00, which left -0.001 owed on an unpaid invoice),
+    clears the invoice and refunds the 0.001 that was paid."""
+    async with ContractRun(ts_env, db, contract_doc(term_months=2)) as run:
+        await run.advance_to(at("2027-02-05"))
+        jan = await run.invoice("usage:2027-01-01")
+        assert (jan["total"], jan["status"]) == ("500.00", "open")
+        await run.pay("usage:2027-01-01", "0.001", payment_id="fraction")
+        result = await run.correct({"kind": "credit", "id": "cn-all",
+                                    "invoice": "usage:2027-01-01", "reason": "goodwill",
+                                    "amount": "500.00"})
+        state = await run.state()
+        owed = await rows(db, "SELECT status, total - amount_paid - credit_allocated AS owed, "
+                              "paid_on FROM invoices WHERE key = 'usage:2027-01-01'")
+        problems = await ledger_problems(db, "c-1")
+    assert result.credit_note is not None
+    assert result.credit_note.allocation.model_dump() == {
+        "credits_returned": D(0), "outstanding_reduced": D("499.999"), "refunded": D("0.001"),
+        "customer_credit": D(0)}
+    assert result.invoice_status == "paid"
+    assert [(r.status, r.owed, r.paid_on.isoformat()) for r in owed] == [
+        ("paid", D(0), "2027-02-05")]
+    inv = next(i for i in state.invoices if i.key == "usage:2027-01-01")
+    assert (inv.status, inv.outstanding) == ("paid", D(0))
+    assert problems == []

@@ -64,6 +64,43 @@ KNOWN_GOOD = Lifecycle(
 )
 
 
+# Corrections (SPEC.md section 11) on a known lifecycle: a backdated rate
+# override, then March's usage invoice voided and reissued at the new price
+# (usage:2027-03-01/2), which is paid and then credited half its usage line
+# with the rest refunded (its credits go back to the commitment grant first),
+# that credit sent again (a resend), and a cent of the paid commitment
+# credited as customer credit (credits leave the grant; a new grant at cost 1).
+KNOWN_CORRECTED = Lifecycle(
+    currency="USD", fee="500.00",
+    contract={"id": "c-fix", "customer": {"id": "cust-fix", "name": "Fix"}, "plan": "p",
+              "starts_on": "2027-03-01", "term_months": 2, "usage_grace_hours": "2",
+              "commitment": {"amount": "1000.00", "bonus_percent": "10"}},
+    actions=(
+        {"at": "2027-03-01T01:00:00Z", "do": "usage", "events": [
+            event("f1", "2027-03-02T00:00:00Z", "100000", model="gpt-4") | {
+                "customer": "cust-fix"}]},
+        {"at": "2027-03-03T00:00:00Z", "do": "pay", "invoice": "commitment",
+         "amount": "outstanding", "payment_id": "p-1"},
+        {"at": "2027-04-03T00:00:00Z", "do": "amend", "via": "update", "amendment": {
+            "id": "cheaper", "kind": "rate_override", "effective": "2027-03-01T00:00:00Z",
+            "override": {"meter": "tokens", "match": {"model": "gpt-4"}, "unit_price": "0.02"}}},
+        {"at": "2027-04-05T00:00:00Z", "do": "correct", "kind": "void", "id": "v-1",
+         "invoice": "usage#0", "reissue": True},
+        {"at": "2027-04-08T00:00:00Z", "do": "pay", "invoice": "usage#0",
+         "amount": "outstanding", "payment_id": "p-2"},
+        {"at": "2027-04-12T00:00:00Z", "do": "correct", "kind": "credit", "id": "cn-1",
+         "invoice": "reissued", "reason": "service_issue",
+         "lines": [{"line": "usage", "amount": "half"}], "remainder": "refund"},
+        {"at": "2027-04-13T00:00:00Z", "do": "correct", "kind": "credit", "id": "cn-1",
+         "invoice": "reissued", "reason": "service_issue",
+         "lines": [{"line": "usage", "amount": "half"}], "remainder": "refund"},
+        {"at": "2027-04-14T00:00:00Z", "do": "correct", "kind": "credit", "id": "cn-2",
+         "invoice": "commitment", "reason": "goodwill", "amount": "cent",
+         "remainder": "credit"},
+    ),
+)
+
+
 def _line(o: Outcome, kind: str) -> dict[str, Any]:
     assert o.ledger is not None
     return next(ln for ln in o.ledger.lines if ln["kind"] == kind)
@@ -117,6 +154,71 @@ def test_the_checks_catch_a_broken_run(harness: Harness) -> None:
     assert any(ln["kind"] == "late_usage" for ln in outcome.ledger.lines)
     missed = []
     for check, mutate in MUTATIONS.items():
+        broken = copy.deepcopy(outcome)
+        mutate(broken)
+        if check not in violations(broken):
+            missed.append(check)
+    assert missed == []
+
+
+def _invoice(o: Outcome, key: str) -> dict[str, Any]:
+    assert o.ledger is not None
+    return next(i for i in o.ledger.invoices if i["key"] == key)
+
+
+def _note(o: Outcome, correction_id: str) -> dict[str, Any]:
+    assert o.ledger is not None
+    return next(n for n in o.ledger.credit_notes if n["correction_id"] == correction_id)
+
+
+def _answer(o: Outcome, index: int) -> dict[str, Any]:
+    result = o.answers[index].result
+    assert isinstance(result, dict)
+    return result
+
+
+# Each correction invariant (and each adapted one) fires on the corrected run
+# when its record is broken the way the invariant guards against.
+CORRECTION_MUTATIONS: dict[str, Callable[[Outcome], object]] = {
+    "outstanding_matches": lambda o: _invoice(o, "usage:2027-03-01/2").update(
+        credit_allocated=Decimal("1.00")),
+    "credit_notes_allocated": lambda o: _note(o, "cn-1").update(refunded=Decimal("451.00")),
+    "note_numbers_gapless": lambda o: _note(o, "cn-2").update(number="CN-000003"),
+    "voids_reverse_everything": lambda o: o.ledger.journal.remove(  # type: ignore[union-attr]
+        _entry(o, "invoice_voided")),
+    "corrections_idempotent": lambda o: _answer(o, 6)["credit_note"].update(total="1.00"),
+    "credits_identity": lambda o: o.ledger.credit_ledger.remove(  # type: ignore[union-attr]
+        next(m for m in o.ledger.credit_ledger  # type: ignore[union-attr]
+             if m["kind"] == "return" and m["invoice_key"] == "usage:2027-03-01")),
+    "grant_revenue_closes": lambda o: next(
+        m for m in o.ledger.credit_ledger  # type: ignore[union-attr]
+        if m["kind"] == "revoke").update(price_amount=Decimal(0)),
+    "journal_matches_invoices": lambda o: _note(o, "cn-1").update(refund=None),
+    "periods_tile_term": lambda o: _invoice(o, "usage:2027-03-01").update(status="open"),
+    "events_billed_once": lambda o: _invoice(o, "usage:2027-03-01/2").update(reissue_of=None),
+    "invoice_arithmetic": lambda o: _invoice(o, "usage:2027-03-01/2").update(status="open"),
+    "state_matches_ledger": lambda o: next(
+        i for i in o.view["invoices"]  # type: ignore[index]
+        if i["key"] == "usage:2027-03-01/2").update(credited="0.00"),
+}
+
+
+def test_the_correction_checks_catch_a_broken_run(harness: Harness) -> None:
+    """A lifecycle with a void, a reissue, credit notes (refunded, resent, kept as
+    customer credit) passes; each correction invariant fires when broken."""
+    outcome, found = harness.run(KNOWN_CORRECTED)
+    assert found == {}, describe(KNOWN_CORRECTED, found, summary_of(harness, KNOWN_CORRECTED))
+    assert outcome.status == "COMPLETED" and outcome.ledger is not None
+    assert [a.status for a in outcome.answers] == ["ok"] * len(KNOWN_CORRECTED.actions)
+    march, again = _invoice(outcome, "usage:2027-03-01"), _invoice(outcome, "usage:2027-03-01/2")
+    assert (march["status"], march["total"]) == ("void", Decimal("2400.00"))
+    assert (again["status"], again["total"]) == ("paid", Decimal("1400.00"))
+    note = _note(outcome, "cn-1")
+    assert [note[k] for k in ("number", "total", "credits_returned", "refunded")] == [
+        "CN-000001", Decimal("1000.00"), Decimal("550.00"), Decimal("450.00")]
+    assert _note(outcome, "cn-2")["customer_credit"] == Decimal("0.01")
+    missed = []
+    for check, mutate in CORRECTION_MUTATIONS.items():
         broken = copy.deepcopy(outcome)
         mutate(broken)
         if check not in violations(broken):
