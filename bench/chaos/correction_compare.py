@@ -9,8 +9,8 @@ record: the body sent (or why it was skipped), the status and the answer.
 
 Left out, because they depend on timing or on which process did the work,
 never on billow's rules: numbers (compared by order within the contract),
-database ids, the simulated card gateway's refund references (a counter per
-worker process), and the instant a customer-credit grant takes effect (the
+database ids, the request path a refusal names (it holds the invoice's number),
+the simulated card gateway's refund references (a counter per worker process), and the instant a customer-credit grant takes effect (the
 note's own instant; its date is compared).
 """
 
@@ -27,7 +27,8 @@ from models.corrections import CUSTOMER_CREDIT_GRANT_PREFIX
 
 CORRECTION_PARTS = ("credit notes", "refunds", "corrections")
 # Keys of an answer that differ between runs without a rule being broken.
-_TIMING_KEYS = frozenset({"number", "invoice_number", "gateway_ref"})
+# (A problem's ``instance`` is the request path, which names the invoice's number.)
+_TIMING_KEYS = frozenset({"number", "invoice_number", "gateway_ref", "instance"})
 
 
 def day_of(value: date | datetime | None) -> str | None:
