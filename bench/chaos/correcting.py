@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 _CENT = Decimal("0.01")
 _USAGE_KINDS = frozenset({"usage", "late_usage", "minimum", "maximum"})
 _WAKE = re.compile(r"(\d{4}-\d{2}-\d{2})(?: (\d{2}:\d{2}) UTC)?")
-SETTLE_POLL_S = 0.5
+SETTLE_POLL_S = 1.0  # each poll is a workflow query: keep the load low
 
 
 @dataclass
@@ -68,6 +68,8 @@ class Corrector:
         self.client = driver.client
 
     async def run(self, plan: ContractPlan) -> None:
+        # The shared invoice board first (one poll for all contracts), then this one.
+        await self.driver.board.wait(plan.contract_id, plan.past_usage_keys)
         await self.settled(plan)
         sent: dict[str, dict[str, Any]] = {}  # correction id -> the body applied
         for c in plan.corrections:
