@@ -78,6 +78,10 @@ async def run_chaos(cfg: ChaosConfig, log: bool = True) -> Report:
     started = datetime.now(UTC)
     workload = build_workload(cfg.seed, cfg.contracts, started.date(),
                               grace_hours_for(cfg.grace_seconds), cfg.events_per_contract)
+    if cfg.workdir is not None and cfg.workdir.exists() and any(cfg.workdir.iterdir()):
+        # An earlier run's Temporal database keeps its search attributes (start-dev
+        # adds none to an existing file) and its PostgreSQL its rows: never reuse them.
+        raise SystemExit(f"--workdir {cfg.workdir} is not empty: give a new directory")
     root = cfg.workdir or Path(tempfile.mkdtemp(prefix="billow-chaos-"))
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)
