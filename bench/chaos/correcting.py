@@ -33,7 +33,10 @@ if TYPE_CHECKING:
 
 _CENT = Decimal("0.01")
 _USAGE_KINDS = frozenset({"usage", "late_usage", "minimum", "maximum"})
-_WAKE = re.compile(r"(\d{4}-\d{2}-\d{2})(?: (\d{2}:\d{2}) UTC)?")
+# The instant a wait label (workflows/wait_labels.py) names: "... at 2027-01-16 00:00 UTC"
+# or "sleep until [term start] 2027-01-17 ..." (an invoice key in it is a date too).
+_WAKE_AT = re.compile(r" at (\d{4}-\d{2}-\d{2}) (\d{2}:\d{2}) UTC")
+_WAKE_ON = re.compile(r"^sleep until (?:term start )?(\d{4}-\d{2}-\d{2})")
 SETTLE_POLL_S = 1.0  # each poll is a workflow query: keep the load low
 
 
@@ -245,8 +248,11 @@ class Corrector:
 def _future(waiting_for: str) -> bool:
     """Whether the instant a workflow's wait names is still ahead (a wait without
     one waits for a request: also nothing due)."""
-    m = _WAKE.search(waiting_for)
-    if m is None:
+    m = _WAKE_AT.search(waiting_for)
+    if m is not None:
+        at = datetime.fromisoformat(f"{m.group(1)}T{m.group(2)}:00+00:00")
+    elif (m := _WAKE_ON.search(waiting_for)) is not None:
+        at = datetime.fromisoformat(f"{m.group(1)}T00:00:00+00:00")
+    else:
         return True
-    at = datetime.fromisoformat(f"{m.group(1)}T{m.group(2) or '00:00'}:00+00:00")
     return at > datetime.now(UTC)
