@@ -92,3 +92,16 @@ def test_the_workload_is_the_same_for_a_seed_and_covers_every_kind() -> None:
                for c in corrected for x in c.corrections)
     seq = fault_sequence(150, random.Random(1))
     assert len(seq) == 150 and seq.count("postgres") == seq.count("temporal") == 1
+
+
+def test_a_contract_settles_only_while_its_workflow_waits_for_a_future_instant() -> None:
+    from bench.chaos.correcting import _future
+
+    # The invoice key's date in a label is not the instant it waits for.
+    assert _future("mark usage:2020-04-17 overdue (due 2099-01-15) at 2099-01-16 00:00 UTC")
+    assert not _future("send the 7-day reminder for usage:2099-01-01 (due 2020-02-01) "
+                       "at 2020-02-08 00:00 UTC")
+    assert _future("sleep until 2099-12-17 boundary + 1 min usage grace, then close 2099-11")
+    assert not _future("closing 3 past periods at 2020-01-01 10:00 UTC, after the 1 min usage "
+                       "grace window")
+    assert _future("wait for a payment or an amendment")
