@@ -10,8 +10,9 @@ record: the body sent (or why it was skipped), the status and the answer.
 Left out, because they depend on timing or on which process did the work,
 never on billow's rules: numbers (compared by order within the contract),
 database ids, the request path a refusal names (it holds the invoice's number),
-the simulated card gateway's refund references (a counter per worker process), and the instant a customer-credit grant takes effect (the
-note's own instant; its date is compared).
+the simulated card gateway's refund references (a counter per worker process),
+and the instant a customer-credit grant takes effect (the note's own instant;
+its date is compared).
 """
 
 from __future__ import annotations
