@@ -14,7 +14,9 @@ unique constraint decides between concurrent senders:
 
 Each step is its own short transaction: nothing is held open while the
 request talks to Temporal. A claim expires (``lease``) so that a retry can
-take over from an API process that died mid-request.
+take over from an API process that died mid-request; the process running the
+request keeps a short lease alive with `renew_key`, so a dead one's claim
+lapses within one lease (not after the longest a request may take).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ __all__ = [
     "claim_key",
     "complete_key",
     "release_key",
+    "renew_key",
 ]
 
 
@@ -130,6 +133,21 @@ async def complete_key(
         {"id": claim.row_id, "t": claim.token, "s": status, "ct": content_type, "b": body},
     )
     return stored is not None
+
+
+async def renew_key(conn: AsyncConnection, claim: Claimed, lease: timedelta) -> bool:
+    """Extend a claim this process still holds by ``lease`` from now; False once it
+    was lost (its lease ran out and a retry took over) or completed."""
+    renewed = await conn.scalar(
+        text(
+            """
+            UPDATE idempotency_keys SET claimed_until = now() + make_interval(secs => :lease)
+            WHERE id = :id AND claim_token = :t AND status IS NULL RETURNING id
+            """
+        ),
+        {"id": claim.row_id, "t": claim.token, "lease": lease.total_seconds()},
+    )
+    return renewed is not None
 
 
 async def release_key(conn: AsyncConnection, claim: Claimed) -> None:

@@ -31,6 +31,9 @@ class AppDeps:
     webhook_tolerance_seconds: int = 300
     # How long a request waits for the contract workflow (update or query).
     workflow_timeout_seconds: float = 30.0
+    # How long an Idempotency-Key claim outlives its API process: a running request
+    # renews it every third of this; a retry takes over a dead process's claim after.
+    idempotency_lease_seconds: float = 10.0
     usage_body_limit: int = USAGE_BODY_LIMIT
     body_limit: int = DEFAULT_BODY_LIMIT
     # Who issues the invoices, and the locale their documents are written in.

@@ -14,7 +14,11 @@ its business id (contract id, amendment id, payment id, event ids, catalog
 digest).
 
 While the first request runs, a concurrent one with the same key waits for
-its answer (up to the API's workflow deadline, then 503 + Retry-After).
+its answer (up to the API's workflow deadline, then 503 + Retry-After). The
+running request renews its claim every third of a short lease
+(``AppDeps.idempotency_lease_seconds``), so if its API process dies, a retry
+through another process takes over within one lease instead of waiting out
+the longest a request may take.
 
 Runs as ASGI middleware inside authentication and the body limit: it needs
 the API key and the buffered body.
@@ -43,6 +47,7 @@ from activities.idempotency import (
     claim_key,
     complete_key,
     release_key,
+    renew_key,
 )
 from api.deps import AppDeps
 from api.problems import problem_response
@@ -127,9 +132,9 @@ class IdempotencyMiddleware:
         route = f"{scope['method']} {path}"
         digest = request_hash(scope, body)
         deps = self.deps
-        # The claim outlives the longest the request may take (it then expires:
-        # this process may have died holding it).
-        lease = timedelta(seconds=deps.workflow_timeout_seconds + 15)
+        # A short claim, renewed while the request runs (`_renew`): if this process
+        # dies holding it, a retry takes over once it lapses.
+        lease = timedelta(seconds=deps.idempotency_lease_seconds)
         loop = asyncio.get_running_loop()
         give_up = loop.time() + deps.workflow_timeout_seconds
         while True:
@@ -174,11 +179,14 @@ class IdempotencyMiddleware:
             elif message["type"] == "http.response.body":
                 chunks.append(bytes(message.get("body", b"")))
 
+        renewing = asyncio.create_task(self._renew(claim))
         try:
             await self.app(scope, receive, capture)
         except BaseException:
+            await _stop(renewing)
             await self._release(claim)
             raise
+        await _stop(renewing)
         if start is None:  # nothing was answered (the client went away)
             await self._release(claim)
             return
@@ -197,12 +205,29 @@ class IdempotencyMiddleware:
         await send(start)
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
+    async def _renew(self, claim: Claimed) -> None:
+        """Keep this request's claim alive until cancelled (or lost to a retry)."""
+        lease = timedelta(seconds=self.deps.idempotency_lease_seconds)
+        while True:
+            await asyncio.sleep(lease.total_seconds() / 3)
+            try:
+                async with self.deps.engine.begin() as conn:
+                    if not await renew_key(conn, claim, lease):
+                        return  # lapsed and taken over: the retry runs it (idempotent ids)
+            except Exception:  # the database is away: the claim may lapse, which is safe
+                log.warning("could not renew an idempotency key claim", exc_info=True)
+
     async def _release(self, claim: Claimed) -> None:
         try:
             async with self.deps.engine.begin() as conn:
                 await release_key(conn, claim)
         except Exception:  # the claim expires by itself
             log.exception("could not release an idempotency key claim")
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 async def _read_body(receive: Receive) -> tuple[bytes, Receive]:

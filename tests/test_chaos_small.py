@@ -1,7 +1,8 @@
 """The small configuration of ``python -m bench chaos`` (issue 12, "The proof").
 
-About 20 backdated contracts of every kind, their usage, amendments and payments
-(each sent twice with the same ids), while workers, the API, PostgreSQL and the
+About 20 backdated contracts of every kind, their usage, amendments and payments,
+and on about a quarter of them voids, reissues and credit notes (each sent twice
+with the same ids), while workers, the API, PostgreSQL and the
 Temporal server are killed (kill -9) 10 times and restarted; the result must be
 identical to a fault-free control run of the same seed, pass the ledger checks,
 and the client must never see a 500. Takes about 3 minutes on 2 cores.
@@ -51,6 +52,9 @@ def test_small_chaos_run_matches_the_control(tmp_path: Path) -> None:
         assert not any(report[run]["checks"].values()), report[run]["checks"]
         assert not any(v["what"] == "500" for v in report[run]["violations"])
         assert "failed: NON_DETERMINISTIC_ERROR" not in report[run]["workflow_tasks"]
+        outcomes = report[run]["corrections"]
+        assert sum(n for k, n in outcomes.items() if k.endswith(" applied")) >= 10, outcomes
+        assert not [k for k in outcomes if " failed " in k], outcomes
     assert report["differences"] == [], output
 
 
@@ -73,5 +77,31 @@ def test_the_workload_is_the_same_for_a_seed_and_covers_every_kind() -> None:
     assert {"terminate", "extend_term", "rate_override", "grant_credits",
             "change_billing_cycle"} <= kinds
     assert all(c.past_usage_keys for c in a.contracts)  # every contract is backdated
+    # Corrections (issue 14) on about a quarter of the contracts, of every form.
+    assert [c.corrections for c in a.contracts] == [c.corrections for c in b.contracts]
+    corrected = [c for c in a.contracts if c.corrections]
+    assert 4 <= len(corrected) <= 8, len(corrected)
+    planned = {(x.action, x.form if x.action == "credit" else "", x.invalid)
+               for c in corrected for x in c.corrections}
+    assert {("void", "", None), ("reissue", "", None), ("credit", "amount", None),
+            ("credit", "lines", None), ("credit", "amount", "id_reuse"),
+            ("credit", "amount", "credit_void")} <= planned, planned
+    remainders = {x.remainder for c in corrected for x in c.corrections if x.action == "credit"}
+    assert remainders == {"refund", "credit"}
+    assert any(x.invoice_key.startswith(("commitment:", "top_up:"))
+               for c in corrected for x in c.corrections)
     seq = fault_sequence(150, random.Random(1))
     assert len(seq) == 150 and seq.count("postgres") == seq.count("temporal") == 1
+
+
+def test_a_contract_settles_only_while_its_workflow_waits_for_a_future_instant() -> None:
+    from bench.chaos.correcting import _future
+
+    # The invoice key's date in a label is not the instant it waits for.
+    assert _future("mark usage:2020-04-17 overdue (due 2099-01-15) at 2099-01-16 00:00 UTC")
+    assert not _future("send the 7-day reminder for usage:2099-01-01 (due 2020-02-01) "
+                       "at 2020-02-08 00:00 UTC")
+    assert _future("sleep until 2099-12-17 boundary + 1 min usage grace, then close 2099-11")
+    assert not _future("closing 3 past periods at 2020-01-01 10:00 UTC, after the 1 min usage "
+                       "grace window")
+    assert _future("wait for a payment or an amendment")

@@ -93,6 +93,7 @@ def api() -> None:
         task_queue=settings.task_queue,
         webhook_secret=settings.webhook_secret,
         webhook_tolerance_seconds=settings.webhook_tolerance_seconds,
+        idempotency_lease_seconds=settings.api_idempotency_lease_seconds,
         seller=settings.seller,
         document_locale=settings.document_locale,
         delivery_options=settings.delivery_options,

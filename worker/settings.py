@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     # CRM webhook: HMAC-SHA256 shared secret; unset disables the webhook.
     webhook_secret: str | None = None
     webhook_tolerance_seconds: int = 300
+    api_idempotency_lease_seconds: float = Field(
+        default=10, gt=0, description="How long a request's Idempotency-Key claim outlives a "
+        "crashed API process (renewed every third of it while the request runs).")
 
     # --- invoice documents (SPEC.md section 13) ---
     seller_name: str = Field(default="billow", description="Seller name on invoice documents.")

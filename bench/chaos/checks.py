@@ -7,9 +7,14 @@
   finalized period, the quantities on its ``usage`` lines plus the
   ``late_usage`` lines naming that period add up to its events;
 * the journal balances, entry by entry, and the receivable and cash accounts
-  agree with the invoices and payments;
+  agree with the invoices, payments, credit notes and refunds;
 * every payment and amendment the client was told about is recorded exactly
-  once, and nothing it was refused (or never sent) is.
+  once, and nothing it was refused (or never sent) is;
+* corrections (issue 14, `correction_checks`): each one recorded exactly once
+  with the content the client was told about, and the ledger invariants of
+  SPEC.md section 11 (`activities.ledger_invariants`).
+
+A void invoice keeps its number and lines but bills nothing: its reissue does.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bench.chaos.correction_checks import corrections_recorded, ledger_invariants
 from bench.chaos.driver import RunRecord
 from bench.chaos.workload import ADDITIVE_METERS, GROUP_BY, Workload
 from models.periods import local_midnight_utc
@@ -50,6 +56,9 @@ async def run_checks(conn: AsyncConnection, workload: Workload,
         CheckResult("journal balances", await _journal(conn)),
         CheckResult("payments recorded exactly once", await _payments(conn, workload, record)),
         CheckResult("amendments recorded exactly once", await _amendments(conn, record)),
+        CheckResult("corrections recorded exactly once",
+                    await corrections_recorded(conn, record)),
+        CheckResult("correction ledger invariants", await ledger_invariants(conn, workload)),
     ]
 
 
@@ -105,11 +114,18 @@ async def _duplicates(conn: AsyncConnection) -> list[str]:
                          "GROUP BY 1 HAVING count(*) > 1",
         "credit movement": "SELECT entry_key, count(*) AS n FROM credit_ledger "
                            "GROUP BY 1 HAVING count(*) > 1",
+        # An invoice can have several credit notes (and their refunds), each its own entry.
         "invoice posted twice": "SELECT contract_id, invoice_key, kind, count(*) AS n "
-                                "FROM journal_entries WHERE kind <> 'payment' "
-                                "AND kind <> 'usage_from_credits' AND kind <> 'breakage' "
+                                "FROM journal_entries WHERE kind NOT IN ('payment', "
+                                "'usage_from_credits', 'breakage', 'credit_note', 'refund') "
                                 "AND invoice_key IS NOT NULL GROUP BY 1, 2, 3 "
                                 "HAVING count(*) > 1",
+        "credit note": "SELECT contract_id, correction_id, count(*) AS n FROM credit_notes "
+                       "GROUP BY 1, 2 HAVING count(*) > 1",
+        "correction": "SELECT contract_id, correction_id, count(*) AS n FROM corrections "
+                      "GROUP BY 1, 2 HAVING count(*) > 1",
+        "refund": "SELECT credit_note_id, count(*) AS n FROM refunds "
+                  "GROUP BY 1 HAVING count(*) > 1",
         "grant invoiced twice": "SELECT g.contract_id, g.grant_id, count(i.id) AS n "
                                 "FROM credit_grants g JOIN invoices i ON i.contract_id = "
                                 "g.contract_id AND i.key = g.invoice_key "
@@ -134,14 +150,14 @@ async def _events(conn: AsyncConnection, workload: Workload) -> list[str]:
         cid, tz = plan.contract_id, plan.terms.timezone
         invoices = await _rows(
             conn, "SELECT id, key, period_start, period_end FROM invoices WHERE contract_id = :c "
-            "AND kind = 'usage' AND number IS NOT NULL", c=cid)
+            "AND kind = 'usage' AND number IS NOT NULL AND status <> 'void'", c=cid)
         periods = [(local_midnight_utc(i.period_start, tz), local_midnight_utc(i.period_end, tz),
                     i.period_start) for i in invoices]
         billed: dict[tuple[Any, ...], Decimal] = defaultdict(Decimal)
         lines = await _rows(
             conn, "SELECT i.period_start, l.kind, l.meter, l.dimensions, l.quantity, "
             "l.line_period_start FROM invoice_lines l JOIN invoices i ON i.id = l.invoice_id "
-            "WHERE i.contract_id = :c AND i.number IS NOT NULL "
+            "WHERE i.contract_id = :c AND i.number IS NOT NULL AND i.status <> 'void' "
             "AND l.kind IN ('usage', 'late_usage')", c=cid)
         for ln in lines:
             if ln.meter not in ADDITIVE_METERS:
@@ -180,20 +196,32 @@ async def _journal(conn: AsyncConnection) -> list[str]:
         "FROM journal_entries e JOIN journal_lines l ON l.entry_id = e.id GROUP BY 1, 2")
     net: dict[tuple[str, str], Decimal] = {(r.contract_id, r.account): r.dr - r.cr
                                            for r in accounts}
+    # A void invoice's entry is reversed; a credit note takes off the receivable what
+    # it reduced or refunds, and paying the refund out settles that (Dr receivable).
     invoiced = {r.contract_id: r.total for r in await _rows(
         conn, "SELECT contract_id, sum(total) AS total FROM invoices WHERE number IS NOT NULL "
-        "GROUP BY 1")}
+        "AND status <> 'void' GROUP BY 1")}
     paid = {r.contract_id: r.total for r in await _rows(
         conn, "SELECT contract_id, sum(amount) AS total FROM payments GROUP BY 1")}
-    for cid in sorted(set(invoiced) | set(paid)):
-        owed = invoiced.get(cid, Decimal(0)) - paid.get(cid, Decimal(0))
-        receivable = net.get((cid, "receivable"), Decimal(0))
+    noted = {r.contract_id: r.total for r in await _rows(
+        conn, "SELECT contract_id, sum(outstanding_reduced + refunded) AS total "
+        "FROM credit_notes GROUP BY 1")}
+    refunded = {r.contract_id: r.total for r in await _rows(
+        conn, "SELECT contract_id, sum(amount) AS total FROM refunds "
+        "WHERE status = 'refunded' GROUP BY 1")}
+    zero = Decimal(0)
+    for cid in sorted(set(invoiced) | set(paid) | set(noted)):
+        owed = (invoiced.get(cid, zero) - paid.get(cid, zero) - noted.get(cid, zero)
+                + refunded.get(cid, zero))
+        receivable = net.get((cid, "receivable"), zero)
         if receivable != owed:
             out.append(f"{cid}: receivable {receivable} != invoiced {invoiced.get(cid, 0)} - "
-                       f"paid {paid.get(cid, 0)}")
-        cash = net.get((cid, "cash"), Decimal(0))
-        if cash != paid.get(cid, Decimal(0)):
-            out.append(f"{cid}: cash {cash} != payments {paid.get(cid, 0)}")
+                       f"paid {paid.get(cid, 0)} - credited {noted.get(cid, 0)} + "
+                       f"refunded {refunded.get(cid, 0)}")
+        cash = net.get((cid, "cash"), zero)
+        if cash != paid.get(cid, zero) - refunded.get(cid, zero):
+            out.append(f"{cid}: cash {cash} != payments {paid.get(cid, 0)} - refunds "
+                       f"{refunded.get(cid, 0)}")
     mismatched = await _rows(
         conn, "SELECT i.contract_id, i.key, i.amount_paid, coalesce(sum(p.amount), 0) AS paid "
         "FROM invoices i LEFT JOIN payments p ON p.invoice_id = i.id "

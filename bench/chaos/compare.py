@@ -1,10 +1,14 @@
 """The fault run against the control, contract by contract, from both databases.
 
 Compared: every finalized invoice by key (kind, period, dates, lines, amounts,
-status, amount paid; numbers only by their order within the contract, since
-numbering is global and follows finalization order), the credit and revenue
-summaries, payments, amendments, grants, dunning events, the contract's
-status and terms, and the journal's balance per account.
+status, amount paid, credited, outstanding, void date; numbers only by their
+order within the contract, since numbering is global and follows finalization
+order), the credit and revenue summaries, payments, amendments, grants,
+dunning events, the contract's status and terms, and the journal's balance
+per account; and for corrections (issue 14): credit notes in issue order
+(invoice, lines, total, allocation, reason, date), refunds, the corrections
+recorded with their content digests, and what the client sent and was told
+(`compare_corrections`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,14 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from bench.chaos.correcting import SentCorrection
+from bench.chaos.correction_compare import (
+    CORRECTION_PARTS,
+    correction_snapshot,
+    day_of,
+    grant_effective,
+    sent_view,
+)
 from bench.chaos.workload import Workload
 from worker.simulate import contract_report
 
@@ -35,12 +47,15 @@ async def snapshot(conn: AsyncConnection, workload: Workload) -> dict[str, dict[
     for plan in workload.contracts:
         cid = plan.contract_id
         report = await contract_report(conn, cid, plan.terms.currency)
-        paid = {r.key: (str(r.amount_paid), r.number) for r in await _rows(
-            conn, "SELECT key, amount_paid, number FROM invoices WHERE contract_id = :c", c=cid)}
+        paid = {r.key: r for r in await _rows(
+            conn, "SELECT key, amount_paid, voided_on FROM invoices WHERE contract_id = :c",
+            c=cid)}
         invoices: dict[str, Any] = {}
         for doc in report["invoices"]:
+            row = paid[doc["key"]]
             invoices[doc["key"]] = {**{k: v for k, v in doc.items() if k != "number"},
-                                    "amount_paid": paid[doc["key"]][0]}
+                                    "amount_paid": str(row.amount_paid),
+                                    "voided_on": day_of(row.voided_on)}
         usage_order = [d["key"] for d in sorted(
             (d for d in report["invoices"] if d["kind"] == "usage"),
             key=lambda d: str(d["number"]).rjust(_NUMBER_DIGITS))]
@@ -67,7 +82,8 @@ async def snapshot(conn: AsyncConnection, workload: Workload) -> dict[str, dict[
                 "JOIN invoices i ON i.id = p.invoice_id WHERE p.contract_id = :c", c=cid)),
             "amendments": amendments,
             "grants": [[r.grant_id, str(r.credits), str(r.price), r.priority,
-                        r.effective.isoformat(), r.expires.isoformat(), r.invoice_key]
+                        grant_effective(r.grant_id, r.effective), r.expires.isoformat(),
+                        r.invoice_key]
                        for r in await _rows(
                 conn, "SELECT * FROM credit_grants WHERE contract_id = :c ORDER BY grant_id",
                 c=cid)],
@@ -77,6 +93,7 @@ async def snapshot(conn: AsyncConnection, workload: Workload) -> dict[str, dict[
                 "WHERE contract_id = :c", c=cid)),
             "contract": ({"status": row[0].status, "term_end": row[0].term_end.isoformat(),
                           "terms": row[0].terms} if row else None),
+            **await correction_snapshot(conn, cid, report),
             "journal": {r.account: str(r.net) for r in await _rows(
                 conn, "SELECT l.account, sum(l.debit) - sum(l.credit) AS net FROM "
                 "journal_entries e JOIN journal_lines l ON l.entry_id = e.id "
@@ -105,10 +122,31 @@ def compare(control: dict[str, dict[str, Any]],
                 if found:
                     out.append(Difference(cid, f"invoice {key}", "; ".join(found[:6])))
         for what in ("usage invoice order", "credits", "revenue", "payments", "amendments",
-                     "grants", "dunning", "contract", "journal"):
+                     "grants", "dunning", "contract", "journal", *CORRECTION_PARTS):
             found = diff(a.get(what), b.get(what))
             if found:
                 out.append(Difference(cid, what, "; ".join(found[:6])))
+    return out
+
+
+def compare_corrections(control: list[SentCorrection],
+                        chaos: list[SentCorrection]) -> list[Difference]:
+    """What the client sent and was told, correction by correction: the same
+    bodies, the same skips, the same statuses and the same answers (numbers
+    and gateway references aside: `normalized_answer`)."""
+    out: list[Difference] = []
+    a = {(c.contract_id, c.key): c for c in control}
+    b = {(c.contract_id, c.key): c for c in chaos}
+    for cid, key in sorted(set(a) | set(b)):
+        x, y = a.get((cid, key)), b.get((cid, key))
+        if x is None or y is None:
+            out.append(Difference(cid, f"correction {key}",
+                                  "only in the " + ("fault run" if x is None else "control")))
+            continue
+        found = diff(sent_view(x), sent_view(y))
+        if found:
+            out.append(Difference(cid, f"correction {x.correction_id} ({x.action} "
+                                       f"{x.invoice_key})", "; ".join(found[:6])))
     return out
 
 

@@ -14,12 +14,13 @@ import contextlib
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from bench.chaos.client import Answer, Client
+from bench.chaos.correcting import Corrector, SentCorrection
 from bench.chaos.processes import Stack
+from bench.chaos.settled import contract_unsettled
 from bench.chaos.workload import ContractPlan, PaymentPlan, Send, Workload, payment_amount
 
 CREATE_CONCURRENCY = 8
@@ -30,7 +31,7 @@ POLL_S = 1.0
 class PairRecord:
     label: str
     contract_id: str
-    kind: str  # catalog | create | usage | amend | pay
+    kind: str  # catalog | create | usage | amend | pay | correct
     key: str
     valid: bool
     concurrent: bool
@@ -52,6 +53,7 @@ class RunRecord:
     pairs: list[PairRecord] = field(default_factory=list)
     payments: list[SentPayment] = field(default_factory=list)
     amendments: list[tuple[str, str, str]] = field(default_factory=list)  # (contract, id, kind)
+    corrections: list[SentCorrection] = field(default_factory=list)  # in the order sent
     created_s: dict[str, float] = field(default_factory=dict)
     usage_done_s: dict[str, float] = field(default_factory=dict)
     workload_done_s: float | None = None
@@ -134,6 +136,7 @@ class Driver:
         self.contract_created = asyncio.Event()  # the first contract exists
         self._creating = asyncio.Semaphore(CREATE_CONCURRENCY)
         self._to_create = len(workload.contracts)
+        self.corrector = Corrector(self)
 
     @property
     def grace_s(self) -> float:
@@ -248,6 +251,8 @@ class Driver:
             await self.board.wait(cid, plan.past_usage_keys)
             for send in plan.amend_late:
                 await self._amend(send, cid)
+        if plan.corrections:
+            await self.corrector.run(plan)
 
     async def _term_opened(self, cid: str) -> None:
         """Wait until the contract's workflow has opened its term.
@@ -345,28 +350,6 @@ class Driver:
         answer = await self.client.get(f"/v1/contracts/{cid}")
         if not answer.ok:
             return [f"{cid}: GET answered {answer.status}"]
-        state = answer.body
-        out: list[str] = []
-        if state.get("attention"):
-            out.append(f"{cid}: needs attention: {state['attention']}")
-        boundary = state.get("next_boundary")
-        t0 = datetime.fromisoformat(f"{self.workload.today.isoformat()}T00:00:00+00:00")
-        if boundary is not None and datetime.fromisoformat(boundary) <= t0:
-            out.append(f"{cid}: not caught up (open period ends {boundary})")
         ledger = {k: v for (c, k), v in self.board.invoices.items() if c == cid}
-        mine = {i["key"]: i for i in state["invoices"] if i["status"] != "draft"}
-        for key, inv in ledger.items():
-            seen = mine.get(key)
-            if seen is None:
-                out.append(f"{cid}: {key} is in the ledger, not in the contract's state")
-            elif (seen["status"], Decimal(seen["amount_paid"])) != (
-                    inv["status"], Decimal(inv["amount_paid"])):
-                out.append(f"{cid}: {key} is {seen['status']} paid {seen['amount_paid']} in "
-                           f"the contract's state, {inv['status']} paid {inv['amount_paid']} "
-                           "in the ledger")
-            if plan.auto_pay and inv["status"] == "open":
-                out.append(f"{cid}: auto-pay invoice {key} still open")
-        missing = [k for k in plan.past_usage_keys if k not in ledger]
-        if missing:
-            out.append(f"{cid}: no invoice yet for {', '.join(missing[:3])}")
-        return out
+        return contract_unsettled(plan, answer.body, ledger, self.workload.today)
+

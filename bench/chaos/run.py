@@ -23,7 +23,7 @@ from temporalio.client import Client
 from activities.db import make_engine
 from bench.chaos.checks import CheckResult, run_checks
 from bench.chaos.client import Tally
-from bench.chaos.compare import Difference, compare, snapshot
+from bench.chaos.compare import Difference, compare, compare_corrections, snapshot
 from bench.chaos.driver import Driver, RunRecord
 from bench.chaos.faults import counts, inject
 from bench.chaos.processes import NAMESPACE, Fault, Postgres, Stack, UnplannedExit
@@ -78,6 +78,10 @@ async def run_chaos(cfg: ChaosConfig, log: bool = True) -> Report:
     started = datetime.now(UTC)
     workload = build_workload(cfg.seed, cfg.contracts, started.date(),
                               grace_hours_for(cfg.grace_seconds), cfg.events_per_contract)
+    if cfg.workdir is not None and cfg.workdir.exists() and any(cfg.workdir.iterdir()):
+        # An earlier run's Temporal database keeps its search attributes (start-dev
+        # adds none to an existing file) and its PostgreSQL its rows: never reuse them.
+        raise SystemExit(f"--workdir {cfg.workdir} is not empty: give a new directory")
     root = cfg.workdir or Path(tempfile.mkdtemp(prefix="billow-chaos-"))
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)
@@ -101,7 +105,8 @@ async def run_chaos(cfg: ChaosConfig, log: bool = True) -> Report:
                     snaps.append(await snapshot(conn, workload))
             finally:
                 await engine.dispose()
-        differences = compare(snaps[0], snaps[1])
+        differences = compare(snaps[0], snaps[1]) + compare_corrections(
+            control.record.corrections, chaos.record.corrections)
         if started.date() != datetime.now(UTC).date():
             say("warning: the runs crossed midnight UTC; dates on invoices may differ for that")
         report = Report(
@@ -199,6 +204,8 @@ def summary(r: Report) -> str:
             f"(refused {t.refused}, resets {t.resets}, timeouts {t.timeouts}, "
             f"503/504 retried {t.retried_5xx}), violations {len(t.violations)}")
         lines.append("  statuses: " + ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items())))
+        lines.append("  corrections: " + (", ".join(
+            f"{k} {v}" for k, v in sorted(correction_counts(run.record).items())) or "none"))
         lines.append("  workflow tasks: " + (", ".join(
             f"{k} {v}" for k, v in sorted(run.tasks.items())) or "no timeouts, no failures"))
         lines.append("  checks: " + ", ".join(
@@ -210,6 +217,27 @@ def summary(r: Report) -> str:
         lines.append(f"FAIL ({len(r.failures)}):")
         lines += [f"  - {f}" for f in r.failures[:40]]
     return "\n".join(lines)
+
+
+def correction_counts(record: RunRecord) -> dict[str, int]:
+    """Corrections by what happened: ``<action>[/<form>] applied|refused|skipped|failed``."""
+    out: Counter[str] = Counter()
+    for c in record.corrections:
+        what = c.action
+        if c.body is not None and c.action == "credit":
+            what += "/lines" if "lines" in c.body else "/amount"
+            what += f"/{c.body.get('remainder')}"
+        if c.invalid:
+            what += f" ({c.invalid})"
+        if c.skipped is not None:
+            out[f"{what} skipped"] += 1
+        elif c.applied:
+            out[f"{what} applied"] += 1
+        elif c.invalid and c.status is not None and 400 <= c.status < 500:
+            out[f"{what} refused"] += 1
+        else:
+            out[f"{what} failed ({c.status})"] += 1
+    return dict(out)
 
 
 def _jsonable(r: Report) -> dict[str, Any]:
@@ -227,6 +255,8 @@ def _jsonable(r: Report) -> dict[str, Any]:
             "violations": [asdict(v) for v in x.tally.violations],
             "checks": {c.name: c.failures for c in x.checks},
             "workflow_tasks": x.tasks,
+            "corrections": correction_counts(x.record),
+            "corrections_sent": [asdict(c) for c in x.record.corrections],
         }
     return {"ok": r.ok, "config": r.config, "started": r.started, "machine": r.machine,
             "kinds": r.kinds, "events": r.events, "control": run(r.control),

@@ -18,7 +18,9 @@ timing (faults, how far a contract has caught up):
 * a ``change_billing_cycle`` (effective at the open period's end) is sent
   only once the contract has caught up;
 * payment amounts are fractions of the invoice total, resolved when the
-  invoice shows up in ``GET /v1/invoices``.
+  invoice shows up in ``GET /v1/invoices``;
+* corrections (void, reissue, credit notes: `correction_plan`) are sent once
+  their contract has settled, after its payments.
 
 Both runs must happen on the same UTC day (``today``): invoices are issued
 and due relative to it.
@@ -33,6 +35,12 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
+from bench.chaos.correction_plan import (
+    CorrectionPlan,
+    PaidTargets,
+    picked_indexes,
+    plan_corrections,
+)
 from models.catalog import load_catalog
 from models.contract import ContractTerms, load_contract, resolve_terms
 from models.periods import Period, add_months, billing_periods
@@ -110,6 +118,7 @@ class ContractPlan:
     amend_early: list[Send] = field(default_factory=list)  # right after the usage
     amend_late: list[Send] = field(default_factory=list)  # once caught up
     payments: list[PaymentPlan] = field(default_factory=list)
+    corrections: list[CorrectionPlan] = field(default_factory=list)  # once settled
 
     @property
     def auto_pay(self) -> bool:
@@ -144,8 +153,11 @@ def build_workload(
     seed: int, contracts: int, today: date, grace_hours: Decimal, events_per_contract: int = 30
 ) -> Workload:
     rng = random.Random(seed)
+    # Drawn from their own seeds: the rest of the workload is as it was before corrections.
+    correcting = picked_indexes(seed, contracts, KINDS)
     plans = [
-        _plan(i, KINDS[i % len(KINDS)], rng, today, grace_hours, events_per_contract)
+        _plan(i, KINDS[i % len(KINDS)], rng, today, grace_hours, events_per_contract,
+              seed if i in correcting else None)
         for i in range(contracts)
     ]
     return Workload(seed=seed, today=today, grace_hours=grace_hours, catalog=CATALOG,
@@ -358,7 +370,7 @@ def _jsonable(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def _plan(index: int, kind: str, rng: random.Random, today: date, grace_hours: Decimal,
-          events: int) -> ContractPlan:
+          events: int, corrections_seed: int | None) -> ContractPlan:
     c = _Ctx(index, kind, rng, today)
     c.doc = {"id": c.cid, "customer": {"id": f"cust-{index:04d}", "name": f"Customer {index}"},
              "usage_grace_hours": str(grace_hours)}
@@ -367,13 +379,21 @@ def _plan(index: int, kind: str, rng: random.Random, today: date, grace_hours: D
     terms, periods = _resolve(doc)
     past = [p for p in periods if p.end <= c.t0]
     past_keys = [f"usage:{p.start_date.isoformat()}" for p in past]
-    payments = [_resolve_payment(p, past_keys) for p in c.payments]
+    payments = [p for p in (_resolve_payment(p, past_keys) for p in c.payments)
+                if p is not None]
+    corrections: list[CorrectionPlan] = []
+    if corrections_seed is not None:
+        grant_keys = ([f"commitment:{doc['starts_on']}"] if "commitment" in doc else []) + [
+            p.invoice_key for p in payments if p.invoice_key.startswith("top_up:")]
+        paid = PaidTargets.of([(p.invoice_key, p.fraction, p.invalid != "overpay")
+                               for p in payments])
+        corrections = plan_corrections(corrections_seed, c.cid, past_keys, grant_keys, paid)
     return ContractPlan(
         index=index, kind=kind, contract_id=c.cid, customer_id=doc["customer"]["id"],
         document=doc, terms=terms, past_usage_keys=past_keys,
         usage_batches=_usage(c, terms, periods, events),
         amend_early=c.amend_early, amend_late=c.amend_late,
-        payments=[p for p in payments if p is not None],
+        payments=payments, corrections=corrections,
     )
 
 
