@@ -557,9 +557,10 @@ def actions(draw: st.DrawFn, contract: dict[str, Any], currency: str) -> list[di
             if correction["kind"] == "reissue" and draw(st.booleans()):
                 # A void first (a day before), so the reissue has one to rate again.
                 void = {"do": "correct", "kind": "void", "id": f"{correction['id']}v",
-                        "invoice": draw(st.sampled_from(["latest", "usage#0", "usage#1"])),
+                        "invoice": draw(st.sampled_from(["latest", "latest", "usage#0"])),
                         "reissue": False, "at": iso(datetime.fromisoformat(
                             correction["at"].replace("Z", "+00:00")) - timedelta(days=1))}
+                correction["invoice"] = "void"
                 sent_corrections.append(void)
                 out.append(void)
             sent_corrections.append(correction)
