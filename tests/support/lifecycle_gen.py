@@ -557,9 +557,10 @@ def actions(draw: st.DrawFn, contract: dict[str, Any], currency: str) -> list[di
             if correction["kind"] == "reissue" and draw(st.booleans()):
                 # A void first (a day before), so the reissue has one to rate again.
                 void = {"do": "correct", "kind": "void", "id": f"{correction['id']}v",
-                        "invoice": draw(st.sampled_from(["latest", "usage#0", "usage#1"])),
+                        "invoice": draw(st.sampled_from(["latest", "latest", "usage#0"])),
                         "reissue": False, "at": iso(datetime.fromisoformat(
                             correction["at"].replace("Z", "+00:00")) - timedelta(days=1))}
+                correction["invoice"] = "void"
                 sent_corrections.append(void)
                 out.append(void)
             sent_corrections.append(correction)
@@ -614,6 +615,9 @@ def lifecycles(draw: st.DrawFn) -> Lifecycle:
         a.get("amendment", {}).get("auto_pay") for a in timeline)
     declines = draw(st.sampled_from([0, 0, 1, 5])) if auto_pay else 0
     down = draw(st.sampled_from([0] * 6 + [2, 1000])) if auto_pay else 0  # known case 9
+    # Without a cache every workflow task replays the whole history, so a run's
+    # cost grows with the square of its periods: replay terms of a year or so.
+    replay = draw(st.integers(0, 3)) == 0 and int(contract["term_months"]) <= 13
     return Lifecycle(currency=currency, fee=fee, contract=contract, actions=tuple(timeline),
                      card_declines=declines, gateway_failures=down,
-                     replay=draw(st.integers(0, 3)) == 0, variant=draw(st.integers(0, 7)))
+                     replay=replay, variant=draw(st.integers(0, 7)))
