@@ -7,7 +7,7 @@ note as `CreditNoteView`, in issue (number) order.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import text
@@ -23,7 +23,7 @@ from models.corrections import (
     RefundView,
 )
 from models.credit_notes import Consumption, InvoiceLineState
-from models.periods import Period, local_date, local_midnight_utc
+from models.periods import Period, full_period_containing, local_date, local_midnight_utc
 from models.revenue import JournalEntry
 
 __all__ = [
@@ -211,6 +211,19 @@ async def credit_notes_of(conn: AsyncConnection, contract_id: str) -> list[Credi
             for r in await credit_note_rows(conn, contract_id=contract_id)]
 
 
+def _full_period(terms: ContractTerms, start: date, end: date) -> tuple[date, date]:
+    """The full cycle period an invoiced span belongs to, as the close prorated it
+    (a first calendar period, or one shortened by a termination or the term end).
+
+    Spans from before a mid-term cycle change lie on a grid the final terms no
+    longer describe: they are taken as they are (their own full period)."""
+    if start < terms.cycle_anchor:
+        return start, end
+    full = full_period_containing(terms.cycle_anchor, terms.billing_cycle, terms.billing_anchor,
+                                  start, terms.starts_on.day)
+    return full if full[0] <= start and end <= full[1] else (start, end)
+
+
 async def ledger_request(
     conn: AsyncConnection, contract_id: str, correction: Correction, now: datetime
 ) -> CorrectionRequest:
@@ -232,8 +245,9 @@ async def ledger_request(
         Period(start=local_midnight_utc(s.period_start, terms.timezone),
                end=local_midnight_utc(s.period_end, terms.timezone),
                start_date=s.period_start, end_date=s.period_end,
-               full_start_date=s.period_start, full_end_date=s.period_end)
+               full_start_date=full[0], full_end_date=full[1])
         for s in spans
+        for full in [_full_period(terms, s.period_start, s.period_end)]
     ]
     return CorrectionRequest(
         contract_id=contract_id, correction=correction, at=now,

@@ -58,6 +58,16 @@ REGRESSIONS: dict[str, Lifecycle] = {
                   "amount": "0.001", "payment_id": "p0", "via": "update"},
                  {"at": "2027-04-03T00:00:00Z", "do": "correct", "kind": "credit", "id": "k0",
                   "invoice": "latest", "reason": "goodwill", "amount": "all"})),
+    # F12 (issue 14): a period shortened by a termination, voided and reissued after the
+    # workflow completed (the ledger takes it): its minimum's true-up came back unprorated.
+    "ledger reissue of a terminated period": Lifecycle(
+        currency="USD", fee=None,
+        contract=_contract(term_months=12,
+                           minimum_commitment={"amount": "3100.00", "per": "billing_period"}),
+        actions=(_amend("2027-03-05T00:00:00Z", id="a0", kind="terminate",
+                        effective="2027-03-11T00:00:00Z"),
+                 {"at": "2027-06-15T00:00:00Z", "do": "correct", "kind": "void", "id": "k0",
+                  "invoice": "latest", "reissue": True})),
     # F10: a priced contract grant and a top-up on its day: the grant was never invoiced.
     "contract grant and top-up on one day": Lifecycle(
         currency="USD", fee="500.00",

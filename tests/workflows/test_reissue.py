@@ -127,3 +127,47 @@ async def test_a_reissue_keeps_the_spend_limit_and_true_up_lines_of_its_period(
     assert kinds(again) == kinds(jan)
     assert again["total"] == jan["total"]
     assert problems == []
+
+
+async def test_a_reissue_through_the_ledger_keeps_a_partial_periods_proration(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    """Found by the corrections fuzz (issue 14). After the workflow has completed a
+    void with reissue goes straight to the ledger (as the API sends it). The reissue of
+    a period shortened by a termination must prorate its minimum as the close did:
+    the ledger's request gave the period itself as its full period, so the minimum
+    commitment's true-up came back unprorated."""
+    from datetime import UTC, datetime
+
+    from temporalio.api.enums.v1 import EventType
+
+    from activities.correction_store import ledger_request
+    from activities.corrections import apply_correction
+    from activities.ledger_store import lock_contract
+    from models.corrections import CorrectVoid
+
+    doc = contract_doc(term_months=12,
+                       minimum_commitment={"amount": "3100.00", "per": "billing_period"})
+    async with ContractRun(ts_env, db, doc) as run:
+        await run.amend({"id": "stop", "kind": "terminate", "effective": "2027-01-11T00:00:00Z"})
+        await run.advance_to(at("2027-04-01"))
+        assert run.handle is not None
+        last = (await run.handle.fetch_history()).events[-1].event_type
+        assert last == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED
+        jan = await run.invoice("usage:2027-01-01")
+        void = CorrectVoid(id="void-jan", invoice="usage:2027-01-01", reissue=True)
+        async with db.begin() as conn:
+            await lock_contract(conn, "c-1")
+            request = await ledger_request(conn, "c-1", void,
+                                           datetime(2027, 4, 1, 9, tzinfo=UTC))
+            outcome = await apply_correction(conn, request)
+        again = await run.invoice("usage:2027-01-01/2")
+        problems = await ledger_problems(db, "c-1")
+    # 10 of January's 31 days: the minimum 3100.00 prorates to 1000.00, as on the close.
+    assert [(ln["kind"], ln["amount"]) for ln in jan["lines"] if ln["kind"] == "true_up"] == [
+        ("true_up", "1000.00")]
+    assert outcome.result.reissued is not None
+    assert [(ln["kind"], ln["amount"]) for ln in again["lines"]] == [
+        (ln["kind"], ln["amount"]) for ln in jan["lines"]]
+    assert (again["total"], again["period"]) == (jan["total"], jan["period"])
+    assert problems == []
