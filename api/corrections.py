@@ -23,10 +23,8 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.api_keys import Scope
-from activities.correction_store import credit_note_rows, credit_note_view, ledger_request
-from activities.corrections import apply_correction
-from activities.ledger_store import lock_contract
-from activities.payments import record_refund
+from activities.correction_store import credit_note_rows, credit_note_view
+from activities.ledger_correction import correct_in_ledger
 from api.correction_schemas import CorrectionOut, CreditIn, CreditNoteList, ReissueIn, VoidIn
 from api.deps import AppDeps, get_deps
 from api.documents import (
@@ -128,21 +126,11 @@ async def _correct(deps: AppDeps, number: str,
 async def _in_ledger(deps: AppDeps, contract_id: str,
                      correction: CorrectVoid | CorrectReissue | CorrectCredit
                      ) -> CorrectionResult:
-    """After the workflow completed: the same transaction function, then any refund
-    recorded as a manual one (no worker holds the contract's gateway any more)."""
-    async with deps.engine.begin() as conn:
-        await lock_contract(conn, contract_id)
-        request = await ledger_request(conn, contract_id, correction, datetime.now(UTC))
-        try:
-            outcome = await apply_correction(conn, request)
-        except ApplicationError as exc:
-            raise _problem(exc) from exc
-        result = outcome.result
-        if outcome.refund is not None and result.credit_note is not None:
-            refund = await record_refund(conn, outcome.refund, method="manual", reference=None)
-            note = result.credit_note.model_copy(update={"refund": refund})
-            result = result.model_copy(update={"credit_note": note})
-    return result
+    """After the workflow completed: straight to the ledger, with the same rules."""
+    try:
+        return await correct_in_ledger(deps.engine, contract_id, correction, datetime.now(UTC))
+    except ApplicationError as exc:
+        raise _problem(exc) from exc
 
 
 def _out(result: CorrectionResult, contract_id: str, via: str) -> CorrectionOut:

@@ -13,13 +13,13 @@ first send of that content resolved to, so it is a true duplicate; the same
 id with other content resolves afresh (a conflict, unless it happens to
 resolve to the very same correction).
 
-Delivery is `api.corrections`' (``_correct`` and ``_in_ledger``): while the
-workflow runs, the ``correct`` update with the API's update id
+Delivery is `api.corrections`' (``_correct``, then
+`activities.ledger_correction`): while the workflow runs, the ``correct``
+update with the API's update id
 (`models.corrections.correct_update_id`); if the workflow has completed (or
 completes while the update is on its way: ``NOT_FOUND``), straight to the
-ledger through the same functions the API calls (`lock_contract`,
-`ledger_request`, `apply_correction`, then `record_refund` as a manual
-refund), at the server's current time (the API's clock).
+ledger through the function the API calls (`correct_in_ledger`), at the test
+server's current time (the API's clock would fall before the term).
 """
 
 from __future__ import annotations
@@ -37,10 +37,7 @@ from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.correction_store import ledger_request
-from activities.corrections import apply_correction
-from activities.ledger_store import lock_contract
-from activities.payments import record_refund
+from activities.ledger_correction import correct_in_ledger
 from api.workflow_calls import reasons_from_message
 from models.corrections import Correction, CorrectionResult, correct_update_id
 from models.money import minor_units
@@ -110,7 +107,7 @@ async def send_correction(engine: AsyncEngine, handle: WorkflowHandle[Any, Any],
             return Answer(i, at, do, "error", message=f"{type(exc).__name__}: {exc}"[:500],
                           sent=sent)
     try:
-        result = await _in_ledger(engine, cid, correction, now)
+        result = await correct_in_ledger(engine, cid, correction, now)
     except ApplicationError as exc:
         return Answer(i, at, do, "refused", problems=update_problems(exc, exc.message),
                       message=exc.message, sent=sent)
@@ -119,22 +116,6 @@ async def send_correction(engine: AsyncEngine, handle: WorkflowHandle[Any, Any],
                       sent=sent)
     return Answer(i, at, do, "ok", sent=sent,
                   result=result.model_dump(mode="json") | {"recorded_via": "ledger"})
-
-
-async def _in_ledger(engine: AsyncEngine, cid: str, correction: Correction,
-                     now: datetime) -> CorrectionResult:
-    """`api.corrections._in_ledger` at the server's time: one transaction, rolled
-    back by a refusal; a refund is recorded as a manual one."""
-    async with engine.begin() as conn:
-        await lock_contract(conn, cid)
-        request = await ledger_request(conn, cid, correction, now)
-        outcome = await apply_correction(conn, request)
-        result = outcome.result
-        if outcome.refund is not None and result.credit_note is not None:
-            refund = await record_refund(conn, outcome.refund, method="manual", reference=None)
-            note = result.credit_note.model_copy(update={"refund": refund})
-            result = result.model_copy(update={"credit_note": note})
-    return result
 
 
 # --- resolving the symbolic names ---------------------------------------------------------
