@@ -7,7 +7,7 @@ note as `CreditNoteView`, in issue (number) order.
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
@@ -23,7 +23,7 @@ from models.corrections import (
     RefundView,
 )
 from models.credit_notes import Consumption, InvoiceLineState
-from models.periods import Period, full_period_containing, local_date, local_midnight_utc
+from models.periods import local_date
 from models.revenue import JournalEntry
 
 __all__ = [
@@ -211,19 +211,6 @@ async def credit_notes_of(conn: AsyncConnection, contract_id: str) -> list[Credi
             for r in await credit_note_rows(conn, contract_id=contract_id)]
 
 
-def _full_period(terms: ContractTerms, start: date, end: date) -> tuple[date, date]:
-    """The full cycle period an invoiced span belongs to, as the close prorated it
-    (a first calendar period, or one shortened by a termination or the term end).
-
-    Spans from before a mid-term cycle change lie on a grid the final terms no
-    longer describe: they are taken as they are (their own full period)."""
-    if start < terms.cycle_anchor:
-        return start, end
-    full = full_period_containing(terms.cycle_anchor, terms.billing_cycle, terms.billing_anchor,
-                                  start, terms.starts_on.day)
-    return full if full[0] <= start and end <= full[1] else (start, end)
-
-
 async def ledger_request(
     conn: AsyncConnection, contract_id: str, correction: Correction, now: datetime
 ) -> CorrectionRequest:
@@ -234,23 +221,8 @@ async def ledger_request(
             text("SELECT status, terms FROM contracts WHERE id = :id"), {"id": contract_id})
     ).one()
     terms = ContractTerms.model_validate(row.terms)
-    spans = (
-        await conn.execute(
-            text("SELECT DISTINCT period_start, period_end FROM invoices WHERE contract_id = :c "
-                 "AND kind = 'usage' AND number IS NOT NULL ORDER BY period_start"),
-            {"c": contract_id},
-        )
-    ).all()
-    periods = [
-        Period(start=local_midnight_utc(s.period_start, terms.timezone),
-               end=local_midnight_utc(s.period_end, terms.timezone),
-               start_date=s.period_start, end_date=s.period_end,
-               full_start_date=full[0], full_end_date=full[1])
-        for s in spans
-        for full in [_full_period(terms, s.period_start, s.period_end)]
-    ]
     return CorrectionRequest(
         contract_id=contract_id, correction=correction, at=now,
-        on=local_date(now, terms.timezone), terms=terms, invoiced_periods=periods,
+        on=local_date(now, terms.timezone), terms=terms, invoiced_periods=None,
         term_closed=row.status in ("ended", "terminated"),
     )

@@ -41,14 +41,21 @@ async def open_draft(conn: AsyncConnection, terms: ContractTerms, period: Period
         text(
             """
             INSERT INTO invoices (contract_id, key, kind, status, currency, period_start,
-                period_end, subtotal, credits_applied, total, amount_paid)
-            VALUES (:cid, :key, 'usage', 'draft', :cur, :ps, :pe, 0, 0, 0, 0)
+                period_end, full_period_start, full_period_end, subtotal, credits_applied,
+                total, amount_paid)
+            VALUES (:cid, :key, 'usage', 'draft', :cur, :ps, :pe, :fps, :fpe, 0, 0, 0, 0)
             ON CONFLICT (contract_id, key) DO NOTHING
             """
         ),
         {"cid": terms.contract_id, "key": invoice_key_usage(period.start_date),
-         "cur": terms.currency, "ps": period.start_date, "pe": period.end_date},
+         "cur": terms.currency, **_span(period)},
     )
+
+
+def _span(period: Period) -> dict[str, date]:
+    """The invoice columns of a period: the span billed and its full cycle period."""
+    return {"ps": period.start_date, "pe": period.end_date,
+            "fps": period.full_start_date, "fpe": period.full_end_date}
 
 
 async def hold_invoice(
@@ -60,23 +67,20 @@ async def hold_invoice(
             text(
                 """
                 INSERT INTO invoices (contract_id, key, kind, status, currency, period_start,
-                    period_end, subtotal, credits_applied, total, amount_paid, attention_reason)
-                VALUES (:cid, :key, 'usage', 'needs_attention', :cur, :ps, :pe, 0, 0, 0, 0, :why)
+                    period_end, full_period_start, full_period_end, subtotal, credits_applied,
+                    total, amount_paid, attention_reason)
+                VALUES (:cid, :key, 'usage', 'needs_attention', :cur, :ps, :pe, :fps, :fpe,
+                    0, 0, 0, 0, :why)
                 ON CONFLICT (contract_id, key) DO UPDATE
                     SET attention_reason = EXCLUDED.attention_reason, status = EXCLUDED.status,
-                        period_end = EXCLUDED.period_end
+                        period_end = EXCLUDED.period_end,
+                        full_period_start = EXCLUDED.full_period_start,
+                        full_period_end = EXCLUDED.full_period_end
                 WHERE invoices.number IS NULL
                 RETURNING *
                 """
             ),
-            {
-                "cid": cid,
-                "key": key,
-                "cur": terms.currency,
-                "ps": period.start_date,
-                "pe": period.end_date,
-                "why": reason,
-            },
+            {"cid": cid, "key": key, "cur": terms.currency, "why": reason, **_span(period)},
         )
     ).one()
     return issued_from_row(row)
@@ -90,12 +94,14 @@ async def store_finalized(
     due_on: date,
     *,
     watermark: int | None = None,
+    full_period: tuple[date, date] | None = None,
 ) -> int:
     """Insert (or finalize a held or draft) invoice with its lines, without a number yet.
 
     Returns its id; the caller numbers it with `next_invoice_number` as the
     last statement of the same transaction, so nothing outside sees it
     unnumbered and the series lock is not held while the close does its work.
+    ``full_period``: a usage invoice's full cycle period (see migration 0010).
     """
     status = "paid" if doc.total == 0 else "open"
     row = (
@@ -103,14 +109,17 @@ async def store_finalized(
             text(
                 """
                 INSERT INTO invoices (contract_id, key, number, kind, status, currency,
-                    period_start, period_end, issued_on, due_on, subtotal, credits_applied,
-                    total, amount_paid, paid_on, usage_watermark, finalized_at)
-                VALUES (:cid, :key, NULL, :kind, :status, :cur, :ps, :pe, :issued, :due,
-                    :sub, :cred, :total, 0, :paid_on, :wm, now())
+                    period_start, period_end, full_period_start, full_period_end, issued_on,
+                    due_on, subtotal, credits_applied, total, amount_paid, paid_on,
+                    usage_watermark, finalized_at)
+                VALUES (:cid, :key, NULL, :kind, :status, :cur, :ps, :pe, :fps, :fpe, :issued,
+                    :due, :sub, :cred, :total, 0, :paid_on, :wm, now())
                 ON CONFLICT (contract_id, key) DO UPDATE SET
                     status = EXCLUDED.status,
                     -- a draft opened before a termination shortened its period
                     period_start = EXCLUDED.period_start, period_end = EXCLUDED.period_end,
+                    full_period_start = EXCLUDED.full_period_start,
+                    full_period_end = EXCLUDED.full_period_end,
                     issued_on = EXCLUDED.issued_on, due_on = EXCLUDED.due_on,
                     subtotal = EXCLUDED.subtotal, credits_applied = EXCLUDED.credits_applied,
                     total = EXCLUDED.total, paid_on = EXCLUDED.paid_on,
@@ -128,6 +137,8 @@ async def store_finalized(
                 "cur": doc.currency,
                 "ps": doc.period.start,
                 "pe": doc.period.end,
+                "fps": full_period[0] if full_period else None,
+                "fpe": full_period[1] if full_period else None,
                 "issued": issued_on,
                 "due": due_on,
                 "sub": doc.subtotal,

@@ -264,7 +264,8 @@ class LedgerActivities:
             assert computed.document is not None and computed.application is not None
             doc, application, state = computed.document, computed.application, computed.state
             invoice_id = await store_finalized(
-                conn, cid, doc, req.issued_on, req.due_on, watermark=computed.watermark
+                conn, cid, doc, req.issued_on, req.due_on, watermark=computed.watermark,
+                full_period=(period.full_start_date, period.full_end_date),
             )
             for part in application.per_grant:
                 await insert_ledger_entry(
@@ -303,7 +304,7 @@ class LedgerActivities:
                 from activities.auto_credit import credit_falls
 
                 corrected = await credit_falls(conn, req, key, computed.falls,
-                                               list(req.earlier_periods))
+                                               list(computed.earlier))
                 state = await load_credit_state(conn, cid)
             await credits_low(conn, terms, computed.credits_before, state, key)
             events = await finalized_events(conn, cid, key)

@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from temporalio.exceptions import ApplicationError
 
 from activities.invoice_store import store_finalized
+from activities.invoiced_periods import invoiced_periods, period_of_row
 from activities.ledger_store import (
     insert_ledger_entry,
     load_credit_state,
@@ -86,21 +87,22 @@ async def reissue_terms(conn: AsyncConnection, cid: str, terms: ContractTerms) -
     return rebuilt
 
 
-def _period(req: CorrectionRequest, voided: Any) -> tuple[Period, list[Period]]:
-    """The voided invoice's period and the invoiced periods before it."""
+async def _period(conn: AsyncConnection, req: CorrectionRequest,
+                  voided: Any) -> tuple[Period, list[Period]]:
+    """The voided invoice's period, as its close billed it, and the invoiced
+    periods before it."""
     t = req.terms
-    known = {p.start_date: p for p in req.invoiced_periods}
-    period = known.get(voided.period_start) or Period(
-        start=local_midnight_utc(voided.period_start, t.timezone),
-        end=local_midnight_utc(voided.period_end, t.timezone),
-        start_date=voided.period_start, end_date=voided.period_end,
-        full_start_date=voided.period_start, full_end_date=voided.period_end,
-    )
+    if req.invoiced_periods is None:
+        invoiced = (await invoiced_periods(conn, t)).periods
+    else:  # sent by a workflow from before migration 0010
+        invoiced = list(req.invoiced_periods)
+    known = {p.start_date: p for p in invoiced}
+    period = known.get(voided.period_start) or period_of_row(t, voided)
     if period.end_date != voided.period_end:  # shortened by a termination after it
         period = period.model_copy(update={
             "end": local_midnight_utc(voided.period_end, t.timezone),
             "end_date": voided.period_end})
-    earlier = [p for p in req.invoiced_periods if p.end_date <= period.start_date]
+    earlier = [p for p in invoiced if p.end_date <= period.start_date]
     return period, earlier
 
 
@@ -126,7 +128,7 @@ async def reissue_invoice(conn: AsyncConnection, req: CorrectionRequest,
     )
     key = reissue_key(voided.key, int(existing or 0))
     terms = await reissue_terms(conn, cid, req.terms)
-    period, earlier = _period(req, voided)
+    period, earlier = await _period(conn, req, voided)
     raw = await raw_connection(conn)
     watermark = int(voided.usage_watermark)
     previous = await conn.scalar(
@@ -162,7 +164,8 @@ async def reissue_invoice(conn: AsyncConnection, req: CorrectionRequest,
     )
     invoice_id = await store_finalized(conn, cid, doc, req.on,
                                        due_on(req.on, terms.payment_terms_days),
-                                       watermark=watermark)
+                                       watermark=watermark,
+                                       full_period=(period.full_start_date, period.full_end_date))
     await conn.execute(text("UPDATE invoices SET reissue_of = :of WHERE id = :id"),
                        {"of": voided.key, "id": invoice_id})
     for part in application.per_grant:

@@ -218,6 +218,9 @@ class Invoice(SQLModel, table=True):
     currency: str
     period_start: date
     period_end: date
+    # A usage invoice's full billing-cycle period (migration 0010): NULL before it.
+    full_period_start: date | None = None
+    full_period_end: date | None = None
     issued_on: date | None = None
     due_on: date | None = None
     subtotal: Decimal = _numeric()

@@ -16,9 +16,9 @@ from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from activities.invoiced_periods import backfill, invoiced_periods
 from activities.late_usage import LateFall, billed_groups, late_rows, non_additive_late_rows
 from activities.ledger_store import (
     load_credit_state,
@@ -73,26 +73,32 @@ class ComputedInvoice:
     commitment: CommitmentProgress | None = None
     # Groups of earlier periods whose non-additive figure fell (credited at close).
     falls: tuple[LateFall, ...] = ()
+    # The term's periods invoiced before this one (``falls`` index into them).
+    earlier: tuple[Period, ...] = ()
 
 
 async def compute_usage_invoice(
     conn: AsyncConnection, terms: ContractTerms, period: Period,
-    earlier_periods: Sequence[Period], issued_on: date | None, *, is_final: bool = False,
+    earlier_periods: Sequence[Period] | None, issued_on: date | None, *,
+    is_final: bool = False,
 ) -> ComputedInvoice:
     """Rate the period (and late usage), apply spend limits, price fees, apply
     credits, true up a minimum commitment (``is_final``: the term's last
     invoice): pure math on what the database holds now. Finalizing stores it;
-    a draft preview shows it."""
+    a draft preview shows it.
+
+    ``earlier_periods``: None reads them from the ledger (`invoiced_periods`);
+    a workflow started before migration 0010 still sends them, and they are
+    written to the ledger then (`backfill`)."""
     cid = terms.contract_id
     raw = await raw_connection(conn)
     watermark = await read_watermark(raw)
-    previous = await conn.scalar(
-        text(
-            "SELECT max(usage_watermark) FROM invoices "
-            "WHERE contract_id = :cid AND kind = 'usage' AND number IS NOT NULL"
-        ),
-        {"cid": cid},
-    )
+    invoiced = await invoiced_periods(conn, terms)
+    previous = invoiced.watermark
+    if earlier_periods is None:
+        earlier_periods = [p for p in invoiced.periods if p.start_date < period.start_date]
+    else:
+        await backfill(conn, cid, earlier_periods)
     rating = rate_period(terms, period, await usage_parts(raw, terms, period, watermark))
     falls: list[LateFall] = []
     late_lines, late_unpriced = await late_usage_lines(
@@ -128,7 +134,7 @@ async def compute_usage_invoice(
         status=InvoiceStatus.DRAFT,
     )
     return ComputedInvoice(doc, None, watermark, credits_before, state, application,
-                           bool(expired), progress, tuple(falls))
+                           bool(expired), progress, tuple(falls), tuple(earlier_periods))
 
 
 async def raw_connection(conn: AsyncConnection) -> Any:

@@ -459,7 +459,8 @@ async def _draft(contract_id: str, deps: AppDeps) -> DraftInvoice:
         raise not_found("Draft", "the open period is not on the current schedule",
                         "path.contract_id")
     async with deps.engine.connect() as conn:
-        computed = await compute_usage_invoice(conn, t, periods[index], periods[:index], None,
+        # The earlier periods as the ledger's invoices billed them (None).
+        computed = await compute_usage_invoice(conn, t, periods[index], None, None,
                                                is_final=index == len(periods) - 1)
         if computed.document is None:
             raise ProblemError(409, "needs-attention", "The draft cannot be priced",

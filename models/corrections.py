@@ -216,7 +216,9 @@ class CorrectionRequest(BaseModel):
     on: date  # its local date: a note's issue date, a reissue's issue date
     terms: ContractTerms
     # The contract's invoiced periods (a reissue rates one of them again).
-    invoiced_periods: list[Period] = Field(default_factory=list)
+    # None: the ledger's invoices give them (activities/invoiced_periods.py);
+    # workflows from before that send them.
+    invoiced_periods: list[Period] | None = None
     term_closed: bool = False
 
 

@@ -178,8 +178,9 @@ class ClosePeriodRequest(BaseModel):
     terms: ContractTerms
     period: Period
     # Earlier periods of the term, for late events (rated and labelled with
-    # the period they belong to).
-    earlier_periods: list[Period]
+    # the period they belong to). None: the ledger's invoices give them
+    # (activities/invoiced_periods.py); workflows from before that send them.
+    earlier_periods: list[Period] | None = None
     issued_on: date
     due_on: date
     is_final: bool

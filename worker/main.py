@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError
-from temporalio.worker import Worker
+from temporalio.worker import Interceptor, Worker
 
 from activities.corrections import CorrectionActivities
 from activities.db import make_engine
@@ -85,12 +85,14 @@ def build_worker(
     gateway: PaymentGateway | None = None,
     graceful_shutdown: timedelta = timedelta(seconds=30),
     tuning: WorkerTuning | None = None,
+    interceptors: Sequence[Interceptor] = (),
 ) -> Worker:
     return Worker(
         client,
         task_queue=task_queue,
         workflows=WORKFLOWS,
         activities=activities_for(engine, gateway or ManualGateway()),
+        interceptors=interceptors,
         # In-flight activities get this long to finish on shutdown (then they
         # are cancelled; Temporal retries them elsewhere, they are idempotent).
         graceful_shutdown_timeout=graceful_shutdown,

@@ -30,6 +30,7 @@ from workflows.contract_state import (
 )
 from workflows.contract_steps import (
     LONG,
+    PERIODS_FROM_LEDGER,
 )
 from workflows.corrections import (
     learn_credited,
@@ -126,12 +127,16 @@ class TermSteps(AmendmentSteps):
         st = self.state
         t = st.terms
         issued_on = st.local_date(workflow.now())
+        from_ledger = self._periods_from_ledger()
         result = await self._step(
             ActivityName.CLOSE_PERIOD,
             ClosePeriodRequest(
                 terms=t,
                 period=period,
-                earlier_periods=list(st.invoiced_periods),
+                # Once the ledger has the earlier periods, none are sent
+                # (issue 13); the first close after an upgrade sends them
+                # once, and the ledger stores what its invoices lacked.
+                earlier_periods=None if from_ledger else list(st.invoiced_periods),
                 issued_on=issued_on,
                 due_on=due_on(issued_on, t.payment_terms_days),
                 is_final=len(st.periods) == 1,
@@ -158,7 +163,11 @@ class TermSteps(AmendmentSteps):
         if self._resolved():
             await self._save_contract()
         st.periods = st.periods[1:]
-        st.invoiced_periods.append(period)
+        if workflow.patched(PERIODS_FROM_LEDGER):
+            st.invoiced_periods = [period]  # the ledger has the others
+            st.periods_in_ledger = True
+        else:
+            st.invoiced_periods.append(period)
         st.commitment = result.commitment  # None: no minimum for this period
         st.limit_lines = list(result.limit_lines)
         st.limit_lines_invoice = result.invoice.key if result.limit_lines else None

@@ -97,11 +97,14 @@ def check_correction(state: ContractState, correction: AnyCorrection) -> None:
 
 
 def correction_request(state: ContractState, correction: AnyCorrection,
-                       now: datetime) -> CorrectionRequest:
+                       now: datetime, *, periods_from_ledger: bool) -> CorrectionRequest:
+    """``periods_from_ledger``: the ledger's invoices hold the invoiced periods,
+    so the request leaves them out (issue 13)."""
     t = state.terms
+    periods = None if periods_from_ledger else list(state.invoiced_periods)
     return CorrectionRequest(
         contract_id=t.contract_id, correction=correction, at=now, on=state.local_date(now),
-        terms=t, invoiced_periods=list(state.invoiced_periods), term_closed=state.term_closed,
+        terms=t, invoiced_periods=periods, term_closed=state.term_closed,
     )
 
 

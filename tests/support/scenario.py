@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
+from temporalio.worker import Interceptor, Worker
 
 from activities.catalog_store import apply_catalog
 from activities.payments import PaymentGateway, SimulatedCardGateway
@@ -118,8 +118,10 @@ class ContractRun:
         contract: dict[str, Any],
         catalog: dict[str, Any] | None = None,
         gateway: PaymentGateway | None = None,
+        interceptors: Sequence[Interceptor] = (),
     ) -> None:
         self.env = env
+        self.interceptors = interceptors  # the worker's (tests that watch requests)
         self.engine = engine
         self.contract: Contract = load_contract(contract)
         self.catalog: Catalog = load_catalog(catalog or PRO_CATALOG)
@@ -145,7 +147,8 @@ class ContractRun:
         await self.stop_worker()
 
     async def start_worker(self) -> None:
-        self._worker = build_worker(self.env.client, self.engine, TASK_QUEUE, self.gateway)
+        self._worker = build_worker(self.env.client, self.engine, TASK_QUEUE, self.gateway,
+                                    interceptors=self.interceptors)
         await self._worker.__aenter__()
 
     async def stop_worker(self) -> None:
