@@ -131,15 +131,27 @@ async def post_journal(
     booked_on: date,
     invoice_key: str | None = None,
 ) -> None:
-    """Post balanced entries; an entry whose key exists is skipped (idempotent)."""
+    """Post balanced entries; an entry whose key exists is skipped (idempotent).
+
+    One statement per entry: the entry and its lines together (a line is
+    written only if its entry was), so a close posts in as many round trips
+    as it has entries (issue 13)."""
     for entry in entries:
-        entry_id = await conn.scalar(
+        await conn.execute(
             text(
                 """
-                INSERT INTO journal_entries
-                    (entry_key, contract_id, kind, invoice_key, grant_id, booked_on)
-                VALUES (:key, :cid, :kind, :inv, :gid, :on)
-                ON CONFLICT (entry_key) DO NOTHING RETURNING id
+                WITH entry AS (
+                    INSERT INTO journal_entries
+                        (entry_key, contract_id, kind, invoice_key, grant_id, booked_on)
+                    VALUES (:key, :cid, :kind, :inv, :gid, :on)
+                    ON CONFLICT (entry_key) DO NOTHING RETURNING id
+                )
+                INSERT INTO journal_lines (entry_id, position, account, debit, credit, grant_id)
+                SELECT entry.id, l.pos, l.account, l.debit, l.credit, l.gid
+                FROM entry, unnest(CAST(:positions AS int[]), CAST(:accounts AS text[]),
+                                   CAST(:debits AS numeric[]), CAST(:credits AS numeric[]),
+                                   CAST(:grants AS text[]))
+                    AS l(pos, account, debit, credit, gid)
                 """
             ),
             {
@@ -149,26 +161,12 @@ async def post_journal(
                 "inv": invoice_key,
                 "gid": entry.grant_id,
                 "on": booked_on,
+                "positions": list(range(len(entry.lines))),
+                "accounts": [ln.account.value for ln in entry.lines],
+                "debits": [ln.debit for ln in entry.lines],
+                "credits": [ln.credit for ln in entry.lines],
+                "grants": [ln.grant_id for ln in entry.lines],
             },
-        )
-        if entry_id is None:
-            continue
-        await conn.execute(
-            text(
-                "INSERT INTO journal_lines (entry_id, position, account, debit, credit, grant_id) "
-                "VALUES (:eid, :pos, :account, :debit, :credit, :gid)"
-            ),
-            [
-                {
-                    "eid": entry_id,
-                    "pos": i,
-                    "account": ln.account.value,
-                    "debit": ln.debit,
-                    "credit": ln.credit,
-                    "gid": ln.grant_id,
-                }
-                for i, ln in enumerate(entry.lines)
-            ],
         )
 
 
