@@ -218,6 +218,14 @@ def _temporal(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _search_attributes(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [TEMPORAL, "operator", "search-attribute", *args,
+         "--address", f"127.0.0.1:{stack.temporal_port}"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+
+
 @contextmanager
 def _stack(tmp_path: Path) -> Iterator[Stack]:
     stack = Stack(tmp_path / "data", _free_ports(3))
@@ -239,6 +247,10 @@ def test_up_stops_cleanly_and_restarts_on_the_same_data(tmp_path: Path) -> None:
                               "INSERT INTO devstack_marker VALUES ('first run')")  # fmt: skip
         created = _temporal(stack, "create", "--namespace", "devstack-marker")
         assert created.returncode == 0, created.stderr
+        # As a data directory from a release before this attribute existed:
+        # the next `billow up` must add it, or the worker refuses to start.
+        removed = _search_attributes(stack, "remove", "--name", "CommitmentShortfall", "--yes")
+        assert removed.returncode == 0, removed.stderr
         sqlite = stack.data_dir / "temporal.sqlite"
         inode = sqlite.stat().st_ino
         running = stack.descendants()
@@ -257,6 +269,8 @@ def test_up_stops_cleanly_and_restarts_on_the_same_data(tmp_path: Path) -> None:
         assert _psql(stack.data_dir, "SELECT note FROM devstack_marker") == "first run"
         described = _temporal(stack, "describe", "--namespace", "devstack-marker")
         assert described.returncode == 0, described.stderr
+        listed = _search_attributes(stack, "list", "--output", "json")
+        assert '"CommitmentShortfall": "INDEXED_VALUE_TYPE_DOUBLE"' in listed.stdout
         assert sqlite.stat().st_ino == inode
 
         # A child dying takes the stack down with a message naming it.

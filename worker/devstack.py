@@ -383,6 +383,7 @@ class Stack:
             self._step(f"using PostgreSQL at {_redact(self.database_url)}")
         if temporal is not None:
             self._wait_temporal(temporal)
+            self._register_search_attributes()
         else:
             self._step(f"using Temporal at {self.temporal_address}")
         self._migrate()
@@ -463,6 +464,32 @@ class Stack:
                     )
                 time.sleep(POLL_INTERVAL_S)
         self._step(f"Temporal is ready (namespace {s.temporal_namespace})")
+
+    def _register_search_attributes(self) -> None:
+        """Add billow's search attributes to a data directory's Temporal.
+
+        ``start-dev --search-attribute`` registers them only when it creates
+        the database: a data directory from a release before an attribute
+        existed would otherwise keep the worker from starting (it refuses a
+        namespace without them, worker/namespace_check.py). Creating one that
+        exists with the same type is a no-op; a conflicting type is left to
+        the worker's check, which names it and the command that fixes it.
+        """
+        from workflows.search_attributes import cli_create_flags
+
+        binary = temporal_binary()
+        assert binary is not None  # checked in preflight
+        s = self.settings
+        assert self.temporal_address is not None  # set when Temporal was started
+        done = subprocess.run(
+            [binary, "operator", "search-attribute", "create",
+             "--address", self.temporal_address, "--namespace", s.temporal_namespace,
+             *cli_create_flags()],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            self._warn("could not register billow's search attributes: "
+                       + (done.stderr.strip() or done.stdout.strip()))
 
     def _migrate(self) -> None:
         self._step("applying database migrations")

@@ -47,10 +47,22 @@ _CLI_TYPE_NAMES = {
 }
 
 
+def _cli_type(key: SearchAttributeKey[Any]) -> str:
+    return _CLI_TYPE_NAMES[key.indexed_value_type.name.removeprefix("INDEXED_VALUE_TYPE_")]
+
+
 def cli_flags() -> list[str]:
     """``--search-attribute Name=Type`` arguments for ``temporal server start-dev``."""
     flags: list[str] = []
     for key in ALL:
-        type_name = _CLI_TYPE_NAMES[key.indexed_value_type.name.removeprefix("INDEXED_VALUE_TYPE_")]
-        flags += ["--search-attribute", f"{key.name}={type_name}"]
+        flags += ["--search-attribute", f"{key.name}={_cli_type(key)}"]
+    return flags
+
+
+def cli_create_flags() -> list[str]:
+    """``--name N --type T`` pairs for ``temporal operator search-attribute create``
+    (idempotent for an attribute registered with the same type)."""
+    flags: list[str] = []
+    for key in ALL:
+        flags += ["--name", key.name, "--type", _cli_type(key)]
     return flags
