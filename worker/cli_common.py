@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+import uuid
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -100,6 +102,12 @@ UNREACHABLE_HINT = ("is the API running? Start the whole stack with `billow up` 
                     "shell in the same directory finds it), or set BILLOW_API_URL")
 
 
+# A call whose outcome is unknown is tried again after these pauses (seconds).
+RETRY_DELAYS_S = (0.5, 1.0, 2.0)
+_MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_UNKNOWN_OUTCOME = frozenset({502, 503, 504})
+
+
 class Api:
     def __init__(self, settings: Settings) -> None:
         self.base_url = api_base_url(settings)
@@ -116,12 +124,30 @@ class Api:
 
     def call(self, method: str, path: str, *, body: Any = None,
              params: dict[str, Any] | None = None) -> Any:
+        """One API call, retried while its outcome is unknown.
+
+        A request that changes something carries an ``Idempotency-Key`` of its
+        own, and every retry sends the same key: a retry after a lost answer
+        (connection dropped, 502/503/504) gets the first answer instead of
+        doing it twice (a second webhook endpoint, say).
+        """
         clean = {k: v for k, v in (params or {}).items() if v is not None}
-        try:
-            response = self.client.request(method, path, json=body, params=clean)
-        except httpx.HTTPError as exc:
-            raise CliFailure(EXIT_SERVER, f"cannot reach the billow API at {self.base_url} "
-                             f"({exc}): {UNREACHABLE_HINT}") from exc
+        headers = ({"Idempotency-Key": f"cli-{uuid.uuid4()}"}
+                   if method.upper() in _MUTATING else {})
+        for delay in (*RETRY_DELAYS_S, None):
+            try:
+                response = self.client.request(method, path, json=body, params=clean,
+                                               headers=headers)
+            except httpx.HTTPError as exc:
+                if delay is None:
+                    raise CliFailure(EXIT_SERVER, f"cannot reach the billow API at "
+                                     f"{self.base_url} ({exc}): {UNREACHABLE_HINT}") from exc
+                time.sleep(delay)
+                continue
+            if response.status_code in _UNKNOWN_OUTCOME and delay is not None:
+                time.sleep(delay)
+                continue
+            break
         if response.status_code >= 400:
             problem: dict[str, Any] | None = None
             try:
