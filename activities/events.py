@@ -113,16 +113,23 @@ async def emit_contract_event(
     return await emit_event(conn, type, contract_id, {**data, **extra})
 
 
-async def sequence_events(conn: AsyncConnection) -> int:
+async def sequence_events(conn: AsyncConnection, *, wait: bool = False) -> int:
     """Give committed events their ``seq`` (in the caller's transaction; commit it).
 
-    Skips (returns 0) while another sequencer holds the lock: it is doing the
-    same work, and the caller's next look will find the result.
+    Without ``wait`` it skips (returns 0) while another sequencer holds the
+    lock: that one is doing the same work, and a delivery's next look finds
+    the result. A reader that must see everything committed before it asked
+    (``GET /v1/events`` right after a payment was recorded) waits for that
+    sequencer instead: its numbers are committed when the lock is released,
+    and this statement's snapshot, taken after, sees them.
     """
-    locked = await conn.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"),
-                               {"k": SEQUENCER_LOCK_KEY})
-    if not locked:
-        return 0
+    if wait:
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": SEQUENCER_LOCK_KEY})
+    else:
+        locked = await conn.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"),
+                                   {"k": SEQUENCER_LOCK_KEY})
+        if not locked:
+            return 0
     result = await conn.execute(
         text(
             """

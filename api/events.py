@@ -141,7 +141,7 @@ async def get_events(
     except ValueError as exc:
         raise validation_problem([("query.type", str(exc))]) from exc
     async with deps.engine.begin() as conn:
-        await sequence_events(conn)  # what just committed is listed now
+        await sequence_events(conn, wait=True)  # what just committed is listed now
     async with deps.engine.connect() as conn:
         cursor = await _cursor(conn, after, "query.after")
         items = await list_events(conn, after=cursor, types=[t for t in types if t != "*"],
@@ -163,7 +163,8 @@ async def create_endpoint(body: EndpointIn, deps: Deps) -> EndpointCreated:
     endpoint_id = f"we_{secrets.token_hex(8)}"
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
     async with deps.engine.begin() as conn:
-        await sequence_events(conn)
+        # Every event committed before this request is before the endpoint's cursor.
+        await sequence_events(conn, wait=True)
         row = (await conn.execute(text(
             "INSERT INTO webhook_endpoints (id, url, description, event_types, secret, status, "
             "cursor_seq) VALUES (:id, :url, :d, CAST(:t AS jsonb), :s, 'enabled', "
