@@ -26,6 +26,7 @@ from activities.invoice_store import (
     open_draft,
     store_finalized,
 )
+from activities.invoiced_periods import backfill
 from activities.ledger_store import (
     find_invoice,
     insert_ledger_entry,
@@ -246,11 +247,14 @@ class LedgerActivities:
             await lock_contract(conn, cid)
             existing = await find_invoice(conn, cid, key)
             if existing is not None and existing.number is not None:
+                if req.earlier_periods is not None:  # an attempt before 0010 stored it
+                    await backfill(conn, cid, [*req.earlier_periods, period])
                 state = await load_credit_state(conn, cid)
                 progress = await progress_of(conn, terms, period, key, req.is_final)
                 return ClosePeriodResult(invoice=existing, attention=None,
                                          credits=state.summary(), commitment=progress,
-                                         limit_lines=await limit_lines_of(conn, cid, key))
+                                         limit_lines=await limit_lines_of(conn, cid, key),
+                                         periods_in_ledger=True)
             computed = await compute_usage_invoice(
                 conn, terms, period, req.earlier_periods, req.issued_on, is_final=req.is_final
             )
@@ -317,7 +321,8 @@ class LedgerActivities:
             commitment=computed.commitment,
             limit_lines=[ln for ln in doc.lines if isinstance(ln, MinimumLine | MaximumLine)],
             credited=[i for o in corrected for i in o.invoices],
-            refunds=[o.refund for o in corrected if o.refund is not None])
+            refunds=[o.refund for o in corrected if o.refund is not None],
+            periods_in_ledger=True)
 
     # --- collection ----------------------------------------------------------------
     @activity.defn(name=ActivityName.RECORD_PAYMENT.value)

@@ -214,6 +214,11 @@ class ClosePeriodResult(BaseModel):
     # invoices they credited, as they are now, and the refunds they owe.
     credited: list[IssuedInvoice] = Field(default_factory=list)
     refunds: list[RefundRequest] = Field(default_factory=list)
+    # The ledger's invoices now hold every period of the term invoiced so far
+    # (activities/invoiced_periods.py): later requests need not carry them.
+    # False in results recorded by releases before it, so their histories
+    # replay with the requests they made.
+    periods_in_ledger: bool = False
 
 
 class PaymentRequest(BaseModel):

@@ -96,7 +96,7 @@ class CorrectionSteps(CollectionSteps):
         """The ledger step of a correction, under the lock; its outcome into the state."""
         st = self.state
         request = correction_request(st, correction, workflow.now(),
-                                     periods_from_ledger=self._periods_from_ledger())
+                                     periods_from_ledger=st.periods_in_ledger)
         try:
             outcome = await self._call(
                 ActivityName.CORRECT_INVOICE, request, CorrectionOutcome,

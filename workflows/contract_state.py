@@ -137,9 +137,9 @@ class ContractState(BaseModel):
     term_opened: bool = False
     term_closed: bool = False
     periods: list[Period] = Field(default_factory=list)
-    # The periods invoiced so far: since the ledger stores them (migration
-    # 0010, `periods_in_ledger`), only the last one, which the schedule
-    # continues from; before, all of them, sent with every close.
+    # The periods invoiced so far: once a close says the ledger holds them
+    # (migration 0010, `periods_in_ledger`), only the last one, which the
+    # schedule continues from; before, all of them, sent with every close.
     invoiced_periods: list[Period] = Field(default_factory=list)
     periods_in_ledger: bool = False
     invoices: list[IssuedInvoice] = Field(default_factory=list)

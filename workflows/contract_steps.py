@@ -47,10 +47,6 @@ REFUND_RETRY_DAYS: tuple[int, ...] = (1, 3, 7)
 # Continue-as-new after this many closed periods in one run (history bound).
 PERIODS_PER_RUN = 12
 
-# Patch: requests stop carrying the term's invoiced periods, the ledger's
-# invoices give them (activities/invoiced_periods.py, issue 13).
-PERIODS_FROM_LEDGER = "periods-from-ledger"
-
 # Ledger steps: transient failures (the database restarting) retry until it
 # is back; business errors are non-retryable (activities/errors.py) and
 # become needs_attention here, so nothing retries forever.
@@ -230,11 +226,6 @@ class ContractSteps:
             await self._step_run(ActivityName.UPDATE_CONTRACT, self._save_request(),
                                  summary=f"save contract ({st.status.value})")
         self._publish()
-
-    def _periods_from_ledger(self) -> bool:
-        """Whether a request may leave the invoiced periods to the ledger: a
-        contract that closed a period under this patch wrote them all there."""
-        return workflow.patched(PERIODS_FROM_LEDGER) and self.state.periods_in_ledger
 
     def _resolved(self) -> bool:
         """Clear needs_attention after a step went through; True if the status changed."""

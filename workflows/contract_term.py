@@ -30,7 +30,6 @@ from workflows.contract_state import (
 )
 from workflows.contract_steps import (
     LONG,
-    PERIODS_FROM_LEDGER,
 )
 from workflows.corrections import (
     learn_credited,
@@ -127,7 +126,6 @@ class TermSteps(AmendmentSteps):
         st = self.state
         t = st.terms
         issued_on = st.local_date(workflow.now())
-        from_ledger = self._periods_from_ledger()
         result = await self._step(
             ActivityName.CLOSE_PERIOD,
             ClosePeriodRequest(
@@ -136,7 +134,7 @@ class TermSteps(AmendmentSteps):
                 # Once the ledger has the earlier periods, none are sent
                 # (issue 13); the first close after an upgrade sends them
                 # once, and the ledger stores what its invoices lacked.
-                earlier_periods=None if from_ledger else list(st.invoiced_periods),
+                earlier_periods=None if st.periods_in_ledger else list(st.invoiced_periods),
                 issued_on=issued_on,
                 due_on=due_on(issued_on, t.payment_terms_days),
                 is_final=len(st.periods) == 1,
@@ -163,8 +161,10 @@ class TermSteps(AmendmentSteps):
         if self._resolved():
             await self._save_contract()
         st.periods = st.periods[1:]
-        if workflow.patched(PERIODS_FROM_LEDGER):
-            st.invoiced_periods = [period]  # the ledger has the others
+        if result.periods_in_ledger:
+            # The ledger has the others. Decided by the recorded result, not
+            # a patch: a history from before it replays its own requests.
+            st.invoiced_periods = [period]
             st.periods_in_ledger = True
         else:
             st.invoiced_periods.append(period)
