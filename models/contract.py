@@ -544,6 +544,8 @@ def resolve_terms(contract: Contract, catalog: Catalog) -> ContractTerms:
     ]
     if contract.commitment is not None:
         money_fields.insert(0, ("commitment.amount", contract.commitment.amount))
+        if contract.commitment.credits is not None:  # a balance too, as a grant's credits
+            money_fields.insert(1, ("commitment.credits", contract.commitment.credits))
     for path, amount in money_fields:
         if round_money(amount, plan.currency) != amount:
             problems.append((path, f"more decimals than {plan.currency} has "

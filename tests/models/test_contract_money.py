@@ -14,6 +14,11 @@ from tests.support.scenario import PRO_CATALOG, contract_doc
     ("field", "doc", "message"),
     [
         ("commitment.amount", {"commitment": {"amount": "100.005"}}, "more decimals than USD has"),
+        # Bought credits that round to nothing: the commitment's deferred revenue
+        # would never be recognized nor expire as breakage (found by the fuzz:
+        # 999999999999999999.00 paid for 0.001 credits stayed deferred for good).
+        ("commitment.credits", {"commitment": {"amount": "1000.00", "credits": "0.001"}},
+         "more decimals than USD has"),
         (
             "credit_grants[0].price",
             {"credit_grants": [{"id": "g", "credits": "10", "price": "9.999"}]},

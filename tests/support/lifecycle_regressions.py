@@ -75,4 +75,10 @@ REGRESSIONS: dict[str, Lifecycle] = {
                                            "price": "400.00"}]),
         actions=(_amend("2027-02-20T00:00:00Z", id="t1", kind="grant_credits",
                         credits="100.00", price="90.00"),)),
+    # F13 (session 6): commitment credits rounding to nothing (0.001 for 1,000.00): the
+    # grant held 0.00 credits, so nothing ever expired and its deferred revenue stayed.
+    # Refused at the door now, naming commitment.credits.
+    "commitment credits below a cent": Lifecycle(
+        currency="USD", fee=None, actions=(),
+        contract=_contract(commitment={"amount": "1000.00", "credits": "0.001"})),
 }
