@@ -24,17 +24,24 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from pydantic import TypeAdapter
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from activities.corrections import apply_correction
+from activities.corrections import answer_of, apply_correction
 from activities.late_usage import LateFall
-from models.corrections import CorrectCredit, CorrectionOutcome, CorrectionRequest, CreditLine
+from models.corrections import (
+    CorrectCredit,
+    Correction,
+    CorrectionOutcome,
+    CorrectionRequest,
+    CreditLine,
+)
 from models.operations import ClosePeriodRequest
 from models.periods import Period
 from models.rating import UsageAggregate, UsagePart, rate_period
 
-__all__ = ["credit_falls"]
+__all__ = ["credit_falls", "credits_made_by"]
 
 
 def _now_amount(req: ClosePeriodRequest, period: Period, fall: LateFall) -> Decimal:
@@ -111,4 +118,29 @@ async def credit_falls(
         )
         out.append(await apply_correction(
             conn, request, automatic={n: q for n, (_, q) in lines.items()}))
+    return out
+
+
+_CORRECTION: TypeAdapter[Correction] = TypeAdapter(Correction)
+
+
+async def credits_made_by(conn: AsyncConnection, req: ClosePeriodRequest,
+                          finding_key: str) -> list[CorrectionOutcome]:
+    """The automatic notes a close already made, answered again (a retried close
+    whose first answer was lost must tell the workflow what it credited and the
+    refunds it owes, as the first answer did)."""
+    cid = req.terms.contract_id
+    rows = (
+        await conn.execute(
+            text("SELECT document, result FROM corrections WHERE contract_id = :cid "
+                 "AND starts_with(correction_id, :prefix) ORDER BY correction_id"),
+            {"cid": cid, "prefix": f"auto:{finding_key}:"},
+        )
+    ).all()
+    out = []
+    for row in rows:
+        request = CorrectionRequest(
+            contract_id=cid, correction=_CORRECTION.validate_python(row.document),
+            at=req.period.end, on=req.issued_on, terms=req.terms)
+        out.append(await answer_of(conn, request, row.result, duplicate=True))
     return out

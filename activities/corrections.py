@@ -129,7 +129,7 @@ async def apply_correction(
         if prior.digest != digest:
             raise refusal("CorrectionConflict", [(
                 "id", f"correction {c.id!r} was sent before with other content")])
-        return await _answer(conn, req, prior.result, duplicate=True)
+        return await answer_of(conn, req, prior.result, duplicate=True)
     row = (
         await conn.execute(
             text("SELECT * FROM invoices WHERE contract_id = :cid AND key = :key FOR UPDATE"),
@@ -182,11 +182,11 @@ async def apply_correction(
         await emit_event(conn, EventType.CREDIT_NOTE_ISSUED, cid, note.model_dump(mode="json"))
     if to_number is not None:
         await next_invoice_number(conn, to_number, events=finalized)
-    return await _answer(conn, req, stored, duplicate=False)
+    return await answer_of(conn, req, stored, duplicate=False)
 
 
-async def _answer(conn: AsyncConnection, req: CorrectionRequest, stored: dict[str, Any],
-                  *, duplicate: bool) -> CorrectionOutcome:
+async def answer_of(conn: AsyncConnection, req: CorrectionRequest, stored: dict[str, Any],
+                    *, duplicate: bool) -> CorrectionOutcome:
     """The correction's answer read back from the rows it wrote."""
     cid, c = req.contract_id, req.correction
     changed: list[IssuedInvoice] = []

@@ -251,9 +251,15 @@ class LedgerActivities:
                     await backfill(conn, cid, [*req.earlier_periods, period])
                 state = await load_credit_state(conn, cid)
                 progress = await progress_of(conn, terms, period, key, req.is_final)
+                from activities.auto_credit import credits_made_by
+
+                made = await credits_made_by(conn, req, key)
                 return ClosePeriodResult(invoice=existing, attention=None,
                                          credits=state.summary(), commitment=progress,
                                          limit_lines=await limit_lines_of(conn, cid, key),
+                                         credited=[i for o in made for i in o.invoices],
+                                         refunds=[o.refund for o in made
+                                                  if o.refund is not None],
                                          periods_in_ledger=True)
             computed = await compute_usage_invoice(
                 conn, terms, period, req.earlier_periods, req.issued_on, is_final=req.is_final

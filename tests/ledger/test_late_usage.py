@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import AsyncIterator
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
@@ -13,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from activities.correction_store import credit_notes_of
 from activities.ledger_reports import invoice_documents
+from models.operations import PaymentRequest
 from tests.ledger.test_ledger_activities import Ledger, run
 from tests.support.scenario import PRO_CATALOG, event
 from worker.simulate import ingest_all
@@ -168,3 +170,25 @@ async def test_late_usage_moves_a_volume_counter_to_the_tier_of_its_new_total(
     assert await _late_lines(ledger, "usage:2027-03-01") == [
         ("gpu", "10", "15.00", "2027-01-01")]
     assert mar.invoice.total == Decimal("515.00")
+
+
+async def test_a_retried_close_answers_the_credit_notes_and_refunds_it_made(
+    ledger: Ledger,
+) -> None:
+    """The close committed an automatic credit note and its answer was lost: the
+    retry must tell the workflow again what it credited and what it owes back,
+    or the credited invoice stays owed in the contract's state and the refund
+    is never paid (found in review, session 6)."""
+    await ingest_all(ledger.engine, [nodes("n1", "2027-01-20T00:00:00Z", "3")])
+    jan = await run(ledger.acts.close_period, ledger.close_request(0))
+    await run(ledger.acts.record_payment, PaymentRequest(
+        contract_id=ledger.terms.contract_id, invoice_key=jan.invoice.key,
+        payment_key="wire-jan", amount=jan.invoice.total, received_on=date(2027, 2, 3)))
+    await ingest_all(ledger.engine, [nodes("n2", "2027-01-25T00:00:00Z", "1")])  # 3 -> 1
+    feb = await run(ledger.acts.close_period, ledger.close_request(1))
+    again = await run(ledger.acts.close_period, ledger.close_request(1))
+    assert [(i.key, i.credited) for i in feb.credited] == [("usage:2027-01-01", Decimal("2.00"))]
+    assert [(r.refund_key, r.amount) for r in feb.refunds] == [
+        ("refund:auto:usage:2027-02-01:usage:2027-01-01", Decimal("2.00"))]
+    assert again.credited == feb.credited
+    assert again.refunds == feb.refunds
