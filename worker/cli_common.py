@@ -106,6 +106,9 @@ UNREACHABLE_HINT = ("is the API running? Start the whole stack with `billow up` 
 RETRY_DELAYS_S = (0.5, 1.0, 2.0)
 _MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _UNKNOWN_OUTCOME = frozenset({502, 503, 504})
+# Calls whose body carries its own idempotency ids: usage events are taken once
+# per event id, so a key (and the stored copy of a 10,000-event answer) adds nothing.
+_OWN_IDS = frozenset({"/v1/usage"})
 
 
 class Api:
@@ -133,7 +136,7 @@ class Api:
         """
         clean = {k: v for k, v in (params or {}).items() if v is not None}
         headers = ({"Idempotency-Key": f"cli-{uuid.uuid4()}"}
-                   if method.upper() in _MUTATING else {})
+                   if method.upper() in _MUTATING and path not in _OWN_IDS else {})
         for delay in (*RETRY_DELAYS_S, None):
             try:
                 response = self.client.request(method, path, json=body, params=clean,
