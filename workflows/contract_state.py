@@ -341,6 +341,7 @@ def check_amendment(
     if isinstance(amendment, TerminateAmendment):
         if state.terminated_at is not None or "terminate" in pending_kinds:
             raise BillowValidationError([("kind", "contract is already terminated")])
+        _check_term_true_up_billable(state, effective)
     elif isinstance(amendment, ExtendTermAmendment):
         if state.terminated_at is not None or "terminate" in pending_kinds:
             raise BillowValidationError([("kind", "cannot extend a terminated contract")])
@@ -367,6 +368,37 @@ def check_amendment(
         raise
     except (ValueError, OverflowError, ArithmeticError) as exc:
         raise BillowValidationError([(_main_field(amendment), str(exc))]) from exc
+
+
+def _check_term_true_up_billable(state: ContractState, effective: datetime) -> None:
+    """A terminate must leave a final invoice for the term minimum's true-up.
+
+    The true-up is on the term's final usage invoice (SPEC.md section 12). A
+    terminate effective at the boundary whose invoice is already finalized
+    would end the term there, and that invoice, issued as not final, would
+    be the last one: the true-up would never be billed. Refused, naming how
+    to do it: void that invoice first (its reissue is then the final invoice
+    and carries the true-up), or end the term after the boundary.
+    """
+    t = state.terms
+    if not state.invoiced_periods:
+        return
+    last = state.invoiced_periods[-1]
+    if termination_end_date(effective, t.timezone) > last.end_date:
+        return  # a period is left: its invoice is the final one
+    minimum = t.minimum_commitment_at(last.start)
+    if minimum is None or minimum.per != "term":
+        return
+    issued = next((i for i in state.invoices if i.kind == "usage" and i.status != "void"
+                   and i.period_start == last.start_date), None)
+    if issued is None:
+        return
+    raise BillowValidationError([("effective", (
+        f"the term would end on {last.end_date.isoformat()}, the end of a period already "
+        f"invoiced by {issued.number or issued.key} without the term minimum's true-up, "
+        f"which would then never be billed: void {issued.number or issued.key} first (its "
+        f"reissue is then the final invoice and carries the true-up), or terminate later"
+    ))])
 
 
 def _main_field(amendment: Amendment) -> str:

@@ -12,6 +12,8 @@ from temporalio.client import WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
+from activities.ledger_correction import correct_in_ledger
+from models.corrections import CorrectReissue
 from tests.support.scenario import PRO_CATALOG, ContractRun, at, contract_doc, event
 
 
@@ -153,3 +155,38 @@ async def test_an_invalid_minimum_is_refused_at_the_door_naming_the_field(
     assert reason_part in reasons[field]
     assert state.applied_amendment_ids == [] and recorded == 0  # nothing changed
     assert state.terms.minimum_commitments == [] and state.terms.rate_overrides == []
+
+
+async def test_a_termination_at_an_invoiced_boundary_cannot_drop_the_term_true_up(
+    ts_env: WorkflowEnvironment, db: AsyncEngine
+) -> None:
+    """Found by the fuzz (session 6): after a boundary's invoice was finalized, a
+    terminate effective at that boundary ended the term there. The invoice just
+    issued became the term's last without the term minimum's true-up, and it was
+    never billed. Refused, naming `effective` and the way out: void the invoice
+    first, and its reissue (now the final invoice) carries the true-up."""
+    doc = contract_doc(term_months=3, minimum_commitment={"amount": "1000.00", "per": "term"})
+    async with ContractRun(ts_env, db, doc) as run:
+        await run.send_usage([event("jan", "2027-01-10T00:00:00Z", "10000")])  # 300.00
+        await run.advance_to(at("2027-02-01", 2))  # January is invoiced
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await run.amend({"id": "end", "kind": "terminate",
+                             "effective": "2027-02-01T00:00:00Z"})
+        jan = (await run.state()).invoices[-1]
+        await run.correct({"id": "v1", "kind": "void", "invoice": jan.key})
+        ended = await run.amend({"id": "end", "kind": "terminate",
+                                 "effective": "2027-02-01T00:00:00Z"})
+        await run.advance_to(at("2027-02-05"))
+        # Nothing is owed any more, so the workflow has completed: the reissue
+        # goes to the ledger, as the API sends it then.
+        reissued = await correct_in_ledger(db, "c-1", CorrectReissue(
+            id="r1", kind="reissue", invoice=jan.key), at("2027-02-05"))
+        invoices = [i for i in await run.invoices() if i["kind"] == "usage"]
+    cause = refused.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "InvalidAmendment"
+    reasons = {d["field"]: d["reason"] for d in cause.details[0]}
+    assert "true-up" in reasons["effective"] and jan.number in reasons["effective"]
+    assert ended.status == "applied"
+    assert reissued.reissued is not None
+    # 1000 minimum, 300 spent: the reissue is the term's final invoice
+    assert _true_ups(invoices) == [(reissued.reissued.key, "700.00")]
