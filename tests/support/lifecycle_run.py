@@ -195,6 +195,7 @@ async def _drive(env: WorkflowEnvironment, engine: AsyncEngine, lc: Lifecycle,
         return
     handle = env.client.get_workflow_handle(f"contract:{contract.id}")
     memo: Memo = {}  # what each correction's first send resolved to
+    settled: set[str] = set()  # action instants already settled
     for i, action in enumerate(lc.actions):
         at = datetime.fromisoformat(action["at"].replace("Z", "+00:00"))
         if at > out.started_at + MAX_WORKFLOW_AGE:
@@ -202,7 +203,8 @@ async def _drive(env: WorkflowEnvironment, engine: AsyncEngine, lc: Lifecycle,
                                       message="past the test server's 10-year limit"))
             continue
         await advance(env, at)
-        out.answers.append(await _send(env, engine, handle, i, action, memo, lc.currency))
+        out.answers.append(await _send(env, engine, handle, i, action, memo, lc.currency,
+                                       settled))
     # Run on to the end: term end + payment terms + 31 days, as `billow simulate`.
     until, capped = await _horizon(env, handle, lc)
     if out.started_at is not None and until > out.started_at + MAX_WORKFLOW_AGE:
@@ -222,15 +224,16 @@ async def advance(env: WorkflowEnvironment, at: datetime) -> None:
         await env.sleep(min(at - now, ADVANCE_STEP))
 
 
-async def _settle(env: WorkflowEnvironment, handle: WorkflowHandle[Any, Any], at: str) -> None:
-    """`settle` once per instant. Each settle moves the clock one second, so a
-    second action at the same instant settled again would land a second
-    later, which can be exactly a boundary (an action two seconds before it):
-    the time-skipping server's timer bug (see `settle`) then wedged the run
-    ("h2 protocol error"). Later actions at that instant only wait for the
-    workflow to be idle."""
-    instant = datetime.fromisoformat(at.replace("Z", "+00:00"))
-    if await env.get_current_time() <= instant:
+async def _settle(env: WorkflowEnvironment, handle: WorkflowHandle[Any, Any], at: str,
+                  settled: set[str]) -> None:
+    """`settle` once per action instant. Each settle moves the clock one second,
+    so a second action at the same instant settled again lands a second later,
+    which can be exactly a boundary (two seconds before it): the time-skipping
+    server's timer bug (see `settle`) then wedged the run ("h2 protocol error").
+    Later actions at that instant only wait for the workflow to be idle. (The
+    server's clock is not compared: it runs on in real time between skips.)"""
+    if at not in settled:
+        settled.add(at)
         await settle(env, handle)
         return
     with contextlib.suppress(Exception):  # a finished workflow has nothing pending
@@ -238,13 +241,14 @@ async def _settle(env: WorkflowEnvironment, handle: WorkflowHandle[Any, Any], at
 
 
 async def _send(env: WorkflowEnvironment, engine: AsyncEngine, handle: WorkflowHandle[Any, Any],
-                i: int, action: dict[str, Any], memo: Memo, currency: str) -> Answer:
+                i: int, action: dict[str, Any], memo: Memo, currency: str,
+                settled: set[str]) -> Answer:
     at, do = action["at"], action["do"]
     if do == "correct":
         # As the API: the update while the workflow runs, else the ledger.
         running = await _status(env.client, handle.id) == WorkflowExecutionStatus.RUNNING
         if running:
-            await _settle(env, handle, at)
+            await _settle(env, handle, at, settled)
         return await send_correction(engine, handle, i, action, memo, running=running,
                                      now=await env.get_current_time(), currency=currency)
     if do == "usage":
@@ -265,7 +269,7 @@ async def _send(env: WorkflowEnvironment, engine: AsyncEngine, handle: WorkflowH
         return Answer(i, at, do, "ok", result={"events": folded.events})
     if await _status(env.client, handle.id) != WorkflowExecutionStatus.RUNNING:
         return Answer(i, at, do, "skipped", message="the workflow has closed")
-    await _settle(env, handle, at)
+    await _settle(env, handle, at, settled)
     if do == "amend":
         doc = dict(action["amendment"]) | {"received_at": at}
         try:
