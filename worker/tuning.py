@@ -14,7 +14,16 @@ polled again (bench/RESULTS.md section 7). So billow's defaults are:
   event loop busy while ledger steps wait on the database;
 - ledger steps: the connection pool's size, so a step never waits for a
   connection while its workflow task's clock runs;
-- the sticky cache and gateway calls: the SDK's defaults (1,000 and 100).
+- the sticky cache and gateway calls: the SDK's defaults (1,000 and 100);
+- the sticky queue's schedule-to-start timeout: ``STICKY_SCHEDULE_TO_START``.
+  A workflow task for a cached contract goes to this worker's own (sticky)
+  queue; if the worker does not start it within this time, the task times
+  out and is scheduled again on the shared queue, where any worker replays
+  the contract's history. Under a storm a busy worker's sticky backlog
+  outlives a short timeout: each timeout is a workflow-task timeout in the
+  history and a full replay. A longer timeout is also how long a crashed
+  worker's contracts wait before another worker takes them (a worker that
+  shuts down cleanly hands them over at once).
 
 Every value can be set (BILLOW_WORKER_*, worker/settings.py); deploy/README.md
 gives sizing advice and bench/RESULTS.md what was measured.
@@ -24,11 +33,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 WORKFLOW_TASKS_PER_CPU = 4
 # activities/db.make_engine: pool_size 5 + SQLAlchemy's default overflow of 10.
 DB_CONNECTIONS = 15
+STICKY_SCHEDULE_TO_START = timedelta(seconds=10)  # the SDK's default
 
 
 def default_workflow_tasks() -> int:
@@ -41,6 +52,7 @@ class WorkerTuning:
     max_concurrent_workflow_tasks: int | None = None  # None: default_workflow_tasks()
     max_concurrent_local_activities: int | None = None  # None: DB_CONNECTIONS
     max_concurrent_activities: int | None = None  # None: the SDK's default
+    sticky_schedule_to_start_s: float | None = None  # None: STICKY_SCHEDULE_TO_START
 
     def worker_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `temporalio.worker.Worker`."""
@@ -49,6 +61,9 @@ class WorkerTuning:
                                               or default_workflow_tasks()),
             "max_concurrent_local_activities": (self.max_concurrent_local_activities
                                                 or DB_CONNECTIONS),
+            "sticky_queue_schedule_to_start_timeout": (
+                timedelta(seconds=self.sticky_schedule_to_start_s)
+                if self.sticky_schedule_to_start_s is not None else STICKY_SCHEDULE_TO_START),
         }
         if self.max_cached_workflows is not None:
             chosen["max_cached_workflows"] = self.max_cached_workflows
