@@ -197,10 +197,12 @@ async def _side(
 
 @asynccontextmanager
 async def _worker_process(side: str, address: str, task_queue: str, url: str,
-                          max_cached: int | None) -> AsyncIterator[psutil.Process]:
+                          max_cached: int | None, *, env: dict[str, str] | None = None,
+                          ) -> AsyncIterator[psutil.Process]:
     args = [side, address, task_queue, url] + ([str(max_cached)] if max_cached else [])
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.sleeping_worker", *args, stdout=asyncio.subprocess.PIPE)
+        sys.executable, "-m", "bench.sleeping_worker", *args, stdout=asyncio.subprocess.PIPE,
+        env=env)
     try:
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 60)

@@ -20,6 +20,7 @@ from bench.sleeping import report as sleeping_report
 from bench.sleeping import run_sleeping
 from bench.storm import report as storm_report
 from bench.storm import run_storm
+from worker.tuning import WorkerTuning
 
 
 @pytest.fixture
@@ -101,9 +102,17 @@ async def test_sleeping_bench_puts_every_contract_to_sleep_on_both_sides(
 async def test_storm_bench_closes_every_contract_and_answers_during_it(
     conn: asyncpg.Connection, database_url: str
 ) -> None:
+    # One worker process per side, with slots and sticky timeout passed through
+    # to both (the API is its own process too: bench/processes.py).
+    tuning = WorkerTuning(max_concurrent_workflow_tasks=3, max_concurrent_local_activities=5,
+                          sticky_schedule_to_start_s=20)
     figures = await run_storm(database_url, asyncpg_dsn(database_url), contracts=3, lead_s=4,
-                              log=False)
+                              log=False, workers=1, tuning=tuning)
     lines = storm_report(figures)
+    assert "3 workflow tasks, 5 local activities; sticky schedule-to-start 20s" in lines[0]
+    for side in ("skeleton", "billow"):  # the metrics were read, and no slot stayed taken
+        assert "WorkflowWorker" in figures.slots_peak[side], figures.slots_peak
+        assert not any(figures.slots_after[side].values()), figures.slots_after
     assert (figures.skeleton.rows, figures.billow.rows) == (3, 3)
     assert (figures.skeleton.runs, figures.billow.runs) == (3, 3)
     assert sorted(c.kind for c in figures.calls) == ["amend"] * 3 + ["pay"] * 3
