@@ -231,7 +231,9 @@ async def _api(client: Client, url: str, task_queue: str) -> AsyncIterator[str]:
                    task_queue=task_queue, client=client)
     server = uvicorn.Server(uvicorn.Config(create_app(deps), host="127.0.0.1", port=0,
                                            log_level="warning", lifespan="on"))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    # The bench's own Ctrl+C must stop the bench, not only this server (uvicorn
+    # 0.54 captures SIGINT/SIGTERM in `capture_signals`).
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign, assignment]
     task = asyncio.create_task(server.serve())
     try:
         for _ in range(1000):
