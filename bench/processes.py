@@ -23,8 +23,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
+import psutil
 
-from bench.sleeping import _worker_process
 from worker.tuning import WorkerTuning
 
 # What the SDK calls each kind of slot, in its metrics' worker_type label.
@@ -53,6 +53,53 @@ def tuning_env(tuning: WorkerTuning) -> dict[str, str]:
             if getattr(tuning, attr) is not None}
 
 
+@contextlib.asynccontextmanager
+async def ready_process(args: list[str], *, env: dict[str, str] | None = None,
+                        start_timeout_s: float = 60) -> AsyncIterator[psutil.Process]:
+    """``python ARGS`` once it prints ``ready``; SIGTERM (then SIGKILL) on exit.
+
+    The child's stdout is a pipe (that is how ``ready`` arrives). Everything it
+    writes afterwards is copied to this process's stderr until it exits: a pipe
+    nobody reads fills at 64 KiB, and the child's next write blocks for good.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, *args, stdout=asyncio.subprocess.PIPE, env=env)
+    drain: asyncio.Task[None] | None = None
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), start_timeout_s)
+        if line.strip() != b"ready":
+            raise RuntimeError(f"{args} did not start (exit {proc.returncode})")
+        drain = asyncio.create_task(_copy_to_stderr(proc.stdout))
+        yield psutil.Process(proc.pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+        if drain is not None:
+            await drain  # ends at the pipe's end-of-file, once the child is gone
+
+
+async def _copy_to_stderr(stream: asyncio.StreamReader) -> None:
+    while chunk := await stream.read(65536):
+        sys.stderr.buffer.write(chunk)
+        sys.stderr.buffer.flush()
+
+
+@contextlib.asynccontextmanager
+async def worker_process(side: str, address: str, task_queue: str, url: str,
+                         max_cached: int | None, *, env: dict[str, str] | None = None,
+                         ) -> AsyncIterator[psutil.Process]:
+    """One `bench.sleeping_worker` process (``side``: billow or skeleton)."""
+    args = [side, address, task_queue, url] + ([str(max_cached)] if max_cached else [])
+    async with ready_process(["-m", "bench.sleeping_worker", *args], env=env) as proc:
+        yield proc
+
+
 @dataclass
 class WorkerProcess:
     metrics_port: int
@@ -68,7 +115,7 @@ async def worker_processes(n: int, side: str, address: str, task_queue: str, url
             port = free_port()
             env = {**os.environ, **tuning_env(tuning), "BENCH_WORKER_METRICS_PORT": str(port)}
             await stack.enter_async_context(
-                _worker_process(side, address, task_queue, url, None, env=env))
+                worker_process(side, address, task_queue, url, None, env=env))
             procs.append(WorkerProcess(port))
         yield procs
 

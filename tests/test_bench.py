@@ -121,3 +121,25 @@ async def test_storm_bench_closes_every_contract_and_answers_during_it(
         "SELECT count(*) FROM invoices WHERE kind = 'commitment' AND status = 'paid'")
     assert paid == 3
     assert lines[-1].startswith("ratio billow/skeleton:")
+
+
+async def test_a_bench_child_that_writes_after_ready_never_blocks_on_its_stdout() -> None:
+    # A bench worker's stdout is the pipe its "ready" is read from. The SDK core
+    # writes its warnings there too (a busy worker: hundreds of KiB). Nobody read
+    # the pipe after "ready", so once 64 KiB were buffered the core's next write
+    # blocked for good: workflow-task slots stayed taken, pollers went to 0, and
+    # the worker never polled again (RESULTS section 10).
+    import asyncio
+
+    import psutil
+
+    from bench.processes import ready_process
+
+    script = ("import sys; print('ready', flush=True); "
+              "[sys.stdout.write('core warning ' * 80 + '\\n') for _ in range(300)]; "
+              "sys.stdout.flush()")
+    async with ready_process(["-c", script]) as child:
+        try:  # it exits once everything is written (asyncio reaps it: no exit code here)
+            await asyncio.to_thread(child.wait, 15)
+        except psutil.TimeoutExpired:
+            pytest.fail("the child blocked writing to its stdout")
