@@ -7,8 +7,9 @@ production they are separate processes (deploy/README.md), so here too.
 
 Each worker process (`bench.sleeping_worker`) serves the SDK's Prometheus
 metrics on its own port. `slots_used` reads them: a workflow-task slot still
-taken once the storm is over and nothing runs is the leaked slot of
-bench/RESULTS.md section 7.
+taken once the storm is over and nothing runs is a stuck worker, as in
+bench/RESULTS.md section 7 (whose cause, section 10 found, was a stdout pipe
+nobody read: `ready_process` reads it).
 """
 
 from __future__ import annotations

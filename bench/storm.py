@@ -20,8 +20,8 @@ row is committed), lateness p50/p99, workflow-task timeouts and failures
 from the histories; the ratio billow/skeleton; the API's latency figures.
 With ``workers`` > 0, also the most workflow-task and local-activity slots
 the worker processes had taken at once during the storm, and what they still
-held a few seconds after it (anything but 0 is a leaked slot: RESULTS
-section 7).
+held a few seconds after it (anything but 0 is a stuck worker: RESULTS
+sections 7 and 10).
 
 Both sides run with the same `WorkerTuning` (slots, sticky timeout: the
 ``--wft-slots``, ``--la-slots``, ``--sticky-timeout`` flags). The API is its
