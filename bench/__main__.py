@@ -81,6 +81,15 @@ def _parser() -> argparse.ArgumentParser:
                        help="seconds from setup to the instant (default: enough to create all)")
     storm.add_argument("--workers", type=int, default=0,
                        help="worker processes per side (default 0: one worker in this process)")
+    storm.add_argument("--wft-slots", type=int, default=None,
+                       help="workflow-task slots per worker, both sides (default: billow's, "
+                       "4 per CPU; the SDK's is 100)")
+    storm.add_argument("--la-slots", type=int, default=None,
+                       help="local-activity slots per worker, both sides (default: billow's 15; "
+                       "the SDK's is 100)")
+    storm.add_argument("--sticky-timeout", type=float, default=None,
+                       help="sticky queue schedule-to-start timeout in seconds, both sides "
+                       "(default: billow's)")
     sleep = sub.add_parser(
         "sleeping", help="contracts between boundaries: memory per contract, creation rate"
     )
@@ -146,9 +155,13 @@ async def _main(args: argparse.Namespace) -> None:
             elif args.command == "storm":
                 from bench.storm import report as storm_report
                 from bench.storm import run_storm
+                from worker.tuning import WorkerTuning
 
+                tuning = WorkerTuning(max_concurrent_workflow_tasks=args.wft_slots,
+                                      max_concurrent_local_activities=args.la_slots,
+                                      sticky_schedule_to_start_s=args.sticky_timeout)
                 storm = await run_storm(db.url, db.dsn, contracts=args.contracts,
-                                        lead_s=args.lead, workers=args.workers)
+                                        lead_s=args.lead, workers=args.workers, tuning=tuning)
                 print("\n".join(storm_report(storm)))
             elif args.command == "sleeping":
                 from bench.sleeping import report as sleeping_report

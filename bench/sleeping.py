@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -53,6 +52,7 @@ from bench.lifecycle import (
     reset_statements,
     statement_count,
 )
+from bench.processes import worker_process
 from bench.skeleton import SKELETON_TABLE, SkeletonInput, SkeletonWorkflow
 from models.catalog import load_catalog
 from worker.temporal_envs import start_dev_server
@@ -163,7 +163,7 @@ async def _side(
     create_one: Callable[[int, httpx.AsyncClient], Awaitable[None]], asleep_sql: str,
     api: tuple[str, str] | None, timeout_s: float, log: bool,
 ) -> None:
-    async with _worker_process(side, address, task_queue, url, max_cached) as worker:
+    async with worker_process(side, address, task_queue, url, max_cached) as worker:
         await asyncio.sleep(1)
         fig.worker_idle = worker.memory_info().rss
         fig.temporal_before = _rss(temporal)
@@ -196,28 +196,6 @@ async def _side(
 
 
 @asynccontextmanager
-async def _worker_process(side: str, address: str, task_queue: str, url: str,
-                          max_cached: int | None) -> AsyncIterator[psutil.Process]:
-    args = [side, address, task_queue, url] + ([str(max_cached)] if max_cached else [])
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.sleeping_worker", *args, stdout=asyncio.subprocess.PIPE)
-    try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 60)
-        if line.strip() != b"ready":
-            raise RuntimeError(f"{side} worker did not start (exit {proc.returncode})")
-        yield psutil.Process(proc.pid)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 30)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-
-
-@asynccontextmanager
 async def _api(client: Client, url: str, task_queue: str) -> AsyncIterator[str]:
     """The real API on a free port, in this process (as tests/api/conftest.py runs it)."""
 
@@ -229,7 +207,9 @@ async def _api(client: Client, url: str, task_queue: str) -> AsyncIterator[str]:
                    task_queue=task_queue, client=client)
     server = uvicorn.Server(uvicorn.Config(create_app(deps), host="127.0.0.1", port=0,
                                            log_level="warning", lifespan="on"))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    # The bench's own Ctrl+C must stop the bench, not only this server (uvicorn
+    # 0.54 captures SIGINT/SIGTERM in `capture_signals`).
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign, assignment]
     task = asyncio.create_task(server.serve())
     try:
         for _ in range(1000):

@@ -8,6 +8,7 @@ with SIDE ``billow`` (the real worker, `worker.main.build_worker`) or
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -22,15 +23,19 @@ from activities.db import make_engine
 from bench.skeleton import SkeletonActivities, SkeletonWorkflow
 from worker.main import build_worker
 from worker.settings import Settings
+from worker.telemetry import core_logging_config
 
 
 async def _serve(side: str, address: str, task_queue: str, url: str,
                  max_cached: int | None) -> None:
-    runtime = None
+    # As `billow worker` (worker/telemetry.py): the core's warnings through Python
+    # logging to stderr, and the SDK's Prometheus metrics when asked for.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     metrics_port = os.environ.get("BENCH_WORKER_METRICS_PORT")
-    if metrics_port:  # the SDK's Prometheus metrics, to look inside a worker under load
-        runtime = Runtime(telemetry=TelemetryConfig(
-            metrics=PrometheusConfig(bind_address=f"127.0.0.1:{metrics_port}")))
+    runtime = Runtime(telemetry=TelemetryConfig(
+        logging=core_logging_config(),
+        metrics=(PrometheusConfig(bind_address=f"127.0.0.1:{metrics_port}")
+                 if metrics_port else None)))
     client = await Client.connect(address, data_converter=pydantic_data_converter,
                                   runtime=runtime)
     engine = make_engine(url, pool_size=10)

@@ -18,6 +18,14 @@ latency and status codes are recorded: the goal is p99 under 2 s and never a
 Printed for each side: the storm's length (from ``T`` until every period's
 row is committed), lateness p50/p99, workflow-task timeouts and failures
 from the histories; the ratio billow/skeleton; the API's latency figures.
+With ``workers`` > 0, also the most workflow-task and local-activity slots
+the worker processes had taken at once during the storm, and what they still
+held a few seconds after it (anything but 0 is a stuck worker: RESULTS
+sections 7 and 10).
+
+Both sides run with the same `WorkerTuning` (slots, sticky timeout: the
+``--wft-slots``, ``--la-slots``, ``--sticky-timeout`` flags). The API is its
+own process (`bench.processes.api_process`), as deployed.
 """
 
 from __future__ import annotations
@@ -51,11 +59,12 @@ from bench.lifecycle import (
     _xacts,
     first_of_month,
 )
+from bench.processes import WorkerProcess, api_process, slots_used, worker_processes
 from bench.skeleton import SKELETON_TABLE, SkeletonActivities, SkeletonInput, SkeletonWorkflow
-from bench.sleeping import _api, _worker_process
 from models.catalog import load_catalog
 from worker.main import build_worker
 from worker.temporal_envs import start_dev_server
+from worker.tuning import WorkerTuning
 
 COMMITMENT = "1200.00"
 SEND_RATE = 20.0  # amendments + payments per second during the storm
@@ -77,15 +86,21 @@ class StormFigures:
     billow: SideFigures
     calls: list[Call] = field(default_factory=list)
     created_late: int = 0  # billow contracts created after T (their close is later)
+    skeleton_late: int = 0  # skeleton runs started after their T
+    create_s: float = 0.0  # billow: creating every contract through the API
     workers: int = 0  # worker processes per side (0: one in the bench's process)
     load: tuple[tuple[float, ...], tuple[float, ...]] = ((), ())
+    tuning: WorkerTuning = field(default_factory=WorkerTuning)
+    # side -> slot kind -> the most taken at once during the storm / still taken after it
+    slots_peak: dict[str, dict[str, int]] = field(default_factory=dict)
+    slots_after: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:
         return self.billow.elapsed_s / self.skeleton.elapsed_s if self.skeleton.elapsed_s else 0
 
-    def latency(self, q: float) -> float:
-        xs = sorted(c.latency_s for c in self.calls)
+    def latency(self, q: float, kind: str | None = None) -> float:
+        xs = sorted(c.latency_s for c in self.calls if kind in (None, c.kind))
         return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else 0.0
 
 
@@ -96,23 +111,25 @@ def lead_for(contracts: int) -> float:
 
 @contextlib.asynccontextmanager
 async def _side_workers(n: int, side: str, client: Client, url: str, task_queue: str,
-                        in_process: Callable[[], Worker]) -> AsyncIterator[None]:
-    """The side's workers: one in this process (``n`` = 0, as before), or ``n``
-    worker processes on the task queue (`bench.sleeping_worker`, with the
-    ``BILLOW_WORKER_*`` capacity settings on both sides). A worker is one event
-    loop: more processes use more of the machine's cores."""
+                        in_process: Callable[[], Worker],
+                        tuning: WorkerTuning) -> AsyncIterator[list[WorkerProcess]]:
+    """The side's workers: one in this process (``n`` = 0), or ``n`` worker
+    processes on the task queue (`bench.sleeping_worker`, given ``tuning``
+    through the ``BILLOW_WORKER_*`` settings). A worker is one event loop:
+    more processes use more of the machine's cores."""
+    if n == 0:
+        async with in_process():
+            yield []
+        return
     address = client.service_client.config.target_host
-    async with contextlib.AsyncExitStack() as stack:
-        if n == 0:
-            await stack.enter_async_context(in_process())
-        for _ in range(n):
-            await stack.enter_async_context(_worker_process(side, address, task_queue, url, None))
-        yield
+    async with worker_processes(n, side, address, task_queue, url, tuning) as procs:
+        yield procs
 
 
 async def run_storm(url: str, dsn: str, *, contracts: int, lead_s: float | None = None,
-                    timeout_s: float = 3600.0, log: bool = True,
-                    workers: int = 0) -> StormFigures:
+                    timeout_s: float = 3600.0, log: bool = True, workers: int = 0,
+                    tuning: WorkerTuning | None = None) -> StormFigures:
+    tuning = tuning or WorkerTuning()
     lead = lead_s if lead_s is not None else lead_for(contracts)
     load_start = os.getloadavg()
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -121,7 +138,7 @@ async def run_storm(url: str, dsn: str, *, contracts: int, lead_s: float | None 
     env = await start_dev_server()
     client = env.client
     figures = StormFigures(contracts, lead, SideFigures("skeleton"), SideFigures("billow"),
-                           workers=workers)
+                           workers=workers, tuning=tuning)
     try:
         async with engine.begin() as conn:
             await conn.execute(text(SKELETON_TABLE))
@@ -129,11 +146,15 @@ async def run_storm(url: str, dsn: str, *, contracts: int, lead_s: float | None 
             key = (await create_api_key(conn, ["ops"], "bench storm")).key
 
         # --- the floor ------------------------------------------------------------
+        # The floor's runs get the same lead: a shorter one (contracts/100 + 15 s) left
+        # 696 and 3,153 of 5,000 started after T on a loaded machine (RESULTS 10).
         storm_at = datetime.now(UTC) + timedelta(seconds=lead)
         gate = asyncio.Semaphore(CREATORS)
 
         async def start_skeleton(i: int) -> None:
             async with gate:
+                if datetime.now(UTC) >= storm_at:
+                    figures.skeleton_late += 1
                 await client.start_workflow(
                     SkeletonWorkflow.run,
                     SkeletonInput(contract_id=f"storm-{i}", period_ends=[storm_at],
@@ -142,25 +163,30 @@ async def run_storm(url: str, dsn: str, *, contracts: int, lead_s: float | None 
 
         def skeleton_worker() -> Worker:
             return Worker(client, task_queue="bench-skeleton", workflows=[SkeletonWorkflow],
-                          activities=[SkeletonActivities(engine).step])
+                          activities=[SkeletonActivities(engine).step],
+                          **tuning.worker_kwargs())
 
         async with _side_workers(workers, "skeleton", client, url, "bench-skeleton",
-                                 skeleton_worker):
+                                 skeleton_worker, tuning) as procs:
             await asyncio.gather(*(start_skeleton(i) for i in range(contracts)))
-            await _storm(figures.skeleton, watcher, storm_at, contracts, timeout_s, log,
-                         "SELECT contract_id, step::text AS key FROM bench_skeleton_steps "
-                         "WHERE step = 1")
+            figures.slots_peak["skeleton"] = await _storm(
+                figures.skeleton, watcher, storm_at, contracts, timeout_s, log,
+                "SELECT contract_id, step::text AS key FROM bench_skeleton_steps WHERE step = 1",
+                procs)
+            figures.slots_after["skeleton"] = await _settled_slots(procs)
         await _count_histories(client, "BenchSkeletonWorkflow", contracts, figures.skeleton)
         _say(log, f"skeleton: storm over in {figures.skeleton.elapsed_s:.1f}s")
 
         # --- billow ---------------------------------------------------------------
         storm_at = datetime.now(UTC) + timedelta(seconds=lead)
         starts_on = first_of_month(datetime.now(UTC).date(), 1).isoformat()
-        async with _api(client, url, "bench-storm") as base, \
+        address = client.service_client.config.target_host
+        async with api_process(address, client.namespace, "bench-storm", url) as base, \
                 httpx.AsyncClient(base_url=base, timeout=60,
                                   headers={"Authorization": f"Bearer {key}"}) as http, \
                 _side_workers(workers, "billow", client, url, "bench-storm",
-                              lambda: build_worker(client, engine, "bench-storm")):
+                              lambda: build_worker(client, engine, "bench-storm", tuning=tuning),
+                              tuning) as procs:
 
             async def create(i: int) -> None:
                 async with gate:
@@ -179,14 +205,19 @@ async def run_storm(url: str, dsn: str, *, contracts: int, lead_s: float | None 
                         raise RuntimeError(f"create storm-{i}: {r.status_code} {r.text[:300]}")
 
             commits0, rollbacks0 = await _xacts(watcher)
+            t0 = time.monotonic()
             await asyncio.gather(*(create(i) for i in range(contracts)))
-            _say(log, f"billow: {contracts} created, {figures.created_late} after T")
+            figures.create_s = time.monotonic() - t0
+            _say(log, f"billow: {contracts} created in {figures.create_s:.1f}s, "
+                      f"{figures.created_late} after T")
             numbers = await _commitment_invoices(watcher, contracts)
             sender = asyncio.create_task(_send_during_storm(http, storm_at, numbers, figures))
-            await _storm(figures.billow, watcher, storm_at, contracts, timeout_s, log,
-                         "SELECT contract_id, key FROM invoices WHERE kind = 'usage' "
-                         "AND number IS NOT NULL")
+            figures.slots_peak["billow"] = await _storm(
+                figures.billow, watcher, storm_at, contracts, timeout_s, log,
+                "SELECT contract_id, key FROM invoices WHERE kind = 'usage' "
+                "AND number IS NOT NULL", procs)
             await sender
+            figures.slots_after["billow"] = await _settled_slots(procs)
             commits1, rollbacks1 = await _xacts(watcher)
             figures.billow.commits = commits1 - commits0
             figures.billow.rollbacks = rollbacks1 - rollbacks0
@@ -201,11 +232,15 @@ async def run_storm(url: str, dsn: str, *, contracts: int, lead_s: float | None 
 
 
 async def _storm(fig: SideFigures, watcher: asyncpg.Connection, storm_at: datetime,
-                 expected: int, timeout_s: float, log: bool, seen_sql: str) -> None:
-    """Wait for ``expected`` rows; the storm lasts from ``storm_at`` to the last one."""
+                 expected: int, timeout_s: float, log: bool, seen_sql: str,
+                 procs: list[WorkerProcess]) -> dict[str, int]:
+    """Wait for ``expected`` rows; the storm lasts from ``storm_at`` to the last one.
+    Returns the most slots of each kind the worker processes held at once."""
     seen: dict[tuple[str, str], datetime] = {}
+    peak: dict[str, int] = {}
     started = time.monotonic()
     next_note = started + 15
+    next_sample = started
     while len(seen) < expected:
         if time.monotonic() - started > timeout_s:
             raise TimeoutError(f"{fig.name}: {len(seen)} of {expected} rows after {timeout_s}s")
@@ -213,12 +248,31 @@ async def _storm(fig: SideFigures, watcher: asyncpg.Connection, storm_at: dateti
         now = datetime.now(UTC)
         for r in await watcher.fetch(seen_sql):
             seen.setdefault((r["contract_id"], r["key"]), now)
+        if procs and now >= storm_at and time.monotonic() >= next_sample:
+            next_sample = time.monotonic() + 2
+            for kind, n in (await slots_used(procs)).items():
+                peak[kind] = max(n, peak.get(kind, 0))
         if log and time.monotonic() >= next_note:
             next_note += 15
-            _say(log, f"  {fig.name}: {len(seen)}/{expected} closed")
+            _say(log, f"  {fig.name}: {len(seen)}/{expected} closed, slots peak {peak}")
     fig.rows = len(seen)
     fig.lateness_s = [max(0.0, (at - storm_at).total_seconds()) for at in seen.values()]
     fig.elapsed_s = max(fig.lateness_s)
+    return peak
+
+
+async def _settled_slots(procs: list[WorkerProcess]) -> dict[str, int]:
+    """Slots still taken once the storm's work is done (0 unless one leaked).
+
+    A closed contract's last workflow task completes just after its row
+    commits, so this waits for the count to reach 0, for up to 10 s."""
+    used: dict[str, int] = {}
+    for _ in range(20):
+        used = await slots_used(procs)
+        if not any(used.values()):
+            break
+        await asyncio.sleep(0.5)
+    return used
 
 
 async def _commitment_invoices(watcher: asyncpg.Connection, contracts: int) -> dict[str, str]:
@@ -270,10 +324,16 @@ def _say(log: bool, message: str) -> None:
 
 
 def report(f: StormFigures) -> list[str]:
+    kw = f.tuning.worker_kwargs()
     lines = [
         f"contracts: {f.contracts}, one period each closing at the same instant "
-        f"{f.lead_s:.0f}s after setup; {f.created_late} billow contracts created after it; "
-        + (f"{f.workers} worker processes per side" if f.workers else "one worker in-process"),
+        f"{f.lead_s:.0f}s after setup; billow's created in {f.create_s:.0f}s "
+        f"({f.contracts / f.create_s if f.create_s else 0:.1f}/s), {f.created_late} after it "
+        f"(skeleton: {f.skeleton_late}); "
+        + (f"{f.workers} worker processes per side" if f.workers else "one worker in-process")
+        + f"; slots per worker: {kw['max_concurrent_workflow_tasks']} workflow tasks, "
+        f"{kw['max_concurrent_local_activities']} local activities; sticky schedule-to-start "
+        f"{kw['sticky_queue_schedule_to_start_timeout'].total_seconds():g}s",
         "load average (1/5/15 min) at start " + "/".join(f"{x:.1f}" for x in f.load[0])
         + ", at end " + "/".join(f"{x:.1f}" for x in f.load[1]),
     ]
@@ -283,13 +343,18 @@ def report(f: StormFigures) -> list[str]:
             f"p99 {s.lateness(0.99):6.1f}s  runs {s.runs}  wft timeouts {s.wft_timeouts} "
             f"{s.wft_timeout_kinds or ''}  wft failures {s.wft_failures}"
             + (f"  commits {s.commits}  rollbacks {s.rollbacks}" if s.commits else ""))
+        if s.name in f.slots_peak:
+            lines.append(f"{'':9} slots taken (all workers): peak {f.slots_peak[s.name]}, "
+                         f"after the storm {f.slots_after.get(s.name, {})}")
     statuses: dict[int, int] = {}
     for c in f.calls:
         statuses[c.status] = statuses.get(c.status, 0) + 1
     lines.append(
         f"during the storm: {len(f.calls)} amendments and payments through the API, latency "
         f"p50 {f.latency(0.5):.2f}s p99 {f.latency(0.99):.2f}s max {f.latency(1.0):.2f}s, "
-        "statuses " + ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items())))
+        "statuses " + ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items()))
+        + "; " + ", ".join(f"{kind} p50 {f.latency(0.5, kind):.2f}s "
+                           f"p99 {f.latency(0.99, kind):.2f}s" for kind in ("amend", "pay")))
     lines.append(f"ratio billow/skeleton: {f.ratio:.2f}x  (goal <= 2x at 5,000 contracts, "
                  "0 wft timeouts, p99 < 2 s, never a 500)")
     return lines

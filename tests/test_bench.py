@@ -20,6 +20,7 @@ from bench.sleeping import report as sleeping_report
 from bench.sleeping import run_sleeping
 from bench.storm import report as storm_report
 from bench.storm import run_storm
+from worker.tuning import WorkerTuning
 
 
 @pytest.fixture
@@ -101,9 +102,17 @@ async def test_sleeping_bench_puts_every_contract_to_sleep_on_both_sides(
 async def test_storm_bench_closes_every_contract_and_answers_during_it(
     conn: asyncpg.Connection, database_url: str
 ) -> None:
+    # One worker process per side, with slots and sticky timeout passed through
+    # to both (the API is its own process too: bench/processes.py).
+    tuning = WorkerTuning(max_concurrent_workflow_tasks=3, max_concurrent_local_activities=5,
+                          sticky_schedule_to_start_s=20)
     figures = await run_storm(database_url, asyncpg_dsn(database_url), contracts=3, lead_s=4,
-                              log=False)
+                              log=False, workers=1, tuning=tuning)
     lines = storm_report(figures)
+    assert "3 workflow tasks, 5 local activities; sticky schedule-to-start 20s" in lines[0]
+    for side in ("skeleton", "billow"):  # the metrics were read, and no slot stayed taken
+        assert "WorkflowWorker" in figures.slots_peak[side], figures.slots_peak
+        assert not any(figures.slots_after[side].values()), figures.slots_after
     assert (figures.skeleton.rows, figures.billow.rows) == (3, 3)
     assert (figures.skeleton.runs, figures.billow.runs) == (3, 3)
     assert sorted(c.kind for c in figures.calls) == ["amend"] * 3 + ["pay"] * 3
@@ -112,3 +121,25 @@ async def test_storm_bench_closes_every_contract_and_answers_during_it(
         "SELECT count(*) FROM invoices WHERE kind = 'commitment' AND status = 'paid'")
     assert paid == 3
     assert lines[-1].startswith("ratio billow/skeleton:")
+
+
+async def test_a_bench_child_that_writes_after_ready_never_blocks_on_its_stdout() -> None:
+    # A bench worker's stdout is the pipe its "ready" is read from. The SDK core
+    # writes its warnings there too (a busy worker: hundreds of KiB). Nobody read
+    # the pipe after "ready", so once 64 KiB were buffered the core's next write
+    # blocked for good: workflow-task slots stayed taken, pollers went to 0, and
+    # the worker never polled again (RESULTS section 10).
+    import asyncio
+
+    import psutil
+
+    from bench.processes import ready_process
+
+    script = ("import sys; print('ready', flush=True); "
+              "[sys.stdout.write('core warning ' * 80 + '\\n') for _ in range(300)]; "
+              "sys.stdout.flush()")
+    async with ready_process(["-c", script]) as child:
+        try:  # it exits once everything is written (asyncio reaps it: no exit code here)
+            await asyncio.to_thread(child.wait, 15)
+        except psutil.TimeoutExpired:
+            pytest.fail("the child blocked writing to its stdout")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -10,7 +12,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.payments import ManualGateway, SimulatedCardGateway
 from worker.main import build_worker, gateway_for
 from worker.settings import Settings
-from worker.tuning import DB_CONNECTIONS, default_workflow_tasks
+from worker.tuning import DB_CONNECTIONS, STICKY_SCHEDULE_TO_START, default_workflow_tasks
 
 
 def test_conventional_urls_are_honoured_and_prefixed_ones_win(
@@ -54,16 +56,22 @@ async def test_worker_capacity_settings_reach_the_worker(
     monkeypatch.setenv("BILLOW_WORKER_MAX_CACHED_WORKFLOWS", "50")
     monkeypatch.setenv("BILLOW_WORKER_MAX_CONCURRENT_WORKFLOW_TASKS", "8")
     monkeypatch.setenv("BILLOW_WORKER_MAX_CONCURRENT_LOCAL_ACTIVITIES", "12")
+    monkeypatch.setenv("BILLOW_WORKER_STICKY_SCHEDULE_TO_START_SECONDS", "45.5")
     worker = build_worker(temporal_env.client, db, "tuning",
                           tuning=Settings().worker_tuning())
     config = worker.config()
     assert (config.get("max_cached_workflows"), config.get("max_concurrent_workflow_tasks"),
             config.get("max_concurrent_local_activities")) == (50, 8, 12)
+    assert config.get("sticky_queue_schedule_to_start_timeout") == timedelta(seconds=45.5)
     default = build_worker(temporal_env.client, db, "tuning-default").config()
     assert default.get("max_cached_workflows") == 1000  # the SDK's, when unset
     # Sized to the machine and the connection pool, not the SDK's 100 (worker/tuning.py).
     assert default.get("max_concurrent_workflow_tasks") == default_workflow_tasks()
     assert default.get("max_concurrent_local_activities") == DB_CONNECTIONS
+    assert default.get("sticky_queue_schedule_to_start_timeout") == STICKY_SCHEDULE_TO_START
+    monkeypatch.setenv("BILLOW_WORKER_STICKY_SCHEDULE_TO_START_SECONDS", "0")
+    with pytest.raises(ValidationError, match="worker_sticky_schedule_to_start_seconds"):
+        Settings()
     monkeypatch.setenv("BILLOW_WORKER_MAX_CACHED_WORKFLOWS", "0")
     with pytest.raises(ValidationError, match="worker_max_cached_workflows"):
         Settings()

@@ -133,6 +133,12 @@ class Settings(BaseSettings):
         default=None, ge=1,
         description="Worker: payment gateway calls run at once (SDK default 100).",
     )
+    worker_sticky_schedule_to_start_seconds: float | None = Field(
+        default=None, gt=0,
+        description="Worker: how long a cached contract's workflow task waits for this worker "
+                    "before it times out and goes to any worker (default 10, the SDK's); also "
+                    "how long a crashed worker's contracts wait to move.",
+    )
     payment_gateway: Literal["manual", "simulated_card"] = Field(
         default="manual",
         description="Worker: how auto-pay charges. 'manual': no stored payment method, "
@@ -184,6 +190,7 @@ class Settings(BaseSettings):
             max_concurrent_workflow_tasks=self.worker_max_concurrent_workflow_tasks,
             max_concurrent_local_activities=self.worker_max_concurrent_local_activities,
             max_concurrent_activities=self.worker_max_concurrent_activities,
+            sticky_schedule_to_start_s=self.worker_sticky_schedule_to_start_seconds,
         )
 
     @property

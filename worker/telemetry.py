@@ -37,7 +37,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("billow.telemetry")
 
 
-def _logging_config() -> LoggingConfig:
+def core_logging_config() -> LoggingConfig:
+    """The SDK core's warnings through Python logging (``temporalio.core``), as
+    every billow process that runs a worker must: the SDK's default writes them
+    to stdout, and a stdout nobody reads stops the core (RESULTS section 10)."""
     return LoggingConfig(
         filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
         forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
@@ -58,13 +61,13 @@ def worker_runtime(settings: Settings) -> Runtime:
     if address is not None:
         try:
             runtime = Runtime(telemetry=TelemetryConfig(
-                logging=_logging_config(), metrics=PrometheusConfig(bind_address=address)))
+                logging=core_logging_config(), metrics=PrometheusConfig(bind_address=address)))
         except ValueError as exc:  # "Failed starting Prometheus exporter: Address in use"
             log.error("Temporal SDK metrics disabled: %s (set BILLOW_WORKER_METRICS_PORT)", exc)
         else:
             log.info("Temporal SDK metrics on http://%s/metrics", address)
             return runtime
-    return Runtime(telemetry=TelemetryConfig(logging=_logging_config()))
+    return Runtime(telemetry=TelemetryConfig(logging=core_logging_config()))
 
 
 _tracing_configured = False

@@ -171,6 +171,7 @@ class Stack:
     started_at: float = field(default_factory=time.monotonic)
     faults: list[Fault] = field(default_factory=list)
     unplanned: list[UnplannedExit] = field(default_factory=list)
+    settings: dict[str, str] = field(default_factory=dict)  # more BILLOW_* for every process
 
     def __post_init__(self) -> None:
         self.dir = self.root / self.name
@@ -206,6 +207,7 @@ class Stack:
             "PYTHONUNBUFFERED": "1",
             "PYTHONPATH": str(REPO),
         })  # fmt: skip
+        base.update(self.settings)
         return base
 
     def _billow(self, *args: str) -> list[str]:
