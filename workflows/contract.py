@@ -57,6 +57,7 @@ with workflow.unsafe.imports_passed_through():
         AmendmentConflict,
         ContractState,
         initial_state,
+        term_true_up_refusal,
         validate_amendment,
     )
     from workflows.contract_steps import PERIODS_PER_RUN, conflict, rejected
@@ -241,6 +242,10 @@ class ContractWorkflow(TermSteps, CorrectionSteps):
             raise conflict(exc) from exc
         except BillowValidationError as exc:
             raise rejected(exc) from exc
+        # A validator does not run on replay: no patch needed here (see _amend).
+        refusal = term_true_up_refusal(self.state, amendment, workflow.now())
+        if refusal is not None:
+            raise rejected(refusal)
 
     @workflow.signal(name="amend_signal")
     async def amend_signal(self, amendment: Amendment) -> None:

@@ -34,6 +34,7 @@ from workflows.contract_state import (
     check_amendment,
     effective_instant,
     grant_request,
+    term_true_up_refusal,
     validate_amendment,
 )
 from workflows.contract_steps import (
@@ -116,6 +117,11 @@ class AmendmentSteps(CollectionSteps):
                 validate_amendment(st, amendment, now)
             except BillowValidationError as exc:
                 raise rejected(exc) from exc
+            refusal = term_true_up_refusal(st, amendment, now)
+            # Patched only when it refuses: a release before it accepted such
+            # a terminate, and its history must replay (signals have no validator).
+            if refusal is not None and workflow.patched("term-true-up-refusal"):
+                raise rejected(refusal)
             effective = effective_instant(st, amendment, now)
             if isinstance(amendment, ExtendTermAmendment):
                 await self._reserve_extension(amendment)

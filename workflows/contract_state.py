@@ -341,7 +341,6 @@ def check_amendment(
     if isinstance(amendment, TerminateAmendment):
         if state.terminated_at is not None or "terminate" in pending_kinds:
             raise BillowValidationError([("kind", "contract is already terminated")])
-        _check_term_true_up_billable(state, effective)
     elif isinstance(amendment, ExtendTermAmendment):
         if state.terminated_at is not None or "terminate" in pending_kinds:
             raise BillowValidationError([("kind", "cannot extend a terminated contract")])
@@ -370,7 +369,9 @@ def check_amendment(
         raise BillowValidationError([(_main_field(amendment), str(exc))]) from exc
 
 
-def _check_term_true_up_billable(state: ContractState, effective: datetime) -> None:
+def term_true_up_refusal(
+    state: ContractState, amendment: Amendment, now: datetime
+) -> BillowValidationError | None:
     """A terminate must leave a final invoice for the term minimum's true-up.
 
     The true-up is on the term's final usage invoice (SPEC.md section 12). A
@@ -379,25 +380,32 @@ def _check_term_true_up_billable(state: ContractState, effective: datetime) -> N
     be the last one: the true-up would never be billed. Refused, naming how
     to do it: void that invoice first (its reissue is then the final invoice
     and carries the true-up), or end the term after the boundary.
+
+    Separate from `check_amendment` because the workflow applies it behind
+    ``workflow.patched``: releases before it accepted such a terminate.
     """
+    if not isinstance(amendment, TerminateAmendment) or amendment.id in state.applied_amendment_ids:
+        return None
     t = state.terms
     if not state.invoiced_periods:
-        return
+        return None
     last = state.invoiced_periods[-1]
+    effective = effective_instant(state, amendment, now)
     if termination_end_date(effective, t.timezone) > last.end_date:
-        return  # a period is left: its invoice is the final one
+        return None  # a period is left: its invoice is the final one
     minimum = t.minimum_commitment_at(last.start)
     if minimum is None or minimum.per != "term":
-        return
+        return None
     issued = next((i for i in state.invoices if i.kind == "usage" and i.status != "void"
                    and i.period_start == last.start_date), None)
     if issued is None:
-        return
-    raise BillowValidationError([("effective", (
+        return None
+    name = issued.number or issued.key
+    return BillowValidationError([("effective", (
         f"the term would end on {last.end_date.isoformat()}, the end of a period already "
-        f"invoiced by {issued.number or issued.key} without the term minimum's true-up, "
-        f"which would then never be billed: void {issued.number or issued.key} first (its "
-        f"reissue is then the final invoice and carries the true-up), or terminate later"
+        f"invoiced by {name} without the term minimum's true-up, which would then never be "
+        f"billed: void {name} first (its reissue is then the final invoice and carries the "
+        f"true-up), or terminate later"
     ))])
 
 

@@ -28,6 +28,7 @@ try:
 except ImportError:  # releases before activities/ledger.py was split
     from activities.ledger import record_payment_in  # type: ignore[attr-defined, no-redef]
 from activities.payments import GatewayResult, SimulatedCardGateway
+from models.amendments import parse_amendment
 from models.operations import PaymentRequest
 from tests.support.scenario import ContractRun, at, contract_doc, event
 from workflows.contract import ContractWorkflow, PaymentInput
@@ -383,6 +384,29 @@ async def corrections(env: WorkflowEnvironment, engine: AsyncEngine) -> Contract
                            "remainder": "credit"})
         await run.advance_to(at("2027-03-05"))
     return run
+
+
+async def terminate_at_invoiced_boundary(env: WorkflowEnvironment, engine: AsyncEngine
+                                         ) -> ContractRun:
+    """A terminate by signal, effective at a boundary whose invoice is finalized,
+    with a term minimum. v6 accepted it (the term minimum's true-up was then
+    never billed); v7 refuses it behind ``patched("term-true-up-refusal")``."""
+    doc = contract_doc(term_months=3, minimum_commitment={"amount": "1000.00", "per": "term"})
+    run = ContractRun(env, engine, doc)
+    async with run:
+        await run.send_usage([event("j1", "2027-01-10T00:00:00Z", "10000")])
+        await run.advance_to(at("2027-02-01", 2))
+        assert run.handle is not None
+        await run.handle.signal(ContractWorkflow.amend_signal, parse_amendment(
+            {"id": "end", "kind": "terminate", "effective": "2027-02-01T00:00:00Z"}))
+        await run.advance_to(at("2027-02-05"))
+    return run
+
+
+# Paths v7 added: saved from v6 (473240e) and from v7 on.
+PATHS_V7 = {
+    "terminate_at_invoiced_boundary": terminate_at_invoiced_boundary,
+}
 
 
 # Paths v5 added: minimum commitments and spend limits, corrections (void,

@@ -36,7 +36,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.db import make_engine
 from activities.payments import SimulatedCardGateway
-from tests.histories.paths import PATHS, PATHS_V4, PATHS_V5
+from tests.histories.paths import PATHS, PATHS_V4, PATHS_V5, PATHS_V7
 from tests.histories.webhook_paths import WEBHOOK_PATHS
 from tests.support.scenario import ContractRun, at, contract_doc, event
 from worker.main import build_worker
@@ -170,6 +170,7 @@ SCENARIOS: dict[str, Scenario] = {
     **PATHS,
     **PATHS_V4,
     **PATHS_V5,
+    **PATHS_V7,
     **WEBHOOK_PATHS,
 }
 
