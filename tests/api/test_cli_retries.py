@@ -18,6 +18,15 @@ from typer.testing import CliRunner
 from tests.api.helpers import ApiServer, counts
 
 
+async def _whole_request(reader: asyncio.StreamReader) -> bytes:
+    """One HTTP request, headers and body (its Content-Length), however it
+    arrives in segments: the API answers only once it has all of it."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next((int(ln.split(b":", 1)[1]) for ln in head.lower().split(b"\r\n")
+                   if ln.startswith(b"content-length:")), 0)
+    return head + (await reader.readexactly(length) if length else b"")
+
+
 class AnswerLosingProxy:
     """Forwards HTTP connections to the API; the first answer to a POST is lost."""
 
@@ -37,7 +46,7 @@ class AnswerLosingProxy:
     async def _serve(self, client_r: asyncio.StreamReader,
                      client_w: asyncio.StreamWriter) -> None:
         up_r, up_w = await asyncio.open_connection(self.host, self.port)
-        first = await client_r.read(65536)
+        first = await _whole_request(client_r)
         is_post = first.startswith(b"POST ")
         if is_post:
             head = first.split(b"\r\n\r\n", 1)[0].decode("latin-1").lower()
