@@ -1,6 +1,6 @@
 """The small configuration of ``python -m bench chaos`` (issue 12, "The proof").
 
-About 20 backdated contracts of every kind, their usage, amendments and payments,
+About a dozen backdated contracts of every kind, their usage, amendments and payments,
 and on about a quarter of them voids, reissues and credit notes (each sent twice
 with the same ids), while workers, the API, PostgreSQL and the
 Temporal server are killed (kill -9) 10 times and restarted; the result must be
@@ -29,8 +29,10 @@ TIMEOUT_S = 420
 def test_small_chaos_run_matches_the_control(tmp_path: Path) -> None:
     report_path = tmp_path / "chaos.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "chaos", "--contracts", "20", "--faults", "10",
-         "--seed", "1", "--grace-seconds", "25", "--deadline", "300",
+        # 12 contracts cover the 11 kinds; 8 faults still kill every process kind.
+        # (20 contracts, 10 faults and 25 s of grace cost 130 s of the suite's 10 minutes.)
+        [sys.executable, "-m", "bench", "chaos", "--contracts", "12", "--faults", "8",
+         "--seed", "1", "--grace-seconds", "20", "--deadline", "300",
          "--workdir", str(tmp_path / "run"), "--report", str(report_path)],
         cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT_S, check=False,
     )
@@ -39,7 +41,7 @@ def test_small_chaos_run_matches_the_control(tmp_path: Path) -> None:
     report = json.loads(report_path.read_text())
 
     faults = report["chaos"]["fault_counts"]
-    assert sum(faults.values()) == 10, faults
+    assert sum(faults.values()) == 8, faults
     assert faults.get("postgres") == 1 and faults.get("temporal") == 1, faults
     assert faults.get("api", 0) >= 1 and faults.get("worker", 0) >= 1, faults
     assert report["control"]["fault_counts"] == {}

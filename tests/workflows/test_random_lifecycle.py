@@ -35,7 +35,7 @@ from tests.support.lifecycle_regressions import REGRESSIONS
 
 # CI's share of the 10-minute suite (derandomized, after the regressions); the
 # long runs are `python -m bench lifecycle-fuzz` (bench/RESULTS.md: 1,800 this session).
-CI_EXAMPLES = int(os.environ.get("BILLOW_FUZZ_EXAMPLES", "45"))
+CI_EXAMPLES = int(os.environ.get("BILLOW_FUZZ_EXAMPLES", "35"))
 SHRINK = os.environ.get("BILLOW_FUZZ_SHRINK") == "1"
 
 
