@@ -74,15 +74,20 @@ async def ready_process(args: list[str], *, env: dict[str, str] | None = None,
         drain = asyncio.create_task(_copy_to_stderr(proc.stdout))
         yield psutil.Process(proc.pid)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 30)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await _stop(proc)
         if drain is not None:
             await drain  # ends at the pipe's end-of-file, once the child is gone
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM, then SIGKILL after 30 s."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), 30)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
 
 
 async def _copy_to_stderr(stream: asyncio.StreamReader) -> None:
@@ -160,10 +165,4 @@ async def api_process(address: str, namespace: str, task_queue: str,
                 raise RuntimeError("billow api not healthy after 60 s")
         yield base
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 30)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await _stop(proc)
